@@ -1,0 +1,17 @@
+"""The Conveyor Kubernetes operator (kopf): reconciles JobQueue resources into worker fleets.
+
+Modules:
+    crd         the JobQueue CRD as data (crds/jobqueues.conveyor.dev.yaml is generated from it)
+    spec        the CRD's defaults applied, and Python equivalents of its schema bounds and CEL rules
+    builders    pure functions: JobQueue -> Deployment, ConfigMap, Service, PDB, ServiceMonitor
+    k8s         the one module that talks to the API (server-side apply, status, Secrets)
+    status      metav1.Condition bookkeeping and queue depth read from Redis
+    reconcile   one reconcile pass, shared by every handler
+    handlers    thin kopf handlers (create/update/resume, resync timer)
+    settings    settings from the environment
+    __main__    ``python -m conveyor_operator``: ``kopf run`` with kopf's liveness endpoint
+
+The runtime (``conveyor``) never imports this package; this package reads ``conveyor.keys``
+and ``conveyor.validation``. Workers are configured through the ``conveyor worker`` command
+line only, with the Redis URL in ``CONVEYOR_REDIS_URL``.
+"""

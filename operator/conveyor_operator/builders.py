@@ -1,0 +1,219 @@
+"""Pure functions: a JobQueue (its metadata and defaulted spec) -> the objects it owns.
+
+Nothing here talks to the API. Every builder returns a complete object to apply with
+server-side apply; fields the operator does not want to own (the Deployment's
+``replicas`` while autoscaling is enabled) are left out, never set to a guess.
+
+The worker contract is the ``conveyor worker`` command line; the Redis URL reaches the
+container only through ``CONVEYOR_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from . import crd
+
+POLICY_DIR = "/etc/conveyor"
+POLICY_FILE = "policy.json"
+TLS_DIR = "/etc/conveyor/tls"
+TLS_CA_ENV = "CONVEYOR_REDIS_CA_FILE"  # not read by the worker yet; see the operator issue's report
+GRACE_MARGIN_SECONDS = 10
+CHECKSUM_ANNOTATION = "conveyor.dev/config-checksum"
+MANAGED_BY = "conveyor-operator"
+RUN_AS = 10001
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What the builders need to know about the JobQueue itself."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> "Owner":
+        meta = body["metadata"]
+        return cls(meta["name"], meta.get("namespace") or "default", meta.get("uid", ""))
+
+    def reference(self) -> dict[str, Any]:
+        return {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def names(name: str) -> dict[str, str]:
+    return {"deployment": f"{name}-worker", "configmap": f"{name}-policy", "service": f"{name}-metrics",
+            "pdb": f"{name}-worker", "servicemonitor": f"{name}-worker"}
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    # Immutable on a Deployment: never add to these.
+    return {"app.kubernetes.io/name": "conveyor-worker", "app.kubernetes.io/instance": name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {**selector_labels(name), "app.kubernetes.io/component": "worker",
+            "app.kubernetes.io/part-of": "conveyor", "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def _meta(owner: Owner, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": owner.namespace, "labels": labels or common_labels(owner.name),
+            "ownerReferences": [owner.reference()]}
+
+
+def policy(spec: dict[str, Any]) -> dict[str, Any]:
+    """The worker's policy file (conveyor.settings.WorkerSettings.read_policy)."""
+    out: dict[str, Any] = {}
+    retry = spec.get("retry")
+    if retry is not None:
+        r: dict[str, Any] = {"max": retry["max"]}
+        if "backoff" in retry:
+            b = retry["backoff"]
+            r["backoff"] = {"base": b.get("base", 1), "factor": b.get("factor", 2), "max": b.get("max", 300)}
+        elif "intervals" in retry:
+            r["intervals"] = list(retry["intervals"])
+        if "jitter" in retry:
+            r["jitter"] = retry["jitter"]
+        out["retry"] = r
+    out["result_ttl"] = spec["resultTTLSeconds"]
+    out["failure_ttl"] = spec["failureTTLSeconds"]
+    return out
+
+
+def configmap(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(owner, names(owner.name)["configmap"]),
+            "data": {POLICY_FILE: json.dumps(policy(spec), sort_keys=True, indent=2) + "\n"}}
+
+
+def worker_args(spec: dict[str, Any]) -> list[str]:
+    w = spec["workers"]
+    args = ["worker", "-q", ",".join(spec["queues"]), "--concurrency", str(w["concurrency"]), "--pool", w["pool"],
+            "--lease-seconds", str(spec["leaseSeconds"]), "--shutdown-timeout", str(spec["shutdownTimeoutSeconds"])]
+    if spec["scheduler"]["enabled"]:
+        args.append("--with-scheduler")
+    args += ["--metrics-port", str(spec["metrics"]["port"]), "--policy-file", f"{POLICY_DIR}/{POLICY_FILE}",
+             "--log-format", "json"]
+    return args + list(w.get("args") or [])
+
+
+def redis_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    redis = spec["redis"]
+    if "secretRef" in redis:
+        ref = redis["secretRef"]
+        env: list[dict[str, Any]] = [{"name": crd.REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {
+            "name": ref["name"], "key": ref.get("key", "url")}}}]
+    else:
+        env = [{"name": crd.REDIS_URL_ENV, "value": redis["url"]}]
+    if (redis.get("tls") or {}).get("caSecretRef"):
+        env.append({"name": TLS_CA_ENV, "value": f"{TLS_DIR}/ca.crt"})
+    return env
+
+
+def checksum(spec: dict[str, Any], image: str, redis_digest: str = "") -> str:
+    """Everything a running worker read at start: a change rolls the pods. ``redis_digest``
+    fingerprints the Redis URL read from the Secret, so rotating the Secret rolls them too
+    (the URL itself never lands in the object)."""
+    config = {"args": worker_args(spec), "policy": policy(spec), "redis": spec["redis"], "image": image,
+              "env": spec["workers"].get("env") or [], "envFrom": spec["workers"].get("envFrom") or [],
+              "redis_secret": redis_digest}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str = "") -> dict[str, Any]:
+    w = spec["workers"]
+    port = spec["metrics"]["port"]
+    labels = common_labels(owner.name)
+    pod_labels = {**(w.get("podLabels") or {}), **labels}
+    annotations = {**(w.get("podAnnotations") or {}), CHECKSUM_ANNOTATION: checksum(spec, image, redis_digest),
+                   "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": image,
+        "imagePullPolicy": w["imagePullPolicy"],
+        "command": ["conveyor"],
+        "args": worker_args(spec),
+        "env": redis_env(spec) + list(w.get("env") or []),
+        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5,
+                           "timeoutSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10,
+                          "timeoutSeconds": 3, "failureThreshold": 3},
+        "startupProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 2,
+                         "timeoutSeconds": 2, "failureThreshold": 30},
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumeMounts": [{"name": "policy", "mountPath": POLICY_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if w.get("envFrom"):
+        container["envFrom"] = list(w["envFrom"])
+    if w.get("resources"):
+        container["resources"] = w["resources"]
+    volumes: list[dict[str, Any]] = [
+        {"name": "policy", "configMap": {"name": names(owner.name)["configmap"]}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    ca = (spec["redis"].get("tls") or {}).get("caSecretRef")
+    if ca:
+        volumes.append({"name": "redis-ca", "secret": {"secretName": ca["name"],
+                                                      "items": [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}]}})
+        container["volumeMounts"].append({"name": "redis-ca", "mountPath": TLS_DIR, "readOnly": True})
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": int(math.ceil(spec["shutdownTimeoutSeconds"])) + GRACE_MARGIN_SECONDS,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "serviceAccountName",
+                "priorityClassName"):
+        if w.get(key):
+            pod[key] = w[key]
+    dep_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(owner.name)},
+        "revisionHistoryLimit": 5,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod},
+    }
+    if not spec["autoscaling"]["enabled"]:
+        dep_spec = {"replicas": w["replicas"], **dep_spec}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, names(owner.name)["deployment"]),
+            "spec": dep_spec}
+
+
+def service(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(owner, names(owner.name)["service"]),
+            "spec": {"clusterIP": "None", "selector": selector_labels(owner.name),
+                     "ports": [{"name": "metrics", "port": spec["metrics"]["port"], "targetPort": "metrics",
+                                "protocol": "TCP"}]}}
+
+
+def pdb(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
+    # Workers drain on SIGTERM and hand back their jobs, so one at a time is always safe.
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(owner, names(owner.name)["pdb"]),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}}}
+
+
+def service_monitor(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
+    sm = spec["metrics"]["serviceMonitor"]
+    labels = {**(sm.get("labels") or {}), **common_labels(owner.name)}
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": _meta(owner, names(owner.name)["servicemonitor"], labels),
+            "spec": {"selector": {"matchLabels": selector_labels(owner.name)},
+                     "namespaceSelector": {"matchNames": [owner.namespace]},
+                     "endpoints": [{"port": "metrics", "path": "/metrics", "interval": sm["interval"]}]}}
+
+
+def wants_service_monitor(spec: dict[str, Any]) -> bool:
+    return bool(spec["metrics"]["serviceMonitor"]["enabled"])

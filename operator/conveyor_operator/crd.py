@@ -1,0 +1,374 @@
+"""The JobQueue CustomResourceDefinition, as Python data: the single source of truth.
+
+``crds/jobqueues.conveyor.dev.yaml`` is generated from :func:`crd` and a test checks that
+the committed file matches. Regenerate it with::
+
+    python -m conveyor_operator.crd > crds/jobqueues.conveyor.dev.yaml
+
+The operator applies the schema's defaults itself (:mod:`conveyor_operator.spec`), so it
+behaves the same whether or not the API server defaulted the object.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+GROUP = "conveyor.dev"
+VERSION = "v1alpha1"
+KIND = "JobQueue"
+PLURAL = "jobqueues"
+SINGULAR = "jobqueue"
+SHORT_NAMES = ["jq"]
+API_VERSION = f"{GROUP}/{VERSION}"
+NAME = f"{PLURAL}.{GROUP}"
+
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # conveyor.validation.check_queue_name
+MAX_QUEUES = 32
+MAX_NAME = 50  # child names add "-metrics" etc. and must stay DNS labels (<= 63)
+REDIS_URL_ENV = "CONVEYOR_REDIS_URL"
+
+
+def _int(minimum: int | None = None, maximum: int | None = None, default: int | None = None, desc: str = "") -> dict[str, Any]:
+    s: dict[str, Any] = {"type": "integer"}
+    if desc:
+        s["description"] = desc
+    if minimum is not None:
+        s["minimum"] = minimum
+    if maximum is not None:
+        s["maximum"] = maximum
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def _num(minimum: float | None = None, maximum: float | None = None, default: float | None = None,
+         desc: str = "", exclusive_min: bool = False) -> dict[str, Any]:
+    s: dict[str, Any] = {"type": "number"}
+    if desc:
+        s["description"] = desc
+    if minimum is not None:
+        s["minimum"] = minimum
+        if exclusive_min:
+            s["exclusiveMinimum"] = True
+    if maximum is not None:
+        s["maximum"] = maximum
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def _str(desc: str = "", max_length: int = 253, **extra: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {"type": "string", "maxLength": max_length}
+    if desc:
+        s["description"] = desc
+    s.update(extra)
+    return s
+
+
+def _rule(rule: str, message: str, reason: str | None = None, field_path: str | None = None) -> dict[str, Any]:
+    r: dict[str, Any] = {"rule": rule, "message": message}
+    if reason:
+        r["reason"] = reason
+    if field_path:
+        r["fieldPath"] = field_path
+    return r
+
+
+def _free_object(desc: str) -> dict[str, Any]:
+    """A Kubernetes core type we pass through untouched (affinity, resources...)."""
+    return {"type": "object", "description": desc, "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _free_list(desc: str, max_items: int = 64) -> dict[str, Any]:
+    return {"type": "array", "description": desc, "maxItems": max_items,
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+
+
+def _string_map(desc: str) -> dict[str, Any]:
+    return {"type": "object", "description": desc, "maxProperties": 64,
+            "additionalProperties": {"type": "string", "maxLength": 4096}}
+
+
+SECRET_KEY_REF = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", minLength=1),
+        "key": _str("Key in the Secret.", default="url", minLength=1),
+    },
+}
+
+REDIS = {
+    "type": "object",
+    "description": "Where the queues live. Give exactly one of url or secretRef; the URL reaches "
+                   f"the workers only through the {REDIS_URL_ENV} environment variable.",
+    "properties": {
+        "url": _str("A redis:// or rediss:// URL. Prefer secretRef when the URL carries a password.",
+                    max_length=2048, pattern=r"^rediss?://", minLength=1),
+        "secretRef": {**SECRET_KEY_REF, "description": "A Secret key holding the Redis URL."},
+        "tls": {
+            "type": "object",
+            "description": "TLS to Redis. The URL must use rediss://.",
+            "properties": {
+                "enabled": {"type": "boolean", "default": False},
+                "caSecretRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "description": "A Secret key with the CA bundle (PEM), mounted at /etc/conveyor/tls/ca.crt.",
+                    "properties": {
+                        "name": _str("Name of a Secret in the JobQueue's namespace.", minLength=1),
+                        "key": _str("Key in the Secret.", default="ca.crt", minLength=1),
+                    },
+                },
+            },
+        },
+    },
+    "x-kubernetes-validations": [
+        _rule("has(self.url) != has(self.secretRef)", "give exactly one of redis.url or redis.secretRef", "FieldValueInvalid"),
+        _rule("!has(self.url) || !has(self.tls) || !self.tls.enabled || self.url.startsWith('rediss://')",
+              "redis.tls.enabled needs a rediss:// URL", "FieldValueInvalid"),
+    ],
+}
+
+RETRY = {
+    "type": "object",
+    "description": "Default retry policy for jobs enqueued without their own: intervals or exponential backoff.",
+    "required": ["max"],
+    "properties": {
+        "max": _int(0, 1000, desc="Retries after the first attempt."),
+        "intervals": {"type": "array", "maxItems": 32, "minItems": 1,
+                      "description": "Seconds before each retry; the last one repeats.",
+                      "items": _num(0, 31536000)},
+        "backoff": {
+            "type": "object",
+            "description": "base * factor ** (retry - 1) seconds, capped at max.",
+            "properties": {
+                "base": _num(0, 86400, default=1, exclusive_min=True),
+                "factor": _num(1, 100, default=2),
+                "max": _num(0, 31536000, default=300, exclusive_min=True),
+            },
+            "x-kubernetes-validations": [_rule("self.max >= self.base", "retry.backoff.max must be >= retry.backoff.base")],
+        },
+        "jitter": _num(0, 1, desc="Random spread as a fraction of each delay (0-1)."),
+    },
+    "x-kubernetes-validations": [
+        _rule("!(has(self.intervals) && has(self.backoff))", "retry takes intervals or backoff, not both"),
+    ],
+}
+
+WORKERS = {
+    "type": "object",
+    "default": {},
+    "description": "The worker Deployment.",
+    "properties": {
+        "replicas": _int(0, 1000, 1, "Worker pods (ignored while autoscaling is enabled)."),
+        "image": _str("Worker image with conveyor installed; defaults to the operator's default image.", max_length=1024),
+        "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
+        "concurrency": _int(1, 10000, 10, "Jobs each worker runs at once (--concurrency)."),
+        "pool": {"type": "string", "enum": ["thread", "process", "async"], "default": "thread",
+                 "description": "Where sync jobs run (--pool)."},
+        "args": {"type": "array", "maxItems": 64, "description": "Extra `conveyor worker` arguments, appended last.",
+                 "items": {"type": "string", "maxLength": 1024}},
+        "env": {"type": "array", "maxItems": 64, "description": "Extra container environment (core/v1 EnvVar).",
+                "items": {"type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True,
+                          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 253}}},
+                "x-kubernetes-validations": [_rule(f"self.all(e, e.name != '{REDIS_URL_ENV}')",
+                                                   f"{REDIS_URL_ENV} is set by the operator from spec.redis")]},
+        "envFrom": _free_list("Extra container environment sources (core/v1 EnvFromSource)."),
+        "resources": {
+            "type": "object",
+            "description": "Container resources (core/v1 ResourceRequirements).",
+            "properties": {
+                "limits": {"type": "object", "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}},
+                "requests": {"type": "object", "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}},
+            },
+        },
+        "nodeSelector": _string_map("Pod nodeSelector."),
+        "tolerations": _free_list("Pod tolerations."),
+        "affinity": _free_object("Pod affinity (core/v1 Affinity)."),
+        "topologySpreadConstraints": _free_list("Pod topologySpreadConstraints."),
+        "serviceAccountName": _str("Pod service account (workers need no API access).", max_length=253),
+        "podLabels": _string_map("Extra pod labels."),
+        "podAnnotations": _string_map("Extra pod annotations."),
+        "priorityClassName": _str("Pod priority class.", max_length=253),
+    },
+}
+
+SCHEDULER = {
+    "type": "object",
+    "default": {},
+    "description": "Every worker runs the scheduler loop (--with-scheduler); one leads each queue.",
+    "properties": {"enabled": {"type": "boolean", "default": True}},
+}
+
+METRICS = {
+    "type": "object",
+    "default": {},
+    "description": "The workers' /metrics, /healthz and /readyz port, a metrics Service, and a ServiceMonitor.",
+    "properties": {
+        "port": _int(1024, 65535, 9100, "Container port for /metrics, /healthz and /readyz."),
+        "serviceMonitor": {
+            "type": "object",
+            "default": {},
+            "properties": {
+                "enabled": {"type": "boolean", "default": False,
+                            "description": "Create a ServiceMonitor when the monitoring.coreos.com CRD exists."},
+                "interval": _str("Scrape interval.", max_length=16, default="30s", pattern=r"^[0-9]+(ms|s|m|h)$"),
+                "labels": _string_map("Extra ServiceMonitor labels (to match a Prometheus selector)."),
+            },
+        },
+    },
+}
+
+AUTOSCALING = {
+    "type": "object",
+    "default": {},
+    "description": "Queue-depth autoscaling. The schema is accepted now; the behaviour comes later. "
+                   "While enabled the operator never sets the Deployment's replicas.",
+    "properties": {
+        "enabled": {"type": "boolean", "default": False},
+        "minReplicas": _int(0, 1000, 1),
+        "maxReplicas": _int(1, 1000, 10),
+        "targetJobsPerWorker": _int(1, 1000000, 20, "Waiting jobs per worker to aim for."),
+        "pollSeconds": _int(1, 3600, 15, "How often to read the queue depth."),
+        "scaleDownStabilizationSeconds": _int(0, 86400, 300, "Wait this long below target before scaling down."),
+    },
+    "x-kubernetes-validations": [
+        _rule("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+              "FieldValueInvalid"),
+    ],
+}
+
+SPEC = {
+    "type": "object",
+    "required": ["redis", "queues"],
+    "properties": {
+        "redis": REDIS,
+        "queues": {
+            "type": "array",
+            "description": "Queue names, served strictly in this order.",
+            "minItems": 1,
+            "maxItems": MAX_QUEUES,
+            "items": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": QUEUE_PATTERN},
+            "x-kubernetes-validations": [
+                _rule("self.all(q, self.exists_one(p, p == q))", "queue names must be unique", "FieldValueDuplicate"),
+                _rule(f"self.all(q, q.matches('{QUEUE_PATTERN}'))",
+                      "queue names are 1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"),
+            ],
+        },
+        "retry": RETRY,
+        "leaseSeconds": _int(1, 3600, 15, "Lease length (--lease-seconds); renewed every third of it."),
+        "shutdownTimeoutSeconds": _int(0, 3600, 25, "Seconds running jobs get after SIGTERM (--shutdown-timeout)."),
+        "resultTTLSeconds": _int(-1, None, 500, "Keep finished jobs this long (0: delete at once, -1: forever)."),
+        "failureTTLSeconds": _int(-1, None, 604800, "Keep failed jobs this long (0: delete at once, -1: forever)."),
+        "workers": WORKERS,
+        "scheduler": SCHEDULER,
+        "metrics": METRICS,
+        "autoscaling": AUTOSCALING,
+    },
+}
+
+CONDITION = {
+    "type": "object",
+    "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+    "properties": {
+        "type": _str(max_length=316),
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "observedGeneration": _int(0),
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+        "reason": _str(max_length=1024),
+        "message": _str(max_length=32768),
+    },
+}
+
+STATUS = {
+    "type": "object",
+    "properties": {
+        "observedGeneration": _int(0),
+        "replicas": _int(0, desc="Worker pods (the Deployment's replicas)."),
+        "readyReplicas": _int(0),
+        "updatedReplicas": _int(0),
+        "selector": _str("Label selector of the worker pods (for the scale subresource).", max_length=1024),
+        "depth": _int(0, desc="Jobs waiting (ready + scheduled) across all queues."),
+        "depthObservedAt": {"type": "string", "format": "date-time"},
+        "queues": {
+            "type": "array",
+            "maxItems": MAX_QUEUES,
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": _str(max_length=100), "ready": _int(0), "scheduled": _int(0),
+                               "claimed": _int(0), "failed": _int(0)},
+            },
+        },
+        "conditions": {
+            "type": "array",
+            "maxItems": 16,
+            "items": CONDITION,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    },
+}
+
+SCHEMA = {
+    "type": "object",
+    "required": ["spec"],
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": SPEC,
+        "status": STATUS,
+    },
+    "x-kubernetes-validations": [
+        _rule(f"size(self.metadata.name) <= {MAX_NAME}",
+              f"a JobQueue name is at most {MAX_NAME} characters (its objects add suffixes)", "FieldValueInvalid"),
+    ],
+}
+
+PRINTER_COLUMNS = [
+    {"name": "Queues", "type": "string", "jsonPath": ".spec.queues", "description": "Queues served, in order."},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Depth", "type": "integer", "jsonPath": ".status.depth", "description": "Jobs waiting (ready + scheduled)."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": NAME, "labels": {"app.kubernetes.io/part-of": "conveyor"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "plural": PLURAL, "singular": SINGULAR, "shortNames": SHORT_NAMES,
+                      "listKind": f"{KIND}List", "categories": ["conveyor"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": SCHEMA},
+                "subresources": {
+                    "status": {},
+                    "scale": {"specReplicasPath": ".spec.workers.replicas", "statusReplicasPath": ".status.replicas",
+                              "labelSelectorPath": ".status.selector"},
+                },
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+            }],
+        },
+    }
+
+
+def to_yaml() -> str:
+    import yaml
+
+    header = "# Generated by `python -m conveyor_operator.crd`; edit operator/conveyor_operator/crd.py instead.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(to_yaml())

@@ -1,0 +1,130 @@
+"""The one module that talks to the Kubernetes API (besides kopf itself).
+
+Owned objects are written with server-side apply (field manager ``conveyor-operator``,
+force): applying the same desired object twice is a no-op on the server, a field the
+operator stops sending is removed, and fields it never sends (``replicas`` while
+autoscaling is enabled, whatever other controllers add) are left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import quote
+
+FIELD_MANAGER = "conveyor-operator"
+
+PLURALS = {
+    "Deployment": "deployments",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Secret": "secrets",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "ServiceMonitor": "servicemonitors",
+    "JobQueue": "jobqueues",
+    "CustomResourceDefinition": "customresourcedefinitions",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str = "", message: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message = status, reason, message
+
+
+class NotFound(ApiError):
+    pass
+
+
+def path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None,
+         subresource: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespace:
+        base += f"/namespaces/{quote(namespace)}"
+    base += f"/{PLURALS[kind]}"
+    if name:
+        base += f"/{quote(name)}"
+    if subresource:
+        base += f"/{subresource}"
+    return base
+
+
+class Api:
+    """Blocking calls through the kubernetes client's configured connection (in-cluster or
+    kubeconfig). Safe to share between kopf's handler threads."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        import kubernetes
+
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        self._client = kubernetes.client.ApiClient()
+        self._timeout = timeout
+
+    def request(self, method: str, url: str, body: Any = None, query: dict[str, str] | None = None,
+                content_type: str = "application/json") -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        m, full_url, headers, body, post = self._client.param_serialize(
+            method, url, query_params=list((query or {}).items()), header_params=headers, body=body,
+            auth_settings=["BearerToken"])
+        resp = self._client.call_api(m, full_url, headers, body, post, _request_timeout=self._timeout)
+        resp.read()
+        raw = resp.data or b""
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = {"message": raw.decode(errors="replace")}
+        if not 200 <= resp.status < 300:
+            data = data if isinstance(data, dict) else {}
+            cls = NotFound if resp.status == 404 else ApiError
+            raise cls(resp.status, str(data.get("reason", "")), str(data.get("message", "")))
+        return data
+
+    # --- objects -----------------------------------------------------------------------------
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", path(api_version, kind, namespace, name))
+        except NotFound:
+            return None
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return self.request("PATCH", path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
+                            body=obj, query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                            content_type="application/apply-patch+yaml")
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        try:
+            self.request("DELETE", path(api_version, kind, namespace, name),
+                         body={"propagationPolicy": "Background"})
+            return True
+        except NotFound:
+            return False
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.request("PATCH", path(api_version, kind, namespace, name, "status"), body={"status": status},
+                     content_type="application/merge-patch+json")
+
+    # --- lookups -----------------------------------------------------------------------------
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """The decoded value, or None when the Secret or the key is missing (NotFound raised
+        for a missing Secret, KeyError for a missing key, so callers can tell them apart)."""
+        secret = self.get("v1", "Secret", namespace, name)
+        if secret is None:
+            raise NotFound(404, "NotFound", f'secret "{name}" not found')
+        data = secret.get("data") or {}
+        if key in data:
+            return base64.b64decode(data[key]).decode()
+        if key in (secret.get("stringData") or {}):
+            return str(secret["stringData"][key])
+        raise KeyError(key)
+
+    def crd_exists(self, name: str) -> bool:
+        return self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, name) is not None

@@ -1,0 +1,34 @@
+"""Operator settings, read from the environment once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()       # empty: watch every namespace
+    default_image: str = ""                # for JobQueues that name no image
+    resync_seconds: float = 10.0           # timer: repair drift, refresh status and queue depth
+    redis_timeout: float = 2.0             # connecting to a JobQueue's Redis for its depth
+    liveness_port: int = 8080              # kopf's /healthz
+    retry_cap_seconds: float = 300.0       # backoff cap for Degraded JobQueues
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        ns = tuple(n.strip() for n in env.get("CONVEYOR_OPERATOR_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            namespaces=ns,
+            default_image=env.get("CONVEYOR_OPERATOR_DEFAULT_IMAGE", "").strip(),
+            resync_seconds=float(env.get("CONVEYOR_OPERATOR_RESYNC_SECONDS", "10")),
+            redis_timeout=float(env.get("CONVEYOR_OPERATOR_REDIS_TIMEOUT", "2")),
+            liveness_port=int(env.get("CONVEYOR_OPERATOR_LIVENESS_PORT", "8080")),
+            retry_cap_seconds=float(env.get("CONVEYOR_OPERATOR_RETRY_CAP_SECONDS", "300")),
+        )
+
+    def backoff(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (0-based) of a Degraded JobQueue: 1, 2, 4 ... cap."""
+        return float(min(self.retry_cap_seconds, 2 ** min(retry, 20)))

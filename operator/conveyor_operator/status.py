@@ -1,0 +1,98 @@
+"""JobQueue status: metav1.Condition bookkeeping (pure) and queue depth read from Redis."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from conveyor.keys import QueueKeys
+
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Cond:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def merge_conditions(old: list[dict[str, Any]] | None, new: list[Cond], generation: int,
+                     at: str | None = None) -> list[dict[str, Any]]:
+    """metav1.Condition list: lastTransitionTime only moves when the status flips."""
+    by_type = {c.get("type"): c for c in old or []}
+    out = []
+    for c in new:
+        status = "True" if c.status else "False"
+        prev = by_type.get(c.type)
+        since = prev["lastTransitionTime"] if prev and prev.get("status") == status and prev.get("lastTransitionTime") else (at or now())
+        out.append({"type": c.type, "status": status, "observedGeneration": generation,
+                    "lastTransitionTime": since, "reason": c.reason, "message": c.message})
+    return out
+
+
+def conditions_for(*, problem: tuple[str, str] | None, desired: int | None, deployment: dict[str, Any] | None,
+                   ) -> list[Cond]:
+    """Ready / Progressing / Degraded from what reconcile saw.
+
+    ``problem`` is (reason, message) of what the schema cannot catch (missing Secret,
+    unreachable Redis, no image); ``desired`` the replicas the operator asked for (None
+    while autoscaling owns them); ``deployment`` the worker Deployment as the API has it.
+    """
+    dstatus = (deployment or {}).get("status") or {}
+    want = desired if desired is not None else ((deployment or {}).get("spec") or {}).get("replicas", 0)
+    ready = int(dstatus.get("readyReplicas") or 0)
+    updated = int(dstatus.get("updatedReplicas") or 0)
+    generation = (deployment or {}).get("metadata", {}).get("generation", 0)
+    seen = dstatus.get("observedGeneration", 0)
+
+    degraded = Cond(DEGRADED, True, *problem) if problem else Cond(DEGRADED, False, "AsExpected", "no problems found")
+    if deployment is None:
+        progressing = Cond(PROGRESSING, False, "NoDeployment", "the worker Deployment does not exist")
+    elif seen < generation or updated < want:
+        progressing = Cond(PROGRESSING, True, "RollingOut", f"{updated} of {want} workers run the current configuration")
+    else:
+        progressing = Cond(PROGRESSING, False, "RolledOut", f"all {want} workers run the current configuration")
+    if deployment is None:
+        ready_c = Cond(READY, False, "NoDeployment", "the worker Deployment does not exist")
+    elif want == 0:
+        ready_c = Cond(READY, not problem, "ScaledToZero", "0 workers wanted")
+    elif ready >= want and not problem:
+        ready_c = Cond(READY, True, "WorkersReady", f"{ready} of {want} workers ready")
+    elif ready >= want:
+        ready_c = Cond(READY, False, problem[0], f"{ready} of {want} workers ready, but {problem[1]}")  # type: ignore[index]
+    else:
+        ready_c = Cond(READY, False, "WorkersNotReady", f"{ready} of {want} workers ready")
+    return [ready_c, progressing, degraded]
+
+
+def queue_depth(url: str, queues: list[str], timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Per queue: ready (LLEN), scheduled, claimed (leases) and failed (still kept). One round trip."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        pipe = client.pipeline(transaction=False)
+        t = client.time()
+        now_s = t[0] + t[1] / 1e6
+        for q in queues:
+            k = QueueKeys(q)
+            pipe.llen(k.ready)
+            pipe.zcard(k.scheduled)
+            pipe.zcard(k.leases)
+            pipe.zcount(k.failed, now_s, "+inf")
+        counts = pipe.execute()
+    finally:
+        client.close()
+    out = []
+    for i, q in enumerate(queues):
+        ready, scheduled, claimed, failed = counts[4 * i:4 * i + 4]
+        out.append({"name": q, "ready": int(ready), "scheduled": int(scheduled), "claimed": int(claimed),
+                    "failed": int(failed)})
+    return out

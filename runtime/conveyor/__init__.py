@@ -1,0 +1,54 @@
+"""Conveyor: a lease-based Redis job queue for Python teams on Kubernetes."""
+
+from .errors import (
+    ConveyorError,
+    InvalidArgument,
+    InvalidFunction,
+    InvalidJobId,
+    InvalidQueueName,
+    InvalidTransition,
+    JobExists,
+    NoSuchJob,
+    SerializationError,
+)
+from .context import JobContext, current_job
+from .periodic import CronJob, cron
+from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus
+from .retry import Backoff, Retry, RetryLater
+from .queue import EnqueueData, Queue
+from .settings import WorkerSettings
+
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("conveyor")
+except Exception:  # running from a source tree without an install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Attempt",
+    "Backoff",
+    "CronJob",
+    "JobContext",
+    "Retry",
+    "RetryLater",
+    "cron",
+    "current_job",
+    "DEFAULT_FAILURE_TTL",
+    "DEFAULT_RESULT_TTL",
+    "ConveyorError",
+    "EnqueueData",
+    "ExcInfo",
+    "InvalidArgument",
+    "InvalidFunction",
+    "InvalidJobId",
+    "InvalidQueueName",
+    "InvalidTransition",
+    "Job",
+    "JobExists",
+    "JobStatus",
+    "NoSuchJob",
+    "Queue",
+    "SerializationError",
+    "WorkerSettings",
+]

@@ -1,0 +1,115 @@
+"""What the operator-facing CLI asks of Redis: fleet overview, one job, stop, purge."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from . import errors, keys, scripts
+from .job import Job, JobStatus
+
+
+def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, Any]:
+    """Queues with counts per state, live workers with their current jobs, scheduler leaders."""
+    now = time.time()
+    names = sorted(n.decode() for n in conn.smembers(keys.QUEUES))
+    if queue_filter is not None:
+        if queue_filter not in names:
+            raise errors.ConveyorError(f"unknown queue {queue_filter!r} (known: {', '.join(names) or 'none'})")
+        names = [queue_filter]
+    pipe = conn.pipeline(transaction=False)
+    for name in names:
+        k = keys.QueueKeys(name)
+        pipe.llen(k.ready)
+        pipe.zcard(k.scheduled)
+        pipe.zcard(k.leases)
+        pipe.zcount(k.finished, now, "+inf")
+        pipe.zcount(k.failed, now, "+inf")
+        pipe.zcount(k.canceled, now, "+inf")
+        pipe.get(k.scheduler_lock)
+    pipe.zrangebyscore(keys.WORKERS, now, "+inf")
+    replies = pipe.execute()
+    queues = []
+    for i, name in enumerate(names):
+        ready, scheduled, started, finished, failed, canceled, leader = replies[i * 7 : i * 7 + 7]
+        queues.append({
+            "name": name, "ready": ready, "scheduled": scheduled, "started": started, "finished": finished,
+            "failed": failed, "canceled": canceled, "scheduler_leader": leader.decode() if leader else None,
+        })
+    worker_ids = [w.decode() for w in replies[-1]]
+    pipe = conn.pipeline(transaction=False)
+    for wid in worker_ids:
+        pipe.hgetall(keys.worker(wid))
+    regs = pipe.execute()
+    workers = []
+    pipe = conn.pipeline(transaction=False)
+    for wid, reg in zip(worker_ids, regs):
+        info = {k.decode(): v.decode() for k, v in reg.items()}
+        if not info:
+            continue
+        served = info.get("queues", "").split(",")
+        for q in served:
+            pipe.smembers(keys.QueueKeys(q).claimed(wid))
+        workers.append((wid, info, served))
+    claimed = iter(pipe.execute())
+    out_workers = []
+    for wid, info, served in workers:
+        jobs = sorted(j.decode() for q in served for j in next(claimed))
+        out_workers.append({
+            "id": wid, "host": info.get("host"), "pid": int(info.get("pid", 0)), "queues": served,
+            "pool": info.get("pool"), "concurrency": int(info.get("concurrency", 0)), "state": info.get("state"),
+            "scheduler": info.get("scheduler") == "1", "version": info.get("version"),
+            "last_seen": float(info.get("last_seen", 0)), "current_jobs": jobs,
+        })
+    return {"queues": queues, "workers": out_workers}
+
+
+def job_details(job: Job) -> dict[str, Any]:
+    def decoded(value: Any) -> Any:
+        try:
+            return value() if callable(value) else value
+        except Exception as exc:  # a payload this client cannot decode is still worth showing
+            return f"<undecodable: {exc}>"
+
+    return {
+        "id": job.id, "queue": job.queue, "status": job.status.value, "func": job.func_path,
+        "args": decoded(lambda: job.args), "kwargs": decoded(lambda: job.kwargs),
+        "execution_id": job.execution_id, "worker": job.worker, "deliveries": job.deliveries,
+        "retries": job.retries, "orphaned": job.orphaned, "enqueued_at": job.enqueued_at,
+        "due_at": job.due_at, "started_at": job.started_at, "ended_at": job.ended_at, "timeout": job.timeout,
+        "result": decoded(lambda: job.result) if job.status is JobStatus.FINISHED else None,
+        "error": {"type": job.exc_info.type, "message": job.exc_info.message} if job.exc_info else None,
+        "ttl": job.ttl,
+        "attempts": [a.__dict__ for a in job.attempts],
+    }
+
+
+def stop_job(job: Job, timeout: float = 10.0) -> Job:
+    """Ask the worker running ``job`` to stop it, and wait until it has."""
+    if job.status is not JobStatus.STARTED:
+        hint = "; use 'conveyor job cancel' for queued or scheduled jobs" if job.status in (
+            JobStatus.QUEUED, JobStatus.SCHEDULED) else ""
+        raise errors.InvalidTransition(f"job {job.id!r} is {job.status.value}, not started{hint}")
+    receivers = job.connection.publish(keys.COMMANDS, json.dumps({"cmd": "stop", "queue": job.queue, "job_id": job.id}))
+    if not receivers:
+        raise errors.ConveyorError("no worker is listening for commands; is any worker running?")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.refresh()
+        if job.status is not JobStatus.STARTED:
+            return job
+        time.sleep(0.05)  # polling a status that another process changes
+    raise errors.ConveyorError(f"job {job.id!r} is still running after {timeout:g}s; its worker did not act on the stop")
+
+
+def purge(conn: redis.Redis, queue: str, include_scheduled: bool) -> tuple[int, int]:
+    if queue.encode() not in conn.smembers(keys.QUEUES):
+        raise errors.ConveyorError(f"unknown queue {queue!r}")
+    k = keys.QueueKeys(queue)
+    [(ready, scheduled)] = scripts.execute(
+        conn, lambda p: scripts.purge(p, [k.ready, k.scheduled], [k.job_prefix, "1" if include_scheduled else "0"])
+    )
+    return ready, scheduled

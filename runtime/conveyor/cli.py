@@ -1,0 +1,283 @@
+"""The ``conveyor`` command line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import faulthandler
+import signal
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import redis
+
+from . import __version__, logs
+from .connection import ENV_URL, mask_url, resolve_url
+from .errors import ConveyorError
+from .settings import POOLS, WorkerSettings
+
+def _queues(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    # CONVEYOR_QUEUES is read here, not by click, which would split it on whitespace and
+    # turn "bad name" into two queues instead of an error.
+    if not value and os.environ.get("CONVEYOR_QUEUES"):
+        value = (os.environ["CONVEYOR_QUEUES"],)
+    names = tuple(n.strip() for v in value for n in v.split(",") if n.strip())
+    return names or ("default",)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="conveyor")
+def main() -> None:
+    """Conveyor: a lease-based Redis job queue."""
+
+
+@main.command()
+@click.option("--redis-url", envvar=ENV_URL, show_envvar=True, help="Redis to serve (default redis://localhost:6379/0).")
+@click.option("-q", "--queues", "queues", multiple=True, callback=_queues, metavar="Q1,Q2",
+              help="Queues to serve, highest priority first (repeatable or comma-separated; default 'default'; "
+                   "env CONVEYOR_QUEUES).")
+@click.option("-c", "--concurrency", envvar="CONVEYOR_CONCURRENCY", show_envvar=True, type=int, default=10, show_default=True, help="Jobs run at once.")
+@click.option("--pool", envvar="CONVEYOR_POOL", show_envvar=True, type=click.Choice(POOLS), default="thread", show_default=True,
+              help="Where sync jobs run: threads, child processes (hard timeouts), or nowhere (async jobs only).")
+@click.option("--prefetch", type=int, default=None, envvar="CONVEYOR_PREFETCH", show_envvar=True,
+              help="Jobs claimed beyond those running (default: adaptive, about 50 ms of work while jobs are short, none for long jobs).")
+@click.option("--burst", envvar="CONVEYOR_BURST", show_envvar=True, is_flag=True, help="Exit once the queues are empty.")
+@click.option("--default-timeout", envvar="CONVEYOR_DEFAULT_TIMEOUT", show_envvar=True, type=float, default=180.0, show_default=True, help="Seconds a job may run unless it sets its own timeout.")
+@click.option("--lease-seconds", envvar="CONVEYOR_LEASE_SECONDS", show_envvar=True, type=float, default=15.0, show_default=True, help="Lease length; renewed every third of it.")
+@click.option("--shutdown-timeout", envvar="CONVEYOR_SHUTDOWN_TIMEOUT", show_envvar=True, type=float, default=25.0, show_default=True, help="Seconds running jobs get after SIGTERM.")
+@click.option("--max-jobs-per-child", envvar="CONVEYOR_MAX_JOBS_PER_CHILD", show_envvar=True, type=int, default=0, show_default=True, help="Recycle a process-pool child after this many jobs (0: never).")
+@click.option("--allow-pickle", envvar="CONVEYOR_ALLOW_PICKLE", show_envvar=True, is_flag=True, help="Run pickled jobs. Pickle executes code: only if you trust everyone who can write to Redis.")
+@click.option("--with-scheduler", is_flag=True, envvar="CONVEYOR_WITH_SCHEDULER", show_envvar=True,
+              help="Also run the scheduler (delayed jobs, interval retries, lease reaping, cron); one worker leads per queue.")
+@click.option("--scheduler-lock-seconds", type=float, default=5.0, show_default=True, envvar="CONVEYOR_SCHEDULER_LOCK_SECONDS",
+              help="TTL of the scheduler leader's lock: a dead leader is replaced within it.")
+@click.option("--max-deliveries", type=int, default=3, show_default=True, envvar="CONVEYOR_MAX_DELIVERIES",
+              help="Times a job may lose its worker (lease expired) before it fails as abandoned.")
+@click.option("--cron-file", "cron_files", multiple=True, type=click.Path(dir_okay=False),
+              help="TOML file of [[cron]] schedules (repeatable).")
+@click.option("--cron-module", "cron_modules", multiple=True, help="Module that registers schedules with conveyor.cron() (repeatable).")
+@click.option("--result-ttl", type=int, default=None, envvar="CONVEYOR_RESULT_TTL",
+              help="Seconds to keep finished jobs that set no result_ttl (default 500; 0 deletes, -1 keeps).")
+@click.option("--failure-ttl", type=int, default=None, envvar="CONVEYOR_FAILURE_TTL",
+              help="Seconds to keep failed jobs that set no failure_ttl (default 7 days).")
+@click.option("--policy-file", envvar="CONVEYOR_POLICY_FILE", show_envvar=True, type=click.Path(dir_okay=False),
+              help="JSON policy for jobs without their own: retry, result_ttl, failure_ttl (the operator's ConfigMap).")
+@click.option("--metrics-port", type=int, default=9100, show_default=True, envvar="CONVEYOR_METRICS_PORT", show_envvar=True,
+              help="Port for /metrics, /healthz and /readyz (0 disables).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, envvar="CONVEYOR_METRICS_HOST")
+@click.option("--name", envvar="CONVEYOR_NAME", show_envvar=True, help="Worker ID (default host.pid.random).")
+@click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", show_envvar=True, type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", show_envvar=True, type=click.Choice(["text", "json"]),
+              default="text", show_default=True, help="json: one object per line, with job_id, execution_id, queue, duration.")
+def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_format: str, **options: object) -> None:
+    """Run a worker."""
+    logs.setup(log_level, log_format)
+    try:
+        policy_file = options.pop("policy_file")
+        policy = WorkerSettings.read_policy(policy_file) if policy_file else {}  # type: ignore[arg-type]
+        # A flag given on the command line wins over the policy file, which wins over defaults.
+        for key in ("result_ttl", "failure_ttl"):
+            if options[key] is None:
+                options.pop(key)
+        settings = WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
+    except ConveyorError as exc:
+        raise click.UsageError(str(exc)) from None
+    from .worker import Worker
+
+    # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    sys.exit(Worker(settings).run())
+
+
+def _conn(redis_url: str | None) -> "redis.Redis":
+    from .connection import connect
+
+    conn = connect(resolve_url(redis_url))
+    try:
+        conn.ping()
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot reach Redis at {mask_url(resolve_url(redis_url))}: {exc}") from None
+    return conn
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    d = time.time() - ts
+    return f"{d:.1f}s ago" if d < 120 else f"{d / 60:.0f}m ago" if d < 7200 else f"{d / 3600:.1f}h ago"
+
+
+redis_url_option = click.option("--redis-url", envvar=ENV_URL, show_envvar=True,
+                                help="Redis (default redis://localhost:6379/0).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@main.command()
+@redis_url_option
+@json_option
+@click.option("-q", "--queue", help="Only this queue.")
+def info(redis_url: str | None, as_json: bool, queue: str | None) -> None:
+    """Queues with counts per state, live workers and their current jobs, scheduler leaders."""
+    from .admin import fleet_info
+
+    try:
+        data = fleet_info(_conn(redis_url), queue)
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    q_rows = [[q["name"], q["ready"], q["scheduled"], q["started"], q["finished"], q["failed"], q["canceled"],
+               q["scheduler_leader"] or "none"] for q in data["queues"]]
+    click.echo(_table(q_rows, ["QUEUE", "READY", "SCHEDULED", "STARTED", "FINISHED", "FAILED", "CANCELED", "SCHEDULER"]))
+    click.echo("")
+    w_rows = [[w["id"], ",".join(w["queues"]), w["pool"], w["concurrency"], w["state"], _ago(w["last_seen"]),
+               ", ".join(w["current_jobs"][:5]) + (f" (+{len(w['current_jobs']) - 5})" if len(w["current_jobs"]) > 5 else "")]
+              for w in data["workers"]]
+    click.echo(_table(w_rows, ["WORKER", "QUEUES", "POOL", "CONC", "STATE", "SEEN", "CURRENT JOBS"]) if w_rows
+               else "no live workers")
+
+
+@main.group()
+def job() -> None:
+    """Look at or steer one job by its plain job ID."""
+
+
+def _fetch(redis_url: str | None, job_id: str, queue: str | None) -> Any:
+    from .job import Job
+
+    try:
+        return Job.fetch(job_id, connection=_conn(redis_url), queue=queue)
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@job.command("show")
+@click.argument("job_id")
+@click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
+@redis_url_option
+@json_option
+def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: bool) -> None:
+    """Everything about a job: status, call, result or error, attempts."""
+    from .admin import job_details
+
+    data = job_details(_fetch(redis_url, job_id, queue))
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    attempts = data.pop("attempts")
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if key.endswith("_at") and value:
+            value = f"{dt.datetime.fromtimestamp(value).isoformat(sep=' ', timespec='milliseconds')} ({_ago(value)})"
+        click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+    if attempts:
+        click.echo("")
+        click.echo(_table([[a["number"], a["execution_id"], a["exc_type"] or "ok", a["exc_message"] or ""]
+                           for a in attempts], ["ATTEMPT", "EXECUTION", "OUTCOME", "MESSAGE"]))
+
+
+@job.command("stop")
+@click.argument("job_id")
+@click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
+@redis_url_option
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the worker.")
+def job_stop(job_id: str, queue: str | None, redis_url: str | None, timeout: float) -> None:
+    """Stop a running job on whichever worker runs it; it ends as canceled (not retried)."""
+    from .admin import stop_job
+
+    try:
+        j = stop_job(_fetch(redis_url, job_id, queue), timeout)
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"stopped {j.id} (queue {j.queue}): now {j.status.value}")
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
+@redis_url_option
+def job_cancel(job_id: str, queue: str | None, redis_url: str | None) -> None:
+    """Cancel a queued or scheduled job."""
+    j = _fetch(redis_url, job_id, queue)
+    try:
+        j.cancel()
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"canceled {j.id} (queue {j.queue})")
+
+
+@main.command()
+@click.argument("queue")
+@redis_url_option
+@click.option("--scheduled", is_flag=True, help="Delete scheduled jobs too.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(queue: str, redis_url: str | None, scheduled: bool, yes: bool) -> None:
+    """Delete the waiting jobs of a queue (started, finished and failed jobs are kept)."""
+    from .admin import purge as purge_queue
+
+    conn = _conn(redis_url)
+    if not yes:
+        what = "ready and scheduled" if scheduled else "ready"
+        click.confirm(f"Delete every {what} job of queue {queue!r}?", abort=True)
+    try:
+        ready, sched = purge_queue(conn, queue, scheduled)
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"purged queue {queue}: {ready} ready" + (f", {sched} scheduled" if scheduled else "") + " jobs deleted")
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@redis_url_option
+@click.option("-q", "--queue", help="Queue of the jobs (default: found by job ID; required with --all-failed).")
+@click.option("--all-failed", is_flag=True, help="Requeue every failed job of --queue.")
+def requeue(job_ids: tuple[str, ...], redis_url: str | None, queue: str | None, all_failed: bool) -> None:
+    """Put failed jobs back on their queue, with a fresh retry budget."""
+    from .job import Job
+    from .queue import Queue
+
+    if bool(job_ids) == all_failed:
+        raise click.UsageError("give job IDs or --all-failed (with --queue), not both")
+    if all_failed and not queue:
+        raise click.UsageError("--all-failed needs --queue")
+    try:
+        conn = _conn(redis_url)
+        if all_failed:
+            count = Queue(queue, connection=conn).requeue_all_failed()  # type: ignore[arg-type]
+            click.echo(f"requeued {count} failed jobs of queue {queue}")
+            return
+        for job_id in job_ids:
+            job = Job.fetch(job_id, connection=conn, queue=queue)
+            job.requeue()
+            click.echo(f"requeued {job_id} on queue {job.queue}")
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis error: {exc}") from None
+
+
+@main.command()
+@click.option("--redis-url", envvar=ENV_URL, show_envvar=True,
+              help="Use this Redis instead of starting a private redis-server.")
+def demo(redis_url: str | None) -> None:
+    """Enqueue a few jobs (one fails), run a worker on them, show what happened."""
+    from .demo import run_demo
+
+    try:
+        sys.exit(run_demo(redis_url))
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Typed errors. Lua scripts return numeric codes; :data:`SCRIPT_CODES` maps them."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class of every error Conveyor raises on purpose."""
+
+
+class InvalidJobId(ConveyorError, ValueError):
+    pass
+
+
+class InvalidQueueName(ConveyorError, ValueError):
+    pass
+
+
+class InvalidFunction(ConveyorError, ValueError):
+    pass
+
+
+class InvalidArgument(ConveyorError, ValueError):
+    """An option passed to enqueue (TTL, timeout, if_exists...) is out of range."""
+
+
+class SerializationError(ConveyorError, TypeError):
+    pass
+
+
+class NoSuchJob(ConveyorError, LookupError):
+    pass
+
+
+class JobExists(ConveyorError):
+    def __init__(self, job_ids: list[str], queue: str) -> None:
+        self.job_ids = job_ids
+        shown = ", ".join(repr(j) for j in job_ids[:5]) + (" ..." if len(job_ids) > 5 else "")
+        super().__init__(
+            f"job ID {shown} already exists in queue {queue!r}; "
+            "pass if_exists='ignore' to get the existing job instead"
+        )
+
+
+class InvalidTransition(ConveyorError):
+    """The job is not in a state that allows the requested change."""
+
+
+class StaleExecution(ConveyorError):
+    """A completion arrived for an execution that no longer owns the job."""
+
+
+class RedisUnavailable(ConveyorError):
+    pass
+
+
+# Codes shared by the Lua scripts (scripts/*.lua return them per job).
+OK = 1
+STALE = 0
+MISSING = -1
+WRONG_STATE = -2
+EXISTS = -3
+DUPLICATE = 2  # this execution's outcome was recorded already (a retried flush)

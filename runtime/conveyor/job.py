@@ -1,0 +1,285 @@
+"""Jobs as stored in Redis, and the client-side view of one."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from . import errors, keys, scripts
+from .connection import connect
+from .serializers import get_serializer
+from .validation import check_job_id
+
+DEFAULT_RESULT_TTL = 500
+DEFAULT_FAILURE_TTL = 7 * 24 * 3600
+
+# Fields written at enqueue, in the order enqueue.lua receives them ("id" first).
+# An empty value is the reader's default and is not stored when the whole batch shares it.
+ENQUEUE_FIELDS = (
+    "id", "func", "payload", "ser", "timeout", "result_ttl", "failure_ttl",
+    "retry", "max_deliveries", "unique_lock", "unique_ttl",
+)
+# Fields a worker needs to run a job; claim.lua returns them after id and execution ID.
+RUN_FIELDS = ("func", "payload", "ser", "timeout", "deliveries", "enqueued_at", "retry", "retries", "due_at")
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ExcInfo:
+    type: str
+    message: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    execution_id: str | None
+    started_at: float | None
+    ended_at: float | None
+    exc_type: str | None  # None: the attempt succeeded
+    exc_message: str | None
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def _s(raw: dict[bytes, Any], field: str, default: str | None = None) -> str | None:
+    value = raw.get(field.encode())
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _f(raw: dict[bytes, Any], field: str) -> float | None:
+    value = raw.get(field.encode())
+    return float(value) if value not in (None, b"", "") else None
+
+
+class Job:
+    """A snapshot of one job. ``refresh()`` reloads it; attributes never hit Redis."""
+
+    def __init__(self, job_id: str, queue: str, connection: redis.Redis, raw: dict[bytes, bytes]) -> None:
+        self.id = job_id
+        self.queue = queue
+        self.connection = connection
+        self._load(raw)
+
+    def _load(self, raw: dict[bytes, bytes]) -> None:
+        # Fields are decoded when read: building a Job (10,000 from enqueue_many) stays cheap.
+        self._raw = raw
+
+    @property
+    def func_path(self) -> str | None:
+        return _s(self._raw, "func")
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus(_s(self._raw, "status"))
+
+    @property
+    def execution_id(self) -> str | None:
+        """The current (or last) attempt's execution ID; never part of the job ID."""
+        return _s(self._raw, "execution_id")
+
+    @property
+    def worker(self) -> str | None:
+        return _s(self._raw, "worker")
+
+    @property
+    def enqueued_at(self) -> float | None:
+        return _f(self._raw, "enqueued_at")
+
+    @property
+    def started_at(self) -> float | None:
+        return _f(self._raw, "started_at")
+
+    @property
+    def ended_at(self) -> float | None:
+        return _f(self._raw, "ended_at")
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds the job may run; None means the worker's default."""
+        return _f(self._raw, "timeout")
+
+    @property
+    def result_ttl(self) -> int | None:
+        """The job's own result TTL; None means the worker's policy (500 s by default)."""
+        value = _s(self._raw, "result_ttl", "")
+        return int(value) if value else None
+
+    @property
+    def failure_ttl(self) -> int | None:
+        """The job's own failure TTL; None means the worker's policy (7 days by default)."""
+        value = _s(self._raw, "failure_ttl", "")
+        return int(value) if value else None
+
+    @property
+    def deliveries(self) -> int:
+        """How many times a worker has claimed this job."""
+        return int(_s(self._raw, "deliveries", "0"))
+
+    @property
+    def retries(self) -> int:
+        """Exception retries so far (attempts that failed and were tried again)."""
+        return int(_s(self._raw, "retries", "0"))
+
+    @property
+    def orphaned(self) -> int:
+        """Times its worker was lost and the job was recovered from an expired lease."""
+        return int(_s(self._raw, "orphaned", "0"))
+
+    @property
+    def due_at(self) -> float | None:
+        """When a scheduled job becomes ready (seconds since the epoch)."""
+        due = _f(self._raw, "due_at")
+        return due / 1000 if due is not None else None
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """Every attempt that ended in an exception or a lost worker, then the successful one."""
+        raw = self._raw.get(b"attempts")
+        if not raw:
+            return []
+        return [
+            Attempt(
+                int(a["n"]), a.get("execution_id") or None, _num(a.get("started_at")), _num(a.get("ended_at")),
+                a.get("exc_type") or None, a.get("exc_message") or None,
+            )
+            for a in json.loads(raw)
+        ]
+
+    @property
+    def serializer_name(self) -> str:
+        return _s(self._raw, "ser", "json")
+
+    @property
+    def exc_info(self) -> ExcInfo | None:
+        exc_type = _s(self._raw, "exc_type")
+        if not exc_type:
+            return None
+        return ExcInfo(exc_type, _s(self._raw, "exc_message", ""), _s(self._raw, "exc_traceback", ""))
+
+    @property
+    def key(self) -> str:
+        return keys.QueueKeys(self.queue).job(self.id)
+
+    @property
+    def args(self) -> list[Any]:
+        return self._payload()[0]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self._payload()[1]
+
+    def _payload(self) -> tuple[list[Any], dict[str, Any]]:
+        data = get_serializer(self.serializer_name).loads(self._raw[b"payload"])
+        return data["a"], data["k"]
+
+    @property
+    def result(self) -> Any:
+        """The return value of a finished job (``None`` until it finishes)."""
+        raw = self._raw.get(b"result")
+        if raw is None:
+            return None
+        return get_serializer(self.serializer_name).loads(raw)
+
+    @property
+    def ttl(self) -> int:
+        """Seconds until Redis forgets this job: -1 kept forever, -2 already gone."""
+        return self.connection.ttl(self.key)
+
+    def refresh(self) -> "Job":
+        raw = self.connection.hgetall(self.key)
+        if not raw:
+            raise errors.NoSuchJob(f"job {self.id!r} no longer exists in queue {self.queue!r}")
+        self._load(raw)
+        return self
+
+    def cancel(self) -> None:
+        """Take a queued or scheduled job off its queue; it ends as ``canceled``."""
+        k = keys.QueueKeys(self.queue)
+        [(code, *rest)] = scripts.execute(
+            self.connection,
+            lambda p: scripts.cancel(p, [k.ready, k.canceled, k.scheduled], [k.job_prefix, self.id, DEFAULT_FAILURE_TTL]),
+        )
+        if code == errors.MISSING:
+            raise errors.NoSuchJob(f"job {self.id!r} does not exist in queue {self.queue!r}")
+        if code == errors.WRONG_STATE:
+            raise errors.InvalidTransition(
+                f"job {self.id!r} is {rest[0].decode()}; only a queued or scheduled job can be canceled"
+            )
+        self.refresh()
+
+    def requeue(self) -> None:
+        """Put a failed job back on its queue, with a fresh retry budget."""
+        requeue_jobs(self.connection, self.queue, [self.id])
+        self.refresh()
+
+    @classmethod
+    def fetch(
+        cls,
+        job_id: str,
+        connection: redis.Redis | None = None,
+        *,
+        queue: str | None = None,
+        redis_url: str | None = None,
+    ) -> "Job":
+        """Load a job by its plain ID. Without ``queue``, every known queue is searched."""
+        check_job_id(job_id)
+        conn = connect(redis_url, connection)
+        if queue is None:
+            queue = _find_queue(conn, job_id)
+        raw = conn.hgetall(keys.QueueKeys(queue).job(job_id))
+        if not raw:
+            raise errors.NoSuchJob(f"no job {job_id!r} in queue {queue!r}")
+        return cls(job_id, queue, conn, raw)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} queue={self.queue} status={self.status.value} func={self.func_path}>"
+
+
+def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str]) -> int:
+    """Requeue failed jobs of one queue; raises if any is unknown or not failed (the others still move)."""
+    k = keys.QueueKeys(queue)
+    [codes] = scripts.execute(conn, lambda p: scripts.requeue(p, [k.ready, k.failed, k.wake], [k.job_prefix, *job_ids]))
+    missing = [j for j, c in zip(job_ids, codes) if c == errors.MISSING]
+    wrong = [j for j, c in zip(job_ids, codes) if c == errors.WRONG_STATE]
+    if missing:
+        raise errors.NoSuchJob(f"no job {', '.join(map(repr, missing))} in queue {queue!r}")
+    if wrong:
+        raise errors.InvalidTransition(f"job {', '.join(map(repr, wrong))} is not failed; only failed jobs can be requeued")
+    return len(job_ids)
+
+
+def _find_queue(conn: redis.Redis, job_id: str) -> str:
+    names = sorted(n.decode() for n in conn.smembers(keys.QUEUES))
+    pipe = conn.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(keys.QueueKeys(name).job(job_id))
+    found = [name for name, hit in zip(names, pipe.execute()) if hit]
+    if not found:
+        raise errors.NoSuchJob(f"no job {job_id!r} in any queue ({', '.join(names) or 'none known'})")
+    if len(found) > 1:
+        raise errors.ConveyorError(f"job ID {job_id!r} exists in queues {found}; pass queue= to choose")
+    return found[0]

@@ -1,0 +1,361 @@
+"""The client side: put jobs on a queue and look at what is there."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import operator
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
+
+import redis
+
+from . import errors, keys, scripts
+from .connection import connect
+from .job import ENQUEUE_FIELDS, Job, requeue_jobs
+from .registry import Registry
+from .retry import Retry
+from .serializers import Serializer, get_serializer
+from .validation import check_job_id, check_queue_name, check_timeout, check_ttl, function_path
+
+DEFAULT_UNIQUE_TTL = 3600
+IF_EXISTS = ("error", "ignore")
+_OPTION_NAMES = ("job_id", "timeout", "result_ttl", "failure_ttl", "retry", "max_deliveries", "unique_key", "unique_ttl")
+_NO_OPTIONS = (None,) * 7
+
+
+class EnqueueData(NamedTuple):
+    """One job of an :meth:`Queue.enqueue_many` batch, built by :meth:`Queue.prepare_data`."""
+
+    func: Callable[..., Any] | str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    job_id: str | None = None
+    timeout: float | None = None
+    result_ttl: int | None = None
+    failure_ttl: int | None = None
+    retry: Retry | None = None
+    max_deliveries: int | None = None
+    unique_key: str | None = None
+    unique_ttl: int | None = None
+
+
+class EncodedBatch(NamedTuple):
+    keys: list[str]
+    argv: list[Any]
+    rows: list[list[Any]]
+    shared: list[int]
+    own: list[int]
+
+
+class Queue:
+    """A named queue in Redis.
+
+    ``result_ttl`` and ``failure_ttl`` are the defaults for jobs enqueued here: seconds
+    to keep a finished or failed job, 0 to delete it as soon as it ends, -1 to keep it
+    forever. Left unset, the worker's policy decides: 500 s and 7 days unless the worker
+    was given another (``--result-ttl``, ``--failure-ttl``, ``--policy-file``).
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        redis_url: str | None = None,
+        connection: redis.Redis | None = None,
+        serializer: str | Serializer | None = None,
+        default_timeout: float | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+    ) -> None:
+        self.name = check_queue_name(name)
+        self.connection = connect(redis_url, connection)
+        self.serializer = get_serializer(serializer)
+        self.default_timeout = check_timeout(default_timeout) if default_timeout is not None else None
+        self.result_ttl = None if result_ttl is None else check_ttl("result_ttl", result_ttl)
+        self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
+        self.keys = keys.QueueKeys(name)
+        # ser, timeout, result_ttl, failure_ttl, retry, max_deliveries, unique_lock, unique_ttl
+        # of a job that sets none of its own.
+        self._default_options = (
+            self.serializer.name,
+            "" if self.default_timeout is None else repr(self.default_timeout),
+            "" if self.result_ttl is None else self.result_ttl,
+            "" if self.failure_ttl is None else self.failure_ttl,
+            "",
+            "",
+            "",
+            "",
+        )
+        self._registered = False
+
+    # -- enqueueing --------------------------------------------------------------
+
+    @staticmethod
+    def prepare_data(
+        func: Callable[..., Any] | str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+        retry: Retry | None = None,
+        max_deliveries: int | None = None,
+        unique_key: str | None = None,
+        unique_ttl: int | None = None,
+    ) -> EnqueueData:
+        return EnqueueData(func, tuple(args), dict(kwargs or {}), job_id, timeout, result_ttl, failure_ttl,
+                           retry, max_deliveries, unique_key, unique_ttl)
+
+    def enqueue(
+        self,
+        func: Callable[..., Any] | str,
+        *args: Any,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+        retry: Retry | None = None,
+        max_deliveries: int | None = None,
+        unique_key: str | None = None,
+        unique_ttl: int | None = None,
+        if_exists: str = "error",
+        **kwargs: Any,
+    ) -> Job:
+        """Queue ``func(*args, **kwargs)``. Use :meth:`enqueue_call` if your kwargs clash with these names.
+
+        ``retry``: a :class:`Retry` policy. ``max_deliveries`` (default 3): how many
+        times the job may be handed to a worker that is then lost before it fails as
+        abandoned. ``unique_key``: while a job with this key is queued, scheduled or
+        started, enqueueing another returns that job instead (the key is held at most
+        ``unique_ttl`` seconds, default 3600).
+        """
+        data = EnqueueData(func, args, kwargs, job_id, timeout, result_ttl, failure_ttl,
+                           retry, max_deliveries, unique_key, unique_ttl)
+        return self._write([data], if_exists)[0]
+
+    def enqueue_call(
+        self,
+        func: Callable[..., Any] | str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        if_exists: str = "error",
+        **options: Any,
+    ) -> Job:
+        return self._write([self.prepare_data(func, args, kwargs, **options)], if_exists)[0]
+
+    def enqueue_in(self, delay: float | dt.timedelta, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job:
+        """Like :meth:`enqueue`, but the job becomes ready after ``delay`` (seconds or a timedelta)."""
+        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise errors.InvalidArgument(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
+        return self._enqueue_due(time.time() + seconds, func, args, kwargs)
+
+    def enqueue_at(self, when: dt.datetime, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job:
+        """Like :meth:`enqueue`, but the job becomes ready at ``when`` (a naive datetime is local time)."""
+        if not isinstance(when, dt.datetime):
+            raise errors.InvalidArgument(f"enqueue_at takes a datetime, got {type(when).__name__}")
+        return self._enqueue_due(when.timestamp(), func, args, kwargs)
+
+    def _enqueue_due(self, due: float, func: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
+        if_exists = kwargs.pop("if_exists", "error")
+        options = {k: kwargs.pop(k) for k in _OPTION_NAMES if k in kwargs}
+        data = self.prepare_data(func, args, kwargs, **options)
+        return self._write([data], if_exists, due_ms=int(due * 1000))[0]
+
+    def enqueue_many(self, items: Iterable[EnqueueData], *, if_exists: str = "error") -> list[Job]:
+        """Write a whole batch in one round trip, atomically: all of it or, on error, none."""
+        return self._write(list(items), if_exists)
+
+    def _write(
+        self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
+    ) -> list[Job]:
+        if not items:
+            return []
+        batch = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
+
+        def build(pipe: Any) -> None:
+            if not self._registered:
+                pipe.sadd(keys.QUEUES, self.name)
+            scripts.enqueue(pipe, batch.keys, batch.argv)
+
+        code, *flags = scripts.execute(self.connection, build)[-1]
+        self._registered = True
+        if code == errors.EXISTS:
+            raise errors.JobExists([f.decode() for f in flags], self.name)
+        rows, shared, own = batch.rows, batch.shared, batch.own
+        base = {b"status": b"queued" if due_ms is None else b"scheduled",
+                b"enqueued_at": repr(time.time()).encode()}  # refresh() reads the server's
+        if due_ms is not None:
+            base[b"due_at"] = due_ms
+        base.update((ENQUEUE_FIELDS[c].encode(), rows[0][c]) for c in shared)
+        names = [ENQUEUE_FIELDS[c].encode() for c in own[1:]]
+        jobs = []
+        for n, row in enumerate(rows):
+            flag = flags[n] if flags else 1
+            if flag == 1:
+                raw = base.copy()
+                raw.update(zip(names, (row[c] for c in own[1:])))
+                jobs.append(Job(row[0], self.name, self.connection, raw))
+            else:  # it existed, or another job holds its unique key: return that one
+                jobs.append(Job.fetch(row[0] if flag == 0 else flag.decode(), self.connection, queue=self.name))
+        return jobs
+
+    def encode_batch(
+        self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
+    ) -> EncodedBatch:
+        """Validate and encode a batch for enqueue.lua. Raises before anything is written."""
+        if if_exists not in IF_EXISTS:
+            raise errors.InvalidArgument(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
+        generated = iter(_new_ids(sum(1 for item in items if item.job_id is None)))
+        rows = [self._row(item, n, generated) for n, item in enumerate(items)]
+        ids = [row[0] for row in rows]
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise errors.InvalidJobId(f"job ID(s) {dupes} appear more than once in the batch")
+        mode = "fresh" if all(item.job_id is None for item in items) else if_exists
+        # Values every job shares travel once; the rest once per job ("id" always per job).
+        shared = [c for c in range(1, len(ENQUEUE_FIELDS)) if len({row[c] for row in rows}) == 1]
+        own = [0] + [c for c in range(1, len(ENQUEUE_FIELDS)) if c not in shared]
+        # A shared value that equals the reader's default ("" means unset, json) need not be stored.
+        stored = [c for c in shared if rows[0][c] not in ("", "json")]
+        k = self.keys
+        argv: list[Any] = [
+            k.job_prefix, mode, "" if due_ms is None else due_ms, k.schedule_channel,
+            *(guard if guard else ("", "")), len(stored),
+        ]
+        for c in stored:
+            argv += (ENQUEUE_FIELDS[c], rows[0][c])
+        argv += (len(own), *(ENQUEUE_FIELDS[c] for c in own))
+        if len(own) == 1:  # itemgetter of one index returns the value, not a 1-tuple
+            argv.extend(row[0] for row in rows)
+        else:
+            argv.extend(itertools.chain.from_iterable(map(operator.itemgetter(*own), rows)))
+        return EncodedBatch([k.ready, k.wake, k.scheduled, k.cron, k.stats], argv, rows, shared, own)
+
+    def _row(self, item: EnqueueData, index: int, generated: Iterator[str]) -> list[Any]:
+        """The values of ENQUEUE_FIELDS for one job; raises before anything is written."""
+        job_id = check_job_id(item.job_id) if item.job_id is not None else next(generated)
+        payload = self._payload(item, index)
+        if item[4:] == _NO_OPTIONS:
+            return [job_id, function_path(item.func), payload, *self._default_options]
+        timeout = item.timeout if item.timeout is not None else self.default_timeout
+        if item.retry is not None and not isinstance(item.retry, Retry):
+            raise errors.InvalidArgument(f"retry must be a conveyor.Retry, got {item.retry!r}")
+        if item.max_deliveries is not None and (
+            isinstance(item.max_deliveries, bool) or not isinstance(item.max_deliveries, int) or item.max_deliveries < 1
+        ):
+            raise errors.InvalidArgument(f"max_deliveries must be an integer >= 1, got {item.max_deliveries!r}")
+        unique_lock, unique_ttl = "", ""
+        if item.unique_key is not None:
+            if not isinstance(item.unique_key, str) or not item.unique_key or len(item.unique_key) > 200:
+                raise errors.InvalidArgument(f"unique_key must be a non-empty string of at most 200 characters, got {item.unique_key!r}")
+            unique_lock = self.keys.unique(item.unique_key)
+            unique_ttl = DEFAULT_UNIQUE_TTL if item.unique_ttl is None else check_ttl("unique_ttl", item.unique_ttl, allow_zero=False)
+            if unique_ttl == -1:
+                raise errors.InvalidArgument("unique_ttl must be a positive number of seconds")
+        elif item.unique_ttl is not None:
+            raise errors.InvalidArgument("unique_ttl needs a unique_key")
+        return [
+            job_id,
+            function_path(item.func),
+            payload,
+            self.serializer.name,
+            "" if timeout is None else repr(check_timeout(timeout)),
+            self._default_options[2] if item.result_ttl is None else check_ttl("result_ttl", item.result_ttl),
+            self._default_options[3] if item.failure_ttl is None else check_ttl("failure_ttl", item.failure_ttl),
+            item.retry.to_json() if item.retry is not None else "",
+            "" if item.max_deliveries is None else item.max_deliveries,
+            unique_lock,
+            unique_ttl,
+        ]
+
+    def _payload(self, item: EnqueueData, index: int) -> bytes:
+        try:
+            return self.serializer.dumps({"a": list(item.args), "k": item.kwargs})
+        except errors.SerializationError as exc:
+            where = _culprit(self.serializer, item)
+            prefix = f"job {index} of the batch: " if index else ""
+            raise errors.SerializationError(f"{prefix}{where}: {exc}") from None
+
+    def requeue(self, *job_ids: str) -> int:
+        """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
+        return requeue_jobs(self.connection, self.name, list(job_ids))
+
+    def requeue_all_failed(self) -> int:
+        ids = self.failed.job_ids
+        return requeue_jobs(self.connection, self.name, ids) if ids else 0
+
+    # -- looking --------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """Jobs waiting to run."""
+        return self.connection.llen(self.keys.ready)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def job_ids(self) -> list[str]:
+        """IDs of the jobs waiting to run, next first."""
+        return [i.decode() for i in self.connection.lrange(self.keys.ready, 0, -1)]
+
+    def fetch_job(self, job_id: str) -> Job:
+        return Job.fetch(job_id, self.connection, queue=self.name)
+
+    def registry(self, name: str) -> Registry:
+        """``started``, ``finished``, ``failed`` or ``canceled``: plain job IDs, never composite."""
+        return Registry(self, name)
+
+    @property
+    def started(self) -> Registry:
+        return self.registry("started")
+
+    @property
+    def scheduled(self) -> Registry:
+        return self.registry("scheduled")
+
+    @property
+    def finished(self) -> Registry:
+        return self.registry("finished")
+
+    @property
+    def failed(self) -> Registry:
+        return self.registry("failed")
+
+    @property
+    def canceled(self) -> Registry:
+        return self.registry("canceled")
+
+    def worker_job_ids(self, worker_id: str) -> list[str]:
+        """IDs of the jobs of this queue a worker holds a lease on."""
+        return sorted(i.decode() for i in self.connection.smembers(self.keys.claimed(worker_id)))
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name}>"
+
+
+def _new_ids(n: int) -> list[str]:
+    """n random 128-bit IDs in hex, drawn in one call (uuid4() per job costs more than the Lua)."""
+    blob = os.urandom(16 * n).hex()
+    return [blob[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+def _culprit(serializer: Serializer, item: EnqueueData) -> str:
+    """Name the first argument the serializer rejects, for the error message."""
+    for i, arg in enumerate(item.args):
+        try:
+            serializer.dumps(arg)
+        except errors.SerializationError:
+            return f"argument {i} ({type(arg).__name__})"
+    for name, arg in item.kwargs.items():
+        try:
+            serializer.dumps(arg)
+        except errors.SerializationError:
+            return f"keyword argument {name!r} ({type(arg).__name__})"
+    return "arguments"

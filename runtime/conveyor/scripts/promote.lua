@@ -1,0 +1,23 @@
+-- promote: move scheduled jobs that are due to the tail of the ready list.
+-- Idempotent: a job leaves the scheduled set once (ZREM), so two schedulers that both
+-- run this at the same moment cannot enqueue it twice.
+-- KEYS[1] scheduled zset   KEYS[2] ready list   KEYS[3] wake list
+-- ARGV[1] job key prefix   ARGV[2] at most this many jobs
+-- Returns {jobs moved, the next due time in ms or -1}.
+local prefix = ARGV[1]
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local moved = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local key = prefix .. id
+    if redis.call('HGET', key, 'status') == 'scheduled' then
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('RPUSH', KEYS[2], id)
+      moved = moved + 1
+    end
+  end
+end
+if moved > 0 then wake(KEYS[3]) end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {moved, nxt[2] and math.floor(tonumber(nxt[2])) or -1}

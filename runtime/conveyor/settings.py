@@ -1,0 +1,142 @@
+"""Worker settings: one frozen dataclass, built from CLI flags or the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+from .connection import DEFAULT_URL, ENV_URL
+from .errors import InvalidArgument
+from .retry import Retry, policy_retry
+from .validation import check_queue_name, check_ttl
+
+POOLS = ("thread", "process", "async")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    redis_url: str
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 10
+    pool: str = "thread"
+    burst: bool = False
+    default_timeout: float = 180.0
+    lease_seconds: float = 15.0
+    shutdown_timeout: float = 25.0
+    max_jobs_per_child: int = 0
+    allow_pickle: bool = False
+    name: str | None = None
+    with_scheduler: bool = False
+    scheduler_lock_seconds: float = 5.0
+    # How many times a job may be handed to a worker that is then lost (lease expired)
+    # before it fails as abandoned; a job's own max_deliveries wins.
+    max_deliveries: int = 3
+    # Policy for jobs that carry none of their own (a JobQueue's ConfigMap sets these).
+    result_ttl: int = 500
+    failure_ttl: int = 7 * 24 * 3600
+    default_retry: Retry | None = None
+    metrics_port: int = 9100  # /metrics, /healthz, /readyz; 0 disables
+    metrics_host: str = "0.0.0.0"
+    cron_files: tuple[str, ...] = ()
+    cron_modules: tuple[str, ...] = ()
+    # Jobs claimed beyond the running ones; None adapts: about 50 ms of work while
+    # jobs average under 0.1 s, none for longer jobs (they gain nothing and would
+    # sit leased here while another worker idles).
+    prefetch: int | None = None
+    # Completions wait up to this long for company, so one round trip records several.
+    flush_linger: float = 0.002
+    max_batch: int = 200
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise InvalidArgument("a worker needs at least one queue")
+        for q in self.queues:
+            check_queue_name(q)
+        if len(set(self.queues)) != len(self.queues):
+            raise InvalidArgument(f"queue listed twice in {','.join(self.queues)}")
+        if self.pool not in POOLS:
+            raise InvalidArgument(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        _positive("concurrency", self.concurrency, integer=True)
+        _positive("default_timeout", self.default_timeout)
+        _positive("lease_seconds", self.lease_seconds)
+        _positive("scheduler_lock_seconds", self.scheduler_lock_seconds)
+        _positive("max_deliveries", self.max_deliveries, integer=True)
+        if self.shutdown_timeout < 0:
+            raise InvalidArgument(f"shutdown_timeout must be >= 0, got {self.shutdown_timeout}")
+        _positive("max_batch", self.max_batch, integer=True)
+        if not isinstance(self.flush_linger, (int, float)) or self.flush_linger < 0:
+            raise InvalidArgument(f"flush_linger must be >= 0 seconds, got {self.flush_linger!r}")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise InvalidArgument(f"prefetch must be >= 0, got {self.prefetch}")
+        check_ttl("result_ttl", self.result_ttl)
+        check_ttl("failure_ttl", self.failure_ttl)
+        if not 0 <= self.metrics_port <= 65535:
+            raise InvalidArgument(f"metrics_port must be 0 (off) or a TCP port, got {self.metrics_port}")
+        if self.max_jobs_per_child < 0:
+            raise InvalidArgument(f"max_jobs_per_child must be >= 0, got {self.max_jobs_per_child}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "WorkerSettings":
+        """Read CONVEYOR_<FIELD> variables (CONVEYOR_QUEUES is comma-separated); overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"redis_url": env.get(ENV_URL) or DEFAULT_URL}
+        for f in fields(cls):
+            raw = env.get(f"CONVEYOR_{f.name.upper()}")
+            if raw is None or f.name == "redis_url":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @staticmethod
+    def read_policy(path: str) -> dict[str, Any]:
+        """Settings from a policy file (JSON, as the operator's ConfigMap mounts it):
+        {"retry": {...}, "result_ttl": 500, "failure_ttl": 604800}."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"cannot read policy file {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidArgument(f"policy file {path}: expected a JSON object")
+        unknown = set(data) - {"retry", "result_ttl", "failure_ttl"}
+        if unknown:
+            raise InvalidArgument(f"policy file {path}: unknown keys {sorted(unknown)}")
+        out: dict[str, Any] = {}
+        try:
+            if data.get("retry") is not None:
+                out["default_retry"] = policy_retry(data["retry"])
+            for key in ("result_ttl", "failure_ttl"):
+                if key in data:
+                    out[key] = check_ttl(key, data[key])
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"policy file {path}: {exc}") from None
+        return out
+
+    def with_(self, **changes: Any) -> "WorkerSettings":
+        return replace(self, **changes)
+
+
+def _positive(name: str, value: float, integer: bool = False) -> None:
+    if (integer and (isinstance(value, bool) or not isinstance(value, int))) or not value > 0:
+        raise InvalidArgument(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+
+
+def _parse(name: str, typ: Any, raw: str) -> Any:
+    typ = str(typ)
+    try:
+        if "tuple" in typ:
+            return tuple(q.strip() for q in raw.split(",") if q.strip())
+        if typ == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError("expected true or false")
+            return raw.lower() in ("1", "true", "yes")
+        if typ in ("int", "int | None"):
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise InvalidArgument(f"CONVEYOR_{name.upper()}={raw!r}: {exc}") from None

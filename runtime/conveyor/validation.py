@@ -1,0 +1,108 @@
+"""Checks on what callers hand to enqueue: job IDs, queue names, functions, TTLs."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import re
+from typing import Any, Callable
+
+from .errors import InvalidArgument, InvalidFunction, InvalidJobId, InvalidQueueName
+
+MAX_JOB_ID = 128
+_QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_PATH_RE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str):
+        raise InvalidJobId(f"job ID must be a string, got {type(job_id).__name__}")
+    if not job_id:
+        raise InvalidJobId("job ID must not be empty")
+    if len(job_id) > MAX_JOB_ID:
+        raise InvalidJobId(f"job ID is {len(job_id)} characters long; the limit is {MAX_JOB_ID}")
+    if ":" in job_id:
+        raise InvalidJobId(f"job ID {job_id!r} contains ':', which is reserved (execution IDs are kept apart)")
+    if any(ch.isspace() for ch in job_id):
+        raise InvalidJobId(f"job ID {job_id!r} contains whitespace")
+    if "{" in job_id or "}" in job_id:
+        raise InvalidJobId(f"job ID {job_id!r} contains '{{' or '}}', which Redis Cluster reads as a hash tag")
+    return job_id
+
+
+def check_queue_name(name: Any) -> str:
+    if not isinstance(name, str) or not _QUEUE_RE.fullmatch(name):
+        raise InvalidQueueName(
+            f"invalid queue name {name!r}: use 1-100 characters from letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def function_path(func: "Callable[..., Any] | str") -> str:
+    """The import path ("pkg.module:qualname") a worker uses to find ``func``."""
+    if isinstance(func, str):
+        return _checked_path(func)
+    if not callable(func):
+        raise InvalidFunction(f"{func!r} is neither a callable nor an import path")
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if inspect.ismethod(func) or qualname is None or module is None:
+        raise InvalidFunction(
+            f"{func!r} cannot be stored as an import path; pass a module-level function or 'pkg.module:function'"
+        )
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise InvalidFunction(f"{module}.{qualname} is a lambda or nested function; workers cannot import it")
+    if module == "__main__":
+        raise InvalidFunction(
+            f"{qualname} is defined in __main__, which a worker cannot import; move it into a module"
+        )
+    return f"{module}:{qualname}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_path(func: str) -> str:
+    path = func if ":" in func else _dotted_to_colon(func)
+    if not _PATH_RE.fullmatch(path):
+        raise InvalidFunction(f"invalid function path {func!r}: expected 'package.module:function'")
+    return path
+
+
+def _dotted_to_colon(path: str) -> str:
+    module, _, attr = path.rpartition(".")
+    return f"{module}:{attr}" if module else path
+
+
+def import_function(path: str) -> Callable[..., Any]:
+    """Resolve "pkg.module:qualname". Raises InvalidFunction with a reason a human can act on."""
+    module_name, sep, qualname = path.partition(":")
+    if not sep or not module_name or not qualname:
+        raise InvalidFunction(f"cannot import {path!r}: expected 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise InvalidFunction(f"cannot import {path!r}: {type(exc).__name__}: {exc}") from None
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InvalidFunction(f"cannot import {path!r}: module {module_name!r} has no attribute {qualname!r}") from None
+    if not callable(obj):
+        raise InvalidFunction(f"cannot import {path!r}: it is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def check_ttl(name: str, value: Any, *, allow_zero: bool = True) -> int:
+    """TTLs are whole seconds: >0 keeps that long, 0 deletes at once, -1 keeps forever."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an integer number of seconds, got {value!r}")
+    if value < -1 or (value == 0 and not allow_zero):
+        raise InvalidArgument(f"{name}={value} is out of range: use seconds > 0, 0 to delete at once, or -1 to keep forever")
+    return value
+
+
+def check_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgument(f"timeout must be a positive number of seconds, got {value!r}")
+    return float(value)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up everything Conveyor needs on a fresh machine, idempotently:
+# redis-server (installed with apt-get when missing) and .venv with conveyor[dev].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "setup: redis-server is missing; installing it with apt-get (package redis-server)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" - <<'PY' || { echo "setup: Conveyor needs Python >= 3.11 (set PYTHON=...)" >&2; exit 1; }
+import sys
+sys.exit(sys.version_info < (3, 11))
+PY
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import conveyor, pytest, rq, msgpack" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.conveyor-installed ]; then
+  echo "setup: installing conveyor[dev] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch .venv/.conveyor-installed
+fi

@@ -1,0 +1,418 @@
+"""The chart, rendered offline with Helm itself (helm-python-sdk): lint, every rendered
+object valid for Kubernetes 1.37, RBAC per mode, the CRD and dashboard as single sources of
+truth, values checked by the schema with Helm's own messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from chart_helpers import CHART, KUBE_VERSION, ROOT, by_kind, crd_validator, one, render
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"operator": {"watchNamespaces": ["team-a", "team-b"]}},
+    "monitoring": {"monitoring": {"serviceMonitors": {"enabled": True},
+                                  "podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
+    "namespaced-monitoring": {"operator": {"watchNamespaces": ["team-a"]},
+                              "monitoring": {"serviceMonitors": {"enabled": True}, "podMonitor": {"enabled": True}}},
+    "no-crds": {"crds": {"enabled": False}},
+    "dashboard": {"dashboard": {"enabled": True, "namespace": "monitoring",
+                                "annotations": {"grafana_folder": "Conveyor"}}},
+    "everything": {
+        "image": {"repository": "registry.example.com/conveyor", "tag": "1.2.3", "pullPolicy": "Always"},
+        "imagePullSecrets": ["regcred"],
+        "operator": {"defaultWorkerImage": "registry.example.com/jobs:7", "extraArgs": ["--verbose"],
+                     "extraEnv": [{"name": "TZ", "value": "UTC"}], "podLabels": {"team": "infra"},
+                     "podAnnotations": {"a": "b"}, "nodeSelector": {"kubernetes.io/os": "linux"},
+                     "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+                     "priorityClassName": "system-cluster-critical", "resyncSeconds": 0.5},
+        "serviceAccount": {"annotations": {"iam.example.com/role": "conveyor"}},
+        "exampleJobQueue": {"enabled": True, "queues": ["high", "default"], "replicas": 2},
+        "dashboard": {"enabled": True}, "monitoring": {"podMonitor": {"enabled": True}},
+        "crds": {"keep": False},
+    },
+}
+
+CRD_SOURCE = ROOT / "crds" / "jobqueues.conveyor.dev.yaml"
+CHART_KINDS_WITHOUT_K8S_SCHEMA = {"JobQueue", "PodMonitor"}  # custom resources: checked separately
+
+
+def rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                out.setdefault((group, res), set()).update(rule["verbs"])
+    return out
+
+
+def env_of(dep: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+# --- lint, validity -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [{}, VALUE_SETS["everything"], VALUE_SETS["namespaced-monitoring"]],
+                         ids=["defaults", "everything", "namespaced-monitoring"])
+def test_lint_strict_passes(values: dict[str, Any]) -> None:
+    report = helm_python.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == []
+
+
+def test_lint_reports_a_broken_value() -> None:
+    report = helm_python.lint(CHART, {"operator": {"watchNamespace": ["x"]}}, strict=True)
+    assert any("additional properties 'watchNamespace' not allowed" in e for e in report["errors"])
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_rendered_object_is_valid_for_kubernetes(name: str) -> None:
+    docs, notes = render(VALUE_SETS[name])
+    assert docs and notes
+    for doc in docs:
+        if doc["kind"] in CHART_KINDS_WITHOUT_K8S_SCHEMA:
+            continue
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)  # raises on the first error
+        assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"].get("namespace"), f"{doc['kind']} {doc['metadata']['name']} has no namespace"
+
+
+def test_kubernetes_validate_catches_a_broken_object() -> None:
+    """Guard: the validation above really checks (a misspelt field fails in strict mode)."""
+    dep = one(render()[0], "Deployment")
+    dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, KUBE_VERSION, strict=True)
+
+
+# --- the operator Deployment --------------------------------------------------------------------
+
+
+def test_operator_deployment_defaults() -> None:
+    docs, _ = render()
+    dep = one(docs, "Deployment")
+    assert dep["metadata"]["name"] == "conveyor-operator" and dep["metadata"]["namespace"] == "conveyor-system"
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert set(dep["spec"]["selector"]["matchLabels"].items()) <= set(dep["spec"]["template"]["metadata"]["labels"].items())
+    (c,) = pod["containers"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert c["image"] == f"conveyor:{chart['appVersion']}"
+    assert c["command"] == ["conveyor-operator"] and c["args"] == ["--log-format=json"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert {"name": "healthz", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
+    assert c["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+    assert env_of(dep) == {"CONVEYOR_OPERATOR_NAMESPACES": "", "CONVEYOR_OPERATOR_DEFAULT_IMAGE": c["image"],
+                           "CONVEYOR_OPERATOR_RESYNC_SECONDS": "10", "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "2",
+                           "CONVEYOR_OPERATOR_RETRY_CAP_SECONDS": "300", "CONVEYOR_OPERATOR_LIVENESS_PORT": "8080"}
+    # Pod Security Standards "restricted".
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]  # the only writable path
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    assert "imagePullSecrets" not in pod
+
+
+def test_operator_deployment_follows_values() -> None:
+    docs, _ = render(VALUE_SETS["everything"])
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "registry.example.com/conveyor:1.2.3" and c["imagePullPolicy"] == "Always"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert one(docs, "ServiceAccount")["imagePullSecrets"] == [{"name": "regcred"}]
+    assert c["args"] == ["--log-format=json", "--verbose"]
+    env = env_of(dep)
+    assert env["CONVEYOR_OPERATOR_DEFAULT_IMAGE"] == "registry.example.com/jobs:7"
+    assert env["CONVEYOR_OPERATOR_RESYNC_SECONDS"] == "0.5" and env["TZ"] == "UTC"
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "infra" and labels["app.kubernetes.io/component"] == "operator"
+    assert dep["spec"]["template"]["metadata"]["annotations"] == {"a": "b"}
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"} and pod["tolerations"][0]["key"] == "infra"
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {"iam.example.com/role": "conveyor"}
+
+
+def test_pod_labels_cannot_override_the_selector() -> None:
+    dep = one(render({"operator": {"podLabels": {"app.kubernetes.io/component": "mine"}}})[0], "Deployment")
+    assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+
+
+def test_watched_namespaces_reach_the_operator_settings() -> None:
+    from conveyor_operator.__main__ import kopf_args
+    from conveyor_operator.settings import Settings
+
+    dep = one(render(VALUE_SETS["namespaced"])[0], "Deployment")
+    settings = Settings.from_env(env_of(dep))
+    assert settings.namespaces == ("team-a", "team-b")
+    assert kopf_args(settings, [])[-4:] == ["--namespace", "team-a", "--namespace", "team-b"]
+    assert "--all-namespaces" in kopf_args(Settings.from_env(env_of(one(render()[0], "Deployment"))), [])
+
+
+# --- RBAC ---------------------------------------------------------------------------------------
+
+NAMESPACED = {
+    ("conveyor.dev", "jobqueues"): {"get", "list", "watch", "patch"},
+    ("conveyor.dev", "jobqueues/status"): {"get", "patch"},
+    ("conveyor.dev", "jobqueues/finalizers"): {"update"},
+    ("apps", "deployments"): {"get", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
+    ("", "secrets"): {"get"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+}
+CRDS_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+SERVICEMONITORS = {("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"}}
+
+
+def test_cluster_rbac_by_default_is_exactly_what_the_operator_uses() -> None:
+    docs, _ = render()
+    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
+    role = one(docs, "ClusterRole")
+    assert rules(role) == {**NAMESPACED, **CRDS_READ}
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    sa = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": "conveyor-system"}]
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in role["rules"])
+
+
+def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
+    docs, _ = render(VALUE_SETS["namespaced"])
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert rules(role) == NAMESPACED
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for b in bindings:
+        assert b["roleRef"]["kind"] == "Role" and b["subjects"][0]["namespace"] == "conveyor-system"
+    # Cluster-wide: reads of CRDs and namespaces only (kopf's observation), nothing namespaced.
+    assert rules(one(docs, "ClusterRole")) == {**CRDS_READ, ("", "namespaces"): {"list", "watch"}}
+
+
+@pytest.mark.parametrize("name", ["monitoring", "namespaced-monitoring"])
+def test_servicemonitors_are_granted_only_when_enabled(name: str) -> None:
+    docs, _ = render(VALUE_SETS[name])
+    namespaced = by_kind(docs, "Role") or by_kind(docs, "ClusterRole")
+    for role in namespaced:
+        assert rules(role).items() >= SERVICEMONITORS.items()
+    for role in by_kind(render()[0], "ClusterRole"):
+        assert ("monitoring.coreos.com", "servicemonitors") not in rules(role)
+
+
+def test_rbac_and_service_account_can_be_left_out() -> None:
+    docs, _ = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
+    assert {d["kind"] for d in docs} == {"Deployment", "CustomResourceDefinition"}
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+    with pytest.raises(helm_python.HelmError, match="serviceAccount.name is required"):
+        render({"serviceAccount": {"create": False}})
+
+
+# --- CRD and dashboard: one source of truth ---------------------------------------------------------
+
+
+def test_sync_script_check_passes_and_the_copies_are_byte_for_byte() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync-chart-files.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (CHART / "files" / "crds" / CRD_SOURCE.name).read_bytes() == CRD_SOURCE.read_bytes()
+    dash = ROOT / "dashboards" / "conveyor-grafana.json"
+    assert (CHART / "files" / "dashboards" / dash.name).read_bytes() == dash.read_bytes()
+
+
+def test_sync_script_check_names_a_stale_copy(tmp_path: Any) -> None:
+    """Run the script from a scratch copy of the tree with the chart's CRD edited."""
+    import shutil
+
+    for rel in ("scripts/sync-chart-files.py", "crds", "dashboards", "charts/conveyor/files"):
+        src, dst = ROOT / rel, tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    stale = tmp_path / "charts/conveyor/files/crds" / CRD_SOURCE.name
+    stale.write_text(stale.read_text() + "# drift\n")
+    script = [sys.executable, str(tmp_path / "scripts" / "sync-chart-files.py")]
+    proc = subprocess.run([*script, "--check"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "stale: charts/conveyor/files/crds/jobqueues.conveyor.dev.yaml" in proc.stderr
+    assert subprocess.run(script, capture_output=True).returncode == 0
+    assert stale.read_bytes() == CRD_SOURCE.read_bytes()
+    assert subprocess.run([*script, "--check"]).returncode == 0
+
+
+def test_rendered_crd_is_the_crds_file_plus_keep_and_labels() -> None:
+    rendered = one(render()[0], "CustomResourceDefinition")
+    source = yaml.safe_load(CRD_SOURCE.read_text())
+    meta = rendered.pop("metadata")
+    assert rendered == {k: v for k, v in source.items() if k != "metadata"}
+    assert meta["name"] == source["metadata"]["name"]
+    assert meta["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert meta["labels"].items() >= source["metadata"]["labels"].items()
+
+
+def test_crds_can_be_left_out_or_not_kept() -> None:
+    assert by_kind(render(VALUE_SETS["no-crds"])[0], "CustomResourceDefinition") == []
+    notes = render(VALUE_SETS["no-crds"])[1]
+    assert "Apply it first" in notes and "kubectl delete crd" not in notes
+    crd = one(render({"crds": {"keep": False}})[0], "CustomResourceDefinition")
+    assert "annotations" not in crd["metadata"]
+
+
+def test_dashboard_configmap_carries_the_dashboard_with_the_sidecar_label() -> None:
+    assert by_kind(render()[0], "ConfigMap") == []
+    cm = one(render(VALUE_SETS["dashboard"])[0], "ConfigMap")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Conveyor"}
+    assert json.loads(cm["data"]["conveyor-grafana.json"]) == json.loads(
+        (ROOT / "dashboards" / "conveyor-grafana.json").read_text())
+
+
+def test_pod_monitor_scrapes_the_worker_pods() -> None:
+    assert by_kind(render()[0], "PodMonitor") == []
+    pm = one(render(VALUE_SETS["monitoring"])[0], "PodMonitor")
+    from conveyor_operator import builders
+
+    assert pm["spec"]["selector"]["matchLabels"].items() <= builders.common_labels("any").items()
+    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert pm["metadata"]["labels"]["release"] == "prometheus"
+    scoped = one(render(VALUE_SETS["namespaced-monitoring"])[0], "PodMonitor")
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    # The worker container really names its port "metrics".
+    from conveyor_operator.spec import defaulted
+
+    spec = defaulted({"redis": {"url": "redis://r:6379/0"}, "queues": ["q"]})
+    container = builders.deployment(builders.Owner("x", "ns", "uid"), spec, "img")["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["name"] == "metrics"
+
+
+def test_example_jobqueue_is_valid_against_the_crd() -> None:
+    docs, notes = render(VALUE_SETS["everything"])
+    jq = one(docs, "JobQueue")
+    validator = crd_validator(one(render()[0], "CustomResourceDefinition"))
+    errors = [e.message for e in validator.iter_errors(jq)]
+    assert errors == []
+    assert jq["spec"] == {"redis": {"url": "redis://redis:6379/0"}, "queues": ["high", "default"],
+                          "workers": {"replicas": 2, "concurrency": 10}}
+    assert jq["metadata"]["namespace"] == "conveyor-system"
+    assert 'example JobQueue "example"' in notes
+    # Guard: the validator refuses what the API server refuses.
+    bad = {**jq, "spec": {**jq["spec"], "workers": {"replicas": 2, "concurency": 3}}}
+    assert any("concurency" in e.message for e in validator.iter_errors(bad))
+
+
+# --- values and their schema --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"operator": {"watchNamespace": ["a"]}}, "at '/operator': additional properties 'watchNamespace' not allowed"),
+    ({"imag": {"tag": "x"}}, "additional properties 'imag' not allowed"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'"),
+    ({"operator": {"livenessPort": "8080"}}, "at '/operator/livenessPort': got string, want integer"),
+    ({"operator": {"watchNamespaces": ["Team_A"]}}, "at '/operator/watchNamespaces/0'"),
+    ({"operator": {"resources": {"request": {"cpu": "1"}}}}, "additional properties 'request' not allowed"),
+    ({"crds": {"enabled": "yes"}}, "at '/crds/enabled': got string, want boolean"),
+    ({"exampleJobQueue": {"redisUrl": "http://redis:6379"}}, "at '/exampleJobQueue/redisUrl'"),
+    ({"exampleJobQueue": {"queues": []}}, "at '/exampleJobQueue/queues'"),
+    ({"monitoring": {"podMonitor": {"interval": "soon"}}}, "at '/monitoring/podMonitor/interval'"),
+])
+def test_values_that_break_the_schema_fail_with_helms_message(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as exc:
+        render(values)
+    text = str(exc.value)
+    assert "values don't meet the specifications of the schema(s)" in text
+    assert message in text
+
+
+def _object_schemas(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    if schema.get("type") == "object":
+        out.append((path or "/", schema))
+    for name, sub in (schema.get("properties") or {}).items():
+        out += _object_schemas(sub, f"{path}/{name}")
+    if isinstance(schema.get("items"), dict):
+        out += _object_schemas(schema["items"], f"{path}/*")
+    return out
+
+
+# Kubernetes types passed through to the pod as they are (the API server checks them).
+PASS_THROUGH = {"/global", "/operator/extraEnv/*", "/operator/tolerations/*", "/operator/affinity"}
+
+
+def test_schema_is_closed_everywhere_and_every_value_is_described() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for path, node in _object_schemas(schema):
+        if path in PASS_THROUGH:
+            continue
+        ap = node.get("additionalProperties")
+        # Closed, or a map whose values are typed (labels, annotations, node selector).
+        assert ap is False or (isinstance(ap, dict) and "type" in ap), f"{path} accepts unknown keys"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.validate(values, schema)
+
+    def walk(v: Any, s: dict[str, Any], path: str) -> None:
+        for key, sub in (v.items() if isinstance(v, dict) and "properties" in s else []):
+            assert key in s["properties"], f"{path}/{key} is in values.yaml but not in the schema"
+            walk(sub, s["properties"][key], f"{path}/{key}")
+
+    walk(values, schema, "")
+    assert set(schema["properties"]) - {"global"} == set(values), "schema and values.yaml name different keys"
+
+
+def test_every_key_in_values_yaml_is_commented() -> None:
+    """Every key the schema declares has a comment right above it in values.yaml (except the
+    quantities inside resources, which are Kubernetes data)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing, seen = [], []
+    stack: list[tuple[int, str, dict[str, Any]]] = [(-1, "", schema)]
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][\w-]*):", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        _, parent_path, parent = stack[-1]
+        sub = (parent.get("properties") or {}).get(key)
+        path = f"{parent_path}/{key}"
+        if sub is None or parent_path.startswith("/operator/resources/"):
+            continue
+        seen.append(path)
+        if not lines[i - 1].strip().startswith("#"):
+            missing.append(path)
+        stack.append((indent, path, sub))
+    assert missing == []
+    assert "/operator/watchNamespaces" in seen and "/exampleJobQueue/concurrency" in seen  # the walk works
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
+    assert chart["apiVersion"] == "v2" and chart["name"] == "conveyor"
+    assert helm_python.Chart.load(CHART).metadata["appVersion"] == project["version"]

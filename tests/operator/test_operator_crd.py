@@ -1,0 +1,237 @@
+"""The CRD: generated file up to date, structure, every example valid against its own
+openAPIV3Schema and CEL rules, every invalid example rejected; the CEL rules evaluated
+with a real CEL implementation (cel-python) and mirrored by the operator's own checks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+from conveyor_operator import crd
+from conveyor_operator.spec import apply_defaults, defaulted, problems
+
+from op_helpers import CRD_FILE, EXAMPLES
+
+VALID = sorted(EXAMPLES.glob("*.yaml"))
+INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "JobQueue")
+
+
+def strict_schema(schema: Any) -> Any:
+    """The openAPIV3Schema as JSON Schema: unknown fields refused where the API server's
+    strict field validation refuses them, OpenAPI 3.0's boolean exclusiveMinimum converted."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if schema.get("exclusiveMinimum") is True:
+        out["exclusiveMinimum"] = schema["minimum"]
+        del out["minimum"]
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields") and schema is not crd.SCHEMA:
+        out["additionalProperties"] = False
+    if schema.get("format") == "date-time":
+        out.pop("format")
+    return out
+
+
+VALIDATOR = jsonschema.Draft202012Validator(strict_schema(crd.SCHEMA))
+CEL = celpy.Environment()
+
+
+def to_cel_value(schema: dict[str, Any], value: Any) -> Any:
+    """JSON -> CEL with the schema's types (a `number` is a double, as on the API server)."""
+    if schema.get("type") == "number" and isinstance(value, int):
+        return float(value)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: to_cel_value(props.get(k, {}), v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_cel_value(schema.get("items", {}), v) for v in value]
+    return value
+
+
+def own_rule_failures(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
+    out = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        program = CEL.program(CEL.compile(rule["rule"]))
+        result = program.evaluate({"self": celpy.json_to_cel(to_cel_value(schema, value))})
+        if not isinstance(result, celpy.celtypes.BoolType):
+            raise AssertionError(f"rule {rule['rule']!r} at {where or '<root>'} did not give a bool: {result!r}")
+        if not result:
+            out.append(f"{where or '<root>'}: {rule['message']}")
+    return out
+
+
+def cel_failures(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
+    """Evaluate every x-kubernetes-validations rule where the object has a value, like the API server."""
+    out = own_rule_failures(schema, value, where)
+    if isinstance(value, dict):
+        for k, sub in schema.get("properties", {}).items():
+            if k in value:
+                out += cel_failures(sub, value[k], f"{where}.{k}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(value):
+            out += cel_failures(schema["items"], v, f"{where}[{i}]")
+    return out
+
+
+def admission(doc: dict[str, Any]) -> list[str]:
+    """What the API server would say: default, then schema, then CEL."""
+    obj = apply_defaults(crd.SCHEMA, copy.deepcopy(doc))
+    errors = [f"schema: {e.json_path}: {e.message}" for e in VALIDATOR.iter_errors(obj)]
+    return errors or cel_failures(crd.SCHEMA, obj)
+
+
+def test_committed_crd_file_is_generated_from_the_python_schema() -> None:
+    assert CRD_FILE.read_text() == crd.to_yaml(), "regenerate: python -m conveyor_operator.crd > crds/jobqueues.conveyor.dev.yaml"
+
+
+def test_crd_shape() -> None:
+    doc = yaml.safe_load(CRD_FILE.read_text())
+    assert doc["metadata"]["name"] == "jobqueues.conveyor.dev"
+    spec = doc["spec"]
+    assert (spec["group"], spec["scope"]) == ("conveyor.dev", "Namespaced")
+    assert spec["names"]["kind"] == "JobQueue" and spec["names"]["shortNames"] == ["jq"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"]["status"] == {}
+    assert version["subresources"]["scale"] == {"specReplicasPath": ".spec.workers.replicas",
+                                                "statusReplicasPath": ".status.replicas",
+                                                "labelSelectorPath": ".status.selector"}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Queues", "Replicas", "Ready", "Depth", "Age"]
+    schema = version["schema"]["openAPIV3Schema"]
+    status = schema["properties"]["status"]["properties"]
+    assert {"observedGeneration", "replicas", "readyReplicas", "queues", "conditions", "depth", "selector"} <= set(status)
+    assert status["conditions"]["items"]["required"] == ["type", "status", "lastTransitionTime", "reason", "message"]
+    assert set(status["queues"]["items"]["properties"]) == {"name", "ready", "scheduled", "claimed", "failed"}
+    rules = [r["rule"] for r in _all_rules(schema)]
+    assert any("minReplicas <= self.maxReplicas" in r for r in rules)
+    assert any("exists_one" in r for r in rules)
+    assert any("has(self.url) != has(self.secretRef)" in r for r in rules)
+    # The only reasons the API server accepts on a validation rule.
+    allowed = {"FieldValueRequired", "FieldValueDuplicate", "FieldValueInvalid", "FieldValueForbidden"}
+    assert {r["reason"] for r in _all_rules(schema) if "reason" in r} <= allowed
+    jsonschema.Draft202012Validator.check_schema(strict_schema(schema))
+
+
+def _all_rules(schema: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if isinstance(schema, dict):
+        out += schema.get("x-kubernetes-validations", [])
+        for v in schema.values():
+            out += _all_rules(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            out += _all_rules(v)
+    return out
+
+
+def test_structural_schema_rules() -> None:
+    """What the API server demands of a CRD schema: every node typed (or int-or-string /
+    preserve-unknown-fields), no additionalProperties beside properties, bounded lists and
+    strings under CEL rules (its cost estimate)."""
+    def walk(node: dict[str, Any], where: str) -> None:
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"untyped node at {where}"
+        assert not ("properties" in node and "additionalProperties" in node), where
+        for k, sub in node.get("properties", {}).items():
+            walk(sub, f"{where}.{k}")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{where}.*")
+        if "items" in node:
+            assert "maxItems" in node, f"unbounded list at {where}"
+            walk(node["items"], f"{where}[]")
+    walk(crd.SCHEMA, "")
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_every_example_is_valid(path: Path) -> None:
+    doc = load(path)
+    assert doc["apiVersion"] == crd.API_VERSION
+    assert admission(doc) == []
+    assert problems(defaulted(doc["spec"]), doc["metadata"]["name"]) == []
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_every_invalid_example_is_rejected(path: Path) -> None:
+    doc = load(path)
+    assert admission(doc), f"{path.name} was accepted by the schema and the CEL rules"
+    # ...and the operator's own checks agree (it refuses to reconcile it as InvalidSpec).
+    assert problems(defaulted(doc["spec"]), doc["metadata"]["name"]), f"{path.name} passed the operator's checks"
+
+
+def test_invalid_examples_fail_for_the_reason_their_comment_gives() -> None:
+    expected = {
+        "url-and-secret": "exactly one of redis.url or redis.secretRef",
+        "no-redis": "exactly one of redis.url or redis.secretRef",
+        "duplicate-queues": "queue names must be unique",
+        "min-above-max": "minReplicas must be <= autoscaling.maxReplicas",
+        "intervals-and-backoff": "intervals or backoff, not both",
+        "backoff-cap-below-base": "retry.backoff.max must be >= retry.backoff.base",
+        "redis-url-in-env": "CONVEYOR_REDIS_URL is set by the operator",
+        "tls-without-rediss": "needs a rediss:// URL",
+        "name-too-long": "at most 50 characters",
+        "bad-queue-name": "does not match",
+        "unknown-field": "Additional properties are not allowed ('concurency'",
+        "bad-pool": "is not one of",
+        "zero-concurrency": "less than the minimum",
+        "negative-lease": "less than the minimum",
+        "no-queues": "should be non-empty",
+    }
+    assert {p.stem for p in INVALID} == set(expected)
+    for path in INVALID:
+        errors = "\n".join(admission(load(path)))
+        assert expected[path.stem] in errors, f"{path.name}: {errors}"
+
+
+CEL_CASES = [
+    # (schema node, value, passes)
+    (crd.REDIS, {"url": "redis://r:6379/0"}, True),
+    (crd.REDIS, {"secretRef": {"name": "s", "key": "url"}}, True),
+    (crd.REDIS, {"url": "redis://r", "secretRef": {"name": "s"}}, False),
+    (crd.REDIS, {}, False),
+    (crd.REDIS, {"url": "rediss://r", "tls": {"enabled": True}}, True),
+    (crd.REDIS, {"url": "redis://r", "tls": {"enabled": True}}, False),
+    (crd.REDIS, {"url": "redis://r", "tls": {"enabled": False}}, True),
+    (crd.SPEC["properties"]["queues"], ["high", "default", "low"], True),
+    (crd.SPEC["properties"]["queues"], ["high", "default", "high"], False),
+    (crd.SPEC["properties"]["queues"], ["ok", "not:ok"], False),
+    (crd.SPEC["properties"]["queues"], ["-leading-dash"], False),
+    (crd.SPEC["properties"]["queues"], ["a.b_c-D9"], True),
+    (crd.AUTOSCALING, {"minReplicas": 2, "maxReplicas": 2}, True),
+    (crd.AUTOSCALING, {"minReplicas": 3, "maxReplicas": 2}, False),
+    (crd.RETRY, {"max": 3, "intervals": [1, 5]}, True),
+    (crd.RETRY, {"max": 3, "intervals": [1], "backoff": {"base": 1, "factor": 2, "max": 9}}, False),
+    (crd.RETRY["properties"]["backoff"], {"base": 1, "factor": 2, "max": 300}, True),
+    (crd.RETRY["properties"]["backoff"], {"base": 2.5, "factor": 2, "max": 2}, False),
+    (crd.WORKERS["properties"]["env"], [{"name": "A", "value": "b"}], True),
+    (crd.WORKERS["properties"]["env"], [{"name": "CONVEYOR_REDIS_URL", "value": "redis://x"}], False),
+    (crd.SCHEMA, {"metadata": {"name": "x" * 50}}, True),
+    (crd.SCHEMA, {"metadata": {"name": "x" * 51}}, False),
+]
+
+
+@pytest.mark.parametrize("node,value,passes", CEL_CASES)
+def test_cel_rules(node: dict[str, Any], value: Any, passes: bool) -> None:
+    failures = own_rule_failures(node, value)
+    assert (failures == []) is passes, failures
+
+
+def test_defaults_match_the_runtime() -> None:
+    spec = defaulted({"redis": {"url": "redis://r"}, "queues": ["q"]})
+    assert spec["leaseSeconds"] == 15 and spec["shutdownTimeoutSeconds"] == 25
+    assert spec["resultTTLSeconds"] == 500 and spec["failureTTLSeconds"] == 7 * 24 * 3600
+    assert spec["workers"] == {"replicas": 1, "imagePullPolicy": "IfNotPresent", "concurrency": 10, "pool": "thread"}
+    assert spec["scheduler"] == {"enabled": True}
+    assert spec["metrics"] == {"port": 9100, "serviceMonitor": {"enabled": False, "interval": "30s"}}
+    assert spec["autoscaling"]["enabled"] is False
+    assert "retry" not in spec

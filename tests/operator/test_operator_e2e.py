@@ -1,0 +1,268 @@
+"""End to end: the operator as a real `kopf run` process (python -m conveyor_operator)
+against the API emulator over HTTP, JobQueues applied with the real kubectl."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from conveyor import Queue
+from conveyor_operator import builders
+
+from op_helpers import DEFAULT_IMAGE, EXAMPLES, Cluster, Kubectl, OperatorProcess, wait_for
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def jq_path(ns: str, name: str = "") -> str:
+    return f"/apis/conveyor.dev/v1alpha1/namespaces/{ns}/jobqueues" + (f"/{name}" if name else "")
+
+
+def dep_path(ns: str, jq: str) -> str:
+    return f"/apis/apps/v1/namespaces/{ns}/deployments/{jq}-worker"
+
+
+def cm_path(ns: str, jq: str) -> str:
+    return f"/api/v1/namespaces/{ns}/configmaps/{jq}-policy"
+
+
+def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def checksum(dep: dict[str, Any]) -> str:
+    return dep["spec"]["template"]["metadata"]["annotations"][builders.CHECKSUM_ANNOTATION]
+
+
+def args_of(dep: dict[str, Any]) -> list[str]:
+    return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def jobqueue(name: str, **spec: Any) -> str:
+    return json.dumps({"apiVersion": "conveyor.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
+                       "spec": spec})
+
+
+def events(cluster: Cluster, ns: str) -> list[dict[str, Any]]:
+    return (cluster.get(f"/api/v1/namespaces/{ns}/events") or {}).get("items", [])
+
+
+def test_operator_serves_kopf_liveness(operator: OperatorProcess) -> None:
+    wait_for(operator.healthy, what="GET /healthz on the operator's liveness port")
+
+
+def test_minimal_example_becomes_a_worker_fleet(cluster: Cluster, kubectl: Kubectl, namespace: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "minimal.yaml"))
+    dep = wait_for(lambda: cluster.get(dep_path(namespace, "emails")), timeout=10, interval=0.005,
+                   what="the worker Deployment")
+    elapsed = time.monotonic() - started
+    with capsys.disabled():
+        print(f"\n[operator] kubectl apply -> Deployment exists: {elapsed * 1000:.0f} ms (goal <= 1000 ms)")
+    assert elapsed <= 1.0
+
+    jq = cluster.get(jq_path(namespace, "emails"))
+    owner = {"apiVersion": "conveyor.dev/v1alpha1", "kind": "JobQueue", "name": "emails",
+             "uid": jq["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    assert dep["metadata"]["ownerReferences"] == [owner]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == DEFAULT_IMAGE  # the operator's default image
+    assert c["args"][:3] == ["worker", "-q", "emails"] and "--with-scheduler" in c["args"]
+    assert c["env"][0] == {"name": "CONVEYOR_REDIS_URL", "value": "redis://redis.default.svc:6379/0"}
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 35
+    cm = wait_for(lambda: cluster.get(cm_path(namespace, "emails")), what="the policy ConfigMap")
+    assert json.loads(cm["data"]["policy.json"]) == {"result_ttl": 500, "failure_ttl": 604800}
+    for path in (f"/api/v1/namespaces/{namespace}/services/emails-metrics",
+                 f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/emails-worker"):
+        obj = wait_for(lambda: cluster.get(path), what=path)
+        assert obj["metadata"]["ownerReferences"] == [owner]
+    # Redis at redis.default.svc does not resolve here: Degraded, with the reason, not a crash.
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "emails"))) and cond(j, "Degraded").get("status") == "True" and j,
+                  what="Degraded=True")
+    degraded = cond(jq, "Degraded")
+    assert degraded["reason"] == "RedisUnreachable" and "cannot reach Redis" in degraded["message"]
+    assert jq["status"]["observedGeneration"] == 1
+    assert {c["type"] for c in jq["status"]["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    assert jq["status"]["selector"] == "app.kubernetes.io/name=conveyor-worker,app.kubernetes.io/instance=emails"
+    # kubectl sees it by its short name.
+    assert kubectl("get", "jq", "-n", namespace).stdout.splitlines()[1].startswith("emails")
+
+
+def test_spec_change_patches_the_deployment_rolls_the_checksum_and_moves_status(
+        cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("roll", redis={"url": redis_server.url}, queues=[f"{namespace}-q"]))
+    dep = wait_for(lambda: cluster.get(dep_path(namespace, "roll")), what="the Deployment")
+    first = checksum(dep)
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "roll"))) and cond(j, "Degraded").get("status") == "False" and j,
+                  what="Degraded=False")
+    assert cond(jq, "Ready")["status"] == "False" and cond(jq, "Ready")["reason"] == "WorkersNotReady"
+    # No controllers here: play the Deployment controller and report the pod ready.
+    cluster.request("PATCH", dep_path(namespace, "roll") + "/status", {"status": {
+        "observedGeneration": dep["metadata"]["generation"], "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}})
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "roll"))) and cond(j, "Ready").get("status") == "True" and j,
+                  what="Ready=True")
+    assert cond(jq, "Progressing")["status"] == "False"
+    assert jq["status"]["readyReplicas"] == 1 and jq["status"]["replicas"] == 1
+    ready_since = cond(jq, "Ready")["lastTransitionTime"]
+
+    kubectl("patch", "jq", "roll", "-n", namespace, "--type", "merge",
+            "-p", json.dumps({"spec": {"workers": {"concurrency": 4}, "retry": {"max": 2, "intervals": [3]}}}))
+    dep = wait_for(lambda: (d := cluster.get(dep_path(namespace, "roll"))) and "4" in args_of(d) and d,
+                   what="the Deployment to get the new concurrency")
+    assert args_of(dep)[args_of(dep).index("--concurrency") + 1] == "4"
+    assert checksum(dep) != first
+    assert dep["metadata"]["generation"] == 2
+    cm = cluster.get(cm_path(namespace, "roll"))
+    assert json.loads(cm["data"]["policy.json"])["retry"] == {"max": 2, "intervals": [3]}
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "roll"))) and j["status"]["observedGeneration"] == 2 and j,
+                  what="observedGeneration 2")
+    assert jq["metadata"]["generation"] == 2
+    assert cond(jq, "Progressing")["status"] == "True" and cond(jq, "Progressing")["reason"] == "RollingOut"
+    assert all(c["observedGeneration"] == 2 for c in jq["status"]["conditions"])
+    assert cond(jq, "Ready")["lastTransitionTime"] == ready_since  # Ready did not flip
+
+    # A policy-only change (TTL) rolls the pods too: the checksum covers the mounted policy.
+    kubectl("patch", "jq", "roll", "-n", namespace, "--type", "merge", "-p", '{"spec": {"resultTTLSeconds": 60}}')
+    second = checksum(dep)
+    dep = wait_for(lambda: (d := cluster.get(dep_path(namespace, "roll"))) and checksum(d) != second and d,
+                   what="the checksum to roll on a policy change")
+    assert args_of(dep) == args_of(cluster.get(dep_path(namespace, "roll")))
+
+
+def test_drift_is_repaired(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=jobqueue("drift", redis={"url": redis_server.url}, queues=["q"], workers={"replicas": 2}))
+    wait_for(lambda: cluster.get(dep_path(namespace, "drift")), what="the Deployment")
+    cluster.request("PATCH", dep_path(namespace, "drift"), {"spec": {"replicas": 7}})
+    wait_for(lambda: cluster.get(dep_path(namespace, "drift"))["spec"]["replicas"] == 2, what="replicas back to 2")
+    assert cluster.request("DELETE", cm_path(namespace, "drift"))[0] == 200
+    wait_for(lambda: cluster.get(cm_path(namespace, "drift")), what="the ConfigMap to come back")
+
+
+def test_autoscaling_enabled_never_fights_over_replicas(cluster: Cluster, kubectl: Kubectl, namespace: str,
+                                                         redis_server: Any, operator: OperatorProcess) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue(
+        "auto", redis={"url": redis_server.url}, queues=["q"], workers={"replicas": 2},
+        autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5}))
+    dep = wait_for(lambda: cluster.get(dep_path(namespace, "auto")), what="the Deployment")
+    assert "replicas" not in dep["spec"]
+    cluster.request("PATCH", dep_path(namespace, "auto"), {"spec": {"replicas": 3}})  # an autoscaler's write
+    path = dep_path(namespace, "auto")
+    mark = len(cluster.emu._requests)
+    # Let the resync timer apply the Deployment twice more, then check it left replicas alone.
+    wait_for(lambda: sum(1 for r in list(cluster.emu._requests)[mark:]
+                         if r.method == "PATCH" and r.url.path == path) >= 2, what="two resyncs")
+    assert cluster.get(path)["spec"]["replicas"] == 3
+
+
+def test_scale_subresource_drives_the_deployment(cluster: Cluster, kubectl: Kubectl, namespace: str,
+                                                 redis_server: Any) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("sc", redis={"url": redis_server.url}, queues=["q"]))
+    wait_for(lambda: cluster.get(dep_path(namespace, "sc")), what="the Deployment")
+    kubectl("scale", "jq", "sc", "-n", namespace, "--replicas=3")
+    wait_for(lambda: cluster.get(dep_path(namespace, "sc"))["spec"]["replicas"] == 3, what="3 replicas")
+
+
+def test_deleting_the_jobqueue_cleans_up(cluster: Cluster, kubectl: Kubectl, namespace: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "autoscaling-disabled.yaml"))
+    paths = [dep_path(namespace, "reports"), cm_path(namespace, "reports"),
+             f"/api/v1/namespaces/{namespace}/services/reports-metrics",
+             f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/reports-worker"]
+    wait_for(lambda: all(cluster.get(p) for p in paths), what="all owned objects")
+    kubectl("delete", "jq", "reports", "-n", namespace, "--timeout=20s")
+    wait_for(lambda: not any(cluster.get(p) for p in paths), what="the owned objects to go")
+    assert cluster.get(jq_path(namespace, "reports")) is None
+
+
+def test_missing_secret_is_degraded_with_a_clear_message_then_recovers(
+        cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:
+    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "full.yaml"))
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "billing"))) and cond(j, "Degraded").get("status") == "True" and j,
+                  what="Degraded=True")
+    degraded = cond(jq, "Degraded")
+    assert degraded["reason"] == "SecretMissing"
+    assert degraded["message"] == (f'Secret "conveyor-redis" (spec.redis.secretRef) was not found in namespace '
+                                   f'"{namespace}"; workers cannot start until it exists')
+    assert cond(jq, "Ready")["status"] == "False"
+    ev = wait_for(lambda: [e for e in events(cluster, namespace) if e["reason"] == "SecretMissing"], what="an Event")
+    assert ev[0]["type"] == "Warning" and ev[0]["involvedObject"]["name"] == "billing"
+    # The workers are still deployed, reading the URL from the Secret once it exists.
+    dep = cluster.get(dep_path(namespace, "billing"))
+    assert dep["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"] == {
+        "name": "conveyor-redis", "key": "url"}
+    secret = kubectl("create", "secret", "generic", "conveyor-redis", f"--from-literal=url={redis_server.url}",
+                     "--dry-run=client", "-o", "json").stdout  # (kubectl create would send protobuf)
+    kubectl("apply", "-n", namespace, "-f", "-", input=secret)
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "billing"))) and cond(j, "Degraded").get("status") == "False" and j,
+                  what="Degraded=False once the Secret exists")
+    assert jq["status"]["queues"][0]["name"] == "billing-high"
+    wait_for(lambda: [e for e in events(cluster, namespace) if e["reason"] == "Recovered"], what="a Recovered Event")
+
+    # Rotating the Secret (a new URL) rolls the pods: the checksum covers a fingerprint of it.
+    def pod_checksum() -> str:
+        return checksum(cluster.get(dep_path(namespace, "billing")))
+
+    before = wait_for(pod_checksum, what="the Deployment's checksum")
+    rotated = kubectl("create", "secret", "generic", "conveyor-redis", f"--from-literal=url={redis_server.url[:-1]}1",
+                      "--dry-run=client", "-o", "json").stdout
+    kubectl("apply", "-n", namespace, "-f", "-", input=rotated)
+    wait_for(lambda: pod_checksum() != before, what="the pods to roll after the Secret rotated")
+    assert redis_server.url[:-1] not in json.dumps(cluster.get(dep_path(namespace, "billing")))  # never the URL itself
+
+
+def test_invalid_spec_is_reported_not_deployed(cluster: Cluster, kubectl: Kubectl, namespace: str) -> None:
+    # The emulator has no admission; a real API server would refuse this. The operator refuses too.
+    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "invalid" / "duplicate-queues.yaml"))
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "duplicate-queues"))) and cond(j, "Degraded").get("status") == "True" and j,
+                  what="Degraded=True")
+    assert cond(jq, "Degraded")["reason"] == "InvalidSpec"
+    assert "queue names must be unique" in cond(jq, "Degraded")["message"]
+    assert cluster.get(dep_path(namespace, "duplicate-queues")) is None
+
+
+def test_status_reads_real_queue_depth(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:
+    qa, qb = f"{namespace}-a", f"{namespace}-b"
+    a = Queue(qa, redis_url=redis_server.url)
+    b = Queue(qb, redis_url=redis_server.url)
+    for i in range(3):
+        a.enqueue("builtins:print", i)
+    b.enqueue_in(3600, "builtins:print", "later")
+    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("depth", redis={"url": redis_server.url}, queues=[qa, qb]))
+    expected = [{"name": qa, "ready": 3, "scheduled": 0, "claimed": 0, "failed": 0},
+                {"name": qb, "ready": 0, "scheduled": 1, "claimed": 0, "failed": 0}]
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "depth"))) and (j.get("status") or {}).get("queues") == expected and j,
+                  what="the queue depth in status")
+    assert jq["status"]["depth"] == 4
+    a.enqueue("builtins:print", 99)  # the timer keeps it fresh
+    wait_for(lambda: cluster.get(jq_path(namespace, "depth"))["status"]["queues"][0]["ready"] == 4, what="depth 4")
+
+
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
+             "versions": [{"name": "v1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def test_service_monitor_follows_the_spec(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:
+    kubectl("apply", "-f", "-", input=json.dumps(SERVICE_MONITOR_CRD))
+    sm_path = f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/servicemonitors/mon-worker"
+    wait_for(lambda: cluster.get(f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/servicemonitors") is not None,
+             what="the ServiceMonitor CRD")
+    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue(
+        "mon", redis={"url": redis_server.url}, queues=["q"],
+        metrics={"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}))
+    sm = wait_for(lambda: cluster.get(sm_path), what="the ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    kubectl("patch", "jq", "mon", "-n", namespace, "--type", "merge",
+            "-p", '{"spec": {"metrics": {"serviceMonitor": {"enabled": false}}}}')
+    wait_for(lambda: cluster.get(sm_path) is None, what="the ServiceMonitor to go")

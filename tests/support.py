@@ -1,0 +1,105 @@
+"""Test helpers shared by the suites: polling with a deadline, worker processes.
+
+Imported by name (``from support import wait_until``): pytest loads every conftest.py
+as a module called "conftest", so helpers living there would shadow each other.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+import re
+from typing import Any, Callable
+
+import redis
+
+from conveyor import Job, JobStatus
+
+TESTS = Path(__file__).resolve().parent
+WORKER_ENV = {**os.environ, "CONVEYOR_METRICS_PORT": "0", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.01) -> Any:
+    """Poll until predicate() is truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+
+class WorkerProcess:
+    """A `conveyor worker` subprocess with its log in a file."""
+
+    def __init__(self, redis_url: str, args: tuple[str, ...], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        cmd = [sys.executable, "-m", "conveyor", "worker", "--redis-url", redis_url, *args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**WORKER_ENV, **(env or {})})
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: text in self.log() or self.proc.poll() is not None, timeout, f"{text!r} in worker log")
+        assert text in self.log(), f"worker exited ({self.proc.returncode}) before logging {text!r}:\n{self.log()}"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the worker dumps its threads' stacks
+            try:
+                self.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+            raise AssertionError(f"worker did not exit within {timeout}s:\n{self.log()[-6000:]}") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
+
+
+# -- jobs and workers as the reliability tests look at them --------------------------------
+
+def fetch(conn: redis.Redis, job_id: str) -> Job:
+    return Job.fetch(job_id, connection=conn, queue="default")
+
+
+def wait_status(conn: redis.Redis, job_id: str, *statuses: JobStatus, timeout: float = 10.0) -> Job:
+    def check() -> Job | None:
+        job = fetch(conn, job_id)
+        return job if job.status in statuses else None
+
+    return wait_until(check, timeout, f"job {job_id} to reach {[s.value for s in statuses]}")
+
+
+def runs(conn: redis.Redis, key: str) -> int:
+    return int(conn.get(key) or 0)
+
+
+def worker_id(w) -> str:
+    """The worker's ID, from its "worker <id> serving <queues>" line."""
+    pattern = re.compile(r"worker (\S+) serving ")
+    wait_until(lambda: pattern.search(w.log()) or w.proc.poll() is not None, 15, "the worker to start")
+    m = pattern.search(w.log())
+    assert m, f"worker exited ({w.proc.returncode}) before it started serving:\n{w.log()}"
+    return m.group(1)
