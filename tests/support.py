@@ -80,8 +80,11 @@ class WorkerProcess:
 
 # -- jobs and workers as the reliability tests look at them --------------------------------
 
-def fetch(conn: redis.Redis, job_id: str) -> Job:
-    return Job.fetch(job_id, connection=conn, queue="default")
+def fetch(conn: redis.Redis, job: Job | str, queue: str = "default") -> Job:
+    """A fresh copy of a job (a Job keeps its own queue; a bare ID is looked up in `queue`)."""
+    if isinstance(job, Job):
+        return Job.fetch(job.id, connection=conn, queue=job.queue)
+    return Job.fetch(job, connection=conn, queue=queue)
 
 
 def wait_status(conn: redis.Redis, job_id: str, *statuses: JobStatus, timeout: float = 10.0) -> Job:

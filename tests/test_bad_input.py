@@ -11,13 +11,9 @@ from typing import Iterator
 import pytest
 import redis
 
-from support import wait_until
-from conveyor import Job, JobStatus, Queue
+from support import fetch, wait_until
+from conveyor import JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis, free_port
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, queue=job.queue)
 
 
 # -- bad functions ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from support import WORKER_ENV, wait_until
+from support import WORKER_ENV, fetch, wait_until
 from conveyor import Job, JobStatus, NoSuchJob, Queue, Retry, keys
 
 import jobs_obs
@@ -31,10 +31,6 @@ def ok(redis_url: str, *args: str, **kw: Any) -> str:
     res = cli(redis_url, *args, **kw)
     assert res.returncode == 0, f"conveyor {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
     return res.stdout
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, queue=job.queue)
 
 
 def status_of(conn: redis.Redis, job: Job) -> JobStatus:

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import redis
 
-from support import wait_until
-from conveyor import Job, JobStatus, Queue
+from support import fetch, wait_until
+from conveyor import JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis, free_port
 
 import jobs_obs
@@ -48,10 +48,6 @@ def gauge(port: int, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, queue=job.queue)
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ import uuid
 from typing import Any, Callable
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import wait_until
-from conveyor import Job, JobStatus, Queue, Retry, __version__, keys
+from support import fetch, wait_until
+from conveyor import JobStatus, Queue, Retry, __version__, keys
 from conveyor.embedded import free_port
 
 import jobs_obs
@@ -51,10 +50,6 @@ def value(families: list[Any], sample: str, **labels: str) -> float:
 
 def samples(families: list[Any], sample: str) -> list[Any]:
     return [s for f in families for s in f.samples if s.name == sample]
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, queue=job.queue)
 
 
 @pytest.fixture

@@ -5,13 +5,8 @@ from __future__ import annotations
 import collections
 import time
 
-import redis
-
-from conveyor import Job, JobStatus, Queue
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, queue=job.queue)
+from support import fetch
+from conveyor import JobStatus, Queue
 
 
 # -- process pool ---------------------------------------------------------------------------------

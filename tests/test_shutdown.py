@@ -9,12 +9,8 @@ import uuid
 import pytest
 import redis
 
-from support import wait_until
+from support import fetch, wait_until
 from conveyor import Job, JobStatus, Queue
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, queue=job.queue)
 
 
 @pytest.fixture

@@ -12,14 +12,10 @@ import uuid
 import pytest
 import redis
 
-from support import wait_until
-from conveyor import Job, JobStatus, Queue, errors, scripts
+from support import fetch, wait_until
+from conveyor import JobStatus, Queue, errors, scripts
 from conveyor.job import RUN_FIELDS
 from conveyor.keys import QueueKeys
-
-
-def fetch(conn: redis.Redis, job: Job) -> Job:
-    return Job.fetch(job.id, connection=conn, queue=job.queue)
 
 
 def tokens(conn: redis.Redis, key: str) -> list[tuple[str, int]]:
@@ -397,7 +393,7 @@ def test_stale_execution_cannot_fail_a_started_job(queue: Queue, conn) -> None:
 
 
 def test_stale_execution_cannot_release_a_started_job(queue: Queue, conn) -> None:
-    job = queue.enqueue("jobs:add", 1, 2)
+    queue.enqueue("jobs:add", 1, 2)
     job_id, exec_id = claim_one(conn, queue, "w1")
     before = snapshot(conn, queue, job_id)
     assert release(conn, queue, "w0", job_id, exec_id + "0") == errors.STALE
