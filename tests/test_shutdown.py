@@ -187,9 +187,12 @@ def test_process_pool_shutdown_timeout_hands_back_and_kills_the_child(queue: Que
     wait_until(child_gone, 10, "the job's child process to be killed")
 
 
-def test_sigterm_on_an_idle_worker_exits_at_once(queue: Queue, conn, spawn_worker) -> None:
+@pytest.mark.parametrize("delay", [0, 0.002, 0.005, 0.02])
+def test_sigterm_on_an_idle_worker_exits_at_once(queue: Queue, conn, spawn_worker, delay: float) -> None:
+    """Wherever the signal lands in the waker's first BLPOP, the worker ends without waiting it out."""
     w = spawn_worker("--shutdown-timeout", "60")
     w.wait_log("serving")
+    time.sleep(delay)  # not synchronisation: it moves where in the BLPOP's life the signal lands
     sent = time.monotonic()
     w.signal(signal.SIGTERM)
     assert w.wait(10) == 0
