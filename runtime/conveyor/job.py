@@ -30,7 +30,8 @@ RUN_FIELDS = ("func", "payload", "ser", "timeout", "deliveries", "enqueued_at", 
 class JobStatus(str, enum.Enum):
     QUEUED = "queued"
     SCHEDULED = "scheduled"
-    STARTED = "started"
+    PREFETCHED = "prefetched"  # claimed by a worker, held in its buffer, not running yet
+    STARTED = "started"  # its code is running
     FINISHED = "finished"
     FAILED = "failed"
     CANCELED = "canceled"
