@@ -44,7 +44,8 @@ def key() -> str:
 
 def wait_listening(conn: redis.Redis, n: int = 1) -> None:
     """Workers subscribe to the command channel as they start; wait for that."""
-    wait_until(lambda: dict(conn.pubsub_numsub(keys.COMMANDS)).get(keys.COMMANDS.encode(), 0) >= n, 10,
+    channel = keys.commands(0)
+    wait_until(lambda: dict(conn.pubsub_numsub(channel)).get(channel.encode(), 0) >= n, 10,
                "a worker to listen for commands")
 
 
@@ -113,14 +114,15 @@ def test_info_prints_aligned_tables(queue: Queue, conn, redis_url, key, spawn_wo
     out = ok(redis_url, "info")
     lines = out.splitlines()
 
-    names = ["QUEUE", "READY", "SCHEDULED", "STARTED", "FINISHED", "FAILED", "CANCELED", "SCHEDULER"]
+    names = ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "PREFETCHED", "STARTED", "FINISHED", "FAILED", "CANCELED",
+             "SCHEDULER"]
     [hi] = [i for i, line in enumerate(lines) if line.startswith("QUEUE ")]
     starts = columns(lines[hi], names)
     [row] = [line for line in lines[hi + 1:] if line.startswith("default ")]
     for s in starts[1:]:  # every column begins where its header does, after a gap
         assert row[s - 2:s] == "  " and row[s] != " ", f"misaligned at {s}:\n{lines[hi]}\n{row}"
     assert [cell(row, starts, i) for i in range(len(names))] == [
-        "default", "2", "1", "1", "1", "1", "1", fleet["worker_id"]]
+        "default", "2", "0", "1", "0", "1", "1", "1", "1", fleet["worker_id"]]
 
     wnames = ["WORKER", "QUEUES", "POOL", "CONC", "STATE", "SEEN", "CURRENT JOBS"]
     [wi] = [i for i, line in enumerate(lines) if line.startswith("WORKER ")]
@@ -136,7 +138,7 @@ def test_info_without_workers_says_so(queue: Queue, redis_url) -> None:
     queue.enqueue("jobs:add", 1, 1)
     out = ok(redis_url, "info")
     assert "no live workers" in out
-    assert re.search(r"^default\s+1\s+0\s+0\s+0\s+0\s+0\s+none$", out, re.M), out
+    assert re.search(r"^default\s+1(\s+0){7}\s+none$", out, re.M), out
 
 
 # -- job show -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from support import fetch, runs, wait_status, wait_until, worker_id
-from conveyor import InvalidArgument, JobStatus, Queue, Retry, current_job, scripts
+from conveyor import InvalidArgument, JobStatus, Queue, Retry, calls, current_job, scripts
 from conveyor.keys import QueueKeys
 
 K = QueueKeys("default")
@@ -29,9 +29,11 @@ def started_by(conn: redis.Redis, job_id: str, worker: str) -> bool:
 
 
 def test_sigkilled_workers_jobs_are_recovered_by_another_worker(queue: Queue, conn, spawn_worker) -> None:
+    """Recovered jobs are suspects (one of them may have killed the worker): each runs apart,
+    one per worker at a time, while ordinary jobs keep running beside them."""
     lease = 1.5
     flags = ("--lease-seconds", str(lease), "--concurrency", "4")
-    jobs = [queue.enqueue("jobs:sleep", 3) for _ in range(4)]
+    jobs = [queue.enqueue("jobs:sleep", 1) for _ in range(4)]
     a = spawn_worker(*flags)
     a_id = worker_id(a)
     wait_until(lambda: all(started_by(conn, j.id, a_id) for j in jobs), 10, "all 4 jobs to start on worker A")
@@ -40,25 +42,34 @@ def test_sigkilled_workers_jobs_are_recovered_by_another_worker(queue: Queue, co
     a.signal(signal.SIGKILL)
     killed_at = time.time()
     a.wait(5)
+    ordinary = [queue.enqueue("jobs:sleep", 0.5) for _ in range(3)]
     b = spawn_worker(*flags)
     b_id = worker_id(b)
 
     recovery = {}
     for j in jobs:
-        done = wait_status(conn, j.id, JobStatus.FINISHED, JobStatus.FAILED, timeout=15)
-        assert done.status is JobStatus.FINISHED and done.result == 3
-        recovery[j.id] = done.started_at - killed_at
+        done = wait_status(conn, j.id, JobStatus.FINISHED, JobStatus.FAILED, timeout=20)
+        assert done.status is JobStatus.FINISHED and done.result == 1
+        recovery[j.id] = (done.started_at - killed_at, done.ended_at - killed_at)
         assert done.worker == b_id
         assert done.orphaned == 1
         assert done.deliveries == 2
+        assert not done.suspect  # it ran to its end: no longer suspected of anything
         assert done.execution_id != first_exec[j.id]
         lost, ok = done.attempts
         assert lost.exc_type == "WorkerLost" and lost.execution_id == first_exec[j.id]
         assert "lease expired" in lost.exc_message
         assert ok.exc_type is None and ok.execution_id == done.execution_id
-    print("\nrecovery after SIGKILL (final started_at - kill time):",
-          ", ".join(f"{t:.2f}s" for t in sorted(recovery.values())), f"(lease {lease}s)")
-    assert all(0 < t <= lease + 5 for t in recovery.values()), recovery
+    spans = sorted(recovery.values())
+    print("\nrecovery after SIGKILL (started, ended - kill time):",
+          ", ".join(f"{s:.2f}-{e:.2f}s" for s, e in spans), f"(lease {lease}s)")
+    assert 0 < spans[0][0] <= lease + 5, spans
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end - 0.01, f"two suspects ran at once on one worker: {spans}"
+    # Ordinary jobs did not wait for the suspects.
+    for j in ordinary:
+        done = wait_status(conn, j.id, JobStatus.FINISHED, timeout=10)
+        assert done.started_at - killed_at < spans[-1][0], (done.started_at - killed_at, spans)
     assert stat(conn, "orphans_recovered") == 4
     assert queue.started.job_ids == [] and queue.worker_job_ids(a_id) == []
     assert b.log().count("recovered from an expired lease") == 4
@@ -270,8 +281,7 @@ def _reap_now(conn: redis.Redis, job_id: str) -> None:
 
     def reaped() -> bool:
         conn.zadd(K.leases, {job_id: 0})
-        [(requeued, abandoned)] = scripts.execute(conn, lambda p: scripts.reap(
-            p, [K.leases, K.ready, K.failed, K.wake, K.stats], [K.job_prefix, K.claimed_prefix, 100, 3, 3600]))
+        [(requeued, abandoned)] = scripts.execute(conn, lambda p: calls.reap(p, K, 3, 3600))
         assert [r.decode() for r in requeued] in ([], [job_id]) and abandoned == []
         return bool(requeued)
 

@@ -242,7 +242,7 @@ def test_no_job_ids_in_labels_and_conventional_names(queue: Queue, conn, metrics
 
     labelled = [s for f in fams for s in f.samples if s.labels]
     assert len(labelled) > 20  # there is something to check
-    allowed = {"queue", "outcome", "state", "le", "worker", "version", "pool", "concurrency"}
+    allowed = {"queue", "outcome", "state", "le", "worker", "version", "pool", "concurrency", "policy"}
     for s in labelled:
         assert set(s.labels) <= allowed, f"{s.name} has unexpected labels {s.labels}"
         for label, v in s.labels.items():

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from support import fetch, runs, wait_status, wait_until, worker_id
-from conveyor import InvalidArgument, InvalidTransition, JobStatus, Queue, scripts
+from conveyor import InvalidArgument, InvalidTransition, JobStatus, Queue, calls, scripts
 from conveyor.keys import QueueKeys
 
 K = QueueKeys("default")
@@ -190,7 +190,7 @@ def test_leader_releases_the_lock_on_graceful_stop(queue: Queue, conn, spawn_wor
 
 
 def _promote(client: redis.Redis, limit: int = 1000) -> list[int]:
-    return scripts.execute(client, lambda p: scripts.promote(p, [K.scheduled, K.ready, K.wake], [K.job_prefix, limit]))[0]
+    return scripts.execute(client, lambda p: calls.promote(p, K, limit, 3600))[0]
 
 
 def test_promote_twice_concurrently_moves_each_job_once(queue: Queue, conn, redis_url) -> None:

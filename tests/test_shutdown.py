@@ -31,6 +31,7 @@ def assert_handed_back(conn: redis.Redis, queue: Queue, job: Job) -> None:
     assert back.exc_info is None
     assert job.id not in queue.failed
     assert job.id not in queue.started
+    assert job.id not in queue.prefetched
     assert job.id not in queue.finished
 
 
@@ -141,9 +142,13 @@ def test_prefetched_jobs_go_back_at_once_in_order(queue: Queue, conn, redis_url,
     jobs = [queue.enqueue("jobs:record", redis_url, key, f"t{i}", 30) for i in range(6)]
     w = spawn_worker("--concurrency", "1", "--prefetch", "3", "--shutdown-timeout", "60")
     wait_running(conn, key)
-    # One runs, three more are claimed and wait in the worker; the rest stay queued.
+    # One runs, three more are claimed and wait in the worker, visibly not running (and not
+    # charged a delivery); the rest stay queued.
     wait_until(lambda: queue.count == 2, 10, "the prefetch claim")
-    assert [fetch(conn, j).status for j in jobs[:4]] == [JobStatus.STARTED] * 4
+    assert [fetch(conn, j).status for j in jobs[:4]] == [JobStatus.STARTED] + [JobStatus.PREFETCHED] * 3
+    assert [fetch(conn, j).deliveries for j in jobs[:4]] == [1, 0, 0, 0]
+    assert queue.started.job_ids == [jobs[0].id]
+    assert sorted(queue.prefetched.job_ids) == sorted(j.id for j in jobs[1:4])
     assert queue.job_ids == [j.id for j in jobs[4:]]
     assert conn.llen(key) == 1  # only the first one runs
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from support import fetch, wait_until
-from conveyor import JobStatus, Queue, errors, scripts
+from conveyor import JobStatus, Queue, calls, errors, scripts
 from conveyor.job import RUN_FIELDS
 from conveyor.keys import QueueKeys
 
@@ -275,12 +275,12 @@ def test_leases_of_running_and_prefetched_jobs_are_renewed(queue: Queue, conn, r
     w = spawn_worker("--lease-seconds", "0.6", "--concurrency", "1", "--prefetch", "1")
     wait_until(lambda: conn.llen(key) == 1, 10, "the first job to run")
     # The second job is claimed (prefetched) and waits in the worker under its own lease.
-    assert fetch(conn, jobs[1]).status is JobStatus.STARTED
+    assert fetch(conn, jobs[1]).status is JobStatus.PREFETCHED
     first = conn.zscore(queue.keys.leases, jobs[0].id)
-    waiting = conn.zscore(queue.keys.leases, jobs[1].id)
+    waiting = conn.zscore(queue.keys.prefetched, jobs[1].id)
     assert first is not None and waiting is not None
     wait_until(lambda: (conn.zscore(queue.keys.leases, jobs[0].id) or 0) > first + 300, 5, "a lease renewal")
-    assert (conn.zscore(queue.keys.leases, jobs[1].id) or 0) > waiting
+    assert (conn.zscore(queue.keys.prefetched, jobs[1].id) or 0) > waiting
     wait_until(lambda: all(fetch(conn, j).status is JobStatus.FINISHED for j in jobs), 15, "both jobs to finish")
 
     assert sorted(t for t, _ in tokens(conn, key)) == ["t0", "t1"]  # each ran once
@@ -294,48 +294,34 @@ def test_leases_of_running_and_prefetched_jobs_are_renewed(queue: Queue, conn, r
 # -- the execution ID guards every transition ------------------------------------------------
 
 
-# Script arguments as worker.py _transact passes them (TTL for jobs that set none of their own).
+# Script arguments as the worker's flow passes them (TTL for jobs that set none of their own).
 RESULT_TTL = 500
 FAILURE_TTL = 7 * 24 * 3600
 
 
-def claim_one(conn: redis.Redis, q: Queue, worker: str, lease_ms: int = 60_000) -> tuple[str, str]:
-    k = q.keys
+def claim_one(conn: redis.Redis, q: Queue, worker: str, lease_ms: int = 60_000, start_now: bool = True) -> tuple[str, str]:
+    """Claim one job as a worker would: started at once, or prefetched (held, not running)."""
     [reply] = scripts.execute(
-        conn,
-        lambda p: scripts.claim(p, [k.ready, k.leases, k.claimed(worker), k.wake, k.seq],
-                                [k.job_prefix, 1, lease_ms, worker, *RUN_FIELDS]),
-    )
-    left, *jobs = reply  # claim.lua answers how many IDs are left, then the claimed jobs
+        conn, lambda p: calls.claim(p, q.keys, worker, 1, 1 if start_now else 0, lease_ms, f"{worker}-", 0, False,
+                                    FAILURE_TTL))
+    left, malformed, *jobs = reply  # claim.lua answers how many IDs are left, the malformed, then the jobs
     assert jobs, "nothing was claimed"
     return jobs[0].decode(), jobs[1].decode()
 
 
 def complete(conn: redis.Redis, q: Queue, worker: str, job_id: str, exec_id: str, result: bytes) -> int:
-    k = q.keys
-    [codes] = scripts.execute(
-        conn,
-        lambda p: scripts.complete(p, [k.leases, k.claimed(worker), k.finished],
-                                   [k.job_prefix, RESULT_TTL, job_id, exec_id, result]),
-    )
+    [codes] = scripts.execute(conn, lambda p: calls.complete(p, q.keys, worker, RESULT_TTL, [(job_id, exec_id, result)]))
     return codes[0]
 
 
 def fail(conn: redis.Redis, q: Queue, worker: str, job_id: str, exec_id: str, exc_type: str = "ValueError") -> int:
-    k = q.keys
-    [codes] = scripts.execute(
-        conn,
-        lambda p: scripts.fail(p, [k.leases, k.claimed(worker), k.failed],
-                               [k.job_prefix, "failed", FAILURE_TTL, job_id, exec_id, exc_type, "boom", "Traceback ..."]),
-    )
+    [codes] = scripts.execute(conn, lambda p: calls.fail(p, q.keys, worker, "failed", FAILURE_TTL,
+                                                         [(job_id, exec_id, exc_type, "boom", "Traceback ...")]))
     return codes[0]
 
 
 def release(conn: redis.Redis, q: Queue, worker: str, job_id: str, exec_id: str) -> int:
-    k = q.keys
-    [codes] = scripts.execute(
-        conn, lambda p: scripts.release(p, [k.ready, k.leases, k.claimed(worker), k.wake], [k.job_prefix, job_id, exec_id])
-    )
+    [codes] = scripts.execute(conn, lambda p: calls.release(p, q.keys, worker, [(job_id, exec_id)]))
     return codes[0]
 
 
@@ -366,7 +352,7 @@ def test_stale_execution_cannot_complete_a_started_job(queue: Queue, conn) -> No
     job = queue.enqueue("jobs:add", 1, 2)
     job_id, exec_id = claim_one(conn, queue, "w1")
     before = snapshot(conn, queue, job_id)
-    wrong = str(int(exec_id) + 1000)
+    wrong = exec_id + "0"
 
     assert complete(conn, queue, "w0", job_id, wrong, b"99") == errors.STALE
     assert snapshot(conn, queue, job_id) == before

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis
 
-from . import errors, keys, scripts
-from .job import Job, JobStatus
+from . import calls, errors, keys, scripts
+from .job import Job, JobStatus, send_command
 
 
 def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, Any]:
@@ -24,20 +24,24 @@ def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, 
     for name in names:
         k = keys.QueueKeys(name)
         pipe.llen(k.ready)
+        pipe.llen(k.recovered)
         pipe.zcard(k.scheduled)
+        pipe.zcard(k.prefetched)
         pipe.zcard(k.leases)
         pipe.zcount(k.finished, now, "+inf")
         pipe.zcount(k.failed, now, "+inf")
         pipe.zcount(k.canceled, now, "+inf")
         pipe.get(k.scheduler_lock)
     pipe.zrangebyscore(keys.WORKERS, now, "+inf")
-    replies = pipe.execute()
+    replies = pipe.execute(raise_on_error=False)
     queues = []
     for i, name in enumerate(names):
-        ready, scheduled, started, finished, failed, canceled, leader = replies[i * 7 : i * 7 + 7]
+        row = [0 if isinstance(r, redis.ResponseError) else r for r in replies[i * 9: i * 9 + 9]]
+        ready, recovered, scheduled, prefetched, started, finished, failed, canceled, leader = row
         queues.append({
-            "name": name, "ready": ready, "scheduled": scheduled, "started": started, "finished": finished,
-            "failed": failed, "canceled": canceled, "scheduler_leader": leader.decode() if leader else None,
+            "name": name, "ready": ready, "recovered": recovered, "scheduled": scheduled,
+            "prefetched": prefetched, "started": started, "finished": finished, "failed": failed,
+            "canceled": canceled, "scheduler_leader": leader.decode() if leader else None,
         })
     worker_ids = [w.decode() for w in replies[-1]]
     pipe = conn.pipeline(transaction=False)
@@ -64,7 +68,22 @@ def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, 
             "scheduler": info.get("scheduler") == "1", "version": info.get("version"),
             "last_seen": float(info.get("last_seen", 0)), "current_jobs": jobs,
         })
-    return {"queues": queues, "workers": out_workers}
+    return {"queues": queues, "workers": out_workers, "redis": redis_memory(conn)}
+
+
+def redis_memory(conn: redis.Redis) -> dict[str, Any]:
+    """maxmemory and its policy, with a warning when the policy can evict (lose) jobs."""
+    try:
+        mem = conn.info("memory")
+    except redis.ResponseError as exc:  # INFO refused (ACLs): nothing known
+        return {"maxmemory_policy": None, "warning": f"cannot read INFO memory: {exc}"}
+    policy = str(mem.get("maxmemory_policy"))
+    out: dict[str, Any] = {"maxmemory_policy": policy, "maxmemory": mem.get("maxmemory"),
+                           "used_memory": mem.get("used_memory")}
+    if policy != "noeviction":
+        out["warning"] = (f"maxmemory-policy is {policy}: when Redis fills up it evicts keys, and evicted jobs "
+                          "are lost without a trace; set maxmemory-policy noeviction")
+    return out
 
 
 def job_details(job: Job) -> dict[str, Any]:
@@ -75,12 +94,13 @@ def job_details(job: Job) -> dict[str, Any]:
             return f"<undecodable: {exc}>"
 
     return {
-        "id": job.id, "queue": job.queue, "status": job.status.value, "func": job.func_path,
+        "id": job.id, "queue": job.queue, "status": job.status_text, "func": job.func_path,
         "args": decoded(lambda: job.args), "kwargs": decoded(lambda: job.kwargs),
         "execution_id": job.execution_id, "worker": job.worker, "deliveries": job.deliveries,
         "retries": job.retries, "orphaned": job.orphaned, "enqueued_at": job.enqueued_at,
         "due_at": job.due_at, "started_at": job.started_at, "ended_at": job.ended_at, "timeout": job.timeout,
-        "result": decoded(lambda: job.result) if job.status is JobStatus.FINISHED else None,
+        "suspect": job.suspect,
+        "result": decoded(lambda: job.result) if job.status_text == JobStatus.FINISHED.value else None,
         "error": {"type": job.exc_info.type, "message": job.exc_info.message} if job.exc_info else None,
         "ttl": job.ttl,
         "attempts": [a.__dict__ for a in job.attempts],
@@ -88,18 +108,21 @@ def job_details(job: Job) -> dict[str, Any]:
 
 
 def stop_job(job: Job, timeout: float = 10.0) -> Job:
-    """Ask the worker running ``job`` to stop it, and wait until it has."""
-    if job.status is not JobStatus.STARTED:
+    """Ask the worker holding ``job`` to stop it, and wait until it has.
+
+    A started job is interrupted and ends canceled; a prefetched one is canceled before
+    it starts (it never runs)."""
+    live = (JobStatus.STARTED, JobStatus.PREFETCHED)
+    if job.status not in live:
         hint = "; use 'conveyor job cancel' for queued or scheduled jobs" if job.status in (
             JobStatus.QUEUED, JobStatus.SCHEDULED) else ""
         raise errors.InvalidTransition(f"job {job.id!r} is {job.status.value}, not started{hint}")
-    receivers = job.connection.publish(keys.COMMANDS, json.dumps({"cmd": "stop", "queue": job.queue, "job_id": job.id}))
-    if not receivers:
+    if not send_command(job.connection, "stop", job.queue, job.id):
         raise errors.ConveyorError("no worker is listening for commands; is any worker running?")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job.refresh()
-        if job.status is not JobStatus.STARTED:
+        if job.status not in live:
             return job
         time.sleep(0.05)  # polling a status that another process changes
     raise errors.ConveyorError(f"job {job.id!r} is still running after {timeout:g}s; its worker did not act on the stop")
@@ -109,7 +132,5 @@ def purge(conn: redis.Redis, queue: str, include_scheduled: bool) -> tuple[int, 
     if queue.encode() not in conn.smembers(keys.QUEUES):
         raise errors.ConveyorError(f"unknown queue {queue!r}")
     k = keys.QueueKeys(queue)
-    [(ready, scheduled)] = scripts.execute(
-        conn, lambda p: scripts.purge(p, [k.ready, k.scheduled], [k.job_prefix, "1" if include_scheduled else "0"])
-    )
+    [(ready, scheduled)] = scripts.execute(conn, lambda p: calls.purge(p, k, include_scheduled))
     return ready, scheduled

@@ -65,6 +65,8 @@ def main() -> None:
               help="Seconds to keep failed jobs that set no failure_ttl (default 7 days).")
 @click.option("--policy-file", envvar="CONVEYOR_POLICY_FILE", show_envvar=True, type=click.Path(dir_okay=False),
               help="JSON policy for jobs without their own: retry, result_ttl, failure_ttl (the operator's ConfigMap).")
+@click.option("--require-noeviction", is_flag=True, envvar="CONVEYOR_REQUIRE_NOEVICTION", show_envvar=True,
+              help="Refuse to start when Redis's maxmemory-policy is not noeviction (an evicting Redis loses jobs).")
 @click.option("--metrics-port", type=int, default=9100, show_default=True, envvar="CONVEYOR_METRICS_PORT", show_envvar=True,
               help="Port for /metrics, /healthz and /readyz (0 disables).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, envvar="CONVEYOR_METRICS_HOST")
@@ -136,9 +138,13 @@ def info(redis_url: str | None, as_json: bool, queue: str | None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    q_rows = [[q["name"], q["ready"], q["scheduled"], q["started"], q["finished"], q["failed"], q["canceled"],
-               q["scheduler_leader"] or "none"] for q in data["queues"]]
-    click.echo(_table(q_rows, ["QUEUE", "READY", "SCHEDULED", "STARTED", "FINISHED", "FAILED", "CANCELED", "SCHEDULER"]))
+    warning = data["redis"].get("warning")
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    q_rows = [[q["name"], q["ready"], q["recovered"], q["scheduled"], q["prefetched"], q["started"], q["finished"],
+               q["failed"], q["canceled"], q["scheduler_leader"] or "none"] for q in data["queues"]]
+    click.echo(_table(q_rows, ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "PREFETCHED", "STARTED", "FINISHED",
+                               "FAILED", "CANCELED", "SCHEDULER"]))
     click.echo("")
     w_rows = [[w["id"], ",".join(w["queues"]), w["pool"], w["concurrency"], w["state"], _ago(w["last_seen"]),
                ", ".join(w["current_jobs"][:5]) + (f" (+{len(w['current_jobs']) - 5})" if len(w["current_jobs"]) > 5 else "")]

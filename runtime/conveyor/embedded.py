@@ -26,8 +26,9 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, port: int | None = None, *, binary: str = "redis-server") -> None:
+    def __init__(self, port: int | None = None, *, binary: str = "redis-server", args: tuple[str, ...] = ()) -> None:
         self.binary = shutil.which(binary)
+        self.args = args  # extra server options, e.g. ("--maxmemory", "2mb")
         if self.binary is None:
             raise ConveyorError(f"redis-server was not found on PATH; {INSTALL_HINT}")
         self.port = port or free_port()
@@ -42,7 +43,7 @@ class EmbeddedRedis:
         self._dir = tempfile.TemporaryDirectory(prefix="conveyor-redis-")
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._dir.name, "--loglevel", "warning"],
+             "--dir", self._dir.name, "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

@@ -45,12 +45,12 @@ class InvalidTransition(ConveyorError):
     """The job is not in a state that allows the requested change."""
 
 
-class StaleExecution(ConveyorError):
-    """A completion arrived for an execution that no longer owns the job."""
+class MalformedJob(ConveyorError, ValueError):
+    """A job hash in Redis that cannot be read (corrupted, or written by hand)."""
 
 
-class RedisUnavailable(ConveyorError):
-    pass
+class RedisFull(ConveyorError):
+    """Redis refused to store more (maxmemory reached with policy noeviction): nothing was written."""
 
 
 # Codes shared by the Lua scripts (scripts/*.lua return them per job).

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import enum
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from . import errors, keys, scripts
+from . import calls, errors, keys, scripts
+from .calls import RUN_FIELDS  # noqa: F401  (re-exported: the claim's wire format)
 from .connection import connect
 from .serializers import get_serializer
 from .validation import check_job_id
@@ -23,8 +25,6 @@ ENQUEUE_FIELDS = (
     "id", "func", "payload", "ser", "timeout", "result_ttl", "failure_ttl",
     "retry", "max_deliveries", "unique_lock", "unique_ttl",
 )
-# Fields a worker needs to run a job; claim.lua returns them after id and execution ID.
-RUN_FIELDS = ("func", "payload", "ser", "timeout", "deliveries", "enqueued_at", "retry", "retries", "due_at")
 
 
 class JobStatus(str, enum.Enum):
@@ -95,7 +95,22 @@ class Job:
 
     @property
     def status(self) -> JobStatus:
-        return JobStatus(_s(self._raw, "status"))
+        """The job's state; a hash corrupted to an unknown status raises MalformedJob."""
+        raw = _s(self._raw, "status")
+        try:
+            return JobStatus(raw)
+        except ValueError:
+            raise errors.MalformedJob(f"job {self.id!r} has an unknown status {raw!r}") from None
+
+    @property
+    def status_text(self) -> str:
+        """The status as stored, even when it is not a known one (for inspection)."""
+        return _s(self._raw, "status") or "-"
+
+    @property
+    def suspect(self) -> bool:
+        """Recovered from a lost worker and not yet proven harmless: it runs apart from others."""
+        return _s(self._raw, "suspect") == "1"
 
     @property
     def execution_id(self) -> str | None:
@@ -217,20 +232,41 @@ class Job:
         self._load(raw)
         return self
 
-    def cancel(self) -> None:
-        """Take a queued or scheduled job off its queue; it ends as ``canceled``."""
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Take a waiting job off its queue for good; it ends as ``canceled`` and never runs.
+
+        A queued or scheduled job is canceled at once. A prefetched one is held by a worker,
+        which alone knows whether it has started it: the worker is asked, and this waits up
+        to ``timeout`` seconds for its answer.
+        """
         k = keys.QueueKeys(self.queue)
-        [(code, *rest)] = scripts.execute(
-            self.connection,
-            lambda p: scripts.cancel(p, [k.ready, k.canceled, k.scheduled], [k.job_prefix, self.id, DEFAULT_FAILURE_TTL]),
-        )
-        if code == errors.MISSING:
-            raise errors.NoSuchJob(f"job {self.id!r} does not exist in queue {self.queue!r}")
-        if code == errors.WRONG_STATE:
-            raise errors.InvalidTransition(
-                f"job {self.id!r} is {rest[0].decode()}; only a queued or scheduled job can be canceled"
-            )
-        self.refresh()
+        deadline = time.monotonic() + timeout
+        asked = False
+        while True:
+            [(code, *rest)] = scripts.execute(
+                self.connection, lambda p: calls.cancel(p, k, self.id, DEFAULT_FAILURE_TTL))
+            if code == errors.OK:
+                self.refresh()
+                return
+            if code == errors.MISSING:
+                raise errors.NoSuchJob(f"job {self.id!r} does not exist in queue {self.queue!r}")
+            status, holder = rest[0].decode(), rest[1].decode()
+            if status == JobStatus.STARTED.value and asked:
+                raise errors.InvalidTransition(
+                    f"job {self.id!r} started on worker {holder} before the cancel reached it; "
+                    "use 'conveyor job stop' to stop it")
+            if status != JobStatus.PREFETCHED.value:
+                hint = "; use 'conveyor job stop' for a started job" if status == JobStatus.STARTED.value else ""
+                raise errors.InvalidTransition(
+                    f"job {self.id!r} is {status}; only a queued, scheduled or prefetched job can be canceled{hint}")
+            if not asked:
+                send_command(self.connection, "cancel", self.queue, self.id)
+                asked = True
+            if time.monotonic() > deadline:
+                raise errors.ConveyorError(
+                    f"job {self.id!r} is prefetched by worker {holder}, which did not act on the cancel within "
+                    f"{timeout:g}s; if that worker is gone, the job returns to its queue when its lease expires")
+            time.sleep(0.02)  # another process decides: poll its answer
 
     def requeue(self) -> None:
         """Put a failed job back on its queue, with a fresh retry budget."""
@@ -263,7 +299,7 @@ class Job:
 def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str]) -> int:
     """Requeue failed jobs of one queue; raises if any is unknown or not failed (the others still move)."""
     k = keys.QueueKeys(queue)
-    [codes] = scripts.execute(conn, lambda p: scripts.requeue(p, [k.ready, k.failed, k.wake], [k.job_prefix, *job_ids]))
+    [codes] = scripts.execute(conn, lambda p: calls.requeue(p, k, job_ids))
     missing = [j for j, c in zip(job_ids, codes) if c == errors.MISSING]
     wrong = [j for j, c in zip(job_ids, codes) if c == errors.WRONG_STATE]
     if missing:
@@ -271,6 +307,12 @@ def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str]) -> int:
     if wrong:
         raise errors.InvalidTransition(f"job {', '.join(map(repr, wrong))} is not failed; only failed jobs can be requeued")
     return len(job_ids)
+
+
+def send_command(conn: redis.Redis, cmd: str, queue: str, job_id: str) -> int:
+    """Publish a fleet command on this database's channel; returns how many workers heard it."""
+    db = int(conn.connection_pool.connection_kwargs.get("db", 0) or 0)
+    return int(conn.publish(keys.commands(db), json.dumps({"cmd": cmd, "queue": queue, "job_id": job_id})))
 
 
 def _find_queue(conn: redis.Redis, job_id: str) -> str:

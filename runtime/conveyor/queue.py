@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import redis
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from . import errors, keys, scripts
 from .connection import connect
@@ -88,7 +89,6 @@ class Queue:
             "",
             "",
         )
-        self._registered = False
 
     # -- enqueueing --------------------------------------------------------------
 
@@ -179,12 +179,14 @@ class Queue:
         batch = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
 
         def build(pipe: Any) -> None:
-            if not self._registered:
-                pipe.sadd(keys.QUEUES, self.name)
+            # Every time, not once: a Redis that was wiped learns the queue again.
+            pipe.sadd(keys.QUEUES, self.name)
             scripts.enqueue(pipe, batch.keys, batch.argv)
 
-        code, *flags = scripts.execute(self.connection, build)[-1]
-        self._registered = True
+        reply = scripts.execute_each(self.connection, build)[-1]
+        if isinstance(reply, ResponseError):
+            raise refused(reply, f"queue {self.name!r}") from None
+        code, *flags = reply
         if code == errors.EXISTS:
             raise errors.JobExists([f.decode() for f in flags], self.name)
         rows, shared, own = batch.rows, batch.shared, batch.own
@@ -294,23 +296,35 @@ class Queue:
 
     @property
     def count(self) -> int:
-        """Jobs waiting to run."""
-        return self.connection.llen(self.keys.ready)
+        """Jobs waiting to run (ready, and recovered from lost workers)."""
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.llen(self.keys.recovered)
+        pipe.llen(self.keys.ready)
+        return sum(pipe.execute())
 
     def __len__(self) -> int:
         return self.count
 
     @property
     def job_ids(self) -> list[str]:
-        """IDs of the jobs waiting to run, next first."""
-        return [i.decode() for i in self.connection.lrange(self.keys.ready, 0, -1)]
+        """IDs of the jobs waiting to run, next first (recovered jobs are taken first)."""
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.lrange(self.keys.recovered, 0, -1)
+        pipe.lrange(self.keys.ready, 0, -1)
+        return [i.decode() for ids in pipe.execute() for i in ids]
 
     def fetch_job(self, job_id: str) -> Job:
         return Job.fetch(job_id, self.connection, queue=self.name)
 
     def registry(self, name: str) -> Registry:
-        """``started``, ``finished``, ``failed`` or ``canceled``: plain job IDs, never composite."""
+        """``prefetched``, ``started``, ``scheduled``, ``finished``, ``failed`` or ``canceled``:
+        plain job IDs, never composite."""
         return Registry(self, name)
+
+    @property
+    def prefetched(self) -> Registry:
+        """Jobs a worker holds in its buffer: claimed, not running yet."""
+        return self.registry("prefetched")
 
     @property
     def started(self) -> Registry:
@@ -338,6 +352,18 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
+
+
+def refused(exc: ResponseError, what: str) -> errors.ConveyorError:
+    """A typed error for a command Redis refused: a full Redis, or a queue key to repair."""
+    if isinstance(exc, OutOfMemoryError):
+        return errors.RedisFull(
+            f"Redis is full (used memory above maxmemory, policy noeviction): nothing was written to {what}. "
+            "Workers keep draining; free memory or raise maxmemory, then try again")
+    text = str(exc)
+    if "WRONGTYPE_KEY" in text:
+        return errors.ConveyorError(f"cannot write to {what}: {text.split('WRONGTYPE_KEY ', 1)[1]}")
+    return errors.ConveyorError(f"Redis refused the write to {what}: {text}")
 
 
 def _new_ids(n: int) -> list[str]:

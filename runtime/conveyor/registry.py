@@ -1,4 +1,4 @@
-"""Registries: which jobs of a queue are started, finished, failed or canceled.
+"""Registries: which jobs of a queue are prefetched, started, scheduled, finished, failed or canceled.
 
 Every listing returns plain job IDs. A started job's execution ID is a field of
 its own (see :meth:`Registry.executions`), never glued to the ID.
@@ -31,7 +31,7 @@ class Registry:
     def _live_min(self) -> str:
         # Leases are listed whatever their deadline (an expired one still marks a
         # started job until it is reaped); ended jobs only while they are kept.
-        return "-inf" if self.name in ("started", "scheduled") else repr(time.time())
+        return "-inf" if self.name in ("prefetched", "started", "scheduled") else repr(time.time())
 
     @property
     def job_ids(self) -> list[str]:
@@ -49,7 +49,7 @@ class Registry:
         return job_id in self.job_ids
 
     def executions(self) -> list[Execution]:
-        """For the started registry: who runs each job, under which execution ID."""
+        """For the prefetched and started registries: who holds each job, under which execution ID."""
         conn = self.queue.connection
         entries = conn.zrangebyscore(self.key, self._live_min(), "+inf", withscores=True)
         pipe = conn.pipeline(transaction=False)
@@ -62,7 +62,7 @@ class Registry:
                     job_id.decode(),
                     exec_id.decode() if exec_id else None,
                     worker.decode() if worker else None,
-                    score / 1000 if self.name in ("started", "scheduled") else score,
+                    score / 1000 if self.name in ("prefetched", "started", "scheduled") else score,
                 )
             )
         return out

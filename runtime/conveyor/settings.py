@@ -37,6 +37,9 @@ class WorkerSettings:
     result_ttl: int = 500
     failure_ttl: int = 7 * 24 * 3600
     default_retry: Retry | None = None
+    # Refuse to start when Redis may evict keys (maxmemory-policy other than noeviction):
+    # an evicting Redis silently deletes queued jobs.
+    require_noeviction: bool = False
     metrics_port: int = 9100  # /metrics, /healthz, /readyz; 0 disables
     metrics_host: str = "0.0.0.0"
     cron_files: tuple[str, ...] = ()

@@ -1,14 +1,17 @@
 """The Lua scripts, one per state transition, loaded with a shared prelude.
 
-Each ``*.lua`` file here is headed by its KEYS, ARGV and return values. At load
-time the return-code constants from :mod:`conveyor.errors` and ``_lib.lua`` are
-prepended, so the codes have one definition and helpers are not copied.
+Each ``*.lua`` file here is headed by its KEYS, ARGV and return values, and by a
+``#!lua`` line with its Redis 7 flags: transitions that move or end existing work carry
+``allow-oom``, so workers drain a full Redis that producers can no longer add to. At load
+time the return-code constants from :mod:`conveyor.errors` and ``_lib.lua`` are put after
+that line, so the codes have one definition and helpers are not copied.
 
-Scripts run by EVALSHA inside ordinary pipelines. (redis-py's own Script objects
-send SCRIPT EXISTS before every pipeline, a second round trip on the hot path.)
-When Redis answers NOSCRIPT (restarted, flushed) the scripts are loaded and the
-pipeline sent once more; every script is safe to repeat for that case because a
-script that hits NOSCRIPT never ran.
+Scripts run by EVALSHA inside ordinary pipelines. (redis-py's own Script objects send
+SCRIPT EXISTS before every pipeline, a second round trip on the hot path.) Every command
+of a pipeline gets its own reply (:func:`aexecute_each`): an error in one never throws
+away what Redis did for the others. When Redis answers NOSCRIPT (restarted, flushed) the
+scripts are loaded and only the commands that got NOSCRIPT are sent again: a script that
+hit NOSCRIPT never ran.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from functools import cached_property
 from importlib import resources
 from typing import Any, Callable, Sequence
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .. import errors
 
@@ -33,8 +36,11 @@ class Script:
     @cached_property
     def source(self) -> str:
         here = resources.files(__package__)
+        body = here.joinpath(f"{self.name}.lua").read_text()
+        shebang, _, rest = body.partition("\n") if body.startswith("#!") else ("", "", body)
         consts = "".join(f"local {c} = {getattr(errors, c)}\n" for c in _CODES)
-        return consts + here.joinpath("_lib.lua").read_text() + "\n" + here.joinpath(f"{self.name}.lua").read_text()
+        lib = here.joinpath("_lib.lua").read_text()
+        return (shebang + "\n" if shebang else "") + consts + lib + "\n" + rest
 
     @cached_property
     def sha(self) -> str:
@@ -47,6 +53,7 @@ class Script:
 
 enqueue = Script("enqueue")
 claim = Script("claim")
+start = Script("start")
 complete = Script("complete")
 fail = Script("fail")
 renew = Script("renew")
@@ -59,7 +66,8 @@ requeue = Script("requeue")
 purge = Script("purge")
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
-ALL = (enqueue, claim, complete, fail, renew, cancel, release, retry, reap, promote, requeue, purge, lock_renew, lock_release)
+ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, promote, requeue, purge,
+       lock_renew, lock_release)
 
 
 def load(client: Any) -> None:
@@ -76,29 +84,58 @@ async def aload(client: Any) -> None:
     await pipe.execute()
 
 
+def _noscript(replies: list[Any]) -> list[int]:
+    return [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+
+
+def execute_each(client: Any, build: Callable[[Any], None]) -> list[Any]:
+    """Run a pipeline that ``build`` fills; each reply in place, an error as its exception.
+
+    A connection error still raises: then nobody knows which commands ran.
+    """
+    pipe = client.pipeline(transaction=False)
+    build(pipe)
+    stack = list(pipe.command_stack)
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    if missing := _noscript(replies):
+        load(client)
+        again = client.pipeline(transaction=False)
+        for i in missing:
+            again.pipeline_execute_command(*stack[i][0], **stack[i][1])
+        for i, reply in zip(missing, again.execute(raise_on_error=False)):
+            replies[i] = reply
+    return replies
+
+
+async def aexecute_each(client: Any, build: Callable[[Any], None]) -> list[Any]:
+    """The asyncio twin of :func:`execute_each`."""
+    pipe = client.pipeline(transaction=False)
+    build(pipe)
+    stack = list(pipe.command_stack)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    if missing := _noscript(replies):
+        await aload(client)
+        again = client.pipeline(transaction=False)
+        for i in missing:
+            again.pipeline_execute_command(*stack[i][0], **stack[i][1])
+        for i, reply in zip(missing, await again.execute(raise_on_error=False)):
+            replies[i] = reply
+    return replies
+
+
+def raise_first(replies: list[Any]) -> list[Any]:
+    """For callers that want all or nothing: the first error reply, raised."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
+
+
 def execute(client: Any, build: Callable[[Any], None]) -> list[Any]:
-    """Run a pipeline that ``build`` fills, loading the scripts if Redis lacks them."""
-    for attempt in (0, 1):
-        pipe = client.pipeline(transaction=False)
-        build(pipe)
-        try:
-            return pipe.execute()
-        except NoScriptError:
-            if attempt:
-                raise
-            load(client)
-    raise AssertionError("unreachable")
+    """Run a pipeline that ``build`` fills and raise the first error reply (client side)."""
+    return raise_first(execute_each(client, build))
 
 
 async def aexecute(client: Any, build: Callable[[Any], None]) -> list[Any]:
     """The asyncio twin of :func:`execute`."""
-    for attempt in (0, 1):
-        pipe = client.pipeline(transaction=False)
-        build(pipe)
-        try:
-            return await pipe.execute()
-        except NoScriptError:
-            if attempt:
-                raise
-            await aload(client)
-    raise AssertionError("unreachable")
+    return raise_first(await aexecute_each(client, build))

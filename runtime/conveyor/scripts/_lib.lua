@@ -1,5 +1,9 @@
 -- Shared helpers, prepended to every script by scripts/__init__.py (after the
 -- return-code constants, which are generated from conveyor/errors.py).
+--
+-- Scripts validate before they mutate: a queue key of the wrong type stops a script
+-- before it changes anything (expect_types), and a bad job is dealt with on its own
+-- (pcall, safe numbers, fail_malformed) so the other jobs of the same call proceed.
 
 -- Redis server time, so leases and timestamps never depend on worker clocks.
 local function now_parts()
@@ -19,12 +23,98 @@ local function now_s()
   return s + us / 1000000, s .. '.' .. string.format('%06d', us)
 end
 
--- Append one attempt (execution ID, start, end, exception) to the job's history.
+local STATUSES = {queued = true, scheduled = true, prefetched = true, started = true,
+  finished = true, failed = true, canceled = true}
+local LIVE = {prefetched = true, started = true}
+
+-- Refuse to run, before any change, when a queue key holds the wrong type. spec is
+-- {key, type, key, type, ...}; returns an error reply to hand back, or nil.
+local function expect_types(spec)
+  for i = 1, #spec, 2 do
+    local t = redis.call('TYPE', spec[i])['ok']
+    if t ~= 'none' and t ~= spec[i + 1] then
+      return redis.error_reply('WRONGTYPE_KEY ' .. spec[i] .. ' holds a ' .. t .. ', not a ' .. spec[i + 1]
+        .. '; run conveyor doctor --fix to move it aside')
+    end
+  end
+  return nil
+end
+
+-- A number, or nil when v is unset, empty or not a finite number.
+local function num(v)
+  if v == nil or v == '' or v == false then return nil end
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then return nil end
+  return n
+end
+
+local function int(v)
+  local n = num(v)
+  if n and n == math.floor(n) then return n end
+  return nil
+end
+
+-- Cut a string to at most n bytes without splitting a UTF-8 character.
+local function cut(s, n)
+  if #s <= n then return s end
+  local b = string.byte(s, n + 1)
+  while n > 0 and b >= 128 and b < 192 do
+    n = n - 1
+    b = string.byte(s, n + 1)
+  end
+  return string.sub(s, 1, n)
+end
+
+-- The attempts list, {} when unset, or nil when it is not a JSON array.
+local function decode_list(raw)
+  if raw == nil or raw == false or raw == '' then return {} end
+  local ok, v = pcall(cjson.decode, raw)
+  if ok and type(v) == 'table' and (v[1] ~= nil or next(v) == nil) then return v end
+  return nil
+end
+
+-- Why a job cannot be handled safely, or nil. f holds, in order: status, attempts,
+-- timeout, result_ttl, failure_ttl, max_deliveries, unique_ttl, deliveries, retries,
+-- orphaned, due_at, enqueued_at (MALFORMED_FIELDS below).
+local MALFORMED_FIELDS = {'status', 'attempts', 'timeout', 'result_ttl', 'failure_ttl', 'max_deliveries',
+  'unique_ttl', 'deliveries', 'retries', 'orphaned', 'due_at', 'enqueued_at'}
+
+local function set(v) return v ~= nil and v ~= false and v ~= '' end
+
+local function malformed_reason(f)
+  if not f[1] then return 'status is missing' end
+  if not STATUSES[f[1]] then return "status '" .. cut(tostring(f[1]), 40) .. "' is unknown" end
+  if not decode_list(f[2]) then return 'attempts is not valid JSON' end
+  if set(f[3]) and not ((num(f[3]) or 0) > 0) then return 'timeout is not a number > 0' end
+  for i, name in ipairs({'result_ttl', 'failure_ttl'}) do
+    if set(f[3 + i]) and not ((int(f[3 + i]) or -2) >= -1) then return name .. ' is not an integer >= -1' end
+  end
+  if set(f[6]) and not ((int(f[6]) or 0) >= 1) then return 'max_deliveries is not an integer >= 1' end
+  if set(f[7]) and not ((int(f[7]) or 0) >= 1) then return 'unique_ttl is not an integer >= 1' end
+  for i, name in ipairs({'deliveries', 'retries', 'orphaned'}) do
+    if set(f[7 + i]) and not ((int(f[7 + i]) or -1) >= 0) then return name .. ' is not an integer >= 0' end
+  end
+  if set(f[11]) and not num(f[11]) then return 'due_at is not a number' end
+  if set(f[12]) and not num(f[12]) then return 'enqueued_at is not a number' end
+  return nil
+end
+
+-- Counters are best effort: a corrupted counter must never abort a transition.
+local function bump(key, field, n)
+  redis.pcall('HINCRBY', key, field, n)
+end
+
+-- Append one attempt (execution ID, start, end, exception) to the job's history. An
+-- unreadable history is kept aside in attempts_unreadable and a new one begun.
 local function record_attempt(job_key, exc_type, exc_message, ended)
   local f = redis.call('HMGET', job_key, 'attempts', 'execution_id', 'started_at')
-  local list = f[1] and cjson.decode(f[1]) or {}
+  local list = decode_list(f[1])
+  if not list then
+    redis.call('HSET', job_key, 'attempts_unreadable', f[1])
+    list = {}
+  end
   list[#list + 1] = {n = #list + 1, execution_id = f[2] or '', started_at = f[3] or '', ended_at = ended,
-    exc_type = exc_type, exc_message = string.sub(exc_message, 1, 1000)}
+    exc_type = exc_type, exc_message = cut(exc_message, 1000)}
   redis.call('HSET', job_key, 'attempts', cjson.encode(list))
 end
 
@@ -33,12 +123,18 @@ local function wake(wake_key)
   if redis.call('LLEN', wake_key) == 0 then redis.call('LPUSH', wake_key, '1') end
 end
 
--- Keep an ended job for ttl seconds: 0 deletes it now, -1 keeps it forever. An ended
--- job no longer holds its unique key. Returns the job's registry score (its expiry),
--- or nil when the job was deleted; callers add the scores with register().
-local function retire(job_key, job_id, ttl, unique_lock, now)
-  if unique_lock and redis.call('GET', unique_lock) == job_id then redis.call('DEL', unique_lock) end
-  ttl = tonumber(ttl) or 0
+-- Keep an ended job for its own TTL, else the default: 0 deletes it now, -1 keeps it
+-- forever; a TTL that is not a valid number never deletes anything (kept forever). An
+-- ended job no longer holds its unique key. Returns the job's registry score (its
+-- expiry), or nil when the job was deleted; callers add the scores with register().
+local function retire(job_key, job_id, own_ttl, default_ttl, unique_lock, now)
+  if unique_lock and unique_lock ~= '' then
+    local holder = redis.pcall('GET', unique_lock)
+    if holder == job_id then redis.call('DEL', unique_lock) end
+  end
+  local ttl = int(own_ttl)
+  if ttl == nil or ttl < -1 then ttl = int(default_ttl) end
+  if ttl == nil or ttl < -1 then ttl = -1 end
   if ttl == 0 then
     redis.call('DEL', job_key)
     return nil
@@ -56,17 +152,70 @@ local function register(registry, entries, now)
   redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
 end
 
+-- Fail a job for good because it cannot be handled: the bad field stays for inspection.
+local function fail_malformed(key, id, reason, failed_key, default_ttl, now, now_str)
+  redis.call('HSET', key, 'status', 'failed', 'exc_type', 'MalformedJob', 'exc_message', reason,
+    'exc_traceback', '', 'ended_at', now_str)
+  local f = redis.call('HMGET', key, 'failure_ttl', 'unique_lock')
+  local score = retire(key, id, f[1], default_ttl, f[2], now)
+  register(failed_key, score and {score, id} or {}, now)
+end
+
+-- A job key that is not a hash: move its value aside (kept) and fail the job in its place.
+local function quarantine(key, id, corrupt_key, failed_key, default_ttl, now, now_str)
+  local t = redis.call('TYPE', key)['ok']
+  redis.call('RENAME', key, corrupt_key)
+  local keep = int(default_ttl)
+  if keep == nil or keep == 0 then keep = 7 * 24 * 3600 end
+  if keep > 0 then redis.call('EXPIRE', corrupt_key, keep) end
+  local reason = 'the job key held a ' .. t .. ', not a hash; its value was kept at ' .. corrupt_key
+  fail_malformed(key, id, reason, failed_key, default_ttl, now, now_str)
+  return reason
+end
+
 -- Does execution exec_id hold the lease, given the job's status and execution_id
 -- fields? OK, STALE, MISSING, or DUPLICATE when this execution already ended it (a
 -- flush retried after a lost reply), so retries are harmless.
 local function owner_code(status, current, exec_id)
   if not status then return MISSING end
   if current ~= exec_id then return STALE end
-  if status ~= 'started' then return DUPLICATE end
+  if not LIVE[status] then return DUPLICATE end
   return OK
 end
 
-local function check_owner(job_key, exec_id)
-  local cur = redis.call('HMGET', job_key, 'status', 'execution_id')
-  return owner_code(cur[1], cur[2], exec_id)
+-- The job's status, execution ID and suspect flag; a key of the wrong type reads as missing.
+local function owner_fields(job_key)
+  local cur = redis.pcall('HMGET', job_key, 'status', 'execution_id', 'suspect')
+  if cur.err then return {} end
+  return cur
+end
+
+-- Take a live job off its lease zsets and its worker's claimed set.
+local function unlease(id, prefetched_key, leases_key, claimed_key)
+  redis.call('ZREM', prefetched_key, id)
+  redis.call('ZREM', leases_key, id)
+  if claimed_key then redis.pcall('SREM', claimed_key, id) end
+end
+
+-- Leave the worker's claimed set unless the job is live under this worker again (a newer
+-- execution of the same worker must keep its entry).
+local function unclaim(claimed_key, id, f_status, f_worker, worker)
+  if not (LIVE[f_status] and f_worker == worker) then redis.call('SREM', claimed_key, id) end
+end
+
+-- For an ID taken off a list or zset: vals is a pcall'ed HMGET whose first field is the
+-- status. Returns "gone" (no such job: the entry is dropped), "bad" (the job could not be
+-- read and was failed as malformed, so the ID still lands somewhere), or nil (readable;
+-- the caller looks at the status).
+local function settle(key, id, vals, failed_key, default_ttl, corrupt_key, now, now_str)
+  if vals.err then
+    quarantine(key, id, corrupt_key, failed_key, default_ttl, now, now_str)
+    return 'bad'
+  end
+  if not vals[1] and redis.call('EXISTS', key) == 0 then return 'gone' end
+  if not STATUSES[vals[1]] then
+    fail_malformed(key, id, malformed_reason({vals[1]}), failed_key, default_ttl, now, now_str)
+    return 'bad'
+  end
+  return nil
 end

@@ -1,21 +1,33 @@
--- cancel: take a queued or scheduled job off its queue for good.
--- KEYS[1] ready list   KEYS[2] canceled zset   KEYS[3] scheduled zset
+#!lua flags=allow-oom
+-- cancel: take a waiting job off its queue for good. A client cancels a queued or scheduled
+-- job; a prefetched job is cancelled only by the worker holding it (it passes its execution
+-- ID), because only that worker knows whether it has started the job's code yet.
+-- KEYS[1] ready list   KEYS[2] canceled zset   KEYS[3] scheduled zset   KEYS[4] recovered list
+-- KEYS[5] prefetched zset
 -- ARGV[1] job key prefix   ARGV[2] job ID   ARGV[3] failure TTL for a job without its own
--- Returns {OK} or {MISSING} or {WRONG_STATE, current status}.
-local id = ARGV[2]
+-- ARGV[4] execution ID of the prefetched job ("" from clients)   ARGV[5] claimed-set prefix
+-- Returns {OK} or {MISSING} or {WRONG_STATE, current status, its worker or ""}.
+local err = expect_types({KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'list', KEYS[5], 'zset'})
+if err then return err end
+local id, exec = ARGV[2], ARGV[4]
 local key = ARGV[1] .. id
-local status = redis.call('HGET', key, 'status')
-if not status then return {MISSING} end
-if status == 'queued' then
-  redis.call('LREM', KEYS[1], 1, id)
-elseif status == 'scheduled' then
+local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'worker', 'failure_ttl', 'unique_lock')
+if f.err or not f[1] then return {MISSING} end
+local status = f[1]
+if status == 'queued' and exec == '' then
+  if redis.call('LREM', KEYS[1], 1, id) == 0 then redis.call('LREM', KEYS[4], 1, id) end
+elseif status == 'scheduled' and exec == '' then
   redis.call('ZREM', KEYS[3], id)
+elseif status == 'prefetched' and exec ~= '' and f[2] == exec then
+  redis.call('ZREM', KEYS[5], id)
+  if f[3] then redis.pcall('SREM', ARGV[5] .. f[3], id) end
+  redis.call('HDEL', key, 'execution_id', 'worker')
 else
-  return {WRONG_STATE, status}
+  return {WRONG_STATE, status, f[3] or ''}
 end
 local now, now_str = now_s()
 redis.call('HSET', key, 'status', 'canceled', 'ended_at', now_str)
-local f = redis.call('HMGET', key, 'failure_ttl', 'unique_lock')
-local score = retire(key, id, f[1] or ARGV[3], f[2], now)
+redis.call('HDEL', key, 'suspect')
+local score = retire(key, id, f[4], ARGV[3], f[5], now)
 register(KEYS[2], score and {score, id} or {}, now)
 return {OK}

@@ -1,48 +1,97 @@
--- claim: lease up to N ready jobs to one worker, each under a new execution ID.
--- KEYS[1] ready list   KEYS[2] leases zset   KEYS[3] the worker's claimed set
--- KEYS[4] wake list    KEYS[5] execution ID counter
--- ARGV[1] job key prefix   ARGV[2] N   ARGV[3] lease ms   ARGV[4] worker ID
--- ARGV[5 ..] names of the job fields to return
--- Returns the number of IDs left on the ready list, then per claimed job: id, execution
--- ID, and the requested fields. IDs whose job hash is gone or not queued (deleted,
--- canceled) are dropped, so fewer jobs than asked does not mean the list is empty.
-local prefix, n, lease_ms, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local fields = {'status', 'deliveries'}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+#!lua flags=allow-oom
+-- claim: lease up to N jobs to one worker, each under an execution ID the worker made.
+-- The first K start now (status started, charged a delivery); the rest are prefetched:
+-- held in the worker's buffer, not running and not charged until start.lua starts them.
+-- Allowed on a full Redis (allow-oom), so workers drain a backlog that producers cannot add to.
+-- KEYS[1] ready list   KEYS[2] recovered list   KEYS[3] prefetched zset   KEYS[4] leases zset
+-- KEYS[5] the worker's claimed set   KEYS[6] wake list   KEYS[7] failed zset
+-- ARGV[1] job key prefix   ARGV[2] N   ARGV[3] K (<= N)   ARGV[4] lease ms   ARGV[5] worker ID
+-- ARGV[6] execution ID prefix   ARGV[7] first execution number (the worker reserves N)
+-- ARGV[8] "1": the worker may take one suspect from the recovered list (it starts now, within K)
+-- ARGV[9] failure TTL for malformed jobs   ARGV[10] key prefix for corrupt job keys
+-- ARGV[11 ..] names of the job fields to return
+-- Returns {IDs left to claim, {malformed id, reason, ...}, then per claimed job: id, execution
+--   ID, "started" or "prefetched", suspect ("1" or ""), the requested fields}. IDs whose job
+--   hash is gone or whose job lives elsewhere (ended, canceled) are dropped, so fewer jobs than
+--   asked does not mean the list is empty. A malformed job fails on its own (see _lib.lua).
+local err = expect_types({KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'zset',
+  KEYS[5], 'set', KEYS[6], 'list', KEYS[7], 'zset'})
+if err then return err end
+local prefix, n, k, lease_ms, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local exec_prefix, seq, may_suspect, failure_ttl, corrupt = ARGV[6], tonumber(ARGV[7]), ARGV[8] == '1', ARGV[9], ARGV[10]
+local fields = {'suspect', unpack(MALFORMED_FIELDS)}
+local nv = #fields
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 
-local out = {0}
-local ids = redis.call('LPOP', KEYS[1], n)
-if ids then
-  local _, now_str = now_s()
-  local deadline = now_ms() + lease_ms
-  -- One counter bump for the batch; execution IDs are consecutive numbers.
-  local seq = redis.call('INCRBY', KEYS[5], #ids) - #ids
-  local leases, claimed = {}, {}
-  for _, id in ipairs(ids) do
-    local key = prefix .. id
-    local vals = redis.call('HMGET', key, unpack(fields))
-    if vals[1] == 'queued' then
-      seq = seq + 1
-      local exec = tostring(seq)
-      local deliveries = (tonumber(vals[2]) or 0) + 1
-      redis.call('HSET', key, 'status', 'started', 'execution_id', exec, 'worker', worker,
-        'started_at', now_str, 'deliveries', deliveries)
-      leases[#leases + 1] = deadline
-      leases[#leases + 1] = id
-      claimed[#claimed + 1] = id
-      out[#out + 1] = id
-      out[#out + 1] = exec
-      for i = 3, #fields do
-        out[#out + 1] = fields[i] == 'deliveries' and tostring(deliveries) or vals[i]
-      end
-    end
+local now, now_str = now_s()
+local deadline = now_ms() + lease_ms
+local out = {0, {}}
+local bad = out[2]
+local started, prefetched, claimed, nstarted = {}, {}, {}, 0
+
+local function take(id, suspect_list)
+  local key = prefix .. id
+  local vals = redis.pcall('HMGET', key, unpack(fields))
+  if vals.err then
+    bad[#bad + 1] = id
+    bad[#bad + 1] = quarantine(key, id, corrupt .. id, KEYS[7], failure_ttl, now, now_str)
+    return
   end
-  if #claimed > 0 then
-    redis.call('ZADD', KEYS[2], unpack(leases))
-    redis.call('SADD', KEYS[3], unpack(claimed))
+  local status = vals[2]
+  if not status and redis.call('EXISTS', key) == 0 then return end  -- deleted: nothing to run
+  if status ~= 'queued' and STATUSES[status] then return end  -- a stale entry: it lives elsewhere
+  local f = {}
+  for i = 2, nv do f[#f + 1] = vals[i] end
+  local reason = malformed_reason(f)
+  if reason then
+    bad[#bad + 1] = id
+    bad[#bad + 1] = reason
+    fail_malformed(key, id, reason, KEYS[7], failure_ttl, now, now_str)
+    return
+  end
+  seq = seq + 1
+  local exec = exec_prefix .. seq
+  local now_start = suspect_list or nstarted < k
+  local deliveries = int(vals[9]) or 0
+  if now_start then
+    nstarted = nstarted + 1
+    deliveries = deliveries + 1
+    redis.call('HSET', key, 'status', 'started', 'execution_id', exec, 'worker', worker,
+      'started_at', now_str, 'deliveries', deliveries)
+    started[#started + 1] = deadline
+    started[#started + 1] = id
+  else
+    redis.call('HSET', key, 'status', 'prefetched', 'execution_id', exec, 'worker', worker)
+    prefetched[#prefetched + 1] = deadline
+    prefetched[#prefetched + 1] = id
+  end
+  claimed[#claimed + 1] = id
+  out[#out + 1] = id
+  out[#out + 1] = exec
+  out[#out + 1] = now_start and 'started' or 'prefetched'
+  out[#out + 1] = vals[1] or ''
+  for i = nv + 1, #fields do
+    out[#out + 1] = fields[i] == 'deliveries' and tostring(deliveries) or vals[i]
   end
 end
--- Pass the baton: if work remains, leave one token so another idle worker wakes.
+
+-- A suspect (recovered from a lost worker) first, one at most, and only into a free slot.
+if may_suspect and k > 0 then
+  local ids = redis.call('LPOP', KEYS[2], 1)
+  if ids then take(ids[1], true) end
+end
+local want = n - #claimed
+if want > 0 then
+  local ids = redis.call('LPOP', KEYS[1], want)
+  if ids then
+    for _, id in ipairs(ids) do take(id, false) end
+  end
+end
+if #started > 0 then redis.call('ZADD', KEYS[4], unpack(started)) end
+if #prefetched > 0 then redis.call('ZADD', KEYS[3], unpack(prefetched)) end
+if #claimed > 0 then redis.call('SADD', KEYS[5], unpack(claimed)) end
+-- Pass the baton: if work remains that another idle worker may take, leave it a token.
 out[1] = redis.call('LLEN', KEYS[1])
-if out[1] > 0 then wake(KEYS[4]) end
+if may_suspect then out[1] = out[1] + redis.call('LLEN', KEYS[2]) end
+if out[1] > 0 then wake(KEYS[6]) end
 return out

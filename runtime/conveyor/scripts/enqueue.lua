@@ -1,3 +1,4 @@
+#!lua
 -- enqueue: create a batch of jobs, ready now or scheduled, atomically.
 -- KEYS[1] ready list   KEYS[2] wake list   KEYS[3] scheduled zset   KEYS[4] cron hash   KEYS[5] stats hash
 -- ARGV[1] job key prefix
@@ -10,10 +11,13 @@
 -- then the jobs, F values each (the id names the key; it is not stored as a field)
 -- A job with fields unique_lock (a key) and unique_ttl is created only if no live job holds
 -- that key; otherwise the holder's ID is returned in its place.
+-- Not allowed on a full Redis (no allow-oom flag): refused whole, before any change.
 -- Returns {OK} when every job was created, else {OK, one flag per job}: 1 created,
 --   0 not created (existed with "ignore", or the cron tick was enqueued already),
 --   or the ID of the job holding the unique key;
 --   or {EXISTS, ids...} with "error" when any ID exists: nothing is written then.
+local err = expect_types({KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash', KEYS[5], 'hash'})
+if err then return err end
 local prefix, mode, due, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local guard, tick = ARGV[5], ARGV[6]
 local nc = tonumber(ARGV[7])
@@ -37,7 +41,7 @@ end
 
 if guard ~= '' then
   local last = redis.call('HGET', KEYS[4], guard)
-  if last and tonumber(last) >= tonumber(tick) then
+  if last and (num(last) or -1) >= tonumber(tick) then
     local flags = {OK}
     for _ = first, #ARGV, nf do flags[#flags + 1] = 0 end
     return flags
@@ -68,10 +72,10 @@ for base = first, #ARGV, nf do
   else
     local lock = lock_at and ARGV[base + lock_at] or lock_val
     if lock and lock ~= '' then
-      local holder = redis.call('GET', lock)
-      if holder and redis.call('EXISTS', prefix .. holder) == 1 then
+      local holder = redis.pcall('GET', lock)
+      if type(holder) == 'string' and redis.call('EXISTS', prefix .. holder) == 1 then
         flag = holder
-        redis.call('HINCRBY', KEYS[5], 'duplicates_suppressed', 1)
+        bump(KEYS[5], 'duplicates_suppressed', 1)
       else
         redis.call('SET', lock, id, 'EX', tonumber(ttl_at and ARGV[base + ttl_at] or ttl_val))
       end
@@ -96,6 +100,6 @@ elseif #ids > 0 then
   for _, id in ipairs(ids) do redis.call('ZADD', KEYS[3], due, id) end
   redis.call('PUBLISH', channel, due)
 end
-if #ids > 0 then redis.call('HINCRBY', KEYS[5], 'enqueued', #ids) end
+if #ids > 0 then bump(KEYS[5], 'enqueued', #ids) end
 if all_created then return {OK} end
 return flags

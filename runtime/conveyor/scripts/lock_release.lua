@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- lock_release: drop a lease lock, only for the owner of the token.
 -- KEYS[1] lock   ARGV[1] token
 -- Returns 1 if released, 0 if the lock was someone else's or gone.

@@ -1,15 +1,19 @@
+#!lua flags=allow-oom
 -- requeue: put failed jobs back on their queue with a fresh retry budget.
 -- KEYS[1] ready list   KEYS[2] failed zset   KEYS[3] wake list
+-- (Allowed on a full Redis: it moves a job, it does not add one.)
 -- ARGV[1] job key prefix, then job IDs
 -- Returns one code per job: OK, MISSING, or WRONG_STATE (it is not failed).
+local err = expect_types({KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'list'})
+if err then return err end
 local prefix = ARGV[1]
 local codes = {}
 local moved = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local key = prefix .. id
-  local status = redis.call('HGET', key, 'status')
-  if not status then
+  local status = redis.pcall('HGET', key, 'status')
+  if type(status) ~= 'string' then
     codes[#codes + 1] = MISSING
   elseif status ~= 'failed' then
     codes[#codes + 1] = WRONG_STATE
@@ -17,12 +21,14 @@ for i = 2, #ARGV do
     redis.call('ZREM', KEYS[2], id)
     redis.call('PERSIST', key)
     redis.call('HSET', key, 'status', 'queued', 'retries', 0, 'orphaned', 0)
+    redis.call('HDEL', key, 'suspect')
     -- Take its unique key back, unless another live job holds it now.
     local u = redis.call('HMGET', key, 'unique_lock', 'unique_ttl')
     if u[1] and u[1] ~= '' then
-      local holder = redis.call('GET', u[1])
-      if not holder or redis.call('EXISTS', prefix .. holder) == 0 then
-        redis.call('SET', u[1], id, 'EX', tonumber(u[2]) or 3600)
+      local holder = redis.pcall('GET', u[1])
+      if type(holder) ~= 'string' or redis.call('EXISTS', prefix .. holder) == 0 then
+        local ttl = int(u[2])
+        redis.call('SET', u[1], id, 'EX', (ttl and ttl > 0) and ttl or 3600)
       end
     end
     redis.call('HDEL', key, 'ended_at', 'worker')

@@ -1,178 +1,228 @@
 """What a worker does for the fleet besides running jobs, on its own timers.
 
-Housekeeping (every third of a lease, one round trip): renew this worker's leases,
-reap expired ones (any worker may; the scheduler leader does too), register the worker
-for `conveyor info`, sample queue depths for the metrics, and warn when scheduled jobs
-wait with no scheduler running. Commands: act on `conveyor job stop` for jobs running here.
+:class:`Housekeeping` (every third of a lease, one round trip): renew this worker's
+leases, reap expired ones (any worker may; the scheduler leader does too) once reaping is
+safe, register the worker and its queues (so a wiped Redis learns them again), drop
+registry entries whose jobs expired, sample queue depths for the metrics, and warn when
+scheduled jobs wait with no scheduler running. Every reply is handled on its own.
+
+:class:`Commands`: act on ``conveyor job stop`` / ``cancel`` for jobs held here, listening
+on this database's own command channel.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from .. import __version__, keys, scripts
+from .. import __version__, calls, keys
 from ..connection import error_line
-from .execution import STOPPED, JobStopped, failure
-from .metrics import DEPTH_STATES
+from ..settings import WorkerSettings
+from .link import DOWN_ERRORS, LinkDown, RedisLink
+from .metrics import DEPTH_STATES, WorkerMetrics
+from .runner import Claimed, Runner
 from .scheduler import log_reaped
-
-if TYPE_CHECKING:
-    from .worker import Claimed, Worker
 
 log = logging.getLogger("conveyor.worker")
 
 
-class FleetDuties:
-    """Mixed into Worker; kept apart so worker.py is about claiming and running jobs."""
+def depth_cmds(pipe: Any, k: keys.QueueKeys, now: float) -> None:
+    """Queue depth by state, in DEPTH_STATES order (claimed is derived)."""
+    pipe.llen(k.ready)
+    pipe.llen(k.recovered)
+    pipe.zcard(k.prefetched)
+    pipe.zcard(k.leases)
+    pipe.zcard(k.scheduled)
+    pipe.zcount(k.failed, now, "+inf")
 
-    async def _housekeeping(self: Worker) -> None:
-        """Every third of a lease, in one round trip: renew our leases, reap expired ones
-        (any worker may; the scheduler leader does too), register this worker, sample
-        queue depths for the metrics, and look for a live scheduler."""
+
+class Housekeeping:
+    def __init__(self, worker_id: str, settings: WorkerSettings, link: RedisLink, runner: Runner,
+                 metrics: WorkerMetrics, stats: collections.Counter[str], state: Callable[[], str]) -> None:
+        self.id = worker_id
+        self.settings = settings
+        self.link = link
+        self.runner = runner
+        self.metrics = metrics
+        self.stats = stats
+        self._state = state
+        self.keys = {q: keys.QueueKeys(q) for q in settings.queues}
+        self.lease_ms = int(settings.lease_seconds * 1000)
+        self.started_at = time.time()
+        self._warned: set[str] = set()
+        self._refused: set[str] = set()
+
+    async def run(self) -> None:
         interval = self.settings.lease_seconds / 3
-        warned: set[str] = set()
-        while not self._closing:
-            try:
-                await self._housekeeping_round(warned)
-                self._housekeeping_failed = False
-            except (RedisError, OSError) as exc:
-                if not self._housekeeping_failed:
-                    log.warning("housekeeping round trip failed: %s", error_line(exc))
-                self._housekeeping_failed = True  # not ready, even while every slot is busy
-                self.metrics.redis_up.set(0)
-            await self._nap(interval)
+        while not self.link.closing:
+            if await self.link.wait_up():
+                try:
+                    await self.round()
+                except LinkDown:
+                    pass
+            await self.link.nap(interval)
 
-    async def _housekeeping_round(self: Worker, warned: set[str]) -> None:
+    async def round(self) -> None:
         by_queue: dict[str, list[Claimed]] = {}
-        for job in (*self._running.values(), *self._buffer):
+        for job in self.runner.held():
             by_queue.setdefault(job.queue, []).append(job)
-        check = not self.settings.with_scheduler
         now = time.time()
+        reap = self.link.reap_allowed()
         ttl = max(10, int(self.settings.lease_seconds * 2))
+        s = self.settings
+        sent = time.monotonic()
 
         def build(pipe: Any) -> None:
             for queue, jobs in by_queue.items():
-                k = self.keys[queue]
-                args: list[Any] = [k.job_prefix, self._lease_ms]
-                for job in jobs:
-                    args += (job.id, job.execution_id)
-                scripts.renew(pipe, [k.leases], args)
+                calls.renew(pipe, self.keys[queue], self.lease_ms, [(j.id, j.execution_id) for j in jobs])
             for k in self.keys.values():
-                scripts.reap(pipe, [k.leases, k.ready, k.failed, k.wake, k.stats],
-                             [k.job_prefix, k.claimed_prefix, 100, self.settings.max_deliveries, self.settings.failure_ttl])
-                pipe.llen(k.ready)
-                pipe.zcard(k.scheduled)
-                pipe.zcard(k.leases)
-                pipe.zcount(k.failed, now, "+inf")
+                if reap:
+                    calls.reap(pipe, k, s.max_deliveries, s.failure_ttl)
+                depth_cmds(pipe, k, now)
                 pipe.hgetall(k.stats)
                 pipe.exists(k.scheduler_lock)
-            pipe.hset(keys.worker(self.id), mapping=self._registration())
+                for registry in (k.finished, k.failed, k.canceled):
+                    pipe.zremrangebyscore(registry, "-inf", f"({now}")
+            pipe.sadd(keys.QUEUES, *s.queues)
+            pipe.hset(keys.worker(self.id), mapping=self.registration())
             pipe.expire(keys.worker(self.id), ttl)
             pipe.zadd(keys.WORKERS, {self.id: now + ttl})
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
 
-        replies = iter(await self._pipeline(build))
-        self.metrics.redis_up.set(0 if self._redis_lost else 1)
-        self.metrics.ready.set(1 if self.readiness()[0] else 0)
-        for jobs in by_queue.values():
-            lost_ids = {i.decode() for i in next(replies)}
+        replies = iter(await self.link.roundtrip(build))
+        for queue, jobs in by_queue.items():
+            lost = next(replies)
+            if self._refused_part(f"lease renewal of queue {queue}", lost):
+                continue
+            lost_ids = {i.decode() for i in lost}
             for job in jobs:
-                if job.id in lost_ids and not job.lost:
-                    self._lease_lost(job)
+                if job.id in lost_ids:
+                    self.runner.lease_lost(job, "Redis says another execution holds it now")
+                else:
+                    job.lease_until = max(job.lease_until, sent + s.lease_seconds)
         sampled = self.metrics.sampled
-        for queue in self.settings.queues:
-            requeued, abandoned = next(replies)
-            log_reaped(queue, requeued, abandoned)
-            self.stats["orphans_recovered"] += len(requeued)
-            if requeued or abandoned:
-                self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
-            for state in DEPTH_STATES:
-                sampled.depth[(queue, state)] = next(replies)
-            for name, value in next(replies).items():
-                sampled.fleet[(queue, name.decode())] = float(value)
-            scheduled, leader = sampled.depth[(queue, "scheduled")], next(replies)
-            if check and scheduled and not leader and queue not in warned:
-                warned.add(queue)
-                log.warning(
-                    "queue %s has %d scheduled jobs (delayed jobs or interval retries) and no scheduler "
-                    "is running: they will not run until a worker starts with --with-scheduler",
-                    queue, scheduled)
-            elif leader:
-                warned.discard(queue)
+        for queue in s.queues:
+            if reap:
+                reaped = next(replies)
+                if not self._refused_part(f"reaping of queue {queue}", reaped):
+                    requeued, abandoned = reaped
+                    log_reaped(queue, requeued, abandoned)
+                    self.stats["orphans_recovered"] += len(requeued)
+                    if requeued or abandoned:
+                        self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
+            counts = [next(replies) for _ in range(6)]
+            scheduled = 0
+            if not any(isinstance(c, ResponseError) for c in counts):
+                depth = dict(zip(("ready", "recovered", "prefetched", "started", "scheduled", "failed"), counts))
+                depth["claimed"] = depth["prefetched"] + depth["started"]
+                for state in DEPTH_STATES:
+                    sampled.depth[(queue, state)] = depth[state]
+                scheduled = depth["scheduled"]
+            stats, leader = next(replies), next(replies)
+            if isinstance(stats, dict):
+                for name, value in stats.items():
+                    try:
+                        sampled.fleet[(queue, name.decode())] = float(value)
+                    except ValueError:
+                        pass  # a corrupted counter is not a reason to stop sampling
+            for _ in range(3):
+                next(replies)  # registry pruning: nothing to read
+            self._check_scheduler(queue, scheduled, leader)
+        for part, reply in zip(("queue registration", "worker registration", "", "", ""), replies):
+            if part:
+                self._refused_part(part, reply)
 
-    def _registration(self: Worker) -> dict[str, str]:
+    def _refused_part(self, part: str, reply: Any) -> bool:
+        """One warning while Redis refuses a part of housekeeping, one line when it accepts it again."""
+        if isinstance(reply, ResponseError):
+            if part not in self._refused:
+                self._refused.add(part)
+                log.warning("housekeeping: Redis refused the %s: %s", part, error_line(reply))
+            return True
+        if part in self._refused:
+            self._refused.discard(part)
+            log.info("housekeeping: Redis accepts the %s again", part)
+        return False
+
+    def _check_scheduler(self, queue: str, scheduled: Any, leader: Any) -> None:
+        if self.settings.with_scheduler or isinstance(leader, ResponseError):
+            return
+        if scheduled and not leader and queue not in self._warned:
+            self._warned.add(queue)
+            log.warning(
+                "queue %s has %d scheduled jobs (delayed jobs or interval retries) and no scheduler "
+                "is running: they will not run until a worker starts with --with-scheduler",
+                queue, scheduled)
+        elif leader:
+            self._warned.discard(queue)
+
+    def registration(self) -> dict[str, str]:
         s = self.settings
         return {
             "id": self.id, "host": socket.gethostname(), "pid": str(os.getpid()), "queues": ",".join(s.queues),
             "pool": s.pool, "concurrency": str(s.concurrency), "version": __version__,
             "started_at": repr(self.started_at), "last_seen": repr(time.time()),
-            "scheduler": "1" if s.with_scheduler else "0", "state": "draining" if self._stopping else "running",
+            "scheduler": "1" if s.with_scheduler else "0", "state": self._state(),
         }
 
-    async def _unregister(self: Worker) -> None:
+    async def unregister(self) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.link.redis.pipeline(transaction=False)
             pipe.delete(keys.worker(self.id))
             pipe.zrem(keys.WORKERS, self.id)
             await pipe.execute()
-        except (RedisError, OSError):
+        except (*DOWN_ERRORS, RedisError):
             pass  # its registration expires on its own
 
-    async def _commands(self: Worker) -> None:
-        """Listen for fleet commands; act on those naming a job this worker runs."""
-        while not self._closing:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+
+class Commands:
+    """Fleet commands (``conveyor job stop`` / ``cancel``) for jobs this worker holds."""
+
+    def __init__(self, link: RedisLink, runner: Runner) -> None:
+        self.link = link
+        self.runner = runner
+        self.channel = keys.commands(link.db)
+
+    async def run(self) -> None:
+        while not self.link.closing:
+            if not await self.link.wait_up():
+                return
+            pubsub = self.link.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.COMMANDS)
-                while not self._closing:
+                await pubsub.subscribe(self.channel)
+                while not self.link.closing:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None:
-                        self._command(msg["data"])
-            except (RedisError, OSError):
-                await self._pause(1.0)
+                        self.handle(msg["data"])
+            except (*DOWN_ERRORS, RedisError):
+                await self.link.nap(1.0)
             finally:
                 try:
                     await pubsub.aclose()
-                except (RedisError, OSError):
+                except (*DOWN_ERRORS, RedisError):
                     pass
 
-    def _command(self: Worker, data: bytes) -> None:
+    def handle(self, data: bytes) -> None:
         try:
             cmd = json.loads(data)
             action, queue, job_id = cmd["cmd"], cmd["queue"], cmd["job_id"]
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed command: %r", data[:200])
             return
-        job = self._running.get((queue, job_id))
-        if action != "stop" or job is None:
+        job = self.runner.find(queue, job_id)
+        if action not in ("stop", "cancel") or job is None:
             return
-        log.info("stopping job %s (execution %s) on request", job_id, job.execution_id,
-                 extra={"job_id": job_id, "execution_id": job.execution_id, "queue": queue, "event": "stop"})
-        stopped = failure(STOPPED, "stopped on request (conveyor job stop)", retryable=False)
-        if job.task is not None:  # async or process pool: cancelling kills the child too
-            job.task.cancel()
-        elif job.call is not None:
-            job.call.interrupt(JobStopped)
-            job.lingering = True
-            self._lingering += 1
-        self._end(job, stopped)
-
-    def _lease_lost(self: Worker, job: Claimed) -> None:
-        job.lost = True
-        if job.ctx is not None:
-            job.ctx.lease_lost = True
-        self.stats["leases_lost"] += 1
-        self.metrics.leases_lost.inc()
-        log.warning("lost the lease on job %s (execution %s): another worker may run it; this outcome "
-                    "will be discarded", job.id, job.execution_id)
-        if job.task is not None and self._running.get((job.queue, job.id)) is job:
-            job.task.cancel()
-            self._forget(job)
-            self._wakeup.set()
+        extra = {"job_id": job_id, "execution_id": job.execution_id, "queue": queue, "event": action}
+        if self.runner.cancel_buffered(job):
+            log.info("canceling job %s (execution %s) before it starts, on request", job_id, job.execution_id,
+                     extra=extra)
+        elif action == "stop" and self.runner.running.get((queue, job_id)) is job:
+            log.info("stopping job %s (execution %s) on request", job_id, job.execution_id, extra=extra)
+            self.runner.stop(job)

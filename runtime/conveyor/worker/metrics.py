@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600, 1800)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
-DEPTH_STATES = ("ready", "scheduled", "claimed", "failed")
+# "claimed" = prefetched + started (held by some worker).
+DEPTH_STATES = ("ready", "recovered", "prefetched", "started", "claimed", "scheduled", "failed")
 
 disable_created_metrics()  # the _created series double every counter for no use here
 FLEET_COUNTERS = {
@@ -94,6 +95,9 @@ class WorkerMetrics:
         self.roundtrips = Counter("conveyor_redis_roundtrips", "Redis round trips made by this worker", registry=r)
         self.redis_up = Gauge("conveyor_redis_up", "1 while Redis answers this worker", registry=r)
         self.ready = Gauge("conveyor_worker_ready", "1 while the worker is ready (claiming)", registry=r)
+        self.maxmemory_policy = Gauge("conveyor_redis_maxmemory_policy",
+                                      "1 for Redis's maxmemory-policy (anything but noeviction can delete jobs)",
+                                      ["policy"], registry=r)
         info = Info("conveyor_worker", "This worker", registry=r)
         info.info({"worker": worker_id, "version": version, "pool": pool, "concurrency": str(concurrency)})
         self.sampled = _Sampled()

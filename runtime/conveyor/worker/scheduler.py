@@ -9,6 +9,10 @@ at once cannot enqueue a job twice.
 Wake-ups follow the next due time: the leader sleeps until the earliest scheduled
 job, the next cron tick or the next lock renewal, and any enqueue_at/enqueue_in or
 delayed retry publishes on the queue's channel to wake it early.
+
+Round trips go through the worker's link: an outage is logged once (by the link), and
+each reply is handled on its own. The leader reaps expired leases only once reaping is
+safe (a whole lease after Redis came back, see RedisLink.reap_allowed).
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from .. import keys, scripts
+from .. import calls, keys, scripts
+from ..connection import error_line
 from ..periodic import CronJob
 from ..queue import Queue
+
+if TYPE_CHECKING:
+    from .link import RedisLink
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -30,9 +38,10 @@ _PROMOTE_BATCH = 1000
 
 
 class Scheduler:
-    def __init__(self, redis: Any, queues: tuple[str, ...], token: str, *, lock_seconds: float,
+    def __init__(self, link: RedisLink, queues: tuple[str, ...], token: str, *, lock_seconds: float,
                  cron_jobs: list[CronJob], max_deliveries: int, failure_ttl: int, metrics: Any = None) -> None:
-        self.redis = redis
+        self.link = link
+        self.redis = link.redis
         self.queues = queues
         self.token = token
         self.lock_ms = int(lock_seconds * 1000)
@@ -47,66 +56,87 @@ class Scheduler:
         self._cron_seen: set[tuple[str, str]] = set()
         self._cron_done: dict[tuple[str, str], int] = {}  # last tick written (or found written)
         self._expected: dict[str, float] = {}  # the next due time per queue, as last seen
+        self._refused: set[str] = set()
 
     async def run(self) -> None:
+        from .link import LinkDown
+
         loop = asyncio.get_running_loop()
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(*(k.schedule_channel for k in self.keys.values()))
+        pubsub = None
         try:
             next_election = 0.0
             while not self.closing:
+                if not await self.link.wait_up():
+                    break
                 try:
+                    if pubsub is None:
+                        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                        await pubsub.subscribe(*(k.schedule_channel for k in self.keys.values()))
                     if loop.time() >= next_election:
                         next_election = loop.time() + await self._elect()
                     wake_at = await self._tick()
-                except (RedisError, OSError) as exc:
-                    log.warning("scheduler step failed: %s; retrying", exc)
-                    next_election, wake_at = loop.time() + 1.0, time.time() + 1.0
+                except (LinkDown, RedisError, OSError):
+                    # The link logs an outage once; a broken subscription is made anew.
+                    pubsub = await self._drop(pubsub)
+                    next_election, wake_at = loop.time() + 0.5, time.time() + 0.5
+                    continue
                 except Exception:  # a bug or a bad cron entry must not silently end the scheduler
                     log.exception("scheduler step failed; retrying in 5s")
                     next_election, wake_at = loop.time() + 5.0, time.time() + 5.0
                 timeout = max(0.001, min(next_election - loop.time(), wake_at - time.time(), 1.0))
                 try:
-                    await pubsub.get_message(timeout=timeout)
+                    await pubsub.get_message(timeout=timeout) if pubsub else await self.link.nap(timeout)
                 except (RedisError, OSError):
-                    await asyncio.sleep(min(timeout, 1.0))
+                    pubsub = await self._drop(pubsub)
         finally:
             await self._release_all()
+            await self._drop(pubsub)
+
+    @staticmethod
+    async def _drop(pubsub: Any) -> None:
+        if pubsub is not None:
             try:
                 await pubsub.aclose()
             except (RedisError, OSError):
                 pass
+        return None
+
+    def _refused_part(self, part: str, reply: Any) -> bool:
+        if isinstance(reply, ResponseError):
+            if part not in self._refused:
+                self._refused.add(part)
+                log.warning("scheduler: Redis refused the %s: %s", part, error_line(reply))
+            return True
+        if part in self._refused:
+            self._refused.discard(part)
+            log.info("scheduler: Redis accepts the %s again", part)
+        return False
 
     async def _elect(self) -> float:
-        """Renew the locks we hold, try the others. Returns seconds until the next attempt."""
+        """Renew the locks we hold, take free ones. Returns seconds until the next attempt."""
         queues = list(self.queues)
 
         def build(pipe: Any) -> None:
             for q in queues:
-                lock = self.keys[q].scheduler_lock
-                if q in self.leading:
-                    scripts.lock_renew(pipe, [lock], [self.token, self.lock_ms])
-                else:
-                    pipe.set(lock, self.token, nx=True, px=self.lock_ms)
-                    pipe.pttl(lock)
+                calls.lock_renew(pipe, self.keys[q].scheduler_lock, self.token, self.lock_ms)
 
-        replies = iter(await scripts.aexecute(self.redis, build))
+        replies = await self.link.roundtrip(build)
         wait = self.lock_ms / 3000
-        for q in queues:
-            if q in self.leading:
-                if not next(replies):
-                    self.leading.discard(q)
-                    log.warning("scheduler: lost the lead for queue %s", q)
-                    self._changed()
-            else:
-                got, pttl = next(replies), next(replies)
-                if got:
-                    self.leading.add(q)
-                    log.info("scheduler: leading queue %s", q)
-                    self._changed()
-                elif pttl and pttl > 0:
-                    # Try again the moment the leader's lock would lapse.
-                    wait = min(wait, pttl / 1000 + 0.005)
+        for q, reply in zip(queues, replies):
+            if self._refused_part(f"leader lock of queue {q}", reply):
+                continue
+            held = reply[0] == 1
+            if q in self.leading and not held:
+                self.leading.discard(q)
+                log.warning("scheduler: lost the lead for queue %s", q)
+                self._changed()
+            elif held and q not in self.leading:
+                self.leading.add(q)
+                log.info("scheduler: leading queue %s", q)
+                self._changed()
+            elif not held and reply[1] > 0:
+                # Try again the moment the leader's lock would lapse.
+                wait = min(wait, reply[1] / 1000 + 0.005)
         return wait
 
     async def _tick(self) -> float:
@@ -120,24 +150,32 @@ class Scheduler:
         if not led:
             return wake_at
 
+        reap = self.link.reap_allowed()
+
         def build(pipe: Any) -> None:
             for q in led:
                 k = self.keys[q]
-                scripts.promote(pipe, [k.scheduled, k.ready, k.wake], [k.job_prefix, _PROMOTE_BATCH])
-                scripts.reap(pipe, [k.leases, k.ready, k.failed, k.wake, k.stats],
-                             [k.job_prefix, k.claimed_prefix, 100, self.max_deliveries, self.failure_ttl])
+                calls.promote(pipe, k, _PROMOTE_BATCH, self.failure_ttl)
+                if reap:
+                    calls.reap(pipe, k, self.max_deliveries, self.failure_ttl)
 
-        replies = iter(await scripts.aexecute(self.redis, build))
+        replies = iter(await self.link.roundtrip(build))
         for q in led:
-            moved, next_due = next(replies)
+            promoted = next(replies)
+            if reap:
+                reaped = next(replies)
+                if not self._refused_part(f"reaping of queue {q}", reaped):
+                    requeued, abandoned = reaped
+                    log_reaped(q, requeued, abandoned)
+                    self.stats["reaped"] += len(requeued)
+                    self.stats["abandoned"] += len(abandoned)
+            if self._refused_part(f"promotion of queue {q}", promoted):
+                continue
+            moved, next_due = promoted
             if moved and self.metrics is not None and q in self._expected:
                 # How late this promotion ran past the due time we woke up for.
                 self.metrics.lag.labels(q).set(max(0.0, now - self._expected[q]))
-            requeued, abandoned = next(replies)
             self.stats["promoted"] += moved
-            log_reaped(q, requeued, abandoned)
-            self.stats["reaped"] += len(requeued)
-            self.stats["abandoned"] += len(abandoned)
             if moved >= _PROMOTE_BATCH:
                 wake_at = now  # more are due: go again at once
             elif next_due >= 0:
@@ -156,13 +194,15 @@ class Scheduler:
             return
         if (entry.queue, entry.name) not in self._cron_seen:
             # A schedule seen for the first time starts with its next tick.
-            await self.redis.hsetnx(k.cron, entry.name, tick)
+            await self.link.call("hsetnx", k.cron, entry.name, tick)
             self._cron_seen.add((entry.queue, entry.name))
         # The client side encodes the job; the tick guard makes the write happen once per tick.
         q = Queue(entry.queue, connection=self.redis)
         data = Queue.prepare_data(entry.func, entry.args, entry.kwargs, job_id=entry.job_id(tick), timeout=entry.timeout)
         batch = q.encode_batch([data], "ignore", guard=(entry.name, tick))
-        [reply] = await scripts.aexecute(self.redis, lambda p: scripts.enqueue(p, batch.keys, batch.argv))
+        [reply] = await self.link.roundtrip(lambda p: scripts.enqueue(p, batch.keys, batch.argv))
+        if self._refused_part(f"cron tick of {entry.name}", reply):
+            return
         self._cron_done[(entry.queue, entry.name)] = tick
         if reply[0] == 1 and (len(reply) == 1 or reply[1] == 1):
             self.stats["cron_enqueued"] += 1
@@ -171,7 +211,8 @@ class Scheduler:
     async def _release_all(self) -> None:
         for q in list(self.leading):
             try:
-                await scripts.aexecute(self.redis, lambda p, q=q: scripts.lock_release(p, [self.keys[q].scheduler_lock], [self.token]))
+                await scripts.aexecute_each(self.redis, lambda p, q=q: calls.lock_release(
+                    p, self.keys[q].scheduler_lock, self.token))
             except (RedisError, OSError):
                 pass
         self.leading.clear()

@@ -1,0 +1,103 @@
+"""One function per transition script: the KEYS in the order the script's header names
+them, and its ARGV, so no caller orders keys by hand.
+
+Each queues one EVALSHA on ``pipe`` (a pipeline, sync or async) for one queue's keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from . import scripts
+from .keys import QueueKeys
+
+REAP_BATCH = 100
+# Fields a worker needs to run a job; claim.lua returns them after id, execution ID, state, suspect.
+RUN_FIELDS = ("func", "payload", "ser", "timeout", "deliveries", "enqueued_at", "retry", "retries", "due_at")
+
+
+def claim(pipe: Any, k: QueueKeys, worker: str, n: int, start_now: int, lease_ms: int, exec_prefix: str,
+          first_seq: int, take_suspect: bool, failure_ttl: int) -> Any:
+    return scripts.claim(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake, k.failed],
+                         [k.job_prefix, n, start_now, lease_ms, worker, exec_prefix, first_seq,
+                          "1" if take_suspect else "0", failure_ttl, k.corrupt_prefix, *RUN_FIELDS])
+
+
+def start(pipe: Any, k: QueueKeys, lease_ms: int, jobs: Iterable[tuple[str, str]]) -> Any:
+    """jobs: (id, execution ID) of prefetched jobs whose code starts now."""
+    args: list[Any] = [k.job_prefix, lease_ms]
+    for pair in jobs:
+        args += pair
+    return scripts.start(pipe, [k.prefetched, k.leases], args)
+
+
+def complete(pipe: Any, k: QueueKeys, worker: str, result_ttl: int, jobs: Iterable[tuple[str, str, bytes]]) -> Any:
+    """jobs: (id, execution ID, serialized result)."""
+    args: list[Any] = [k.job_prefix, worker, result_ttl]
+    for triple in jobs:
+        args += triple
+    return scripts.complete(pipe, [k.leases, k.prefetched, k.claimed(worker), k.finished], args)
+
+
+def fail(pipe: Any, k: QueueKeys, worker: str, final: str, failure_ttl: int,
+         jobs: Iterable[tuple[str, str, str, str, str]]) -> Any:
+    """final: "failed", or "canceled" for a stopped job; jobs: (id, execution ID, type, message, traceback)."""
+    args: list[Any] = [k.job_prefix, worker, final, failure_ttl]
+    for row in jobs:
+        args += row
+    registry = k.failed if final == "failed" else k.canceled
+    return scripts.fail(pipe, [k.leases, k.prefetched, k.claimed(worker), registry], args)
+
+
+def retry(pipe: Any, k: QueueKeys, worker: str, jobs: Iterable[tuple[str, str, str, str, str, int]]) -> Any:
+    """jobs: (id, execution ID, type, message, traceback, delay in ms)."""
+    args: list[Any] = [k.job_prefix, worker, k.schedule_channel]
+    for row in jobs:
+        args += row
+    return scripts.retry(pipe, [k.leases, k.prefetched, k.claimed(worker), k.ready, k.scheduled, k.wake], args)
+
+
+def release(pipe: Any, k: QueueKeys, worker: str, jobs: Iterable[tuple[str, str]]) -> Any:
+    args: list[Any] = [k.job_prefix, worker]
+    for pair in jobs:
+        args += pair
+    return scripts.release(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake], args)
+
+
+def renew(pipe: Any, k: QueueKeys, lease_ms: int, jobs: Iterable[tuple[str, str]]) -> Any:
+    args: list[Any] = [k.job_prefix, lease_ms]
+    for pair in jobs:
+        args += pair
+    return scripts.renew(pipe, [k.prefetched, k.leases], args)
+
+
+def reap(pipe: Any, k: QueueKeys, max_deliveries: int, failure_ttl: int, limit: int = REAP_BATCH) -> Any:
+    return scripts.reap(pipe, [k.leases, k.prefetched, k.recovered, k.failed, k.wake, k.stats],
+                        [k.job_prefix, k.claimed_prefix, limit, max_deliveries, failure_ttl, k.corrupt_prefix])
+
+
+def cancel(pipe: Any, k: QueueKeys, job_id: str, failure_ttl: int, execution_id: str = "") -> Any:
+    """A client cancels a queued or scheduled job; the worker holding a prefetched one passes its execution ID."""
+    return scripts.cancel(pipe, [k.ready, k.canceled, k.scheduled, k.recovered, k.prefetched],
+                          [k.job_prefix, job_id, failure_ttl, execution_id, k.claimed_prefix])
+
+
+def promote(pipe: Any, k: QueueKeys, limit: int, failure_ttl: int) -> Any:
+    return scripts.promote(pipe, [k.scheduled, k.ready, k.wake, k.failed],
+                           [k.job_prefix, limit, failure_ttl, k.corrupt_prefix])
+
+
+def requeue(pipe: Any, k: QueueKeys, job_ids: Iterable[str]) -> Any:
+    return scripts.requeue(pipe, [k.ready, k.failed, k.wake], [k.job_prefix, *job_ids])
+
+
+def purge(pipe: Any, k: QueueKeys, include_scheduled: bool) -> Any:
+    return scripts.purge(pipe, [k.ready, k.scheduled, k.recovered], [k.job_prefix, "1" if include_scheduled else "0"])
+
+
+def lock_renew(pipe: Any, lock: str, token: str, ttl_ms: int) -> Any:
+    return scripts.lock_renew(pipe, [lock], [token, ttl_ms])
+
+
+def lock_release(pipe: Any, lock: str, token: str) -> Any:
+    return scripts.lock_release(pipe, [lock], [token])

@@ -1,0 +1,34 @@
+#!lua flags=allow-oom
+-- start: prefetched jobs whose code the worker starts now; each is charged a delivery.
+-- KEYS[1] prefetched zset   KEYS[2] leases zset
+-- ARGV[1] job key prefix   ARGV[2] lease ms; then per job two values: id, execution ID
+-- Returns one code per job: OK, DUPLICATE (this execution started it already), STALE
+--   (another execution owns it, or it was canceled or recovered meanwhile) or MISSING.
+local err = expect_types({KEYS[1], 'zset', KEYS[2], 'zset'})
+if err then return err end
+local prefix = ARGV[1]
+local _, now_str = now_s()
+local deadline = now_ms() + tonumber(ARGV[2])
+local codes = {}
+for i = 3, #ARGV, 2 do
+  local id, exec = ARGV[i], ARGV[i + 1]
+  local key = prefix .. id
+  local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'deliveries')
+  local code
+  if f.err or not f[1] then
+    code = MISSING
+  elseif f[2] ~= exec then
+    code = STALE
+  elseif f[1] == 'started' then
+    code = DUPLICATE
+  elseif f[1] ~= 'prefetched' then
+    code = STALE
+  else
+    code = OK
+    redis.call('HSET', key, 'status', 'started', 'started_at', now_str, 'deliveries', (int(f[3]) or 0) + 1)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[2], deadline, id)
+  end
+  codes[#codes + 1] = code
+end
+return codes

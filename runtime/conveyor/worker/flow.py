@@ -1,0 +1,328 @@
+"""The claim/record flow: one pipeline per turn, every reply handled on its own.
+
+Each step sends, in one round trip: the starts of buffered jobs that moved into a slot,
+the outcomes of jobs that ended, the jobs handed back or cancelled, and a claim for the
+room that freed up. Under load one round trip serves many jobs.
+
+Nothing a command did is thrown away because a sibling failed: a refused outcome (a full
+Redis, a key of the wrong type) is kept and retried with backoff, and a claim Redis
+executed is always honoured. When Redis does not answer at all, everything is kept for
+the next step and the link reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from .. import calls, errors, keys
+from ..connection import error_line
+from ..calls import RUN_FIELDS
+from ..settings import WorkerSettings
+from .link import LinkDown, RedisLink
+from .metrics import WorkerMetrics
+from .runner import Claimed, Ended, Runner
+
+log = logging.getLogger("conveyor.worker")
+
+_OUTCOMES = {"complete": "succeeded", "fail": "failed", "retry": "retried", "stop": "stopped"}  # metric labels
+_RETRY_FIRST, _RETRY_MAX = 0.1, 5.0  # seconds: backoff of a part Redis refused
+
+
+class Refusals:
+    """Backoff and one log line per kind of refusal, instead of a line per attempt."""
+
+    def __init__(self) -> None:
+        self._delay: dict[str, float] = {}
+        self.until: dict[str, float] = {}
+
+    def refused(self, part: str, exc: BaseException) -> float:
+        delay = self._delay.get(part)
+        if delay is None:
+            log.error("Redis refused the worker's %s: %s; keeping it and retrying with backoff", part.replace(":", " of queue "),
+                      error_line(exc))
+            delay = _RETRY_FIRST
+        self._delay[part] = min(delay * 2, _RETRY_MAX)
+        until = self.until[part] = time.monotonic() + delay
+        return until
+
+    def accepted(self, part: str) -> None:
+        if self._delay.pop(part, None) is not None:
+            log.info("Redis accepts the worker's %s again", part.replace(":", " of queue "))
+        self.until.pop(part, None)
+
+    def blocked(self, part: str) -> bool:
+        return self.until.get(part, 0.0) > time.monotonic()
+
+    def next_retry(self) -> float | None:
+        return min(self.until.values(), default=None)
+
+
+class Flow:
+    def __init__(self, worker_id: str, settings: WorkerSettings, link: RedisLink, runner: Runner,
+                 metrics: WorkerMetrics, stats: collections.Counter[str]) -> None:
+        self.id = worker_id
+        self.settings = settings
+        self.link = link
+        self.runner = runner
+        self.metrics = metrics
+        self.stats = stats
+        self.keys = {q: keys.QueueKeys(q) for q in settings.queues}
+        self.lease_ms = int(settings.lease_seconds * 1000)
+        self.want_claim = True
+        self.claim_left = 0  # IDs the last claim left that this worker could take
+        self.refusals = Refusals()
+        self._suspect_freed = False
+        self._exec_prefix = f"{secrets.token_hex(8)}-"  # execution IDs: unique across restarts and wipes
+        self._exec_seq = 0
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        r = self.runner
+        if r.starting or r.release or r.cancels:
+            return True
+        now = time.monotonic()
+        if any(e.not_before <= now for e in r.ended):
+            return True
+        return self.want_claim and r.room() > 0 and self._claimable() is not None
+
+    def _claimable(self) -> str | None:
+        return next((q for q in self.settings.queues if not self.refusals.blocked(f"claim:{q}")), None)
+
+    async def step(self) -> bool:
+        """One round trip: record starts and ended jobs, hand back released ones, claim.
+
+        Returns False when Redis did not answer (everything is kept for the next step)."""
+        r, s = self.runner, self.settings
+        now = time.monotonic()
+        starting, r.starting = r.starting, []
+        ready = [e for e in r.ended if e.not_before <= now][: s.max_batch]
+        waiting = [e for e in r.ended if e not in ready] if len(ready) < len(r.ended) else []
+        r.ended = waiting
+        release, r.release = r.release, []
+        cancels, r.cancels = r.cancels, []
+        want = r.room()
+        first = self._claimable() if want else None
+        parts = self._parts(starting, ready, release, cancels)
+        sent = time.monotonic()
+        claim_args = self._claim_args(first, want) if first else None
+        try:
+            replies = await self.link.roundtrip(lambda p: self._build(p, parts, first, claim_args))
+        except LinkDown:
+            r.starting[:0] = starting
+            r.ended[:0] = ready
+            r.release[:0] = release
+            r.cancels[:0] = cancels
+            return False
+        for (kind, queue, items), reply in zip(parts, replies):
+            self._settle(kind, queue, items, reply)
+        claimed = self._claimed(first, replies[-1], sent) if first else []
+        # Later queues only when the earlier ones ran short: strict priority.
+        for queue in s.queues[s.queues.index(first) + 1:] if first else ():
+            if len(claimed) >= want or not r.accepting:
+                break
+            if self.refusals.blocked(f"claim:{queue}"):
+                continue
+            args = self._claim_args(queue, want - len(claimed), suspects=r.suspect is None and not any(j.suspect for j in claimed))
+            sent = time.monotonic()
+            try:
+                reply = (await self.link.roundtrip(lambda p, q=queue, a=args: self._claim_cmd(p, q, a)))[0]
+            except LinkDown:
+                break
+            claimed += self._claimed(queue, reply, sent)
+        if want and len(claimed) < want and not self.claim_left:
+            self.want_claim = False
+        if self._suspect_freed:
+            self.want_claim, self._suspect_freed = True, False
+        return True
+
+    def _parts(self, starting: list[Claimed], ended: list[Ended], release: list[Claimed],
+               cancels: list[Claimed]) -> list[tuple[str, str, list[Any]]]:
+        """Group the step's items by (kind, queue): one script call each, starts first so a
+        job that started and ended within one step is recorded in order."""
+        groups: dict[tuple[str, str], list[Any]] = {}
+        for job in starting:
+            groups.setdefault(("start", job.queue), []).append(job)
+        for e in ended:
+            groups.setdefault((e.kind, e.job.queue), []).append(e)
+        for job in release:
+            groups.setdefault(("release", job.queue), []).append(job)
+        parts = [(kind, queue, items) for (kind, queue), items in groups.items()]
+        return parts + [("cancel", job.queue, [job]) for job in cancels]  # cancel.lua takes one job
+
+    def _build(self, pipe: Any, parts: list[tuple[str, str, list[Any]]], first: str | None,
+               claim_args: list[Any] | None) -> None:
+        s = self.settings
+        for kind, queue, items in parts:
+            k = self.keys[queue]
+            if kind == "start":
+                calls.start(pipe, k, self.lease_ms, [(j.id, j.execution_id) for j in items])
+            elif kind == "complete":
+                calls.complete(pipe, k, self.id, s.result_ttl, [(e.job.id, e.job.execution_id, e.outcome.result)
+                                                               for e in items])
+            elif kind in ("fail", "stop"):
+                calls.fail(pipe, k, self.id, "failed" if kind == "fail" else "canceled", s.failure_ttl,
+                           [(e.job.id, e.job.execution_id, e.outcome.exc_type, e.outcome.exc_message,
+                             e.outcome.traceback) for e in items])
+            elif kind == "retry":
+                calls.retry(pipe, k, self.id, [(e.job.id, e.job.execution_id, e.outcome.exc_type, e.outcome.exc_message,
+                                                e.outcome.traceback, int((e.retry_in or 0) * 1000)) for e in items])
+            elif kind == "release":
+                calls.release(pipe, k, self.id, [(j.id, j.execution_id) for j in items])
+            else:
+                calls.cancel(pipe, k, items[0].id, s.failure_ttl, items[0].execution_id)
+        if first is not None and claim_args is not None:
+            self._claim_cmd(pipe, first, claim_args)
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def _settle(self, kind: str, queue: str, items: list[Any], reply: Any) -> None:
+        part = f"{'outcomes' if kind in _OUTCOMES else kind}:{queue}"
+        if isinstance(reply, ResponseError):
+            until = self.refusals.refused(part, reply)
+            r = self.runner
+            if kind == "start":
+                r.starting.extend(items)
+            elif kind == "release":
+                r.release.extend(items)
+            elif kind == "cancel":
+                r.cancels.extend(items)
+            else:
+                for e in items:
+                    e.not_before = until
+                r.ended.extend(items)
+            return
+        self.refusals.accepted(part)
+        if kind == "start":
+            for job, code in zip(items, reply):
+                if code in (errors.OK, errors.DUPLICATE):
+                    job.recorded_start = True
+                else:
+                    self.runner.lease_lost(job, "it was taken back (canceled or recovered) just as it started")
+        elif kind == "release":
+            for job, code in zip(items, reply):
+                self._released(job, code)
+        elif kind == "cancel":
+            self._canceled(items[0], reply[0])
+        else:
+            for e, code in zip(items, reply):
+                self._recorded(e, code)
+
+    def _claim_args(self, queue: str, n: int, suspects: bool | None = None) -> list[Any]:
+        start_now = min(n, self.runner.start_now())
+        if suspects is None:
+            suspects = self.runner.suspect is None
+        seq, self._exec_seq = self._exec_seq, self._exec_seq + n
+        return [n, start_now, suspects and start_now > 0, seq]
+
+    def _claim_cmd(self, pipe: Any, queue: str, a: list[Any]) -> None:
+        n, start_now, suspects, seq = a
+        calls.claim(pipe, self.keys[queue], self.id, n, start_now, self.lease_ms, self._exec_prefix, seq,
+                    suspects, self.settings.failure_ttl)
+
+    def _claimed(self, queue: str, reply: Any, sent: float) -> list[Claimed]:
+        part = f"claim:{queue}"
+        if isinstance(reply, ResponseError):
+            self.refusals.refused(part, reply)
+            return []
+        self.refusals.accepted(part)
+        self.claim_left = reply[0]
+        bad = reply[1]
+        for i in range(0, len(bad), 2):
+            job_id = bad[i].decode(errors="replace")
+            self.stats["failed"] += 1
+            self.metrics.of(queue).failed.inc()
+            log.warning("job %s failed: MalformedJob: %s (queue %s; it was never run)", job_id,
+                        bad[i + 1].decode(errors="replace"), queue,
+                        extra={"job_id": job_id, "queue": queue, "event": "fail"})
+        jobs = parse_claim(queue, reply, self.settings.default_timeout, sent + self.settings.lease_seconds)
+        self.runner.accept(jobs)
+        return jobs
+
+    def _done_with(self, job: Claimed) -> None:
+        if self.runner.done_with(job):
+            self._suspect_freed = True  # the place for a suspect is free: look for the next one
+
+    def _recorded(self, e: Ended, code: int) -> None:
+        job, kind, m = e.job, e.kind, self.metrics.of(e.job.queue)
+        self._done_with(job)
+        extra = {"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
+                 "duration": round(e.duration, 6), "event": kind}
+        if code in (errors.OK, errors.DUPLICATE):
+            outcome = _OUTCOMES[kind]
+            self.stats["finished" if kind == "complete" else outcome] += 1
+            getattr(m, outcome).inc()
+            m.run_time[outcome].observe(e.duration)
+            o = e.outcome
+            if kind == "complete":
+                log.info("job %s finished (execution %s, queue %s, %.3fs)", job.id, job.execution_id, job.queue,
+                         e.duration, extra=extra)
+            elif kind == "retry":
+                log.warning("job %s failed (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
+                            job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
+                            job.retries + 1, e.retry_in, extra=extra)
+            elif kind == "stop":
+                log.warning("job %s stopped on request (execution %s, queue %s, %.3fs)", job.id,
+                            job.execution_id, job.queue, e.duration, extra=extra)
+            else:
+                log.warning("job %s failed (execution %s, queue %s, %.3fs): %s: %s", job.id, job.execution_id,
+                            job.queue, e.duration, o.exc_type, o.exc_message, extra=extra)
+        elif code == errors.STALE:
+            self.stats["stale_completions"] += 1
+            self.metrics.stale.inc()
+            log.warning("job %s: execution %s no longer holds the lease; its outcome was discarded",
+                        job.id, job.execution_id, extra=extra)
+        else:
+            self.stats["vanished"] += 1
+            log.warning("job %s vanished from queue %s while it ran (deleted?); outcome dropped", job.id, job.queue)
+
+    def _released(self, job: Claimed, code: int) -> None:
+        self._done_with(job)
+        if code == errors.OK:
+            self.stats["released"] += 1
+            self.metrics.released.labels(job.queue).inc()
+            log.info("job %s handed back to queue %s (execution %s)", job.id, job.queue, job.execution_id,
+                     extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue, "event": "release"})
+        else:
+            log.warning("job %s: execution %s no longer held it; nothing to hand back", job.id, job.execution_id)
+
+    def _canceled(self, job: Claimed, code: int) -> None:
+        self._done_with(job)
+        if code == errors.OK:
+            self.stats["canceled"] += 1
+            log.info("job %s canceled before it started (execution %s, queue %s)", job.id, job.execution_id,
+                     job.queue, extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
+                                       "event": "cancel"})
+
+
+def parse_claim(queue: str, reply: list[Any], default_timeout: float, lease_until: float) -> list[Claimed]:
+    """claim.lua's reply, from its third value on: id, execution ID, state, suspect, RUN_FIELDS."""
+    width = 4 + len(RUN_FIELDS)
+    out = []
+    for i in range(2, len(reply), width):
+        job_id, exec_id, state, suspect, func, payload, ser, timeout, deliveries, enqueued_at, retry, retries, due_at = (
+            reply[i: i + width])
+        try:
+            job = Claimed(
+                queue, job_id.decode(), exec_id.decode(), func.decode() if func else None, payload,
+                ser.decode() if ser else "json", float(timeout) if timeout else default_timeout,
+                int(deliveries or 0), float(enqueued_at) if enqueued_at else None, retry, int(retries or 0),
+                float(due_at) if due_at else None)
+            if not job.timeout > 0:
+                raise ValueError(f"timeout must be positive, got {job.timeout}")
+        except (ValueError, UnicodeDecodeError) as exc:  # a hand-edited or corrupted hash: fail only this job
+            job = Claimed(queue, job_id.decode(errors="replace"), exec_id.decode(), None, None, "json",
+                          default_timeout, 0, None)
+            job.malformed = f"unreadable job field: {exc}"
+        job.recorded_start = state == b"started"
+        job.suspect = suspect == b"1"
+        job.lease_until = lease_until
+        out.append(job)
+    return out

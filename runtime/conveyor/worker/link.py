@@ -1,0 +1,278 @@
+"""The worker's link to Redis, and what it knows about Redis's health.
+
+Every part of the worker sends its round trips through one :class:`RedisLink`, so
+health is judged in one place:
+
+- an error *reply* (a full Redis, a key of the wrong type, a refused script) belongs to
+  one command; the caller gets it in place of that reply and handles it;
+- a reset or refused connection is first checked on a fresh connection: a pooled
+  connection that went stale while Redis restarted is replaced quietly; otherwise it is
+  an outage;
+- silence (packets dropped, no reset) is noticed by a probe within ``silence``
+  seconds (max(lease/3, 2 s)): commands time out after half of that, never 30 s.
+
+An outage gets one ERROR line, turns /readyz 503 and is retried with backoff by one task;
+every part waits for :meth:`wait_up`. When Redis is back: one INFO line, fresh
+connections, and :attr:`back_at`, from which reapers wait a whole lease so that live
+workers renew their leases before anyone takes their jobs.
+
+redis-py's own retries are off: it would re-send a pipeline whose reply was lost and
+run a claim twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import Any, Callable
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import scripts
+from ..connection import client_options, error_line, mask_url
+from .metrics import WorkerMetrics
+
+log = logging.getLogger("conveyor.worker")
+
+DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection to Redis
+IDLE_BLOCK = 5.0  # seconds an idle worker blocks in BLPOP before re-checking its queues anyway
+
+
+class LinkDown(Exception):
+    """Redis did not answer; the link has taken note and reconnects."""
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+class RedisLink:
+    def __init__(self, url: str, *, lease_seconds: float, metrics: WorkerMetrics,
+                 closing: asyncio.Event, stats: dict[str, int]) -> None:
+        self.url = url
+        self.lease_seconds = lease_seconds
+        self.silence = max(lease_seconds / 3, 2.0)
+        self.metrics = metrics
+        self.stats = stats
+        self._closing = closing
+        options: dict[str, Any] = {**client_options(url), "socket_connect_timeout": CONNECT_TIMEOUT,
+                                   "retry": Retry(NoBackoff(), 0)}
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=self.silence / 2, **options)
+        # BLPOP parks a connection for IDLE_BLOCK: it gets one of its own, allowed to wait that long.
+        self.blocking = aioredis.Redis.from_url(url, socket_timeout=IDLE_BLOCK + self.silence / 2, **options)
+        self.state = State.CONNECTING
+        self.back_at = time.monotonic()
+        self._up = asyncio.Event()
+        self._last_reply = time.monotonic()
+        self._down_since = 0.0
+        self._reconnect: asyncio.Task[None] | None = None
+        self._db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self.policy = "unknown"  # maxmemory-policy, read at connect
+
+    @property
+    def db(self) -> int:
+        return self._db
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    @property
+    def up(self) -> bool:
+        return self.state is State.UP
+
+    # -- round trips ----------------------------------------------------------------------
+
+    async def roundtrip(self, build: Callable[[Any], None]) -> list[Any]:
+        """One pipeline; every reply in place (an error reply as its exception).
+
+        Raises LinkDown when Redis did not answer (the outage is handled here).
+        """
+        self.stats["redis_roundtrips"] += 1
+        self.metrics.roundtrips.inc()
+        try:
+            replies = await scripts.aexecute_each(self.redis, build)
+        except DOWN_ERRORS as exc:
+            await self.failed(exc)
+            raise LinkDown(str(exc)) from None
+        self._last_reply = time.monotonic()
+        return replies
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One plain command (for pub/sub setup, pings); raises LinkDown like roundtrip."""
+        try:
+            reply = await getattr(self.redis, method)(*args, **kwargs)
+        except DOWN_ERRORS as exc:
+            await self.failed(exc)
+            raise LinkDown(str(exc)) from None
+        self._last_reply = time.monotonic()
+        return reply
+
+    async def blpop(self, keys: list[str], timeout: float) -> Any:
+        self.stats["redis_roundtrips"] += 1
+        self.metrics.roundtrips.inc()
+        try:
+            reply = await self.blocking.blpop(keys, timeout=timeout)
+        except DOWN_ERRORS as exc:
+            if self._closing.is_set():
+                raise LinkDown("closing") from None
+            await self.failed(exc)
+            raise LinkDown(str(exc)) from None
+        self._last_reply = time.monotonic()
+        return reply
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def failed(self, exc: BaseException) -> None:
+        """A round trip got no answer. Tell a stale connection from an outage."""
+        if self.state is not State.UP:
+            return
+        silent = isinstance(exc, (RedisTimeoutError, TimeoutError))
+        if not silent and await self._fresh_ping():
+            log.debug("replaced a stale connection to Redis (%s)", error_line(exc))
+            return
+        self._mark_down(exc, silent)
+
+    async def _fresh_ping(self) -> bool:
+        await self._drop_connections()
+        try:
+            await self.redis.ping()
+        except (*DOWN_ERRORS, RedisError):
+            return False
+        self._last_reply = time.monotonic()
+        return True
+
+    def _mark_down(self, exc: BaseException, silent: bool) -> None:
+        if self.state is not State.UP:
+            return
+        self.state = State.DOWN
+        self._up.clear()
+        self._down_since = time.monotonic()
+        self.metrics.redis_up.set(0)
+        why = f"no answer within {self.silence / 2:g}s" if silent else error_line(exc)
+        log.error("lost Redis at %s: %s; retrying with backoff", mask_url(self.url), why)
+        self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(), name="reconnect")
+
+    async def _reconnect_loop(self) -> None:
+        await self._drop_connections()  # commands parked on a silent socket end now
+        delay = 0.1
+        while not self._closing.is_set():
+            try:
+                await self.redis.ping()
+                break
+            except (*DOWN_ERRORS, RedisError):
+                await self.nap(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            return
+        await self._drop_connections()  # every pooled connection predates the outage
+        self._back(f" after {time.monotonic() - self._down_since:.1f}s")
+
+    def _back(self, how: str = "") -> None:
+        self.back_at = self._last_reply = time.monotonic()
+        self.state = State.UP
+        self._up.set()
+        self.metrics.redis_up.set(1)
+        if how:
+            log.info("Redis at %s is back%s", mask_url(self.url), how)
+
+    async def _drop_connections(self) -> None:
+        for client in (self.redis, self.blocking):
+            try:
+                await client.connection_pool.disconnect()
+            except (*DOWN_ERRORS, RedisError):
+                pass
+
+    async def wait_up(self, *also: asyncio.Event) -> bool:
+        """Wait until Redis answers again, or the worker closes, or any of `also` is set.
+
+        Returns True if Redis is up."""
+        if self.up:
+            return True
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._closing, self._up, *also)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.up
+
+    async def watch(self) -> None:
+        """Probe a quiet link, so a silent Redis is noticed within `silence` seconds."""
+        # Worst case: quiet for silence/8, seen within a tick, then the ping's timeout
+        # (silence/2): 11/16 of the budget, leaving room for a loaded machine.
+        tick = self.silence / 16
+        while not self._closing.is_set():
+            await self.nap(tick)
+            if self.up and time.monotonic() - self._last_reply > self.silence / 8:
+                try:
+                    await self.call("ping")
+                except (LinkDown, RedisError):
+                    pass
+
+    def reap_allowed(self) -> bool:
+        """Reap only once every live worker had a whole lease to renew after an outage."""
+        return self.up and time.monotonic() - self.back_at >= self.lease_seconds
+
+    # -- start and end ----------------------------------------------------------------------
+
+    async def connect(self, stopping: asyncio.Event) -> bool:
+        """Wait for Redis with backoff; one message when it is unreachable, one when it is back."""
+        delay, complained = 0.1, False
+        while not stopping.is_set():
+            try:
+                await scripts.aload(self.redis)
+                await self.blocking.ping()  # connect now: the first BLPOP must not do the handshake
+                break
+            except (*DOWN_ERRORS, RedisError) as exc:
+                if not complained:
+                    log.error("cannot reach Redis at %s: %s; retrying with backoff", mask_url(self.url),
+                              error_line(exc))
+                    complained = True
+                try:
+                    await asyncio.wait_for(stopping.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 10.0)
+        else:
+            return False
+        self._back()
+        if complained:
+            log.info("connected to Redis at %s", mask_url(self.url))
+        try:  # INFO may be refused (ACLs, managed Redis): then nothing is known, nothing assumed
+            info = await self.redis.info("server")
+            memory = await self.redis.info("memory")
+        except RedisError as exc:
+            log.debug("INFO refused (%s); cannot check maxmemory-policy or uptime", error_line(exc))
+            return True
+        self.policy = str(memory.get("maxmemory_policy", "unknown"))
+        # A Redis that restarted moments ago lost its leases to the clock, not to dead
+        # workers: give live workers the rest of a lease to renew before this one reaps.
+        uptime = float(info.get("uptime_in_seconds", self.lease_seconds))
+        self.back_at = time.monotonic() - min(uptime, self.lease_seconds)
+        return True
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep, but wake at once when the worker closes."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        self.state = State.CLOSED
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+        await self.redis.aclose()
+        await self.blocking.aclose()

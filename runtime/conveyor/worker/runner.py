@@ -1,0 +1,382 @@
+"""The jobs a worker holds: its slots, its prefetch buffer, and every way a job ends.
+
+A claimed job is either *buffered* (prefetched: leased to this worker, not running, not
+charged a delivery) or *running* in a slot. A buffered job that moves into a slot is
+started at once and listed in :attr:`Runner.starting` until the flow records its start
+in Redis. When a job ends, its outcome waits in :attr:`Runner.ended` for the flow.
+
+The runner never talks to Redis: the flow turns its lists into round trips, and
+housekeeping and commands report what they learn (lost leases, stop requests) to it.
+It keeps its own clock on every lease: a lease it could not renew in time is treated as
+lost at once, without waiting for Redis to say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..context import JobContext, _current
+from ..errors import ConveyorError, InvalidFunction
+from ..retry import Retry, retry_delay
+from ..settings import WorkerSettings
+from . import execution
+from .execution import STOPPED, JobStopped, JobTimeout, Outcome, ThreadCall, failure
+from .metrics import WorkerMetrics
+from .procpool import ProcessPool
+from .threads import JobThreads
+
+log = logging.getLogger("conveyor.worker")
+
+_SHORT_JOB = 0.1  # seconds: jobs shorter than this on average are worth prefetching
+_PREFETCH_WORK = 0.05  # seconds of work a worker holds ready beyond its running jobs
+
+
+@dataclass(eq=False)
+class Claimed:
+    queue: str
+    id: str
+    execution_id: str
+    func: str | None
+    payload: bytes | None
+    ser: str
+    timeout: float
+    deliveries: int
+    enqueued_at: float | None
+    retry: bytes | None = None
+    retries: int = 0
+    due_at: float | None = None  # ms, for scheduled jobs and delayed retries
+    recorded_start: bool = False  # Redis says started (the claim started it, or start.lua did)
+    suspect: bool = False  # recovered from a lost worker: runs apart from other suspects
+    lease_until: float = 0.0  # monotonic: by this worker's clock the lease holds until then
+    started: float = 0.0
+    ctx: JobContext | None = None
+    call: ThreadCall | None = None
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+    malformed: str | None = None
+    lingering: bool = False  # timed out or stopped in a thread that has not returned yet
+
+
+@dataclass
+class Ended:
+    job: Claimed
+    outcome: Outcome
+    duration: float
+    retry_in: float | None = None  # seconds until the retry; None: the outcome is final
+    not_before: float = 0.0  # monotonic: Redis refused it; try again from then
+
+    @property
+    def kind(self) -> str:
+        if self.outcome.ok:
+            return "complete"
+        if self.outcome.exc_type == STOPPED:
+            return "stop"
+        return "fail" if self.retry_in is None else "retry"
+
+
+class Runner:
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics, stats: collections.Counter[str],
+                 wakeup: Callable[[], None]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.stats = stats
+        self._wakeup = wakeup
+        self.running: dict[tuple[str, str], Claimed] = {}
+        self.buffer: collections.deque[Claimed] = collections.deque()
+        self.starting: list[Claimed] = []
+        self.ended: list[Ended] = []
+        self.release: list[Claimed] = []
+        self.cancels: list[Claimed] = []  # buffered jobs to end as canceled before they start
+        self.suspect: Claimed | None = None
+        self.lingering = 0  # timed-out threads that still hold a slot
+        self.avg_duration: float | None = None
+        self.accepting = True  # False once the worker stops: nothing new starts
+        self._filling = False
+        self._async_funcs: dict[Any, bool] = {}
+        self._threads: JobThreads | None = None
+        self._procs: ProcessPool | None = None
+
+    def open(self) -> None:
+        s = self.settings
+        if s.pool == "thread":
+            self._threads = JobThreads(s.concurrency, self._threads_done)
+        elif s.pool == "process":
+            self._procs = ProcessPool(s.concurrency, max_jobs_per_child=s.max_jobs_per_child, allow_pickle=s.allow_pickle)
+            self._procs.start()
+
+    def close(self) -> None:
+        if self._threads:
+            self._threads.close()
+        if self._procs:
+            self._procs.close()
+
+    @property
+    def idle(self) -> bool:
+        return not (self.running or self.ended or self.release or self.cancels or self.starting)
+
+    def held(self) -> list[Claimed]:
+        """Every job this worker holds a lease on (for renewal)."""
+        return [j for j in (*self.running.values(), *self.buffer) if not j.lost]
+
+    # -- capacity ----------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        return max(0, self.settings.concurrency - len(self.running) - self.lingering)
+
+    def room(self) -> int:
+        """How many more jobs to claim: free slots plus the prefetch allowance, minus what is buffered."""
+        if not self.accepting:
+            return 0
+        return max(0, self.free_slots() + self.prefetch() - len(self.buffer))
+
+    def start_now(self) -> int:
+        """How many jobs of a claim sent now will find a free slot when its reply comes back.
+
+        Slots only free up meanwhile (buffered jobs take at most the slots free now)."""
+        return max(0, self.free_slots() - len(self.buffer))
+
+    def prefetch(self) -> int:
+        """Jobs to hold beyond the running ones. Adaptive unless --prefetch is set: while jobs
+        are short, about _PREFETCH_WORK seconds of work (at least `concurrency` jobs, at most
+        max_batch); none for long jobs, which gain nothing and would sit leased here while
+        another worker idles."""
+        if self.settings.prefetch is not None:
+            return self.settings.prefetch
+        avg, c = self.avg_duration, self.settings.concurrency
+        if avg is None or avg >= _SHORT_JOB:
+            return 0
+        return min(self.settings.max_batch, max(c, int(_PREFETCH_WORK * c / max(avg, 1e-6))))
+
+    # -- taking jobs in -----------------------------------------------------------------------
+
+    def accept(self, jobs: list[Claimed]) -> None:
+        """Jobs from a claim reply: those Redis started run now, the rest wait in the buffer."""
+        for job in jobs:
+            if job.suspect:
+                self.suspect = job
+            if not self.accepting:
+                self.release.append(job)
+            elif job.recorded_start:
+                self._start(job)
+            else:
+                self.buffer.append(job)
+        self.fill()
+
+    def fill(self) -> None:
+        """Start buffered jobs in free slots: no round trip between one job and the next."""
+        if self._filling:
+            return
+        self._filling = True
+        now = time.monotonic()
+        try:
+            while self.buffer and self.free_slots() and self.accepting:
+                job = self.buffer.popleft()
+                if job.lost:
+                    continue  # its lease is gone; someone else may run it now
+                if job.lease_until <= now:
+                    self.release.append(job)  # not sure the lease still holds: never start it
+                    continue
+                self.starting.append(job)
+                self._start(job)
+        finally:
+            self._filling = False
+
+    def _start(self, job: Claimed) -> None:
+        self.running[(job.queue, job.id)] = job
+        job.started = time.monotonic()
+        job.ctx = JobContext(job.id, job.execution_id, job.queue, job.retries + 1)
+        m = self.metrics.of(job.queue)
+        m.started.inc()
+        ready_at = max(job.enqueued_at or 0.0, (job.due_at or 0.0) / 1000)
+        if ready_at:
+            m.wait_time.observe(max(0.0, time.time() - ready_at))
+        if log.isEnabledFor(logging.INFO):
+            log.info("job %s started (execution %s, queue %s)", job.id, job.execution_id, job.queue,
+                     extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue, "event": "start"})
+        if job.malformed or job.func is None:
+            return self.end(job, failure("MalformedJob", job.malformed or "job has no func field", retryable=False))
+        try:
+            func = execution.resolve(job.func)
+        except InvalidFunction as exc:
+            return self.end(job, failure("ImportError", str(exc)))
+        is_async = self._async_funcs.get(func)
+        if is_async is None:
+            is_async = self._async_funcs[func] = inspect.iscoroutinefunction(func)
+        if is_async:
+            job.task = asyncio.create_task(self._run_async(func, job))
+        elif self._threads is not None:
+            job.call = self._threads.submit(func, job.ser, job.payload, self.settings.allow_pickle, job, job.ctx)
+        elif self._procs is not None:
+            job.task = asyncio.create_task(self._run_process(job))
+        else:
+            self.end(job, failure("TypeError", f"{job.func} is not 'async def' and this worker runs --pool async"))
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def end(self, job: Claimed, outcome: Outcome) -> None:
+        if self.running.get((job.queue, job.id)) is not job:
+            return  # already handed back or timed out
+        self._forget(job)
+        duration = time.monotonic() - job.started
+        avg = self.avg_duration
+        self.avg_duration = duration if avg is None else avg * 0.9 + duration * 0.1
+        retry_in = None
+        if not outcome.ok and outcome.retryable:
+            try:
+                policy = Retry.from_json(job.retry) if job.retry else self.settings.default_retry
+            except (ValueError, KeyError, TypeError, ConveyorError) as exc:
+                log.error("job %s has an unreadable retry policy (%s); not retrying", job.id, exc)
+                policy = None
+            retry_in = retry_delay(policy, job.retries, outcome.exc_names, outcome.retry_after)
+        self.ended.append(Ended(job, outcome, duration, retry_in))
+        self._wakeup()
+        self.fill()
+
+    def _forget(self, job: Claimed) -> None:
+        del self.running[(job.queue, job.id)]
+
+    def done_with(self, job: Claimed) -> bool:
+        """Redis has recorded how the job ended (or that it was handed back or lost).
+
+        Returns True when that frees the suspect's place (another suspect may be claimed)."""
+        if self.suspect is job:
+            self.suspect = None
+            return True
+        return False
+
+    async def _run_async(self, func: Any, job: Claimed) -> None:
+        _current.set(job.ctx)  # this task's own context
+        try:
+            serializer = execution.serializer_for(job.ser, self.settings.allow_pickle)
+            args, kwargs = execution.decode_call(serializer, job.payload)
+        except execution.MalformedJob as exc:
+            return self.end(job, execution.malformed(exc))
+        deadline = asyncio.timeout(job.timeout)
+        try:
+            async with deadline:
+                value = await func(*args, **kwargs)
+        except TimeoutError as exc:
+            if deadline.expired():  # ours, not a TimeoutError the job raised itself
+                return self.end(job, _timeout(job))
+            return self.end(job, execution.from_exception(exc))
+        except SystemExit as exc:
+            return self.end(job, failure("SystemExit", f"the job called sys.exit({exc.code!r})"))
+        except Exception as exc:
+            return self.end(job, execution.from_exception(exc))
+        self.end(job, execution.encode_result(serializer, value))
+
+    async def _run_process(self, job: Claimed) -> None:
+        assert self._procs is not None and job.func is not None
+        self.end(job, await self._procs.run(job.func, job.ser, job.payload, job.timeout, job.ctx))
+
+    def _threads_done(self, done: list[tuple[ThreadCall, Outcome]]) -> None:
+        for call, outcome in done:
+            job: Claimed = call.tag
+            if job.lingering:
+                job.lingering = False
+                self.lingering -= 1
+                self._wakeup()
+            else:
+                self.end(job, outcome)
+
+    def tick(self) -> None:
+        """Time out thread-pool jobs, and drop leases this worker's clock says it lost.
+
+        One scan every few ms instead of a timer per job: at thousands of jobs a second,
+        per-job timers cost more than the scan."""
+        now = time.monotonic()
+        for job in list(self.running.values()):
+            if job.call is not None and now - job.started >= job.timeout:
+                self._thread_timeout(job)
+            elif job.lease_until <= now and not job.lost:
+                self.lease_lost(job, "it could not be renewed before it ran out")
+        for job in self.buffer:
+            if job.lease_until <= now and not job.lost:
+                self.lease_lost(job, "it could not be renewed before it ran out")
+
+    def _thread_timeout(self, job: Claimed) -> None:
+        if self.running.get((job.queue, job.id)) is not job or job.call is None:
+            return
+        job.call.interrupt(JobTimeout)
+        # The thread keeps its slot until it really returns: honest capacity.
+        job.lingering = True
+        self.lingering += 1
+        self.end(job, _timeout(job, "thread"))
+
+    # -- what others report -----------------------------------------------------------------------
+
+    def lease_lost(self, job: Claimed, why: str) -> None:
+        """Another worker may run this job now: this execution's outcome will be discarded."""
+        if job.lost:
+            return
+        job.lost = True
+        if job.ctx is not None:
+            job.ctx.lease_lost = True
+        self.stats["leases_lost"] += 1
+        self.metrics.leases_lost.inc()
+        running = self.running.get((job.queue, job.id)) is job
+        log.warning("lost the lease on job %s (execution %s): %s; %s", job.id, job.execution_id, why,
+                    "another worker may run it; this outcome will be discarded" if running
+                    else "it had not started here and will not")
+        if running and job.task is not None:
+            job.task.cancel()
+            self._forget(job)
+            self._wakeup()
+        if not running:
+            try:
+                self.buffer.remove(job)
+            except ValueError:
+                pass
+        self.done_with(job)
+
+    def find(self, queue: str, job_id: str) -> Claimed | None:
+        job = self.running.get((queue, job_id))
+        if job is not None:
+            return job
+        return next((j for j in self.buffer if j.queue == queue and j.id == job_id), None)
+
+    def stop(self, job: Claimed) -> None:
+        """`conveyor job stop`: a running job is interrupted and ends canceled."""
+        stopped = failure(STOPPED, "stopped on request (conveyor job stop)", retryable=False)
+        if job.task is not None:  # async or process pool: cancelling kills the child too
+            job.task.cancel()
+        elif job.call is not None:
+            job.call.interrupt(JobStopped)
+            job.lingering = True
+            self.lingering += 1
+        self.end(job, stopped)
+
+    def cancel_buffered(self, job: Claimed) -> bool:
+        """A buffered job is cancelled before it starts (it never runs). False if it started."""
+        try:
+            self.buffer.remove(job)
+        except ValueError:
+            return False
+        self.cancels.append(job)
+        self._wakeup()
+        return True
+
+    def hand_back_buffer(self) -> None:
+        self.release.extend(self.buffer)
+        self.buffer.clear()
+
+    def give_up(self) -> None:
+        """Shutdown timeout reached: every unfinished job goes back to its queue."""
+        for job in list(self.running.values()):
+            self._forget(job)
+            if job.task is not None:
+                job.task.cancel()
+            self.release.append(job)
+        self._wakeup()
+
+
+def _timeout(job: Claimed, pool: str = "") -> Outcome:
+    note = (" (thread pool: the job was interrupted at its next Python instruction; "
+            "use --pool process to have it killed)") if pool == "thread" else ""
+    return failure("JobTimeout", f"the job exceeded its timeout of {job.timeout:g}s{note}", cls=JobTimeout)

@@ -1,0 +1,120 @@
+"""The network breaking between a worker and Redis: connections reset, packets silently
+dropped. Through a TCP proxy the test controls (tests/proxy.py)."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+
+from jobs_faults import executions
+from proxy import Proxy
+from support import fetch, wait_until, worker_id
+from conveyor import JobStatus, Queue
+from conveyor.embedded import EmbeddedRedis, free_port
+
+
+def readyz(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedRedis]:
+    s = EmbeddedRedis().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def proxy(server: EmbeddedRedis) -> Iterator[Proxy]:
+    p = Proxy(server.port)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def http_worker(spawn_worker: Callable[..., Any]) -> Callable[..., tuple[Any, int]]:
+    def start(*args: str, **kw: Any) -> tuple[Any, int]:
+        port = free_port()
+        w = spawn_worker("--metrics-port", str(port), "--metrics-host", "127.0.0.1", *args, **kw)
+        worker_id(w)
+        wait_until(lambda: readyz(port) == 200, 15, "the worker to be ready", interval=0.05)
+        return w, port
+    return start
+
+
+def test_a_silent_redis_is_noticed_within_the_silence_budget(server, proxy, http_worker, spawn_worker,
+                                                             tmp_path) -> None:
+    """Packets dropped, no reset: /readyz turns 503 within max(lease/3, 2 s); when the leases run
+    out by the worker's own clock its executions are lost at once (the sync job is told, the
+    async one cancelled); another worker runs them; the late outcome is discarded."""
+    conn = redis.Redis.from_url(server.url)
+    q = Queue("default", connection=conn)
+    path = str(tmp_path / "runs")
+    lease = 2.0
+    w, port = http_worker("--lease-seconds", str(lease), "--concurrency", "2", url=proxy.url())
+    sync = q.enqueue("jobs_faults:until_lease_lost", path, "sync")
+    asyn = q.enqueue("jobs_faults:async_until_cancelled", path, "async")
+    wait_until(lambda: executions(path)["sync"] == 1 and executions(path)["async"] == 1, 10, "both jobs to start")
+
+    proxy.blackhole()
+    silent_at = time.monotonic()
+    wait_until(lambda: readyz(port) == 503, 5, "/readyz to turn 503", interval=0.02)
+    noticed = time.monotonic() - silent_at
+    wait_until(lambda: executions(path)["sync-lost"] == 1 and executions(path)["async-cancelled"] == 1,
+               lease + 3, "the executions to be treated as lost")
+    lost = time.monotonic() - silent_at
+    print(f"\nsilent Redis: /readyz 503 after {noticed:.2f}s, leases given up after {lost:.2f}s (lease {lease}s)")
+    assert noticed <= max(lease / 3, 2.0), noticed
+    assert lost <= lease + 1.0, lost
+
+    rescuer = spawn_worker("--lease-seconds", str(lease), url=server.url)
+    wait_until(lambda: all(fetch(conn, j).status is JobStatus.FINISHED for j in (sync, asyn)), 20,
+               "another worker to run both jobs")
+    proxy.heal()
+    wait_until(lambda: readyz(port) == 200, 20, "/readyz back to 200 once the network heals", interval=0.05)
+    w.wait_log("no longer holds the lease")  # the partitioned sync run's late outcome: discarded
+    assert fetch(conn, sync).result == "again" and fetch(conn, asyn).result == "again"
+    log = w.log()
+    assert log.count("lost Redis") == 1, log
+    assert "Traceback" not in log
+    for proc in (w, rescuer):
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    conn.close()
+
+
+def test_reset_connections_are_replaced_quietly(server, proxy, http_worker, tmp_path) -> None:
+    """A pooled connection that died (reset) is replaced without an ERROR line or a readiness blip."""
+    conn = redis.Redis.from_url(server.url)
+    q = Queue("default", connection=conn)
+    path = str(tmp_path / "runs")
+    w, port = http_worker("--lease-seconds", "1.5", url=proxy.url())
+    seen: list[int | None] = []
+    for round_ in range(3):
+        busy = [q.enqueue("jobs_faults:record", path, f"r{round_}-{i}", 0.3) for i in range(3)]
+        wait_until(lambda: sum(executions(path).values()) >= 3 * round_ + 1, 10, "work to start")
+        proxy.reset()
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            seen.append(readyz(port))
+            time.sleep(0.02)
+        wait_until(lambda: all(fetch(conn, j).status is JobStatus.FINISHED for j in busy), 10, "the jobs to finish")
+    assert set(seen) == {200}, f"readiness blipped: {sorted(set(seen), key=str)}"
+    assert executions(path) == {f"r{r}-{i}": 1 for r in range(3) for i in range(3)}
+    log = w.log()
+    assert "ERROR" not in log and "lost Redis" not in log, log
+    w.signal(signal.SIGTERM)
+    assert w.wait(15) == 0
+    conn.close()
