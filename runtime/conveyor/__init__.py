@@ -9,6 +9,7 @@ from .errors import (
     InvalidTransition,
     JobExists,
     NoSuchJob,
+    PickleRefused,
     SerializationError,
 )
 from .context import JobContext, current_job
@@ -48,6 +49,7 @@ __all__ = [
     "JobExists",
     "JobStatus",
     "NoSuchJob",
+    "PickleRefused",
     "Queue",
     "SerializationError",
     "WorkerSettings",

@@ -152,11 +152,11 @@ def job() -> None:
     """Look at or steer one job by its plain job ID."""
 
 
-def _fetch(redis_url: str | None, job_id: str, queue: str | None) -> Any:
+def _fetch(redis_url: str | None, job_id: str, queue: str | None, allow_pickle: bool = False) -> Any:
     from .job import Job
 
     try:
-        return Job.fetch(job_id, connection=_conn(redis_url), queue=queue)
+        return Job.fetch(job_id, connection=_conn(redis_url), queue=queue, allow_pickle=allow_pickle)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -166,11 +166,14 @@ def _fetch(redis_url: str | None, job_id: str, queue: str | None) -> Any:
 @click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
 @redis_url_option
 @json_option
-def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: bool) -> None:
+@click.option("--allow-pickle", is_flag=True,
+              help="Show the args and result of a pickled job. Unpickling runs code: only if you trust everyone "
+                   "who can write to Redis.")
+def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: bool, allow_pickle: bool) -> None:
     """Everything about a job: status, call, result or error, attempts."""
     from .admin import job_details
 
-    data = job_details(_fetch(redis_url, job_id, queue))
+    data = job_details(_fetch(redis_url, job_id, queue, allow_pickle))
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return

@@ -19,6 +19,10 @@ class InvalidFunction(ConveyorError, ValueError):
     pass
 
 
+class PickleRefused(ConveyorError):
+    """A pickled job was read without permission to unpickle (it would run code from Redis)."""
+
+
 class InvalidArgument(ConveyorError, ValueError):
     """An option passed to enqueue (TTL, timeout, if_exists...) is out of range."""
 

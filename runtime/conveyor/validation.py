@@ -93,6 +93,12 @@ def import_function(path: str) -> Callable[..., Any]:
     return obj
 
 
+def check_allow_pickle(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"allow_pickle must be True or False, got {value!r}")
+    return value
+
+
 def check_ttl(name: str, value: Any, *, allow_zero: bool = True) -> int:
     """TTLs are whole seconds: >0 keeps that long, 0 deletes at once, -1 keeps forever."""
     if isinstance(value, bool) or not isinstance(value, int):

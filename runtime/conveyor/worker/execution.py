@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..context import JobContext, _current
 from ..errors import InvalidFunction
 from ..retry import RetryLater
-from ..serializers import Serializer, get_serializer
+from ..serializers import Serializer, reader
 from ..validation import import_function
 
 
@@ -75,10 +75,8 @@ def resolve(path: str) -> Callable[..., Any]:
 
 
 def serializer_for(name: str, allow_pickle: bool) -> Serializer:
-    if name == "pickle" and not allow_pickle:
-        raise MalformedJob("job is pickled, and this worker refuses pickle; start it with --allow-pickle to trust Redis")
     try:
-        return get_serializer(name)
+        return reader(name, allow_pickle=allow_pickle, hint="start the worker with --allow-pickle")
     except Exception as exc:
         raise MalformedJob(str(exc)) from None
 
