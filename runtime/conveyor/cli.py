@@ -104,7 +104,8 @@ def _conn(redis_url: str | None) -> "redis.Redis":
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
-    cells = [header] + [["-" if c is None else str(c) for c in row] for row in rows]
+    # Cells hold text from Redis: escaped, so it cannot move the cursor or reorder the line.
+    cells = [header] + [["-" if c is None else logs.printable(str(c)) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
@@ -182,7 +183,7 @@ def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: boo
     for key, value in data.items():
         if key.endswith("_at") and value:
             value = f"{dt.datetime.fromtimestamp(value).isoformat(sep=' ', timespec='milliseconds')} ({_ago(value)})"
-        click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+        click.echo(f"{key.ljust(width)}  {'-' if value is None else logs.printable(str(value))}")
     if attempts:
         click.echo("")
         click.echo(_table([[a["number"], a["execution_id"], a["exc_type"] or "ok", a["exc_message"] or ""]

@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import re
+import unicodedata
 from typing import Any, Callable
 
 from .errors import InvalidArgument, InvalidFunction, InvalidJobId, InvalidQueueName
@@ -26,9 +27,21 @@ def check_job_id(job_id: Any) -> str:
         raise InvalidJobId(f"job ID {job_id!r} contains ':', which is reserved (execution IDs are kept apart)")
     if any(ch.isspace() for ch in job_id):
         raise InvalidJobId(f"job ID {job_id!r} contains whitespace")
+    if not job_id.isprintable():
+        # IDs reach terminals and logs: a bidi override, a zero-width or a control
+        # character there disguises one job as another.
+        ch = next(ch for ch in job_id if not ch.isprintable())
+        raise InvalidJobId(f"job ID {job_id!r} contains {code_point(ch)}, an invisible or control character")
     if "{" in job_id or "}" in job_id:
         raise InvalidJobId(f"job ID {job_id!r} contains '{{' or '}}', which Redis Cluster reads as a hash tag")
     return job_id
+
+
+def code_point(ch: str) -> str:
+    """'U+202E (RIGHT-TO-LEFT OVERRIDE)'; controls and unassigned code points have no name."""
+    fallback = {"Cc": "<control>", "Cs": "<surrogate>", "Co": "<private use>", "Cn": "<unassigned>"}
+    name = unicodedata.name(ch, "") or fallback.get(unicodedata.category(ch), "<unnamed>")
+    return f"U+{ord(ch):04X} ({name})"
 
 
 def check_queue_name(name: Any) -> str:
