@@ -68,7 +68,8 @@ def _s(raw: dict[bytes, Any], field: str, default: str | None = None) -> str | N
     value = raw.get(field.encode())
     if value is None:
         return default
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # A value cut mid-character (or written by hand) must not make the job unreadable.
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _f(raw: dict[bytes, Any], field: str) -> float | None:
@@ -174,7 +175,7 @@ class Job:
                 int(a["n"]), a.get("execution_id") or None, _num(a.get("started_at")), _num(a.get("ended_at")),
                 a.get("exc_type") or None, a.get("exc_message") or None,
             )
-            for a in json.loads(raw)
+            for a in json.loads(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
         ]
 
     @property

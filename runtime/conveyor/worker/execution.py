@@ -44,10 +44,38 @@ class Outcome:
     retryable: bool = True  # False for failures no retry can fix (a malformed job)
 
 
+# _lib.lua's record_attempt keeps the first 1000 bytes of a message, which can split a
+# UTF-8 character; cut here first, on a character boundary, and it has nothing to cut.
+MESSAGE_LIMIT = 1000
+# A traceback is stored whole in the job hash: bounded so one runaway repr cannot fill Redis.
+TRACEBACK_LIMIT = 64 * 1024
+
+
+def clip(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` in at most ``limit`` UTF-8 bytes, cut between characters, marked where
+    cut. Lone surrogates (which Redis cannot be sent) come out backslash-escaped."""
+    if text.isascii() and len(text) <= limit:
+        return text
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    if keep_end:  # a traceback's last lines name the exception and where it was raised
+        mark = "[... cut: only the end is kept ...]\n"
+        return mark + data[len(data) - limit + len(mark):].decode("utf-8", "ignore")
+    mark = "..."
+    return data[: limit - len(mark)].decode("utf-8", "ignore") + mark
+
+
+def _outcome(exc_type: str, message: str, tb: str, names: tuple[str, ...], **more: Any) -> Outcome:
+    """Every failed Outcome is built here, so every one is cut to what Redis keeps."""
+    return Outcome(False, exc_type=exc_type, exc_message=clip(message, MESSAGE_LIMIT),
+                   traceback=clip(tb, TRACEBACK_LIMIT, keep_end=True), exc_names=names, **more)
+
+
 def failure(exc_type: str, message: str, tb: str = "", *, cls: type[BaseException] | None = None,
             retryable: bool = True) -> Outcome:
     names = tuple(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__) if cls else (exc_type,)
-    return Outcome(False, exc_type=exc_type, exc_message=message, traceback=tb, exc_names=names, retryable=retryable)
+    return _outcome(exc_type, message, tb, names, retryable=retryable)
 
 
 def from_exception(exc: BaseException) -> Outcome:
@@ -56,7 +84,14 @@ def from_exception(exc: BaseException) -> Outcome:
     tb = "".join(traceback.format_exception(exc))
     names = tuple(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__)
     retry_after = exc.delay if isinstance(exc, RetryLater) else None
-    return Outcome(False, exc_type=name, exc_message=str(exc), traceback=tb, exc_names=names, retry_after=retry_after)
+    return _outcome(name, _message(exc), tb, names, retry_after=retry_after)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as err:  # a broken __str__ must not lose the job's outcome
+        return f"<str() of the exception failed: {type(err).__name__}>"
 
 
 class MalformedJob(Exception):
