@@ -2,6 +2,7 @@
 
 from .errors import (
     ConveyorError,
+    ForbiddenFunction,
     InvalidArgument,
     InvalidFunction,
     InvalidJobId,
@@ -40,6 +41,7 @@ __all__ = [
     "ConveyorError",
     "EnqueueData",
     "ExcInfo",
+    "ForbiddenFunction",
     "InvalidArgument",
     "InvalidFunction",
     "InvalidJobId",

@@ -28,6 +28,13 @@ def _queues(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
     return names or ("default",)
 
 
+def _allow_modules(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    # Read by hand for the same reason as CONVEYOR_QUEUES; WorkerSettings says which name is bad.
+    if not value and os.environ.get("CONVEYOR_ALLOW_MODULES"):
+        value = (os.environ["CONVEYOR_ALLOW_MODULES"],)
+    return tuple(n.strip() for v in value for n in v.split(",") if n.strip())
+
+
 @click.group()
 @click.version_option(__version__, prog_name="conveyor")
 def main() -> None:
@@ -50,6 +57,9 @@ def main() -> None:
 @click.option("--shutdown-timeout", envvar="CONVEYOR_SHUTDOWN_TIMEOUT", show_envvar=True, type=float, default=25.0, show_default=True, help="Seconds running jobs get after SIGTERM.")
 @click.option("--max-jobs-per-child", envvar="CONVEYOR_MAX_JOBS_PER_CHILD", show_envvar=True, type=int, default=0, show_default=True, help="Recycle a process-pool child after this many jobs (0: never).")
 @click.option("--allow-pickle", envvar="CONVEYOR_ALLOW_PICKLE", show_envvar=True, is_flag=True, help="Run pickled jobs. Pickle executes code: only if you trust everyone who can write to Redis.")
+@click.option("--allow-module", "allow_modules", multiple=True, callback=_allow_modules, metavar="PKG",
+              help="Run only jobs whose function lives in PKG or its submodules (repeatable or comma-separated; "
+                   "env CONVEYOR_ALLOW_MODULES). Without it: anything importable except the standard library.")
 @click.option("--with-scheduler", is_flag=True, envvar="CONVEYOR_WITH_SCHEDULER", show_envvar=True,
               help="Also run the scheduler (delayed jobs, interval retries, lease reaping, cron); one worker leads per queue.")
 @click.option("--scheduler-lock-seconds", type=float, default=5.0, show_default=True, envvar="CONVEYOR_SCHEDULER_LOCK_SECONDS",

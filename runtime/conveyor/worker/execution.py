@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..context import JobContext, _current
-from ..errors import InvalidFunction
+from ..errors import ForbiddenFunction, InvalidFunction
 from ..retry import RetryLater
 from ..serializers import Serializer, reader
 from ..validation import import_function
@@ -98,15 +98,25 @@ class MalformedJob(Exception):
     pass
 
 
-_functions: dict[str, Callable[..., Any]] = {}
+_functions: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
 
 
-def resolve(path: str) -> Callable[..., Any]:
-    """Import a job function once per process. Raises InvalidFunction."""
-    func = _functions.get(path)
+def resolve(path: str, allow_modules: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """Import a job function once per process, if ``allow_modules`` lets this worker run
+    it (see :func:`conveyor.validation.check_target`). Raises InvalidFunction, or
+    ForbiddenFunction before anything is imported."""
+    func = _functions.get((path, allow_modules))
     if func is None:
-        func = _functions[path] = import_function(path)
+        func = _functions[(path, allow_modules)] = import_function(path, allow_modules)
     return func
+
+
+def import_failure(exc: InvalidFunction) -> Outcome:
+    """A refused target fails for good (no retry makes it allowed); a missing one may
+    import after the next deploy, so it may be retried."""
+    if isinstance(exc, ForbiddenFunction):
+        return failure("ForbiddenFunction", str(exc), retryable=False)
+    return failure("ImportError", str(exc))
 
 
 def serializer_for(name: str, allow_pickle: bool) -> Serializer:
@@ -172,12 +182,13 @@ def _call_sync(func: Callable[..., Any], ser: str, payload: bytes | None, allow_
     return encode_result(serializer, value)
 
 
-def call_path(path: str, ser: str, payload: bytes | None, allow_pickle: bool, ctx: JobContext | None = None) -> Outcome:
+def call_path(path: str, ser: str, payload: bytes | None, allow_pickle: bool, ctx: JobContext | None = None,
+              allow_modules: tuple[str, ...] = ()) -> Outcome:
     """call_sync by import path, as the process pool's children run it."""
     try:
-        func = resolve(path)
+        func = resolve(path, allow_modules)
     except InvalidFunction as exc:
-        return failure("ImportError", str(exc))
+        return import_failure(exc)
     return call_sync(func, ser, payload, allow_pickle, ctx)
 
 

@@ -159,7 +159,7 @@ class Worker(FleetDuties):
         if s.pool == "thread":
             self._threads = JobThreads(s.concurrency, self._threads_done)
         elif s.pool == "process":
-            self._procs = ProcessPool(s.concurrency, max_jobs_per_child=s.max_jobs_per_child, allow_pickle=s.allow_pickle)
+            self._procs = ProcessPool(s.concurrency, max_jobs_per_child=s.max_jobs_per_child, allow_pickle=s.allow_pickle, allow_modules=s.allow_modules)
             self._procs.start()
         helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._beat(), name="beat")]
         health = HealthServer(self.metrics.registry, alive=self.heartbeat.alive, ready=self.readiness)
@@ -545,9 +545,9 @@ class Worker(FleetDuties):
         if job.malformed or job.func is None:
             return self._end(job, failure("MalformedJob", job.malformed or "job has no func field", retryable=False))
         try:
-            func = execution.resolve(job.func)
+            func = execution.resolve(job.func, self.settings.allow_modules)
         except InvalidFunction as exc:
-            return self._end(job, failure("ImportError", str(exc)))
+            return self._end(job, execution.import_failure(exc))
         is_async = self._async_funcs.get(func)
         if is_async is None:
             is_async = self._async_funcs[func] = inspect.iscoroutinefunction(func)
