@@ -189,9 +189,10 @@ def test_pickle_runs_with_allow_pickle(conn: redis.Redis, run_burst) -> None:
     job = q.enqueue("jobs:identity", value)
     assert Job.fetch(job.id, conn).serializer_name == "pickle"
     run_burst("--allow-pickle")
-    done = Job.fetch(job.id, conn)
+    done = q.fetch_job(job.id)  # a pickle queue has chosen to trust Redis
     assert done.status is JobStatus.FINISHED, done.exc_info
     assert_same(done.result, value)
+    assert_same(Job.fetch(job.id, conn, allow_pickle=True).result, value)
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])

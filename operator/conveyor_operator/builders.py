@@ -102,6 +102,8 @@ def worker_args(spec: dict[str, Any]) -> list[str]:
         args.append("--with-scheduler")
     args += ["--metrics-port", str(spec["metrics"]["port"]), "--policy-file", f"{POLICY_DIR}/{POLICY_FILE}",
              "--log-format", "json"]
+    for module in w.get("allowModules") or []:
+        args += ["--allow-module", module]
     return args + list(w.get("args") or [])
 
 

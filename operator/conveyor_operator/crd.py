@@ -24,6 +24,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 NAME = f"{PLURAL}.{GROUP}"
 
 QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # conveyor.validation.check_queue_name
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # conveyor.validation.check_module_names
 MAX_QUEUES = 32
 MAX_NAME = 50  # child names add "-metrics" etc. and must stay DNS labels (<= 63)
 REDIS_URL_ENV = "CONVEYOR_REDIS_URL"
@@ -168,6 +169,10 @@ WORKERS = {
         "concurrency": _int(1, 10000, 10, "Jobs each worker runs at once (--concurrency)."),
         "pool": {"type": "string", "enum": ["thread", "process", "async"], "default": "thread",
                  "description": "Where sync jobs run (--pool)."},
+        "allowModules": {"type": "array", "maxItems": 64,
+                         "description": "Modules whose functions the workers run, with their submodules "
+                                        "(--allow-module). Unset: anything importable except the standard library.",
+                         "items": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": MODULE_PATTERN}},
         "args": {"type": "array", "maxItems": 64, "description": "Extra `conveyor worker` arguments, appended last.",
                  "items": {"type": "string", "maxLength": 1024}},
         "env": {"type": "array", "maxItems": 64, "description": "Extra container environment (core/v1 EnvVar).",

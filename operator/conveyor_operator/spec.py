@@ -12,7 +12,7 @@ from typing import Any
 
 from conveyor.errors import ConveyorError
 from conveyor.retry import policy_retry
-from conveyor.validation import check_queue_name
+from conveyor.validation import check_module_names, check_queue_name
 
 from . import crd
 
@@ -84,6 +84,10 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
         out.append("spec.workers.concurrency must be 1..10000")
     if workers.get("pool", "thread") not in ("thread", "process", "async"):
         out.append("spec.workers.pool must be thread, process or async")
+    try:
+        check_module_names(workers.get("allowModules") or [], "spec.workers.allowModules")
+    except ConveyorError as exc:
+        out.append(str(exc))
     if any(isinstance(e, dict) and e.get("name") == crd.REDIS_URL_ENV for e in workers.get("env") or []):
         out.append(f"{crd.REDIS_URL_ENV} is set by the operator from spec.redis")
     auto = spec.get("autoscaling") or {}

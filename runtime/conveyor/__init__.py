@@ -2,6 +2,7 @@
 
 from .errors import (
     ConveyorError,
+    ForbiddenFunction,
     InvalidArgument,
     InvalidFunction,
     InvalidJobId,
@@ -9,6 +10,7 @@ from .errors import (
     InvalidTransition,
     JobExists,
     NoSuchJob,
+    PickleRefused,
     SerializationError,
 )
 from .context import JobContext, current_job
@@ -39,6 +41,7 @@ __all__ = [
     "ConveyorError",
     "EnqueueData",
     "ExcInfo",
+    "ForbiddenFunction",
     "InvalidArgument",
     "InvalidFunction",
     "InvalidJobId",
@@ -48,6 +51,7 @@ __all__ = [
     "JobExists",
     "JobStatus",
     "NoSuchJob",
+    "PickleRefused",
     "Queue",
     "SerializationError",
     "WorkerSettings",

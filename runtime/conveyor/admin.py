@@ -86,14 +86,24 @@ def redis_memory(conn: redis.Redis) -> dict[str, Any]:
     return out
 
 
+PICKLED = "<pickled: not unpickled>"
+
+
 def job_details(job: Job) -> dict[str, Any]:
+    """Everything about a job. The args and result of a pickled job the caller may not
+    unpickle show as PICKLED, and ``refused`` says why; the rest of the job still shows."""
+    refused: list[str] = []
+
     def decoded(value: Any) -> Any:
         try:
             return value() if callable(value) else value
+        except errors.PickleRefused as exc:
+            refused[:] = [str(exc)]
+            return PICKLED
         except Exception as exc:  # a payload this client cannot decode is still worth showing
             return f"<undecodable: {exc}>"
 
-    return {
+    details: dict[str, Any] = {
         "id": job.id, "queue": job.queue, "status": job.status_text, "func": job.func_path,
         "args": decoded(lambda: job.args), "kwargs": decoded(lambda: job.kwargs),
         "execution_id": job.execution_id, "worker": job.worker, "deliveries": job.deliveries,
@@ -105,6 +115,9 @@ def job_details(job: Job) -> dict[str, Any]:
         "ttl": job.ttl,
         "attempts": [a.__dict__ for a in job.attempts],
     }
+    if refused:
+        details["refused"] = refused[0]
+    return details
 
 
 def stop_job(job: Job, timeout: float = 10.0) -> Job:

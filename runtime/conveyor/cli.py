@@ -28,6 +28,13 @@ def _queues(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
     return names or ("default",)
 
 
+def _allow_modules(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    # Read by hand for the same reason as CONVEYOR_QUEUES; WorkerSettings says which name is bad.
+    if not value and os.environ.get("CONVEYOR_ALLOW_MODULES"):
+        value = (os.environ["CONVEYOR_ALLOW_MODULES"],)
+    return tuple(n.strip() for v in value for n in v.split(",") if n.strip())
+
+
 @click.group()
 @click.version_option(__version__, prog_name="conveyor")
 def main() -> None:
@@ -50,6 +57,9 @@ def main() -> None:
 @click.option("--shutdown-timeout", envvar="CONVEYOR_SHUTDOWN_TIMEOUT", show_envvar=True, type=float, default=25.0, show_default=True, help="Seconds running jobs get after SIGTERM.")
 @click.option("--max-jobs-per-child", envvar="CONVEYOR_MAX_JOBS_PER_CHILD", show_envvar=True, type=int, default=0, show_default=True, help="Recycle a process-pool child after this many jobs (0: never).")
 @click.option("--allow-pickle", envvar="CONVEYOR_ALLOW_PICKLE", show_envvar=True, is_flag=True, help="Run pickled jobs. Pickle executes code: only if you trust everyone who can write to Redis.")
+@click.option("--allow-module", "allow_modules", multiple=True, callback=_allow_modules, metavar="PKG",
+              help="Run only jobs whose function lives in PKG or its submodules (repeatable or comma-separated; "
+                   "env CONVEYOR_ALLOW_MODULES). Without it: anything importable except the standard library.")
 @click.option("--with-scheduler", is_flag=True, envvar="CONVEYOR_WITH_SCHEDULER", show_envvar=True,
               help="Also run the scheduler (delayed jobs, interval retries, lease reaping, cron); one worker leads per queue.")
 @click.option("--scheduler-lock-seconds", type=float, default=5.0, show_default=True, envvar="CONVEYOR_SCHEDULER_LOCK_SECONDS",
@@ -106,7 +116,8 @@ def _conn(redis_url: str | None) -> "redis.Redis":
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
-    cells = [header] + [["-" if c is None else str(c) for c in row] for row in rows]
+    # Cells hold text from Redis: escaped, so it cannot move the cursor or reorder the line.
+    cells = [header] + [["-" if c is None else logs.printable(str(c)) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
@@ -158,11 +169,11 @@ def job() -> None:
     """Look at or steer one job by its plain job ID."""
 
 
-def _fetch(redis_url: str | None, job_id: str, queue: str | None) -> Any:
+def _fetch(redis_url: str | None, job_id: str, queue: str | None, allow_pickle: bool = False) -> Any:
     from .job import Job
 
     try:
-        return Job.fetch(job_id, connection=_conn(redis_url), queue=queue)
+        return Job.fetch(job_id, connection=_conn(redis_url), queue=queue, allow_pickle=allow_pickle)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -172,11 +183,14 @@ def _fetch(redis_url: str | None, job_id: str, queue: str | None) -> Any:
 @click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
 @redis_url_option
 @json_option
-def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: bool) -> None:
+@click.option("--allow-pickle", is_flag=True,
+              help="Show the args and result of a pickled job. Unpickling runs code: only if you trust everyone "
+                   "who can write to Redis.")
+def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: bool, allow_pickle: bool) -> None:
     """Everything about a job: status, call, result or error, attempts."""
     from .admin import job_details
 
-    data = job_details(_fetch(redis_url, job_id, queue))
+    data = job_details(_fetch(redis_url, job_id, queue, allow_pickle))
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -185,7 +199,7 @@ def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: boo
     for key, value in data.items():
         if key.endswith("_at") and value:
             value = f"{dt.datetime.fromtimestamp(value).isoformat(sep=' ', timespec='milliseconds')} ({_ago(value)})"
-        click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+        click.echo(f"{key.ljust(width)}  {'-' if value is None else logs.printable(str(value))}")
     if attempts:
         click.echo("")
         click.echo(_table([[a["number"], a["execution_id"], a["exc_type"] or "ok", a["exc_message"] or ""]

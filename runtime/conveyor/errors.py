@@ -19,6 +19,14 @@ class InvalidFunction(ConveyorError, ValueError):
     pass
 
 
+class ForbiddenFunction(InvalidFunction):
+    """A job target this worker's allow-list (or, without one, the standard-library rule) refuses."""
+
+
+class PickleRefused(ConveyorError):
+    """A pickled job was read without permission to unpickle (it would run code from Redis)."""
+
+
 class InvalidArgument(ConveyorError, ValueError):
     """An option passed to enqueue (TTL, timeout, if_exists...) is out of range."""
 

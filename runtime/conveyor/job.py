@@ -13,8 +13,8 @@ import redis
 from . import calls, errors, keys, scripts
 from .calls import RUN_FIELDS  # noqa: F401  (re-exported: the claim's wire format)
 from .connection import connect
-from .serializers import get_serializer
-from .validation import check_job_id
+from .serializers import Serializer, reader
+from .validation import check_allow_pickle, check_job_id
 
 DEFAULT_RESULT_TTL = 500
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600
@@ -68,7 +68,8 @@ def _s(raw: dict[bytes, Any], field: str, default: str | None = None) -> str | N
     value = raw.get(field.encode())
     if value is None:
         return default
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # A value cut mid-character (or written by hand) must not make the job unreadable.
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _f(raw: dict[bytes, Any], field: str) -> float | None:
@@ -77,12 +78,19 @@ def _f(raw: dict[bytes, Any], field: str) -> float | None:
 
 
 class Job:
-    """A snapshot of one job. ``refresh()`` reloads it; attributes never hit Redis."""
+    """A snapshot of one job. ``refresh()`` reloads it; attributes never hit Redis.
 
-    def __init__(self, job_id: str, queue: str, connection: redis.Redis, raw: dict[bytes, bytes]) -> None:
+    ``allow_pickle``: decode ``args``, ``kwargs`` and ``result`` of a pickled job. Off
+    unless asked, because the job hash names its own serializer and unpickling runs
+    code from whoever can write to Redis; without it they raise :class:`PickleRefused`.
+    """
+
+    def __init__(self, job_id: str, queue: str, connection: redis.Redis, raw: dict[bytes, bytes], *,
+                 allow_pickle: bool = False) -> None:
         self.id = job_id
         self.queue = queue
         self.connection = connection
+        self.allow_pickle = allow_pickle
         self._load(raw)
 
     def _load(self, raw: dict[bytes, bytes]) -> None:
@@ -182,7 +190,7 @@ class Job:
                 int(a["n"]), a.get("execution_id") or None, _num(a.get("started_at")), _num(a.get("ended_at")),
                 a.get("exc_type") or None, a.get("exc_message") or None,
             )
-            for a in json.loads(raw)
+            for a in json.loads(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
         ]
 
     @property
@@ -209,8 +217,11 @@ class Job:
         return self._payload()[1]
 
     def _payload(self) -> tuple[list[Any], dict[str, Any]]:
-        data = get_serializer(self.serializer_name).loads(self._raw[b"payload"])
+        data = self._reader().loads(self._raw[b"payload"])
         return data["a"], data["k"]
+
+    def _reader(self) -> Serializer:
+        return reader(self.serializer_name, allow_pickle=self.allow_pickle, what=f"job {self.id!r}")
 
     @property
     def result(self) -> Any:
@@ -218,7 +229,7 @@ class Job:
         raw = self._raw.get(b"result")
         if raw is None:
             return None
-        return get_serializer(self.serializer_name).loads(raw)
+        return self._reader().loads(raw)
 
     @property
     def ttl(self) -> int:
@@ -281,16 +292,19 @@ class Job:
         *,
         queue: str | None = None,
         redis_url: str | None = None,
+        allow_pickle: bool = False,
     ) -> "Job":
-        """Load a job by its plain ID. Without ``queue``, every known queue is searched."""
+        """Load a job by its plain ID. Without ``queue``, every known queue is searched.
+        ``allow_pickle=True`` lets it decode a pickled job (see :class:`Job`)."""
         check_job_id(job_id)
+        check_allow_pickle(allow_pickle)
         conn = connect(redis_url, connection)
         if queue is None:
             queue = _find_queue(conn, job_id)
         raw = conn.hgetall(keys.QueueKeys(queue).job(job_id))
         if not raw:
             raise errors.NoSuchJob(f"no job {job_id!r} in queue {queue!r}")
-        return cls(job_id, queue, conn, raw)
+        return cls(job_id, queue, conn, raw, allow_pickle=allow_pickle)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} queue={self.queue} status={self.status.value} func={self.func_path}>"

@@ -18,7 +18,7 @@ from .job import ENQUEUE_FIELDS, Job, requeue_jobs
 from .registry import Registry
 from .retry import Retry
 from .serializers import Serializer, get_serializer
-from .validation import check_job_id, check_queue_name, check_timeout, check_ttl, function_path
+from .validation import check_allow_pickle, check_job_id, check_queue_name, check_timeout, check_ttl, function_path
 
 DEFAULT_UNIQUE_TTL = 3600
 IF_EXISTS = ("error", "ignore")
@@ -57,6 +57,10 @@ class Queue:
     to keep a finished or failed job, 0 to delete it as soon as it ends, -1 to keep it
     forever. Left unset, the worker's policy decides: 500 s and 7 days unless the worker
     was given another (``--result-ttl``, ``--failure-ttl``, ``--policy-file``).
+
+    ``allow_pickle``: may the jobs this queue returns decode pickled arguments and
+    results? Left as None, only if this queue's own serializer is pickle (choosing it
+    already trusts Redis); otherwise reading a pickled job raises :class:`PickleRefused`.
     """
 
     def __init__(
@@ -69,10 +73,12 @@ class Queue:
         default_timeout: float | None = None,
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
+        allow_pickle: bool | None = None,
     ) -> None:
         self.name = check_queue_name(name)
         self.connection = connect(redis_url, connection)
         self.serializer = get_serializer(serializer)
+        self.allow_pickle = self.serializer.name == "pickle" if allow_pickle is None else check_allow_pickle(allow_pickle)
         self.default_timeout = check_timeout(default_timeout) if default_timeout is not None else None
         self.result_ttl = None if result_ttl is None else check_ttl("result_ttl", result_ttl)
         self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
@@ -202,9 +208,9 @@ class Queue:
             if flag == 1:
                 raw = base.copy()
                 raw.update(zip(names, (row[c] for c in own[1:])))
-                jobs.append(Job(row[0], self.name, self.connection, raw))
+                jobs.append(Job(row[0], self.name, self.connection, raw, allow_pickle=self.allow_pickle))
             else:  # it existed, or another job holds its unique key: return that one
-                jobs.append(Job.fetch(row[0] if flag == 0 else flag.decode(), self.connection, queue=self.name))
+                jobs.append(self.fetch_job(row[0] if flag == 0 else flag.decode()))
         return jobs
 
     def encode_batch(
@@ -314,7 +320,7 @@ class Queue:
         return [i.decode() for ids in pipe.execute() for i in ids]
 
     def fetch_job(self, job_id: str) -> Job:
-        return Job.fetch(job_id, self.connection, queue=self.name)
+        return Job.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle)
 
     def registry(self, name: str) -> Registry:
         """``prefetched``, ``started``, ``scheduled``, ``finished``, ``failed`` or ``canceled``:

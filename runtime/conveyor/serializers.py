@@ -19,7 +19,7 @@ import pickle
 import uuid
 from typing import Any, Protocol
 
-from .errors import SerializationError
+from .errors import PickleRefused, SerializationError
 
 TAG = "$conveyor"
 
@@ -151,6 +151,19 @@ class PickleSerializer:
 
 _BUILTIN: dict[str, type] = {"json": JSONSerializer, "msgpack": MsgpackSerializer, "pickle": PickleSerializer}
 _cache: dict[str, Serializer] = {}
+
+
+CLIENT_PICKLE_HINT = "pass allow_pickle=True (conveyor job show: --allow-pickle)"
+
+
+def reader(name: str, *, allow_pickle: bool, what: str = "job", hint: str = CLIENT_PICKLE_HINT) -> Serializer:
+    """The serializer to decode a stored payload or result with. Workers and clients share
+    this rule: the job hash names its serializer, and anyone who can write to Redis can
+    name pickle, so pickle needs the reader's own permission."""
+    if name == "pickle" and not allow_pickle:
+        raise PickleRefused(f"{what} is pickled, and unpickling runs code from whoever can write to Redis; "
+                            f"refused: {hint} if you trust them")
+    return get_serializer(name)
 
 
 def get_serializer(spec: "str | Serializer | None") -> Serializer:

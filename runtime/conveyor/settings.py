@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from .connection import DEFAULT_URL, ENV_URL
 from .errors import InvalidArgument
 from .retry import Retry, policy_retry
-from .validation import check_queue_name, check_ttl
+from .validation import check_module_names, check_queue_name, check_ttl
 
 POOLS = ("thread", "process", "async")
 
@@ -27,6 +27,9 @@ class WorkerSettings:
     shutdown_timeout: float = 25.0
     max_jobs_per_child: int = 0
     allow_pickle: bool = False
+    # Modules (and their submodules) whose functions this worker runs; empty: anything
+    # importable except the standard library and builtins (validation.check_target).
+    allow_modules: tuple[str, ...] = ()
     name: str | None = None
     with_scheduler: bool = False
     scheduler_lock_seconds: float = 5.0
@@ -77,6 +80,7 @@ class WorkerSettings:
         check_ttl("failure_ttl", self.failure_ttl)
         if not 0 <= self.metrics_port <= 65535:
             raise InvalidArgument(f"metrics_port must be 0 (off) or a TCP port, got {self.metrics_port}")
+        object.__setattr__(self, "allow_modules", check_module_names(self.allow_modules))
         if self.max_jobs_per_child < 0:
             raise InvalidArgument(f"max_jobs_per_child must be >= 0, got {self.max_jobs_per_child}")
 

@@ -6,13 +6,20 @@ import functools
 import importlib
 import inspect
 import re
-from typing import Any, Callable
+import sys
+import types
+import unicodedata
+from typing import Any, Callable, Iterable
 
-from .errors import InvalidArgument, InvalidFunction, InvalidJobId, InvalidQueueName
+from .errors import ForbiddenFunction, InvalidArgument, InvalidFunction, InvalidJobId, InvalidQueueName
 
 MAX_JOB_ID = 128
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _PATH_RE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_MODULE_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
+# Refused as job targets unless allowed by name: os.system, builtins.eval and
+# subprocess.getoutput would hand a shell to whoever can write to Redis.
+_STDLIB = frozenset(sys.stdlib_module_names) | {"builtins", "__main__"}
 
 
 def check_job_id(job_id: Any) -> str:
@@ -26,9 +33,21 @@ def check_job_id(job_id: Any) -> str:
         raise InvalidJobId(f"job ID {job_id!r} contains ':', which is reserved (execution IDs are kept apart)")
     if any(ch.isspace() for ch in job_id):
         raise InvalidJobId(f"job ID {job_id!r} contains whitespace")
+    if not job_id.isprintable():
+        # IDs reach terminals and logs: a bidi override, a zero-width or a control
+        # character there disguises one job as another.
+        ch = next(ch for ch in job_id if not ch.isprintable())
+        raise InvalidJobId(f"job ID {job_id!r} contains {code_point(ch)}, an invisible or control character")
     if "{" in job_id or "}" in job_id:
         raise InvalidJobId(f"job ID {job_id!r} contains '{{' or '}}', which Redis Cluster reads as a hash tag")
     return job_id
+
+
+def code_point(ch: str) -> str:
+    """'U+202E (RIGHT-TO-LEFT OVERRIDE)'; controls and unassigned code points have no name."""
+    fallback = {"Cc": "<control>", "Cs": "<surrogate>", "Co": "<private use>", "Cn": "<unassigned>"}
+    name = unicodedata.name(ch, "") or fallback.get(unicodedata.category(ch), "<unnamed>")
+    return f"U+{ord(ch):04X} ({name})"
 
 
 def check_queue_name(name: Any) -> str:
@@ -74,11 +93,79 @@ def _dotted_to_colon(path: str) -> str:
     return f"{module}:{attr}" if module else path
 
 
-def import_function(path: str) -> Callable[..., Any]:
-    """Resolve "pkg.module:qualname". Raises InvalidFunction with a reason a human can act on."""
+def check_module_names(names: Iterable[Any], what: str = "allow_modules") -> tuple[str, ...]:
+    """Module names for an allow-list ("myapp", "myapp.tasks")."""
+    if isinstance(names, str):
+        raise InvalidArgument(f"{what} must be a list of module names, not the string {names!r}")
+    out = tuple(names)
+    for name in out:
+        if not isinstance(name, str) or not _MODULE_RE.fullmatch(name):
+            raise InvalidArgument(f"{what}: {name!r} is not a module name (expected e.g. 'myapp' or 'myapp.tasks')")
+    return out
+
+
+def _allowed(module: str, allow_modules: tuple[str, ...]) -> bool:
+    if allow_modules:
+        return any(module == m or module.startswith(m + ".") for m in allow_modules)
+    return module.partition(".")[0] not in _STDLIB
+
+
+def _refused(path: str, module: str, allow_modules: tuple[str, ...], how: str = "module {}") -> ForbiddenFunction:
+    if allow_modules:
+        why = f"is not among this worker's allowed modules ({', '.join(allow_modules)})"
+        fix = f"start the worker with --allow-module {module} to run it"
+    else:
+        why = "is in the Python standard library (not run by default)"
+        fix = (f"start the worker with --allow-module {module.partition('.')[0]} to run it (plus --allow-module "
+               "for each of your own packages: with an allow-list a worker runs only what it names)")
+    return ForbiddenFunction(f"job target {path!r} refused: {how.format(module)} {why}; {fix}")
+
+
+def check_target(path: str, allow_modules: tuple[str, ...] = ()) -> None:
+    """May a worker import and run ``path``? Decided on the name alone, before any import
+    (importing a module runs its code). Without an allow-list: anything but the standard
+    library and builtins; with one: only those modules and their submodules."""
+    module = path.partition(":")[0]
+    if not _allowed(module, allow_modules):
+        raise _refused(path, module, allow_modules)
+
+
+def _defined_in(obj: Any) -> str | None:
+    """The module a function, method or class comes from (None for other callables)."""
+    if isinstance(obj, (types.FunctionType, types.MethodType, type)):
+        return getattr(obj, "__module__", None)
+    if isinstance(obj, types.BuiltinFunctionType):  # os.system, eval, or a method of some object
+        owner = getattr(obj, "__self__", None)
+        if owner is None or isinstance(owner, types.ModuleType):
+            return getattr(obj, "__module__", None) or getattr(owner, "__name__", None)
+        return type(owner).__module__
+    if isinstance(obj, (types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType)):
+        return type(getattr(obj, "__self__", None) or getattr(obj, "__objclass__", object)).__module__
+    return None
+
+
+def _check_reached(path: str, obj: Any, allow_modules: tuple[str, ...]) -> None:
+    """An allowed module can still lead elsewhere: ``somepkg:check_output`` may be
+    subprocess's function, imported there. What a path reaches must be allowed as well,
+    unless both ends are the standard library (os:system is posix.system), which an
+    allow-list has then named on purpose."""
+    named = path.partition(":")[0]
+    origin = _defined_in(obj)
+    if origin is None or origin == named or _allowed(origin, allow_modules):
+        return
+    if named.partition(".")[0] in _STDLIB and origin.partition(".")[0] in _STDLIB:
+        return
+    name = getattr(obj, "__qualname__", "?")
+    raise _refused(path, origin, allow_modules, f"it is {{0}}.{name}, imported there, and {{0}}")
+
+
+def import_function(path: str, allow_modules: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """Resolve "pkg.module:qualname" if this worker may run it (see :func:`check_target`).
+    Raises InvalidFunction (ForbiddenFunction when refused) with a reason a human can act on."""
     module_name, sep, qualname = path.partition(":")
     if not sep or not module_name or not qualname:
         raise InvalidFunction(f"cannot import {path!r}: expected 'package.module:function'")
+    check_target(path, allow_modules)
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
@@ -88,9 +175,18 @@ def import_function(path: str) -> Callable[..., Any]:
             obj = getattr(obj, part)
         except AttributeError:
             raise InvalidFunction(f"cannot import {path!r}: module {module_name!r} has no attribute {qualname!r}") from None
+        if isinstance(obj, types.ModuleType) and not _allowed(obj.__name__, allow_modules):
+            raise _refused(path, obj.__name__, allow_modules, "it leads into module {}, which")
     if not callable(obj):
         raise InvalidFunction(f"cannot import {path!r}: it is a {type(obj).__name__}, not a callable")
+    _check_reached(path, obj, allow_modules)
     return obj
+
+
+def check_allow_pickle(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"allow_pickle must be True or False, got {value!r}")
+    return value
 
 
 def check_ttl(name: str, value: Any, *, allow_zero: bool = True) -> int:

@@ -46,8 +46,19 @@ def test_worker_command_line_is_the_agreed_contract() -> None:
     assert full["args"][:9] == ["worker", "-q", "billing-high,billing,billing-low", "--concurrency", "16",
                                 "--pool", "process", "--lease-seconds", "15"]
     assert full["args"][-4:] == ["--max-jobs-per-child", "500", "--default-timeout", "300"]  # extra args last
+    assert full["args"][-6:-4] == ["--allow-module", "billing"]
+    assert "--allow-module" not in container(builders.deployment(OWNER, spec(), IMAGE))["args"]
     no_sched = container(builders.deployment(OWNER, spec(scheduler={"enabled": False}), IMAGE))
     assert "--with-scheduler" not in no_sched["args"]
+
+
+def test_allow_modules_become_flags_the_worker_cli_parses() -> None:
+    from conveyor.cli import worker as worker_command
+
+    args = container(builders.deployment(OWNER, spec(workers={"allowModules": ["billing", "shared.jobs"]}), IMAGE))["args"]
+    assert args[-4:] == ["--allow-module", "billing", "--allow-module", "shared.jobs"]
+    parsed = worker_command.make_context("worker", args[1:]).params  # the worker's own parser, nothing run
+    assert parsed["allow_modules"] == ("billing", "shared.jobs")
 
 
 def test_redis_url_only_in_the_env() -> None:
@@ -119,6 +130,7 @@ def test_checksum_moves_with_configuration_only() -> None:
     assert base != checksum(spec(retry={"max": 3, "intervals": [1, 5]}))
     assert base != checksum(spec(resultTTLSeconds=60))
     assert base != checksum(spec(workers={"concurrency": 3}))
+    assert base != checksum(spec(workers={"allowModules": ["billing"]}))
     assert base != checksum(spec(redis={"url": "redis://other:6379/0"}))
     assert base == checksum(spec(workers={"replicas": 9}))  # scaling is not a configuration change
     rotated = builders.deployment(OWNER, spec(), IMAGE, "digest-of-a-new-secret-url")

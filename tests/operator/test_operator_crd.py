@@ -186,6 +186,7 @@ def test_invalid_examples_fail_for_the_reason_their_comment_gives() -> None:
         "zero-concurrency": "less than the minimum",
         "negative-lease": "less than the minimum",
         "no-queues": "should be non-empty",
+        "bad-allow-module": "does not match",
     }
     assert {p.stem for p in INVALID} == set(expected)
     for path in INVALID:
@@ -224,6 +225,24 @@ CEL_CASES = [
 def test_cel_rules(node: dict[str, Any], value: Any, passes: bool) -> None:
     failures = own_rule_failures(node, value)
     assert (failures == []) is passes, failures
+
+
+@pytest.mark.parametrize("modules,error", [
+    (["billing", "billing.tasks", "_private.x1"], None),
+    (["myapp.tasks:send"], "'myapp.tasks:send' is not a module name"),
+    (["my-app"], "'my-app' is not a module name"),
+    (["a..b"], "'a..b' is not a module name"),
+    ([".rel"], "'.rel' is not a module name"),
+])
+def test_allow_modules_checked_alike_by_schema_and_operator(modules: list[str], error: str | None) -> None:
+    doc = {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "x"},
+           "spec": {"redis": {"url": "redis://r"}, "queues": ["q"], "workers": {"allowModules": modules}}}
+    found = problems(defaulted(doc["spec"]))
+    if error is None:
+        assert admission(doc) == [] and found == []
+    else:
+        assert any("does not match" in e for e in admission(doc)), admission(doc)
+        assert found == [f"spec.workers.allowModules: {error} (expected e.g. 'myapp' or 'myapp.tasks')"]
 
 
 def test_defaults_match_the_runtime() -> None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..context import JobContext, _current
-from ..errors import InvalidFunction
+from ..errors import ForbiddenFunction, InvalidFunction
 from ..retry import RetryLater
-from ..serializers import Serializer, get_serializer
+from ..serializers import Serializer, reader
 from ..validation import import_function
 
 
@@ -44,10 +44,38 @@ class Outcome:
     retryable: bool = True  # False for failures no retry can fix (a malformed job)
 
 
+# _lib.lua's record_attempt keeps the first 1000 bytes of a message, which can split a
+# UTF-8 character; cut here first, on a character boundary, and it has nothing to cut.
+MESSAGE_LIMIT = 1000
+# A traceback is stored whole in the job hash: bounded so one runaway repr cannot fill Redis.
+TRACEBACK_LIMIT = 64 * 1024
+
+
+def clip(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` in at most ``limit`` UTF-8 bytes, cut between characters, marked where
+    cut. Lone surrogates (which Redis cannot be sent) come out backslash-escaped."""
+    if text.isascii() and len(text) <= limit:
+        return text
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    if keep_end:  # a traceback's last lines name the exception and where it was raised
+        mark = "[... cut: only the end is kept ...]\n"
+        return mark + data[len(data) - limit + len(mark):].decode("utf-8", "ignore")
+    mark = "..."
+    return data[: limit - len(mark)].decode("utf-8", "ignore") + mark
+
+
+def _outcome(exc_type: str, message: str, tb: str, names: tuple[str, ...], **more: Any) -> Outcome:
+    """Every failed Outcome is built here, so every one is cut to what Redis keeps."""
+    return Outcome(False, exc_type=exc_type, exc_message=clip(message, MESSAGE_LIMIT),
+                   traceback=clip(tb, TRACEBACK_LIMIT, keep_end=True), exc_names=names, **more)
+
+
 def failure(exc_type: str, message: str, tb: str = "", *, cls: type[BaseException] | None = None,
             retryable: bool = True) -> Outcome:
     names = tuple(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__) if cls else (exc_type,)
-    return Outcome(False, exc_type=exc_type, exc_message=message, traceback=tb, exc_names=names, retryable=retryable)
+    return _outcome(exc_type, message, tb, names, retryable=retryable)
 
 
 def from_exception(exc: BaseException) -> Outcome:
@@ -56,29 +84,44 @@ def from_exception(exc: BaseException) -> Outcome:
     tb = "".join(traceback.format_exception(exc))
     names = tuple(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__)
     retry_after = exc.delay if isinstance(exc, RetryLater) else None
-    return Outcome(False, exc_type=name, exc_message=str(exc), traceback=tb, exc_names=names, retry_after=retry_after)
+    return _outcome(name, _message(exc), tb, names, retry_after=retry_after)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as err:  # a broken __str__ must not lose the job's outcome
+        return f"<str() of the exception failed: {type(err).__name__}>"
 
 
 class MalformedJob(Exception):
     pass
 
 
-_functions: dict[str, Callable[..., Any]] = {}
+_functions: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
 
 
-def resolve(path: str) -> Callable[..., Any]:
-    """Import a job function once per process. Raises InvalidFunction."""
-    func = _functions.get(path)
+def resolve(path: str, allow_modules: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """Import a job function once per process, if ``allow_modules`` lets this worker run
+    it (see :func:`conveyor.validation.check_target`). Raises InvalidFunction, or
+    ForbiddenFunction before anything is imported."""
+    func = _functions.get((path, allow_modules))
     if func is None:
-        func = _functions[path] = import_function(path)
+        func = _functions[(path, allow_modules)] = import_function(path, allow_modules)
     return func
 
 
+def import_failure(exc: InvalidFunction) -> Outcome:
+    """A refused target fails for good (no retry makes it allowed); a missing one may
+    import after the next deploy, so it may be retried."""
+    if isinstance(exc, ForbiddenFunction):
+        return failure("ForbiddenFunction", str(exc), retryable=False)
+    return failure("ImportError", str(exc))
+
+
 def serializer_for(name: str, allow_pickle: bool) -> Serializer:
-    if name == "pickle" and not allow_pickle:
-        raise MalformedJob("job is pickled, and this worker refuses pickle; start it with --allow-pickle to trust Redis")
     try:
-        return get_serializer(name)
+        return reader(name, allow_pickle=allow_pickle, hint="start the worker with --allow-pickle")
     except Exception as exc:
         raise MalformedJob(str(exc)) from None
 
@@ -139,12 +182,13 @@ def _call_sync(func: Callable[..., Any], ser: str, payload: bytes | None, allow_
     return encode_result(serializer, value)
 
 
-def call_path(path: str, ser: str, payload: bytes | None, allow_pickle: bool, ctx: JobContext | None = None) -> Outcome:
+def call_path(path: str, ser: str, payload: bytes | None, allow_pickle: bool, ctx: JobContext | None = None,
+              allow_modules: tuple[str, ...] = ()) -> Outcome:
     """call_sync by import path, as the process pool's children run it."""
     try:
-        func = resolve(path)
+        func = resolve(path, allow_modules)
     except InvalidFunction as exc:
-        return failure("ImportError", str(exc))
+        return import_failure(exc)
     return call_sync(func, ser, payload, allow_pickle, ctx)
 
 

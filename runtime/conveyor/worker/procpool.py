@@ -20,7 +20,7 @@ from .execution import JobTimeout, Outcome, call_path, failure
 log = logging.getLogger("conveyor.worker")
 
 
-def _child_main(conn: Connection, allow_pickle: bool) -> None:
+def _child_main(conn: Connection, allow_pickle: bool, allow_modules: tuple[str, ...]) -> None:
     # The parent handles SIGTERM/SIGINT and decides when children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -32,13 +32,14 @@ def _child_main(conn: Connection, allow_pickle: bool) -> None:
         if msg is None:
             return
         path, ser, payload, ctx = msg
-        conn.send(call_path(path, ser, payload, allow_pickle, JobContext(*ctx) if ctx else None))
+        conn.send(call_path(path, ser, payload, allow_pickle, JobContext(*ctx) if ctx else None, allow_modules))
 
 
 class _Child:
-    def __init__(self, ctx: multiprocessing.context.BaseContext, allow_pickle: bool) -> None:
+    def __init__(self, ctx: multiprocessing.context.BaseContext, allow_pickle: bool,
+                 allow_modules: tuple[str, ...]) -> None:
         self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_child_main, args=(child_conn, allow_pickle), daemon=True)
+        self.proc = ctx.Process(target=_child_main, args=(child_conn, allow_pickle, allow_modules), daemon=True)
         self.proc.start()
         child_conn.close()
         self.jobs = 0
@@ -59,10 +60,12 @@ class _Child:
 
 
 class ProcessPool:
-    def __init__(self, size: int, *, max_jobs_per_child: int = 0, allow_pickle: bool = False) -> None:
+    def __init__(self, size: int, *, max_jobs_per_child: int = 0, allow_pickle: bool = False,
+                 allow_modules: tuple[str, ...] = ()) -> None:
         self.size = size
         self.max_jobs_per_child = max_jobs_per_child
         self.allow_pickle = allow_pickle
+        self.allow_modules = allow_modules  # children check targets themselves: they import them
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(["conveyor.worker.execution"])
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
@@ -73,7 +76,7 @@ class ProcessPool:
             self._spawn()
 
     def _spawn(self) -> None:
-        child = _Child(self._ctx, self.allow_pickle)
+        child = _Child(self._ctx, self.allow_pickle, self.allow_modules)
         self._all.add(child)
         self._idle.put_nowait(child)
 

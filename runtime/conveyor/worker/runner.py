@@ -107,7 +107,8 @@ class Runner:
         if s.pool == "thread":
             self._threads = JobThreads(s.concurrency, self._threads_done)
         elif s.pool == "process":
-            self._procs = ProcessPool(s.concurrency, max_jobs_per_child=s.max_jobs_per_child, allow_pickle=s.allow_pickle)
+            self._procs = ProcessPool(s.concurrency, max_jobs_per_child=s.max_jobs_per_child, allow_pickle=s.allow_pickle,
+                                      allow_modules=s.allow_modules)
             self._procs.start()
 
     def close(self) -> None:
@@ -202,9 +203,9 @@ class Runner:
         if job.malformed or job.func is None:
             return self.end(job, failure("MalformedJob", job.malformed or "job has no func field", retryable=False))
         try:
-            func = execution.resolve(job.func)
+            func = execution.resolve(job.func, self.settings.allow_modules)
         except InvalidFunction as exc:
-            return self.end(job, failure("ImportError", str(exc)))
+            return self.end(job, execution.import_failure(exc))
         is_async = self._async_funcs.get(func)
         if is_async is None:
             is_async = self._async_funcs[func] = inspect.iscoroutinefunction(func)
