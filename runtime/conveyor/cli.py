@@ -267,6 +267,32 @@ def requeue(job_ids: tuple[str, ...], redis_url: str | None, queue: str | None, 
 
 
 @main.command()
+@redis_url_option
+@click.option("-q", "--queue", help="Only this queue (default: every queue, also those known only by their keys).")
+@json_option
+@click.option("--fix", is_flag=True, help="Repair what was found (each finding re-checked atomically), then check again.")
+def doctor(redis_url: str | None, queue: str | None, as_json: bool, fix: bool) -> None:
+    """Check queues for the inconsistencies a fault can leave; exit 1 if any is found."""
+    from .doctor import format_report
+    from .doctor_redis import run
+
+    try:
+        report = run(_conn(redis_url), queue, fix=fix)
+    except click.ClickException as exc:
+        exc.exit_code = 2  # 1 means "problems found"
+        raise
+    except (ConveyorError, redis.RedisError) as exc:
+        failure = click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        failure.exit_code = 2
+        raise failure from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo("\n".join(format_report(report)))
+    sys.exit(0 if report["ok"] else 1)
+
+
+@main.command()
 @click.option("--redis-url", envvar=ENV_URL, show_envvar=True,
               help="Use this Redis instead of starting a private redis-server.")
 def demo(redis_url: str | None) -> None:
