@@ -25,6 +25,8 @@ from .validation import check_queue_name
 
 CHUNK = 1000  # job hashes per transaction: bounds how long one read blocks Redis
 FIX_BATCH = 200  # findings per repair.lua call, for the same reason
+LPOS_BUDGET = 1_000_000  # list entries LPOS may walk while confirming, before lists are read whole
+WHOLE_LIST_CHUNK = 20_000  # job IDs per confirming transaction that reads the lists whole
 _TAG = f"{keys.PREFIX}:{{q:"
 
 
@@ -136,8 +138,12 @@ def _read_types(pipe: Any, k: keys.QueueKeys, names: Sequence[str]) -> None:
         pipe.type(k.base + ":" + name)
 
 
-def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[str], chunk: int = CHUNK) -> Snapshot:
-    """The first, wide look: every key of the queue, job hashes ``chunk`` per transaction."""
+def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[str],
+               chunk: int = CHUNK) -> tuple[Snapshot, bool]:
+    """The first, wide look: every key of the queue, job hashes ``chunk`` per transaction.
+
+    Also says whether it all came from one transaction (then only the SCAN can be stale).
+    """
     k = keys.QueueKeys(queue)
     job_ids = sorted(n[4:] for n in found if n.startswith("job:"))
     workers = sorted(n[8:] for n in found if n.startswith("claimed:"))
@@ -191,34 +197,37 @@ def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[st
             record = _job_record(next(replies), next(replies), next(replies))
             if record is not None:
                 snap.jobs[job_id] = record
-    return snap
+    return snap, len(job_ids) <= chunk
 
 
-def read_suspects(conn: redis.Redis, snap: Snapshot, findings: Sequence[Finding], chunk: int = CHUNK) -> list[Snapshot]:
-    """Narrow snapshots of just the suspects: each job with every entry of it, in one transaction.
+def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: int = CHUNK) -> list[Snapshot]:
+    """Narrow snapshots of just these jobs: each with every entry of it, in one transaction.
 
-    Claimed sets are small (a worker's jobs in hand), so they are read whole each time.
+    Claimed sets are small (a worker's jobs in hand), so they are read whole. A list is
+    searched by LPOS per ID while that stays cheap; LPOS walks the list, so for many IDs
+    and long lists (ghosts left by an evicting Redis) the lists are read whole instead,
+    once per transaction of many IDs: no transaction blocks Redis for long.
     """
     k = keys.QueueKeys(snap.queue)
-    ids = sorted({f.subject for f in findings if f.kind != "wrong_type_key"})
-    extra = sorted({f.place for f in findings if f.kind == "wrong_type_key" and f.place not in KEY_TYPES})
     workers = set(snap.claimed) | {n[8:] for n in snap.key_types if n.startswith("claimed:")}
-    workers |= {r.fields["worker"] for j, r in snap.jobs.items() if j in ids and r.fields.get("worker")}
+    workers |= {w for j in ids if j in snap.jobs and (w := snap.jobs[j].fields.get("worker"))}
     claimed = sorted(workers)
+    longest = sum(len(snap.lists.get(name, ())) for name in LISTS)
+    whole = len(ids) * longest > LPOS_BUDGET
+    per = min(WHOLE_LIST_CHUNK, max(chunk, -(-len(ids) // 10))) if whole else chunk
     out = []
-    for start in range(0, max(len(ids), 1), chunk):
-        part = ids[start:start + chunk]
+    for start in range(0, len(ids), per):
+        part = ids[start:start + per]
 
         def build(pipe: Any) -> None:
             pipe.time()
-            _read_types(pipe, k, list(KEY_TYPES))
             for w in claimed:
-                pipe.type(k.claimed(w))
                 pipe.smembers(k.claimed(w))
-            _read_types(pipe, k, extra)
+            for name in LISTS if whole else ():
+                pipe.lrange(k.base + ":" + name, 0, -1)
             for job_id in part:
                 _read_job(pipe, k.job(job_id))
-                for name in LISTS:
+                for name in LISTS if not whole else ():
                     pipe.lpos(k.base + ":" + name, job_id, count=0)
                 for name in ZSETS:
                     pipe.zscore(k.base + ":" + name, job_id)
@@ -226,21 +235,20 @@ def read_suspects(conn: redis.Redis, snap: Snapshot, findings: Sequence[Finding]
         replies = iter(_transaction(conn, build))
         narrow = Snapshot(snap.queue, snap.base, _redis_now(next(replies)), live_workers=snap.live_workers,
                           claimed_read=frozenset(claimed))
-        for name in KEY_TYPES:
-            narrow.key_types[name] = _text(next(replies))
         wanted = set(part)
         for w in claimed:
-            narrow.key_types["claimed:" + w] = kind = _text(next(replies))
             members = next(replies)
-            if kind == "set" and not _failed(members):
+            if not _failed(members):
                 narrow.claimed[w] = {_text(m) for m in members} & wanted
-        for name in extra:
-            narrow.key_types[name] = _text(next(replies))
+        for name in LISTS if whole else ():
+            entries = next(replies)
+            if not _failed(entries):
+                narrow.lists[name] = [j for j in map(_text, entries) if j in wanted]
         for job_id in part:
             record = _job_record(next(replies), next(replies), next(replies))
             if record is not None:
                 narrow.jobs[job_id] = record
-            for name in LISTS:
+            for name in LISTS if not whole else ():
                 positions = next(replies)
                 if not _failed(positions) and positions:
                     narrow.lists.setdefault(name, []).extend([job_id] * len(positions))
@@ -253,19 +261,26 @@ def read_suspects(conn: redis.Redis, snap: Snapshot, findings: Sequence[Finding]
 
 
 def check_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[str], chunk: int = CHUNK) -> QueueCheck:
-    """Findings for one queue that a consistent read confirms."""
-    snap = read_queue(conn, queue, found, live, chunk)
+    """Findings for one queue, each as a consistent read shows it."""
+    snap, single = read_queue(conn, queue, found, live, chunk)
     suspects = analyze(snap)
-    confirmed: list[Finding] = []
-    seen: set[Finding] = set()
-    if suspects:
-        for narrow in read_suspects(conn, snap, suspects, chunk):
-            for finding in analyze(narrow):
-                if finding not in seen:  # key findings show up in every chunk
-                    seen.add(finding)
-                    confirmed.append(finding)
+    # One transaction is consistent, but for what the SCAN before it missed: the job behind
+    # a "dangling" entry, or a claimed set, may be newer than the SCAN.
+    again = {f.subject for f in suspects if f.kind != "wrong_type_key" and (not single or _scan_dependent(f, snap))}
+    final = [f for f in suspects if f.kind == "wrong_type_key" or f.subject not in again]
+    if again:
+        for narrow in read_suspects(conn, snap, sorted(again), chunk):
+            final.extend(f for f in analyze(narrow) if f.kind != "wrong_type_key")
+    rank = {(f.kind, f.subject, f.place): i for i, f in enumerate(suspects)}
     order = {kind: i for i, kind in enumerate(FIX_ORDER)}
-    return QueueCheck(queue, sorted(confirmed, key=lambda f: order[f.kind]), len(snap.jobs))
+    final.sort(key=lambda f: (order[f.kind], rank.get((f.kind, f.subject, f.place), len(rank))))
+    return QueueCheck(queue, final, len(snap.jobs))
+
+
+def _scan_dependent(f: Finding, snap: Snapshot) -> bool:
+    if f.kind == "dangling_entry":
+        return True
+    return f.kind == "unlisted_job" and bool(f.worker) and "claimed:" + f.worker not in snap.key_types
 
 
 # -- fixes ------------------------------------------------------------------------------------
