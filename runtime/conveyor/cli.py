@@ -15,7 +15,7 @@ import click
 import redis
 
 from . import __version__, logs
-from .connection import ENV_URL, mask_url, resolve_url
+from .connection import ENV_URL, error_line, mask_url, resolve_url
 from .errors import ConveyorError
 from .settings import POOLS, WorkerSettings
 
@@ -266,6 +266,10 @@ def requeue(job_ids: tuple[str, ...], redis_url: str | None, queue: str | None, 
         raise click.ClickException(f"Redis error: {exc}") from None
 
 
+class _DoctorFailed(click.ClickException):
+    exit_code = 2  # doctor's 1 means "problems found"
+
+
 @main.command()
 @redis_url_option
 @click.option("-q", "--queue", help="Only this queue (default: every queue, also those known only by their keys).")
@@ -279,12 +283,9 @@ def doctor(redis_url: str | None, queue: str | None, as_json: bool, fix: bool) -
     try:
         report = run(_conn(redis_url), queue, fix=fix)
     except click.ClickException as exc:
-        exc.exit_code = 2  # 1 means "problems found"
-        raise
+        raise _DoctorFailed(exc.message) from None
     except (ConveyorError, redis.RedisError) as exc:
-        failure = click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        failure.exit_code = 2
-        raise failure from None
+        raise _DoctorFailed(error_line(exc)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

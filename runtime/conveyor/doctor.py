@@ -57,7 +57,8 @@ _RULES: tuple[tuple[str, str, float | None, bool, bool], ...] = (
 )
 JOB_FIELDS = ("status", "worker", "exc_type", "attempts", *(r[0] for r in _RULES))
 MALFORMED = "MalformedJob"
-EXAMPLES = 5
+EXAMPLES = 5  # per kind in --json
+HUMAN_EXAMPLES = 3  # per line of the human report
 
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 
@@ -66,7 +67,6 @@ _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 class JobRecord:
     key_type: str  # "hash" for a sound job key
     fields: Mapping[str, str]  # the JOB_FIELDS present
-    pttl: int = -1
 
 
 @dataclass
@@ -261,23 +261,29 @@ def format_report(report: Mapping[str, Any]) -> list[str]:
     for queue, result in report["queues"].items():
         jobs += result["checked_jobs"]
         findings = result["findings"]
+        checked = _jobs(result["checked_jobs"])
         if not findings:
-            lines.append(f"{queue}: {result['checked_jobs']} jobs checked, no problems")
+            lines.append(f"{queue}: {checked} checked, no problems")
             continue
         bad_queues += 1
-        lines.append(f"{queue}: {result['checked_jobs']} jobs checked")
+        lines.append(f"{queue}: {checked} checked")
         width = max(len(kind) for kind in findings)
         for kind, entry in findings.items():
             problems += entry["count"]
-            more = entry["count"] - len(entry["details"])
-            shown = ", ".join(entry["details"]) + (f", ... (+{more})" if more > 0 else "")
+            shown = ", ".join(entry["details"][:HUMAN_EXAMPLES])
+            more = entry["count"] - min(len(entry["details"]), HUMAN_EXAMPLES)
+            shown += f", ... (+{more})" if more > 0 else ""
             lines.append(f"  {kind.ljust(width)}  {entry['count']:>5}  {shown}")
     lines.extend(f"warning: {w}" for w in report["warnings"])
     n = len(report["queues"])
-    scope = f"{n} queue{'s' if n != 1 else ''} ({jobs} jobs checked)"
+    scope = f"{n} queue{'s' if n != 1 else ''} ({_jobs(jobs)} checked)"
     if problems:
         hint = "; these remain after --fix" if "fixed" in report else "; run with --fix to repair"
         lines.append(f"doctor: {problems} problem{'s' if problems != 1 else ''} in {bad_queues} of {scope}{hint}")
     else:
         lines.append(f"doctor: no problems in {scope}")
     return lines
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'s' if n != 1 else ''}"

@@ -1,11 +1,13 @@
 """``conveyor doctor``'s side that talks to Redis: the snapshots it judges, and the fixes.
 
-A check reads each queue in MULTI/EXEC transactions (its lists, zsets and sets, then its job
-hashes in chunks), so no script interleaves with a read. Jobs read in a later chunk than the
-lists can have moved on in between, and keys created during the SCAN are missed, so every
-suspect is read again — the job and each of its entries, in one transaction — and only what
-that confirming read still shows is reported. ``--fix`` hands the findings to repair.lua,
-which checks each once more, atomically, before it changes anything.
+A check reads a queue in one MULTI/EXEC transaction (its lists, zsets and sets, and its job
+hashes), so no script interleaves with the reads and what it judges is one moment of the
+queue. Two things can still mislead it, and the jobs concerned are read again, each with
+every entry of it in one transaction, before anything is reported: keys created during the
+SCAN that found the job hashes and claimed sets, and, for a queue with more jobs than one
+transaction should hold (read in chunks), jobs that moved on between the chunks. ``--fix``
+hands the findings to repair.lua, which checks each once more, atomically, before it
+changes anything.
 """
 
 from __future__ import annotations
@@ -56,8 +58,7 @@ def _transaction(conn: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
 
 
 def _redis_now(reply: Any) -> float:
-    seconds, micros = reply
-    return int(seconds) + int(micros) / 1e6
+    return int(reply[0]) + int(reply[1]) / 1e6
 
 
 # -- which queues, which keys ---------------------------------------------------------------
@@ -102,7 +103,8 @@ def discover(conn: redis.Redis, queue: str | None, warnings: list[str]) -> dict[
 def live_workers(conn: redis.Redis) -> dict[str, float]:
     """Worker ID -> registration expiry (s), for workers whose registration has not expired."""
     now = _redis_now(conn.time())
-    return {_text(w): float(s) for w, s in conn.zrangebyscore(keys.WORKERS, f"({now}", "+inf", withscores=True)}
+    entries: Any = conn.zrangebyscore(keys.WORKERS, f"({now}", "+inf", withscores=True)
+    return {_text(w): float(s) for w, s in entries}
 
 
 def memory_warnings(conn: redis.Redis) -> list[str]:
@@ -122,20 +124,14 @@ def memory_warnings(conn: redis.Redis) -> list[str]:
 def _read_job(pipe: Any, key: str) -> None:
     pipe.type(key)
     pipe.hmget(key, JOB_FIELDS)
-    pipe.pttl(key)
 
 
-def _job_record(kind: Any, values: Any, pttl: Any) -> JobRecord | None:
+def _job_record(kind: Any, values: Any) -> JobRecord | None:
     kind = _text(kind)
     if kind == "none":
         return None  # gone since the SCAN (ended with TTL 0, expired)
     fields = {} if _failed(values) else {f: _text(v) for f, v in zip(JOB_FIELDS, values) if v is not None}
-    return JobRecord(kind, fields, -1 if _failed(pttl) else int(pttl))
-
-
-def _read_types(pipe: Any, k: keys.QueueKeys, names: Sequence[str]) -> None:
-    for name in names:
-        pipe.type(k.base + ":" + name)
+    return JobRecord(kind, fields)
 
 
 def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[str],
@@ -162,7 +158,8 @@ def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[st
         for w in workers:
             pipe.type(k.claimed(w))
             pipe.smembers(k.claimed(w))
-        _read_types(pipe, k, uniques)
+        for name in uniques:
+            pipe.type(k.base + ":" + name)
         for job_id in job_ids[:chunk]:
             _read_job(pipe, k.job(job_id))
 
@@ -194,7 +191,7 @@ def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[st
 
             replies = iter(_transaction(conn, build_jobs))
         for job_id in ids:
-            record = _job_record(next(replies), next(replies), next(replies))
+            record = _job_record(next(replies), next(replies))
             if record is not None:
                 snap.jobs[job_id] = record
     return snap, len(job_ids) <= chunk
@@ -245,7 +242,7 @@ def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: 
             if not _failed(entries):
                 narrow.lists[name] = [j for j in map(_text, entries) if j in wanted]
         for job_id in part:
-            record = _job_record(next(replies), next(replies), next(replies))
+            record = _job_record(next(replies), next(replies))
             if record is not None:
                 narrow.jobs[job_id] = record
             for name in LISTS if not whole else ():
