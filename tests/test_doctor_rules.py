@@ -107,6 +107,24 @@ def test_queues_are_found_by_their_keys_when_the_queues_set_is_lost(conn) -> Non
     assert not report["ok"]
 
 
+def test_claimed_sets_and_unique_keys_of_the_wrong_type_are_renamed_aside(queue: Queue, conn) -> None:
+    job = queue.enqueue("jobs:add", 1, 1, unique_key="nightly")
+    k = queue.keys
+    conn.set(k.claimed("w1"), "x")
+    conn.delete(k.unique("nightly"))
+    conn.rpush(k.unique("nightly"), job.id)
+
+    report = run(conn, "default")
+    assert counts(report) == {"wrong_type_key": 2}
+    assert sorted(report["queues"]["default"]["findings"]["wrong_type_key"]["examples"]) == [
+        k.claimed("w1"), k.unique("nightly")]
+    fixed = run(conn, "default", fix=True)
+    assert fixed["ok"] and fixed["fixed"]["default"]["wrong_type_key"]["count"] == 2
+    assert conn.get(k.corrupt("claimed:w1")) == b"x"
+    assert conn.lrange(k.corrupt("unique:nightly"), 0, -1) == [job.id.encode()]
+    assert queue.enqueue("jobs:add", 2, 2, unique_key="nightly").id != job.id  # enqueue works again
+
+
 def test_chunked_reads_confirm_the_same_findings_as_one_transaction(queue: Queue, conn) -> None:
     jobs = [queue.enqueue("jobs:add", i, i) for i in range(7)]
     k = queue.keys
