@@ -15,7 +15,7 @@ import click
 import redis
 
 from . import __version__, logs
-from .connection import ENV_URL, mask_url, resolve_url
+from .connection import ENV_URL, error_line, mask_url, resolve_url
 from .errors import ConveyorError
 from .settings import POOLS, WorkerSettings
 
@@ -284,6 +284,33 @@ def requeue(job_ids: tuple[str, ...], redis_url: str | None, queue: str | None, 
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
         raise click.ClickException(f"Redis error: {exc}") from None
+
+
+class _DoctorFailed(click.ClickException):
+    exit_code = 2  # doctor's 1 means "problems found"
+
+
+@main.command()
+@redis_url_option
+@click.option("-q", "--queue", help="Only this queue (default: every queue, also those known only by their keys).")
+@json_option
+@click.option("--fix", is_flag=True, help="Repair what was found (each finding re-checked atomically), then check again.")
+def doctor(redis_url: str | None, queue: str | None, as_json: bool, fix: bool) -> None:
+    """Check queues for the inconsistencies a fault can leave; exit 1 if any is found."""
+    from .doctor import format_report
+    from .doctor_redis import run
+
+    try:
+        report = run(_conn(redis_url), queue, fix=fix)
+    except click.ClickException as exc:
+        raise _DoctorFailed(exc.message) from None
+    except (ConveyorError, redis.RedisError) as exc:
+        raise _DoctorFailed(error_line(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo("\n".join(format_report(report)))
+    sys.exit(0 if report["ok"] else 1)
 
 
 @main.command()

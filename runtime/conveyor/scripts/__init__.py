@@ -66,8 +66,9 @@ requeue = Script("requeue")
 purge = Script("purge")
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
+repair = Script("repair")  # conveyor doctor --fix
 ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, promote, requeue, purge,
-       lock_renew, lock_release)
+       lock_renew, lock_release, repair)
 
 
 def load(client: Any) -> None:

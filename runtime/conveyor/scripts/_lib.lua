@@ -73,29 +73,53 @@ local function decode_list(raw)
   return nil
 end
 
--- Why a job cannot be handled safely, or nil. f holds, in order: status, attempts,
--- timeout, result_ttl, failure_ttl, max_deliveries, unique_ttl, deliveries, retries,
--- orphaned, due_at, enqueued_at (MALFORMED_FIELDS below).
+-- The fields a job must have right to be handled safely (read with HMGET in this order).
 local MALFORMED_FIELDS = {'status', 'attempts', 'timeout', 'result_ttl', 'failure_ttl', 'max_deliveries',
   'unique_ttl', 'deliveries', 'retries', 'orphaned', 'due_at', 'enqueued_at'}
+-- field, kind, lower bound, bound inclusive, empty allowed (doctor.py checks the same rules).
+local FIELD_RULES = {
+  {'timeout', 'number', 0, false, true}, {'result_ttl', 'integer', -1, true, true},
+  {'failure_ttl', 'integer', -1, true, true}, {'max_deliveries', 'integer', 1, true, true},
+  {'unique_ttl', 'integer', 1, true, true}, {'deliveries', 'integer', 0, true, false},
+  {'retries', 'integer', 0, true, false}, {'orphaned', 'integer', 0, true, false},
+  {'due_at', 'number', nil, true, true}, {'enqueued_at', 'number', nil, true, true},
+}
 
-local function set(v) return v ~= nil and v ~= false and v ~= '' end
+local function strict_number(s)
+  if string.find(s, '[%s_xX]') then return nil end  -- tonumber takes hex and spaces; Python does not
+  local n = tonumber(s)
+  if n == nil or n ~= n then return nil end
+  return n
+end
 
+-- Why a job cannot be handled safely (its first bad field), or nil. f maps field -> value
+-- (a missing field is nil or false).
 local function malformed_reason(f)
-  if not f[1] then return 'status is missing' end
-  if not STATUSES[f[1]] then return "status '" .. cut(tostring(f[1]), 40) .. "' is unknown" end
-  if not decode_list(f[2]) then return 'attempts is not valid JSON' end
-  if set(f[3]) and not ((num(f[3]) or 0) > 0) then return 'timeout is not a number > 0' end
-  for i, name in ipairs({'result_ttl', 'failure_ttl'}) do
-    if set(f[3 + i]) and not ((int(f[3 + i]) or -2) >= -1) then return name .. ' is not an integer >= -1' end
+  local status = f.status
+  if not status then return 'status is missing' end
+  if not STATUSES[status] then return "status '" .. string.sub(status, 1, 60) .. "' is unknown" end
+  local attempts = f.attempts
+  if attempts then
+    local ok, v = pcall(cjson.decode, attempts)
+    if not ok then return 'attempts is not valid JSON' end
+    if type(v) ~= 'table' or not string.find(attempts, '^%s*%[') then return 'attempts is not a JSON array' end
   end
-  if set(f[6]) and not ((int(f[6]) or 0) >= 1) then return 'max_deliveries is not an integer >= 1' end
-  if set(f[7]) and not ((int(f[7]) or 0) >= 1) then return 'unique_ttl is not an integer >= 1' end
-  for i, name in ipairs({'deliveries', 'retries', 'orphaned'}) do
-    if set(f[7 + i]) and not ((int(f[7 + i]) or -1) >= 0) then return name .. ' is not an integer >= 0' end
+  for _, r in ipairs(FIELD_RULES) do
+    local name, kind, low, inclusive, empty_ok = r[1], r[2], r[3], r[4], r[5]
+    local raw = f[name]
+    if raw and not (empty_ok and raw == '') then
+      local n
+      if kind == 'integer' then
+        if string.find(raw, '^[%+%-]?%d+$') then n = tonumber(raw) end
+      else
+        n = strict_number(raw)
+      end
+      if n == nil or (low and ((inclusive and n < low) or (not inclusive and n <= low))) then
+        local bound = low and (' ' .. (inclusive and '>=' or '>') .. ' ' .. low) or ''
+        return name .. ' is not ' .. (kind == 'integer' and 'an integer' or 'a number') .. bound
+      end
+    end
   end
-  if set(f[11]) and not num(f[11]) then return 'due_at is not a number' end
-  if set(f[12]) and not num(f[12]) then return 'enqueued_at is not a number' end
   return nil
 end
 
@@ -214,7 +238,7 @@ local function settle(key, id, vals, failed_key, default_ttl, corrupt_key, now, 
   end
   if not vals[1] and redis.call('EXISTS', key) == 0 then return 'gone' end
   if not STATUSES[vals[1]] then
-    fail_malformed(key, id, malformed_reason({vals[1]}), failed_key, default_ttl, now, now_str)
+    fail_malformed(key, id, malformed_reason({status = vals[1]}), failed_key, default_ttl, now, now_str)
     return 'bad'
   end
   return nil

@@ -41,7 +41,7 @@ local function take(id, suspect_list)
   if not status and redis.call('EXISTS', key) == 0 then return end  -- deleted: nothing to run
   if status ~= 'queued' and STATUSES[status] then return end  -- a stale entry: it lives elsewhere
   local f = {}
-  for i = 2, nv do f[#f + 1] = vals[i] end
+  for i = 2, nv do f[fields[i]] = vals[i] end
   local reason = malformed_reason(f)
   if reason then
     bad[#bad + 1] = id
