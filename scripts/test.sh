@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Runs the test suite (pytest) against redis-servers the tests start themselves.
+#   ./scripts/test.sh          the default run (slow scenarios skipped)
+#   ./scripts/test.sh --all    everything, slow scenarios included (what CI runs)
+# Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ "${1:-}" = "--all" ]; then
+  shift
+  exec .venv/bin/python -m pytest -m "slow or not slow" "$@"
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -106,3 +106,32 @@ def worker_id(w) -> str:
     m = pattern.search(w.log())
     assert m, f"worker exited ({w.proc.returncode}) before it started serving:\n{w.log()}"
     return m.group(1)
+
+
+class Supervisor:
+    """Keeps `size` worker processes running, restarting any that dies (as a Deployment would)."""
+
+    def __init__(self, spawn: Callable[..., "WorkerProcess"], size: int, *args: str, **kw: Any) -> None:
+        self._spawn, self._args, self._kw = spawn, args, kw
+        self.workers = [spawn(*args, **kw) for _ in range(size)]
+        self.deaths: list[int] = []  # exit codes of workers that died
+
+    def tend(self) -> None:
+        for i, w in enumerate(self.workers):
+            code = w.proc.poll()
+            if code is not None:
+                self.deaths.append(code)
+                self.workers[i] = self._spawn(*self._args, **self._kw)
+
+    def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        def check() -> Any:
+            self.tend()
+            return predicate()
+        return wait_until(check, timeout, what, interval=0.05)
+
+    def stop(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.signal(signal.SIGTERM)
+        for w in self.workers:
+            w.wait(30)

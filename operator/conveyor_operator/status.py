@@ -75,7 +75,8 @@ def conditions_for(*, problem: tuple[str, str] | None, desired: int | None, depl
 
 
 def queue_depth(url: str, queues: list[str], timeout: float = 2.0) -> list[dict[str, Any]]:
-    """Per queue: ready (LLEN), scheduled, claimed (leases) and failed (still kept). One round trip."""
+    """Per queue: ready (waiting: ready and recovered lists), scheduled, claimed (held by a worker:
+    prefetched and started) and failed (still kept). One round trip."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         pipe = client.pipeline(transaction=False)
@@ -84,7 +85,9 @@ def queue_depth(url: str, queues: list[str], timeout: float = 2.0) -> list[dict[
         for q in queues:
             k = QueueKeys(q)
             pipe.llen(k.ready)
+            pipe.llen(k.recovered)
             pipe.zcard(k.scheduled)
+            pipe.zcard(k.prefetched)
             pipe.zcard(k.leases)
             pipe.zcount(k.failed, now_s, "+inf")
         counts = pipe.execute()
@@ -92,7 +95,8 @@ def queue_depth(url: str, queues: list[str], timeout: float = 2.0) -> list[dict[
         client.close()
     out = []
     for i, q in enumerate(queues):
-        ready, scheduled, claimed, failed = counts[4 * i:4 * i + 4]
+        ready, recovered, scheduled, prefetched, started, failed = counts[6 * i:6 * i + 6]
+        ready, claimed = ready + recovered, prefetched + started
         out.append({"name": q, "ready": int(ready), "scheduled": int(scheduled), "claimed": int(claimed),
                     "failed": int(failed)})
     return out

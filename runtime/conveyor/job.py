@@ -262,6 +262,9 @@ class Job:
             if code == errors.MISSING:
                 raise errors.NoSuchJob(f"job {self.id!r} does not exist in queue {self.queue!r}")
             status, holder = rest[0].decode(), rest[1].decode()
+            if status == JobStatus.CANCELED.value and asked:  # the worker holding it did it
+                self.refresh()
+                return
             if status == JobStatus.STARTED.value and asked:
                 raise errors.InvalidTransition(
                     f"job {self.id!r} started on worker {holder} before the cancel reached it; "

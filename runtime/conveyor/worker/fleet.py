@@ -101,12 +101,12 @@ class Housekeeping:
             lost = next(replies)
             if self._refused_part(f"lease renewal of queue {queue}", lost):
                 continue
-            lost_ids = {i.decode() for i in lost}
+            lost_execs = {i.decode() for i in lost}
             for job in jobs:
-                if job.id in lost_ids:
+                if job.execution_id in lost_execs:
                     self.runner.lease_lost(job, "Redis says another execution holds it now")
                 else:
-                    job.lease_until = max(job.lease_until, sent + s.lease_seconds)
+                    self.runner.renewed(job, sent + s.lease_seconds)
         sampled = self.metrics.sampled
         for queue in s.queues:
             if reap:
@@ -223,6 +223,6 @@ class Commands:
         if self.runner.cancel_buffered(job):
             log.info("canceling job %s (execution %s) before it starts, on request", job_id, job.execution_id,
                      extra=extra)
-        elif action == "stop" and self.runner.running.get((queue, job_id)) is job:
+        elif action == "stop" and self.runner.is_running(job):
             log.info("stopping job %s (execution %s) on request", job_id, job.execution_id, extra=extra)
             self.runner.stop(job)

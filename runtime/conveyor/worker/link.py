@@ -63,6 +63,9 @@ class RedisLink:
         self.url = url
         self.lease_seconds = lease_seconds
         self.silence = max(lease_seconds / 3, 2.0)
+        # Retry at least this often while Redis is down, so a worker is back within this long
+        # of Redis, well inside the grace other workers' reapers give it (reap_allowed).
+        self.retry_cap = min(5.0, self.silence / 2)
         self.metrics = metrics
         self.stats = stats
         self._closing = closing
@@ -173,7 +176,7 @@ class RedisLink:
                 break
             except (*DOWN_ERRORS, RedisError):
                 await self.nap(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, self.retry_cap)
         else:
             return
         await self._drop_connections()  # every pooled connection predates the outage
@@ -222,8 +225,9 @@ class RedisLink:
                     pass
 
     def reap_allowed(self) -> bool:
-        """Reap only once every live worker had a whole lease to renew after an outage."""
-        return self.up and time.monotonic() - self.back_at >= self.lease_seconds
+        """Reap only once every live worker had a whole lease to renew after an outage (plus the
+        time it may take to notice Redis is back): an outage is not a death."""
+        return self.up and time.monotonic() - self.back_at >= self.lease_seconds + self.retry_cap
 
     # -- start and end ----------------------------------------------------------------------
 
@@ -259,8 +263,8 @@ class RedisLink:
         self.policy = str(memory.get("maxmemory_policy", "unknown"))
         # A Redis that restarted moments ago lost its leases to the clock, not to dead
         # workers: give live workers the rest of a lease to renew before this one reaps.
-        uptime = float(info.get("uptime_in_seconds", self.lease_seconds))
-        self.back_at = time.monotonic() - min(uptime, self.lease_seconds)
+        uptime = float(info.get("uptime_in_seconds", 1e9))
+        self.back_at = time.monotonic() - min(uptime, self.lease_seconds + self.retry_cap)
         return True
 
     async def nap(self, seconds: float) -> None:

@@ -58,7 +58,8 @@ class Claimed:
     ctx: JobContext | None = None
     call: ThreadCall | None = None
     task: asyncio.Task[None] | None = None
-    lost: bool = False
+    lost: bool = False  # Redis says another execution holds the job now: final
+    lapsed: bool = False  # this worker's clock says the lease ran out; a renewal may still win it back
     malformed: str | None = None
     lingering: bool = False  # timed out or stopped in a thread that has not returned yet
 
@@ -87,7 +88,8 @@ class Runner:
         self.metrics = metrics
         self.stats = stats
         self._wakeup = wakeup
-        self.running: dict[tuple[str, str], Claimed] = {}
+        # By execution ID: after a wipe or a lost lease, one job ID can run here twice.
+        self.running: dict[str, Claimed] = {}
         self.buffer: collections.deque[Claimed] = collections.deque()
         self.starting: list[Claimed] = []
         self.ended: list[Ended] = []
@@ -189,7 +191,7 @@ class Runner:
             self._filling = False
 
     def _start(self, job: Claimed) -> None:
-        self.running[(job.queue, job.id)] = job
+        self.running[job.execution_id] = job
         job.started = time.monotonic()
         job.ctx = JobContext(job.id, job.execution_id, job.queue, job.retries + 1)
         m = self.metrics.of(job.queue)
@@ -221,7 +223,7 @@ class Runner:
     # -- ending ----------------------------------------------------------------------------
 
     def end(self, job: Claimed, outcome: Outcome) -> None:
-        if self.running.get((job.queue, job.id)) is not job:
+        if self.running.get(job.execution_id) is not job:
             return  # already handed back or timed out
         self._forget(job)
         duration = time.monotonic() - job.started
@@ -240,7 +242,7 @@ class Runner:
         self.fill()
 
     def _forget(self, job: Claimed) -> None:
-        del self.running[(job.queue, job.id)]
+        del self.running[job.execution_id]
 
     def done_with(self, job: Claimed) -> bool:
         """Redis has recorded how the job ended (or that it was handed back or lost).
@@ -287,7 +289,7 @@ class Runner:
                 self.end(job, outcome)
 
     def tick(self) -> None:
-        """Time out thread-pool jobs, and drop leases this worker's clock says it lost.
+        """Time out thread-pool jobs, and give up leases this worker's clock says ran out.
 
         One scan every few ms instead of a timer per job: at thousands of jobs a second,
         per-job timers cost more than the scan."""
@@ -295,14 +297,19 @@ class Runner:
         for job in list(self.running.values()):
             if job.call is not None and now - job.started >= job.timeout:
                 self._thread_timeout(job)
-            elif job.lease_until <= now and not job.lost:
-                self.lease_lost(job, "it could not be renewed before it ran out")
-        for job in self.buffer:
-            if job.lease_until <= now and not job.lost:
-                self.lease_lost(job, "it could not be renewed before it ran out")
+            elif job.lease_until <= now and not (job.lost or job.lapsed):
+                self._lapsed(job)
+        lapsed = [j for j in self.buffer if j.lease_until <= now]
+        for job in lapsed:  # never start a job whose lease may be gone: hand it back instead
+            self.buffer.remove(job)
+            self.release.append(job)
+        if lapsed:
+            log.warning("handing back %d prefetched jobs: their leases ran out before they could be renewed",
+                        len(lapsed))
+            self._wakeup()
 
     def _thread_timeout(self, job: Claimed) -> None:
-        if self.running.get((job.queue, job.id)) is not job or job.call is None:
+        if self.running.get(job.execution_id) is not job or job.call is None:
             return
         job.call.interrupt(JobTimeout)
         # The thread keeps its slot until it really returns: honest capacity.
@@ -311,6 +318,37 @@ class Runner:
         self.end(job, _timeout(job, "thread"))
 
     # -- what others report -----------------------------------------------------------------------
+
+    def _lapsed(self, job: Claimed) -> None:
+        """Redis did not renew the lease in time (silent or gone): treat the execution as lost now.
+
+        Async and process-pool jobs are cancelled and handed back; a sync job in a thread cannot be
+        stopped, so it is told (current_job().lease_lost) and its outcome counts only if the lease
+        is still its own when Redis answers again."""
+        job.lapsed = True
+        if job.ctx is not None:
+            job.ctx.lease_lost = True
+        self.stats["leases_lost"] += 1
+        self.metrics.leases_lost.inc()
+        cancel = job.task is not None
+        log.warning("the lease on job %s (execution %s) ran out before it could be renewed: %s", job.id,
+                    job.execution_id, "cancelled, it goes back to its queue" if cancel
+                    else "the job is told; its outcome counts only if the lease is still its own")
+        if cancel:
+            job.task.cancel()  # type: ignore[union-attr]
+            self._forget(job)
+            self.release.append(job)
+            self._wakeup()
+
+    def renewed(self, job: Claimed, until: float) -> None:
+        """Redis extended the lease (until: this worker's clock, conservatively)."""
+        job.lease_until = max(job.lease_until, until)
+        if job.lapsed and not job.lost and self.is_running(job):
+            job.lapsed = False
+            if job.ctx is not None:
+                job.ctx.lease_lost = False
+            log.info("the lease on job %s (execution %s) is its own again: Redis renewed it", job.id,
+                     job.execution_id)
 
     def lease_lost(self, job: Claimed, why: str) -> None:
         """Another worker may run this job now: this execution's outcome will be discarded."""
@@ -321,7 +359,7 @@ class Runner:
             job.ctx.lease_lost = True
         self.stats["leases_lost"] += 1
         self.metrics.leases_lost.inc()
-        running = self.running.get((job.queue, job.id)) is job
+        running = self.running.get(job.execution_id) is job
         log.warning("lost the lease on job %s (execution %s): %s; %s", job.id, job.execution_id, why,
                     "another worker may run it; this outcome will be discarded" if running
                     else "it had not started here and will not")
@@ -337,10 +375,14 @@ class Runner:
         self.done_with(job)
 
     def find(self, queue: str, job_id: str) -> Claimed | None:
-        job = self.running.get((queue, job_id))
-        if job is not None:
-            return job
-        return next((j for j in self.buffer if j.queue == queue and j.id == job_id), None)
+        """The live execution of a job held here (running first, then buffered)."""
+        for job in (*self.running.values(), *self.buffer):
+            if job.id == job_id and job.queue == queue and not job.lost:
+                return job
+        return None
+
+    def is_running(self, job: Claimed) -> bool:
+        return self.running.get(job.execution_id) is job
 
     def stop(self, job: Claimed) -> None:
         """`conveyor job stop`: a running job is interrupted and ends canceled."""
