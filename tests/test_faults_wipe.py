@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 
-import redis
 
 from jobs_faults import executions
 from support import WORKER_ENV, fetch, wait_status, wait_until, worker_id

@@ -14,7 +14,6 @@ import redis
 
 from support import fetch, wait_until
 from conveyor import JobStatus, Queue, calls, errors, scripts
-from conveyor.job import RUN_FIELDS
 from conveyor.keys import QueueKeys
 
 

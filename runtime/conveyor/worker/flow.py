@@ -12,7 +12,6 @@ the next step and the link reconnects.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import secrets
@@ -103,8 +102,10 @@ class Flow:
         r, s = self.runner, self.settings
         now = time.monotonic()
         starting, r.starting = r.starting, []
-        ready = [e for e in r.ended if e.not_before <= now][: s.max_batch]
-        waiting = [e for e in r.ended if e not in ready] if len(ready) < len(r.ended) else []
+        ready: list[Ended] = []
+        waiting: list[Ended] = []
+        for e in r.ended:  # outcomes Redis refused wait for their retry time
+            (ready if e.not_before <= now and len(ready) < s.max_batch else waiting).append(e)
         r.ended = waiting
         release, r.release = r.release, []
         cancels, r.cancels = r.cancels, []

@@ -77,7 +77,8 @@ class Scheduler:
                     wake_at = await self._tick()
                 except (LinkDown, RedisError, OSError):
                     # The link logs an outage once; a broken subscription is made anew.
-                    pubsub = await self._drop(pubsub)
+                    await self._drop(pubsub)
+                    pubsub = None
                     next_election, wake_at = loop.time() + 0.5, time.time() + 0.5
                     continue
                 except Exception:  # a bug or a bad cron entry must not silently end the scheduler
@@ -87,7 +88,8 @@ class Scheduler:
                 try:
                     await pubsub.get_message(timeout=timeout) if pubsub else await self.link.nap(timeout)
                 except (RedisError, OSError):
-                    pubsub = await self._drop(pubsub)
+                    await self._drop(pubsub)
+                    pubsub = None
         finally:
             await self._release_all()
             await self._drop(pubsub)
