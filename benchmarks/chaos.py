@@ -143,6 +143,13 @@ def innocents(q: Queue, path: str, n: int, seconds: float = 0.01, prefix: str = 
     return ids, tags
 
 
+def loaded(conn: redis.Redis) -> bool:
+    try:
+        return bool(conn.ping())
+    except redis.ConnectionError:  # BusyLoadingError: Redis is reading its append-only file
+        return False
+
+
 def all_ended(conn: redis.Redis, q: Queue, ids: list[str]) -> Callable[[], bool]:
     return lambda: all(s.split(":")[0] in ("finished", "failed", "canceled") for s in statuses(conn, q, ids))
 
@@ -237,6 +244,7 @@ def outage(tmp: Path) -> Row:
         srv.stop()
         time.sleep(20)  # the outage itself: nothing to poll while Redis is gone
         srv = EmbeddedRedis(port, args=args).start()
+        fleet.wait(lambda: loaded(conn), 60)  # it reads its append-only file first
         fleet.wait(all_ended(conn, q, ids), 180)
         return tally("Redis down 20 s (lease 5 s), 3 workers", conn, q, ids, tags, path, fleet.stop())
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import signal
 
+import pytest
 import redis
 
 from support import wait_until
@@ -21,6 +22,7 @@ FLAGS = ("--with-scheduler", "--concurrency", "4", "--lease-seconds", "2", "--sc
          "--shutdown-timeout", "5", "--log-level", "warning")
 
 
+@pytest.mark.slow  # chaos at size; benchmarks/chaos.py runs more of it
 def test_chaos(redis_url: str, conn: redis.Redis, spawn_worker) -> None:
     q = Queue("default", connection=conn)
     retry = Retry(max=3, intervals=[0.5])

@@ -22,6 +22,14 @@ def aof_server(data: Path, port: int | None = None) -> EmbeddedRedis:
     return EmbeddedRedis(port, args=("--appendonly", "yes", "--appendfsync", "always", "--dir", str(data))).start()
 
 
+def loaded(conn: redis.Redis) -> bool:
+    """Redis answers commands (not "LOADING": it reads its append-only file after a restart)."""
+    try:
+        return bool(conn.ping())
+    except redis.ConnectionError:  # BusyLoadingError is one
+        return False
+
+
 def stale_completions(log: str) -> int:
     m = re.search(r"(\d+) stale completions", log)
     assert m, log[-3000:]
@@ -52,6 +60,7 @@ def run_outage(tmp_path: Path, spawn_worker, *, lease: float, outage: float, sho
             w.wait_log("lost Redis", timeout=lease + 5)
         wait_until(lambda: time.monotonic() - down_at >= outage, outage + 5, f"a {outage}s outage", interval=0.1)
         server = aof_server(data, port)
+        wait_until(lambda: loaded(conn), 30, "Redis to load its data")
         wait_until(lambda: all(fetch(conn, j).status is JobStatus.FINISHED for j in jobs), 60 + outage,
                    "every job to finish after the outage")
         ran = executions(path)

@@ -148,7 +148,9 @@ class RedisLink:
         self._mark_down(exc, silent)
 
     async def _fresh_ping(self) -> bool:
-        await self._drop_connections()
+        # Idle pooled connections predate whatever broke this one; those in use by other
+        # parts right now find out on their own, without their commands being cut.
+        await self._drop_connections(inuse=False)
         try:
             await self.redis.ping()
         except (*DOWN_ERRORS, RedisError):
@@ -190,10 +192,10 @@ class RedisLink:
         if how:
             log.info("Redis at %s is back%s", mask_url(self.url), how)
 
-    async def _drop_connections(self) -> None:
+    async def _drop_connections(self, inuse: bool = True) -> None:
         for client in (self.redis, self.blocking):
             try:
-                await client.connection_pool.disconnect()
+                await client.connection_pool.disconnect(inuse_connections=inuse)
             except (*DOWN_ERRORS, RedisError):
                 pass
 
