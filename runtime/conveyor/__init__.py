@@ -9,8 +9,10 @@ from .errors import (
     InvalidQueueName,
     InvalidTransition,
     JobExists,
+    MalformedJob,
     NoSuchJob,
     PickleRefused,
+    RedisFull,
     SerializationError,
 )
 from .context import JobContext, current_job
@@ -49,6 +51,8 @@ __all__ = [
     "InvalidTransition",
     "Job",
     "JobExists",
+    "MalformedJob",
+    "RedisFull",
     "JobStatus",
     "NoSuchJob",
     "PickleRefused",
