@@ -27,7 +27,8 @@ from ..connection import error_line
 from ..settings import WorkerSettings
 from .link import DOWN_ERRORS, LinkDown, RedisLink
 from .metrics import DEPTH_STATES, WorkerMetrics
-from .runner import Claimed, Runner
+from .claimed import Claimed
+from .runner import Runner
 from .scheduler import log_reaped
 
 log = logging.getLogger("conveyor.worker")

@@ -26,7 +26,8 @@ from ..calls import RUN_FIELDS
 from ..settings import WorkerSettings
 from .link import LinkDown, RedisLink
 from .metrics import WorkerMetrics
-from .runner import Claimed, Ended, Runner
+from .claimed import Claimed, Ended
+from .runner import Runner
 
 log = logging.getLogger("conveyor.worker")
 

@@ -18,7 +18,6 @@ import collections
 import inspect
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..context import JobContext, _current
@@ -26,6 +25,7 @@ from ..errors import ConveyorError, InvalidFunction
 from ..retry import Retry, retry_delay
 from ..settings import WorkerSettings
 from . import execution
+from .claimed import Claimed, Ended
 from .execution import STOPPED, JobStopped, JobTimeout, Outcome, ThreadCall, failure
 from .metrics import WorkerMetrics
 from .procpool import ProcessPool
@@ -35,50 +35,6 @@ log = logging.getLogger("conveyor.worker")
 
 _SHORT_JOB = 0.1  # seconds: jobs shorter than this on average are worth prefetching
 _PREFETCH_WORK = 0.05  # seconds of work a worker holds ready beyond its running jobs
-
-
-@dataclass(eq=False)
-class Claimed:
-    queue: str
-    id: str
-    execution_id: str
-    func: str | None
-    payload: bytes | None
-    ser: str
-    timeout: float
-    deliveries: int
-    enqueued_at: float | None
-    retry: bytes | None = None
-    retries: int = 0
-    due_at: float | None = None  # ms, for scheduled jobs and delayed retries
-    recorded_start: bool = False  # Redis says started (the claim started it, or start.lua did)
-    suspect: bool = False  # recovered from a lost worker: runs apart from other suspects
-    lease_until: float = 0.0  # monotonic: by this worker's clock the lease holds until then
-    started: float = 0.0
-    ctx: JobContext | None = None
-    call: ThreadCall | None = None
-    task: asyncio.Task[None] | None = None
-    lost: bool = False  # Redis says another execution holds the job now: final
-    lapsed: bool = False  # this worker's clock says the lease ran out; a renewal may still win it back
-    malformed: str | None = None
-    lingering: bool = False  # timed out or stopped in a thread that has not returned yet
-
-
-@dataclass
-class Ended:
-    job: Claimed
-    outcome: Outcome
-    duration: float
-    retry_in: float | None = None  # seconds until the retry; None: the outcome is final
-    not_before: float = 0.0  # monotonic: Redis refused it; try again from then
-
-    @property
-    def kind(self) -> str:
-        if self.outcome.ok:
-            return "complete"
-        if self.outcome.exc_type == STOPPED:
-            return "stop"
-        return "fail" if self.retry_in is None else "retry"
 
 
 class Runner:
