@@ -19,10 +19,8 @@ a line to a file outside Redis (tests/jobs_faults.py). Columns:
 from __future__ import annotations
 
 import argparse
-import os
-import re
+import itertools
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,69 +39,27 @@ from conveyor.embedded import EmbeddedRedis  # noqa: E402
 from conveyor.errors import RedisFull  # noqa: E402
 from jobs_faults import executions  # noqa: E402
 from proxy import Proxy  # noqa: E402
-
-ENV = {**os.environ, "CONVEYOR_METRICS_PORT": "0", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-
-
-class Worker:
-    def __init__(self, url: str, log: Path, *args: str) -> None:
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "--redis-url", url,
-                                      "--log-level", "info", *args], stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=ENV)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-    def stale(self) -> int:
-        m = re.search(r"(\d+) stale completions", self.log_path.read_text(errors="replace"))
-        return int(m.group(1)) if m else 0
+from support import Supervisor, WorkerProcess, loaded, stale_completions  # noqa: E402
 
 
-class Fleet:
-    """Workers kept at `size` (a dead one is replaced, as a Deployment would)."""
+def fleet(url: str, tmp: Path, size: int, *args: str) -> Supervisor:
+    """`size` workers kept running (a dead one is replaced, as a Deployment would)."""
+    n = itertools.count()
+    return Supervisor(lambda *a: WorkerProcess(url, a, tmp / f"worker-{next(n)}.log"), size, *args)
 
-    def __init__(self, url: str, tmp: Path, size: int, *args: str) -> None:
-        self.url, self.tmp, self.args = url, tmp, args
-        self.all: list[Worker] = []
-        self.live = [self._new() for _ in range(size)]
-        self.deaths = 0
 
-    def _new(self) -> Worker:
-        w = Worker(self.url, self.tmp / f"worker-{len(self.all)}.log", *self.args)
-        self.all.append(w)
-        return w
+def wait(f: Supervisor, done: Callable[[], bool], timeout: float) -> None:
+    f.until(done, timeout, "the scenario's jobs")
 
-    def tend(self) -> None:
-        for i, w in enumerate(self.live):
-            if w.proc.poll() is not None:
-                self.deaths += 1
-                self.live[i] = self._new()
 
-    def replace(self, i: int, sig: int) -> None:
-        self.live[i].stop(sig)
-        self.live[i] = self._new()
+def discarded(*workers: WorkerProcess) -> int:
+    """Stale completions the workers reported (a SIGKILLed one reports none)."""
+    return sum(stale_completions(w.log()) or 0 for w in workers)
 
-    def wait(self, done: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            self.tend()
-            if time.monotonic() > deadline:
-                raise SystemExit("chaos: timed out waiting for the jobs to end")
-            time.sleep(0.2)
 
-    def stop(self) -> int:
-        for w in self.live:
-            w.stop()
-        return sum(w.stale() for w in self.all)
+def finish(f: Supervisor) -> int:
+    f.stop()
+    return discarded(*f.started)
 
 
 @dataclass
@@ -143,13 +99,6 @@ def innocents(q: Queue, path: str, n: int, seconds: float = 0.01, prefix: str = 
     return ids, tags
 
 
-def loaded(conn: redis.Redis) -> bool:
-    try:
-        return bool(conn.ping())
-    except redis.ConnectionError:  # BusyLoadingError: Redis is reading its append-only file
-        return False
-
-
 def all_ended(conn: redis.Redis, q: Queue, ids: list[str]) -> Callable[[], bool]:
     return lambda: all(s.split(":")[0] in ("finished", "failed", "canceled") for s in statuses(conn, q, ids))
 
@@ -162,13 +111,13 @@ def kills(tmp: Path) -> Row:
         conn = redis.Redis.from_url(srv.url)
         q, path = Queue("default", connection=conn), str(tmp / "runs")
         ids, tags = innocents(q, path, 5000, 0.01)
-        fleet = Fleet(srv.url, tmp, 3, "--concurrency", "8", "--lease-seconds", "2", "--with-scheduler")
+        f = fleet(srv.url, tmp, 3, "--concurrency", "8", "--lease-seconds", "2", "--with-scheduler")
         done = lambda: sum(executions(path).values())  # noqa: E731
         for frac, sig in ((0.2, signal.SIGKILL), (0.4, signal.SIGTERM), (0.6, signal.SIGKILL), (0.8, signal.SIGTERM)):
-            fleet.wait(lambda frac=frac: done() >= frac * len(ids), 120)
-            fleet.replace(int(frac * 10) % 3, sig)
-        fleet.wait(all_ended(conn, q, ids), 180)
-        return tally("SIGKILL x2 + SIGTERM x2 mid-run, 3 workers", conn, q, ids, tags, path, fleet.stop())
+            wait(f, lambda frac=frac: done() >= frac * len(ids), 120)
+            f.replace(int(frac * 10) % 3, sig)
+        wait(f, all_ended(conn, q, ids), 180)
+        return tally("SIGKILL x2 + SIGTERM x2 mid-run, 3 workers", conn, q, ids, tags, path, finish(f))
 
 
 def pill(tmp: Path) -> Row:
@@ -181,13 +130,13 @@ def pill(tmp: Path) -> Row:
             ids, tags = ids + more, tags + more_tags
             if n < 3:
                 q.enqueue("jobs_faults:pill", path, f"pill{n}")
-        fleet = Fleet(srv.url, tmp, 3, "--concurrency", "8", "--lease-seconds", "1.5")
-        fleet.wait(all_ended(conn, q, ids), 300)
-        fleet.wait(lambda: not q.count and not q.started.count and not q.prefetched.count, 120)
+        f = fleet(srv.url, tmp, 3, "--concurrency", "8", "--lease-seconds", "1.5")
+        wait(f, all_ended(conn, q, ids), 300)
+        wait(f, lambda: not q.count and not q.started.count and not q.prefetched.count, 120)
         pills = statuses(conn, q, [k.decode() for k in conn.zrange(q.keys.failed, 0, -1)])
         abandoned = sum(1 for s in pills if s == "failed:Abandoned")
-        return tally(f"3 poison pills (os._exit) among 2,000: {fleet.deaths} worker deaths, {abandoned} pills "
-                     "abandoned", conn, q, ids, tags, path, fleet.stop())
+        return tally(f"3 poison pills (os._exit) among 2,000: {len(f.deaths)} worker deaths, {abandoned} pills "
+                     "abandoned", conn, q, ids, tags, path, finish(f))
 
 
 def corrupt(tmp: Path) -> Row:
@@ -204,12 +153,12 @@ def corrupt(tmp: Path) -> Row:
         for n in range(20):  # wrong-type job keys listed among the good ones
             conn.rpush(q.keys.ready, f"intruder{n}")
             conn.set(q.keys.job(f"intruder{n}"), "not a hash")
-        fleet = Fleet(srv.url, tmp, 3, "--concurrency", "8")
-        fleet.wait(all_ended(conn, q, ids + bad), 120)
+        f = fleet(srv.url, tmp, 3, "--concurrency", "8")
+        wait(f, all_ended(conn, q, ids + bad), 120)
         malformed = sum(1 for s in statuses(conn, q, bad + [f"intruder{n}" for n in range(20)])
                         if s == "failed:MalformedJob")
         return tally(f"80 corrupted jobs among 5,000 ({malformed} failed as MalformedJob)", conn, q, ids, tags, path,
-                     fleet.stop())
+                     finish(f))
 
 
 def full(tmp: Path) -> Row:
@@ -223,10 +172,10 @@ def full(tmp: Path) -> Row:
                 tags.append(f"j{i}")
         except RedisFull:
             pass
-        fleet = Fleet(srv.url, tmp, 3, "--concurrency", "8")
-        fleet.wait(all_ended(conn, q, ids), 300)
+        f = fleet(srv.url, tmp, 3, "--concurrency", "8")
+        wait(f, all_ended(conn, q, ids), 300)
         return tally(f"Redis full (noeviction) after {len(ids):,} jobs, drained by 3 new workers", conn, q, ids,
-                     tags, path, fleet.stop())
+                     tags, path, finish(f))
 
 
 def outage(tmp: Path) -> Row:
@@ -239,14 +188,14 @@ def outage(tmp: Path) -> Row:
         conn = redis.Redis.from_url(srv.url)
         q, path = Queue("default", connection=conn), str(tmp / "runs")
         ids, tags = innocents(q, path, 3000, 0.02)
-        fleet = Fleet(srv.url, tmp, 3, "--concurrency", "8", "--lease-seconds", "5", "--with-scheduler")
-        fleet.wait(lambda: sum(executions(path).values()) >= 1000, 120)
+        f = fleet(srv.url, tmp, 3, "--concurrency", "8", "--lease-seconds", "5", "--with-scheduler")
+        wait(f, lambda: sum(executions(path).values()) >= 1000, 120)
         srv.stop()
         time.sleep(20)  # the outage itself: nothing to poll while Redis is gone
         srv = EmbeddedRedis(port, args=args).start()
-        fleet.wait(lambda: loaded(conn), 60)  # it reads its append-only file first
-        fleet.wait(all_ended(conn, q, ids), 180)
-        return tally("Redis down 20 s (lease 5 s), 3 workers", conn, q, ids, tags, path, fleet.stop())
+        wait(f, lambda: loaded(conn), 60)  # it reads its append-only file first
+        wait(f, all_ended(conn, q, ids), 180)
+        return tally("Redis down 20 s (lease 5 s), 3 workers", conn, q, ids, tags, path, finish(f))
     finally:
         srv.stop()
 
@@ -257,17 +206,18 @@ def partition(tmp: Path) -> Row:
         conn = redis.Redis.from_url(srv.url)
         q, path = Queue("default", connection=conn), str(tmp / "runs")
         ids, tags = innocents(q, path, 3000, 0.02)
-        cut = Worker(proxy.url(), tmp / "partitioned.log", "--concurrency", "8", "--lease-seconds", "2")
-        fleet = Fleet(srv.url, tmp, 2, "--concurrency", "8", "--lease-seconds", "2")
-        fleet.wait(lambda: sum(executions(path).values()) >= 1000, 120)
+        cut = WorkerProcess(proxy.url(), ("--concurrency", "8", "--lease-seconds", "2"), tmp / "partitioned.log")
+        f = fleet(srv.url, tmp, 2, "--concurrency", "8", "--lease-seconds", "2")
+        wait(f, lambda: sum(executions(path).values()) >= 1000, 120)
         proxy.blackhole()
         time.sleep(10)  # the partition itself
         proxy.heal()
-        fleet.wait(all_ended(conn, q, ids), 180)
-        cut.stop()
+        wait(f, all_ended(conn, q, ids), 180)
+        cut.signal(signal.SIGTERM)
+        cut.wait(60)
         proxy.stop()
         return tally("one of 3 workers silently cut off for 10 s (lease 2 s)", conn, q, ids, tags, path,
-                     fleet.stop() + cut.stale())
+                     finish(f) + discarded(cut))
 
 
 SCENARIOS: dict[str, Callable[[Path], Row]] = {

@@ -113,15 +113,27 @@ class Supervisor:
 
     def __init__(self, spawn: Callable[..., "WorkerProcess"], size: int, *args: str, **kw: Any) -> None:
         self._spawn, self._args, self._kw = spawn, args, kw
-        self.workers = [spawn(*args, **kw) for _ in range(size)]
+        self.started: list[WorkerProcess] = []  # every worker it ever ran
+        self.workers = [self._new() for _ in range(size)]
         self.deaths: list[int] = []  # exit codes of workers that died
+
+    def _new(self) -> "WorkerProcess":
+        w = self._spawn(*self._args, **self._kw)
+        self.started.append(w)
+        return w
 
     def tend(self) -> None:
         for i, w in enumerate(self.workers):
             code = w.proc.poll()
             if code is not None:
                 self.deaths.append(code)
-                self.workers[i] = self._spawn(*self._args, **self._kw)
+                self.workers[i] = self._new()
+
+    def replace(self, i: int, sig: int) -> None:
+        """Stop worker i with `sig` (as a rollout or the OOM killer would) and start another."""
+        self.workers[i].signal(sig)
+        self.workers[i].wait(60)
+        self.workers[i] = self._new()
 
     def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         def check() -> Any:
@@ -135,3 +147,17 @@ class Supervisor:
                 w.signal(signal.SIGTERM)
         for w in self.workers:
             w.wait(30)
+
+
+def stale_completions(log: str) -> int | None:
+    """Outcomes a worker computed and Redis rejected as stale, from its closing line (None: no such line)."""
+    m = re.search(r"(\d+) stale completions", log)
+    return int(m.group(1)) if m else None
+
+
+def loaded(conn: redis.Redis) -> bool:
+    """Redis answers commands (not "LOADING": it reads its append-only file after a restart)."""
+    try:
+        return bool(conn.ping())
+    except redis.ConnectionError:  # BusyLoadingError is one
+        return False

@@ -4,7 +4,6 @@ nothing discarded, nothing completed twice. One log line per outage per worker."
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from pathlib import Path
@@ -13,27 +12,13 @@ import pytest
 import redis
 
 from jobs_faults import executions
-from support import fetch, wait_until, worker_id
+from support import fetch, loaded, stale_completions, wait_until, worker_id
 from conveyor import JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis
 
 
 def aof_server(data: Path, port: int | None = None) -> EmbeddedRedis:
     return EmbeddedRedis(port, args=("--appendonly", "yes", "--appendfsync", "always", "--dir", str(data))).start()
-
-
-def loaded(conn: redis.Redis) -> bool:
-    """Redis answers commands (not "LOADING": it reads its append-only file after a restart)."""
-    try:
-        return bool(conn.ping())
-    except redis.ConnectionError:  # BusyLoadingError is one
-        return False
-
-
-def stale_completions(log: str) -> int:
-    m = re.search(r"(\d+) stale completions", log)
-    assert m, log[-3000:]
-    return int(m.group(1))
 
 
 def run_outage(tmp_path: Path, spawn_worker, *, lease: float, outage: float, short: int, long: int) -> dict[str, float]:
@@ -68,7 +53,9 @@ def run_outage(tmp_path: Path, spawn_worker, *, lease: float, outage: float, sho
             w.signal(signal.SIGTERM)
             assert w.wait(30) == 0
         logs = [w.log() for w in workers]
-        discarded = sum(stale_completions(log) for log in logs)
+        counted = [stale_completions(log) for log in logs]
+        assert None not in counted, "every worker wrote its closing line"
+        discarded = sum(n or 0 for n in counted)
         twice = sum(1 for n in ran.values() if n > 1)
         assert set(ran) == {f"long{i}" for i in range(long)} | {f"s{i}" for i in range(short)}
         for log in logs:

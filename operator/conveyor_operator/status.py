@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from conveyor import depth
 from conveyor.keys import QueueKeys
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
@@ -83,20 +84,14 @@ def queue_depth(url: str, queues: list[str], timeout: float = 2.0) -> list[dict[
         t = client.time()
         now_s = t[0] + t[1] / 1e6
         for q in queues:
-            k = QueueKeys(q)
-            pipe.llen(k.ready)
-            pipe.llen(k.recovered)
-            pipe.zcard(k.scheduled)
-            pipe.zcard(k.prefetched)
-            pipe.zcard(k.leases)
-            pipe.zcount(k.failed, now_s, "+inf")
-        counts = pipe.execute()
+            depth.queue(pipe, QueueKeys(q), now_s)
+        replies = pipe.execute()
     finally:
         client.close()
     out = []
+    n = len(depth.STATES)
     for i, q in enumerate(queues):
-        ready, recovered, scheduled, prefetched, started, failed = counts[6 * i:6 * i + 6]
-        ready, claimed = ready + recovered, prefetched + started
-        out.append({"name": q, "ready": int(ready), "scheduled": int(scheduled), "claimed": int(claimed),
-                    "failed": int(failed)})
+        c = {state: v or 0 for state, v in depth.counts(replies[n * i:n * (i + 1)]).items()}
+        out.append({"name": q, "ready": c["ready"] + c["recovered"], "scheduled": c["scheduled"],
+                    "claimed": c["prefetched"] + c["started"], "failed": c["failed"]})
     return out

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from . import calls, errors, keys, scripts
+from . import calls, depth, errors, keys, scripts
 from .job import Job, JobStatus, send_command
 
 
@@ -22,26 +22,20 @@ def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, 
     pipe = conn.pipeline(transaction=False)
     for name in names:
         k = keys.QueueKeys(name)
-        pipe.llen(k.ready)
-        pipe.llen(k.recovered)
-        pipe.zcard(k.scheduled)
-        pipe.zcard(k.prefetched)
-        pipe.zcard(k.leases)
+        depth.queue(pipe, k, now)
         pipe.zcount(k.finished, now, "+inf")
-        pipe.zcount(k.failed, now, "+inf")
         pipe.zcount(k.canceled, now, "+inf")
         pipe.get(k.scheduler_lock)
     pipe.zrangebyscore(keys.WORKERS, now, "+inf")
     replies = pipe.execute(raise_on_error=False)
+    width = len(depth.STATES) + 3
     queues = []
     for i, name in enumerate(names):
-        row = [0 if isinstance(r, redis.ResponseError) else r for r in replies[i * 9: i * 9 + 9]]
-        ready, recovered, scheduled, prefetched, started, finished, failed, canceled, leader = row
-        queues.append({
-            "name": name, "ready": ready, "recovered": recovered, "scheduled": scheduled,
-            "prefetched": prefetched, "started": started, "finished": finished, "failed": failed,
-            "canceled": canceled, "scheduler_leader": leader.decode() if leader else None,
-        })
+        row = replies[i * width: (i + 1) * width]
+        *_, finished, canceled, leader = [None if isinstance(r, redis.ResponseError) else r for r in row]
+        counts = {state: n or 0 for state, n in depth.counts(row).items()}  # a corrupt key counts 0
+        queues.append({"name": name, **counts, "finished": finished or 0, "canceled": canceled or 0,
+                       "scheduler_leader": leader.decode() if leader else None})
     worker_ids = [w.decode() for w in replies[-1]]
     pipe = conn.pipeline(transaction=False)
     for wid in worker_ids:

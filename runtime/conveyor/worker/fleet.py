@@ -22,26 +22,15 @@ from typing import Any, Callable
 
 from redis.exceptions import RedisError, ResponseError
 
-from .. import __version__, calls, keys
-from ..connection import error_line
+from .. import __version__, calls, depth, keys
 from ..settings import WorkerSettings
-from .link import DOWN_ERRORS, LinkDown, RedisLink
+from .link import DOWN_ERRORS, LinkDown, RedisLink, RefusalLog
 from .metrics import DEPTH_STATES, WorkerMetrics
 from .claimed import Claimed
 from .runner import Runner
 from .scheduler import log_reaped
 
 log = logging.getLogger("conveyor.worker")
-
-
-def depth_cmds(pipe: Any, k: keys.QueueKeys, now: float) -> None:
-    """Queue depth by state, in DEPTH_STATES order (claimed is derived)."""
-    pipe.llen(k.ready)
-    pipe.llen(k.recovered)
-    pipe.zcard(k.prefetched)
-    pipe.zcard(k.leases)
-    pipe.zcard(k.scheduled)
-    pipe.zcount(k.failed, now, "+inf")
 
 
 class Housekeeping:
@@ -58,7 +47,7 @@ class Housekeeping:
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.started_at = time.time()
         self._warned: set[str] = set()
-        self._refused: set[str] = set()
+        self.refusals = RefusalLog("housekeeping")
 
     async def run(self) -> None:
         interval = self.settings.lease_seconds / 3
@@ -86,7 +75,7 @@ class Housekeeping:
             for k in self.keys.values():
                 if reap:
                     calls.reap(pipe, k, s.max_deliveries, s.failure_ttl)
-                depth_cmds(pipe, k, now)
+                depth.queue(pipe, k, now)
                 pipe.hgetall(k.stats)
                 pipe.exists(k.scheduler_lock)
                 for registry in (k.finished, k.failed, k.canceled):
@@ -100,7 +89,7 @@ class Housekeeping:
         replies = iter(await self.link.roundtrip(build))
         for queue, jobs in by_queue.items():
             lost = next(replies)
-            if self._refused_part(f"lease renewal of queue {queue}", lost):
+            if self.refusals.refused(f"lease renewal of queue {queue}", lost):
                 continue
             lost_execs = {i.decode() for i in lost}
             for job in jobs:
@@ -112,20 +101,19 @@ class Housekeeping:
         for queue in s.queues:
             if reap:
                 reaped = next(replies)
-                if not self._refused_part(f"reaping of queue {queue}", reaped):
+                if not self.refusals.refused(f"reaping of queue {queue}", reaped):
                     requeued, abandoned = reaped
                     log_reaped(queue, requeued, abandoned)
                     self.stats["orphans_recovered"] += len(requeued)
                     if requeued or abandoned:
                         self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
-            counts = [next(replies) for _ in range(6)]
-            scheduled = 0
-            if not any(isinstance(c, ResponseError) for c in counts):
-                depth = dict(zip(("ready", "recovered", "prefetched", "started", "scheduled", "failed"), counts))
-                depth["claimed"] = depth["prefetched"] + depth["started"]
+            counts = depth.counts([next(replies) for _ in depth.STATES])
+            scheduled = counts["scheduled"] or 0
+            if None not in counts.values():  # a key of the wrong type: keep the last sample
+                sample = {state: n or 0 for state, n in counts.items()}
+                sample["claimed"] = sample["prefetched"] + sample["started"]
                 for state in DEPTH_STATES:
-                    sampled.depth[(queue, state)] = depth[state]
-                scheduled = depth["scheduled"]
+                    sampled.depth[(queue, state)] = sample[state]
             stats, leader = next(replies), next(replies)
             if isinstance(stats, dict):
                 for name, value in stats.items():
@@ -138,19 +126,8 @@ class Housekeeping:
             self._check_scheduler(queue, scheduled, leader)
         for part, reply in zip(("queue registration", "worker registration", "", "", ""), replies):
             if part:
-                self._refused_part(part, reply)
+                self.refusals.refused(part, reply)
 
-    def _refused_part(self, part: str, reply: Any) -> bool:
-        """One warning while Redis refuses a part of housekeeping, one line when it accepts it again."""
-        if isinstance(reply, ResponseError):
-            if part not in self._refused:
-                self._refused.add(part)
-                log.warning("housekeeping: Redis refused the %s: %s", part, error_line(reply))
-            return True
-        if part in self._refused:
-            self._refused.discard(part)
-            log.info("housekeeping: Redis accepts the %s again", part)
-        return False
 
     def _check_scheduler(self, queue: str, scheduled: Any, leader: Any) -> None:
         if self.settings.with_scheduler or isinstance(leader, ResponseError):

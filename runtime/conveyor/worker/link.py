@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import scripts
@@ -48,6 +48,27 @@ IDLE_BLOCK = 5.0  # seconds an idle worker blocks in BLPOP before re-checking it
 
 class LinkDown(Exception):
     """Redis did not answer; the link has taken note and reconnects."""
+
+
+class RefusalLog:
+    """One warning while Redis refuses a part of a component's round trip (an error reply, not
+    an outage), one line when it accepts that part again: never a line per attempt."""
+
+    def __init__(self, component: str) -> None:
+        self.component = component
+        self._refused: set[str] = set()
+
+    def refused(self, part: str, reply: Any) -> bool:
+        """True if `reply` is an error reply (then the caller skips that part)."""
+        if isinstance(reply, ResponseError):
+            if part not in self._refused:
+                self._refused.add(part)
+                log.warning("%s: Redis refused the %s: %s", self.component, part, error_line(reply))
+            return True
+        if part in self._refused:
+            self._refused.discard(part)
+            log.info("%s: Redis accepts the %s again", self.component, part)
+        return False
 
 
 class State(enum.Enum):
@@ -80,12 +101,8 @@ class RedisLink:
         self._last_reply = time.monotonic()
         self._down_since = 0.0
         self._reconnect: asyncio.Task[None] | None = None
-        self._db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self.db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)  # scopes fleet commands
         self.policy = "unknown"  # maxmemory-policy, read at connect
-
-    @property
-    def db(self) -> int:
-        return self._db
 
     @property
     def closing(self) -> bool:

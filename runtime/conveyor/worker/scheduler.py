@@ -20,17 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from .. import calls, keys, scripts
-from ..connection import error_line
 from ..periodic import CronJob
 from ..queue import Queue
-
-if TYPE_CHECKING:
-    from .link import RedisLink
+from .link import LinkDown, RedisLink, RefusalLog
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -56,11 +53,9 @@ class Scheduler:
         self._cron_seen: set[tuple[str, str]] = set()
         self._cron_done: dict[tuple[str, str], int] = {}  # last tick written (or found written)
         self._expected: dict[str, float] = {}  # the next due time per queue, as last seen
-        self._refused: set[str] = set()
+        self.refusals = RefusalLog("scheduler")
 
     async def run(self) -> None:
-        from .link import LinkDown
-
         loop = asyncio.get_running_loop()
         pubsub = None
         try:
@@ -103,16 +98,6 @@ class Scheduler:
                 pass
         return None
 
-    def _refused_part(self, part: str, reply: Any) -> bool:
-        if isinstance(reply, ResponseError):
-            if part not in self._refused:
-                self._refused.add(part)
-                log.warning("scheduler: Redis refused the %s: %s", part, error_line(reply))
-            return True
-        if part in self._refused:
-            self._refused.discard(part)
-            log.info("scheduler: Redis accepts the %s again", part)
-        return False
 
     async def _elect(self) -> float:
         """Renew the locks we hold, take free ones. Returns seconds until the next attempt."""
@@ -125,7 +110,7 @@ class Scheduler:
         replies = await self.link.roundtrip(build)
         wait = self.lock_ms / 3000
         for q, reply in zip(queues, replies):
-            if self._refused_part(f"leader lock of queue {q}", reply):
+            if self.refusals.refused(f"leader lock of queue {q}", reply):
                 continue
             held = reply[0] == 1
             if q in self.leading and not held:
@@ -166,12 +151,12 @@ class Scheduler:
             promoted = next(replies)
             if reap:
                 reaped = next(replies)
-                if not self._refused_part(f"reaping of queue {q}", reaped):
+                if not self.refusals.refused(f"reaping of queue {q}", reaped):
                     requeued, abandoned = reaped
                     log_reaped(q, requeued, abandoned)
                     self.stats["reaped"] += len(requeued)
                     self.stats["abandoned"] += len(abandoned)
-            if self._refused_part(f"promotion of queue {q}", promoted):
+            if self.refusals.refused(f"promotion of queue {q}", promoted):
                 continue
             moved, next_due = promoted
             if moved and self.metrics is not None and q in self._expected:
@@ -203,7 +188,7 @@ class Scheduler:
         data = Queue.prepare_data(entry.func, entry.args, entry.kwargs, job_id=entry.job_id(tick), timeout=entry.timeout)
         batch = q.encode_batch([data], "ignore", guard=(entry.name, tick))
         [reply] = await self.link.roundtrip(lambda p: scripts.enqueue(p, batch.keys, batch.argv))
-        if self._refused_part(f"cron tick of {entry.name}", reply):
+        if self.refusals.refused(f"cron tick of {entry.name}", reply):
             return
         self._cron_done[(entry.queue, entry.name)] = tick
         if reply[0] == 1 and (len(reply) == 1 or reply[1] == 1):

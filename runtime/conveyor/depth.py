@@ -1,0 +1,26 @@
+"""How many jobs a queue holds in each state: one pipeline fragment, read alike by the
+worker's metrics, `conveyor info` and the operator's status."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .keys import QueueKeys
+
+# In the order queue() sends them; "claimed" (prefetched + started) is derived where wanted.
+STATES = ("ready", "recovered", "prefetched", "started", "scheduled", "failed")
+
+
+def queue(pipe: Any, k: QueueKeys, now: float) -> None:
+    """Queue one command per STATES entry (failed: only jobs still kept at `now`, in seconds)."""
+    pipe.llen(k.ready)
+    pipe.llen(k.recovered)
+    pipe.zcard(k.prefetched)
+    pipe.zcard(k.leases)
+    pipe.zcard(k.scheduled)
+    pipe.zcount(k.failed, now, "+inf")
+
+
+def counts(replies: Sequence[Any]) -> dict[str, int | None]:
+    """The replies of queue(), by state; None where Redis refused (a key of the wrong type)."""
+    return {state: None if isinstance(r, Exception) else int(r) for state, r in zip(STATES, replies)}
