@@ -44,7 +44,7 @@ def key() -> str:
 
 def wait_listening(conn: redis.Redis, n: int = 1) -> None:
     """Workers subscribe to the command channel as they start; wait for that."""
-    channel = keys.commands(0)
+    channel = keys.DEFAULT.commands(0)
     wait_until(lambda: dict(conn.pubsub_numsub(channel)).get(channel.encode(), 0) >= n, 10,
                "a worker to listen for commands")
 
@@ -69,7 +69,7 @@ def build_fleet(queue: Queue, conn: redis.Redis, redis_url: str, key: str, spawn
     worker_id = fetch(conn, held).worker
     assert worker_id
     wait_until(lambda: conn.get(queue.keys.scheduler_lock) == worker_id.encode(), 10, "the scheduler lock")
-    wait_until(lambda: conn.zscore(keys.WORKERS, worker_id), 10, "the worker's registration")
+    wait_until(lambda: conn.zscore(keys.DEFAULT.workers, worker_id), 10, "the worker's registration")
     return {"worker": w, "worker_id": worker_id, "held": held, "ready": ready, "later": later}
 
 

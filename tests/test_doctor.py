@@ -305,7 +305,7 @@ def test_started_job_without_a_lease_on_a_dead_worker_is_reaped_and_run(queue: Q
     wid = worker_id(w)
     w.signal(signal.SIGKILL)
     w.proc.wait()
-    conn.zrem(keys.WORKERS, wid)  # its registration would lapse on its own
+    conn.zrem(keys.DEFAULT.workers, wid)  # its registration would lapse on its own
     conn.zrem(queue.keys.leases, job.id)
 
     assert counts(run(conn, "default")) == {"unlisted_job": 1}
@@ -367,7 +367,7 @@ def test_claimed_set_of_a_dead_worker_is_emptied_but_a_live_workers_lease_is_not
     conn.zadd(k.finished, {done.id: "+inf"})
     conn.sadd(k.claimed("gone-worker"), done.id)
     # A live worker's started job, with its lease: what claim.lua leaves.
-    conn.zadd(keys.WORKERS, {"live-worker": time.time() + 60})
+    conn.zadd(keys.DEFAULT.workers, {"live-worker": time.time() + 60})
     conn.hset(held.key, mapping={"status": "started", "worker": "live-worker"})
     conn.zadd(k.leases, {held.id: (time.time() + 15) * 1000})
     conn.sadd(k.claimed("live-worker"), held.id)
@@ -394,7 +394,7 @@ def test_claimed_set_of_a_dead_worker_is_emptied_but_a_live_workers_lease_is_not
 
 def test_a_live_workers_claimed_entry_for_a_job_it_does_not_hold_is_misplaced(queue: Queue, conn) -> None:
     job = queue.enqueue("jobs:add", 1, 1)
-    conn.zadd(keys.WORKERS, {"live-worker": time.time() + 60})
+    conn.zadd(keys.DEFAULT.workers, {"live-worker": time.time() + 60})
     conn.sadd(queue.keys.claimed("live-worker"), job.id)
 
     assert counts(run(conn, "default")) == {"misplaced_entry": 1}

@@ -97,7 +97,7 @@ def test_queues_are_found_by_their_keys_when_the_queues_set_is_lost(conn) -> Non
     a.enqueue("jobs:add", 1, 1)
     b.enqueue("jobs:add", 2, 2)
     conn.rpush(b.keys.ready, "ghost")
-    conn.delete(keys.QUEUES)
+    conn.delete(keys.DEFAULT.queues)
     conn.set("conveyor:{q:bad name}:ready", "x")
 
     report = run(conn)

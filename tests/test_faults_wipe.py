@@ -46,9 +46,9 @@ def test_a_run_from_before_a_wipe_cannot_record_over_the_new_job(queue: Queue, c
 def test_after_a_wipe_workers_and_queues_register_again(queue: Queue, conn, redis_url, spawn_worker) -> None:
     w = spawn_worker("-q", "default,mail", "--lease-seconds", "0.9")
     wid = worker_id(w)
-    wait_until(lambda: conn.zscore(keys.WORKERS, wid), 10, "the worker's registration")
+    wait_until(lambda: conn.zscore(keys.DEFAULT.workers, wid), 10, "the worker's registration")
     conn.flushall()
-    wait_until(lambda: conn.zscore(keys.WORKERS, wid), 10, "the worker to register again")
+    wait_until(lambda: conn.zscore(keys.DEFAULT.workers, wid), 10, "the worker to register again")
     data = json.loads(conveyor(redis_url, "info", "--json").stdout)
     assert sorted(q["name"] for q in data["queues"]) == ["default", "mail"]
     assert [x["id"] for x in data["workers"]] == [wid]
@@ -57,7 +57,7 @@ def test_after_a_wipe_workers_and_queues_register_again(queue: Queue, conn, redi
     conn.flushall()
     other = Queue("reports", connection=conn)
     job = other.enqueue("jobs:add", 1, 2)
-    assert b"reports" in conn.smembers(keys.QUEUES)
+    assert b"reports" in conn.smembers(keys.DEFAULT.queues)
     show = conveyor(redis_url, "job", "show", job.id)
     assert show.returncode == 0 and "reports" in show.stdout, show.stderr
     w.signal(signal.SIGTERM)

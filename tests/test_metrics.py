@@ -200,7 +200,7 @@ def test_worker_info_and_scheduler_leader(queue: Queue, conn, metrics_worker) ->
     assert info.labels["pool"] == "thread"
     assert info.labels["concurrency"] == "3"
     assert info.labels["version"] == __version__
-    registered = [wid.decode() for wid in conn.zrange(keys.WORKERS, 0, -1)]
+    registered = [wid.decode() for wid in conn.zrange(keys.DEFAULT.workers, 0, -1)]
     assert registered == [info.labels["worker"]]
     assert value(fams, "conveyor_concurrency_slots") == 3
     # Stamped by the once-a-second heartbeat, so it may trail /readyz by a beat.

@@ -22,7 +22,7 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def listening(conn: redis.Redis, db: int = 0) -> bool:
-    channel = keys.commands(db)
+    channel = keys.DEFAULT.commands(db)
     return dict(conn.pubsub_numsub(channel)).get(channel.encode(), 0) >= 1
 
 

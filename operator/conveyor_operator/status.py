@@ -6,10 +6,11 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-import redis
+import time
 
-from conveyor import depth
-from conveyor.keys import QueueKeys
+from conveyor import depth, scripts
+from conveyor.connection import RedisTarget, TlsFiles
+from conveyor.keys import Keyspace
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 
@@ -75,17 +76,18 @@ def conditions_for(*, problem: tuple[str, str] | None, desired: int | None, depl
     return [ready_c, progressing, degraded]
 
 
-def queue_depth(url: str, queues: list[str], timeout: float = 2.0) -> list[dict[str, Any]]:
+def queue_depth(url: str, queues: list[str], timeout: float = 2.0, prefix: str | None = None,
+                tls: TlsFiles | None = None) -> list[dict[str, Any]]:
     """Per queue: ready (waiting: ready and recovered lists), scheduled, claimed (held by a worker:
-    prefetched and started) and failed (still kept). One round trip."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    prefetched and started) and failed (still kept). One round trip (per Cluster node).
+
+    ``url`` takes every form the workers take (Sentinel, Cluster, TLS with the CA and client
+    files of ``tls``, else of CONVEYOR_REDIS_CA_FILE / _CERT_FILE / _KEY_FILE)."""
+    space = Keyspace.of(prefix)
+    client = RedisTarget.parse(url, tls).client(socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        pipe = client.pipeline(transaction=False)
-        t = client.time()
-        now_s = t[0] + t[1] / 1e6
-        for q in queues:
-            depth.queue(pipe, QueueKeys(q), now_s)
-        replies = pipe.execute()
+        now_s = time.time()
+        replies = scripts.execute(client, lambda pipe: [depth.queue(pipe, space.queue(q), now_s) for q in queues])
     finally:
         client.close()
     out = []

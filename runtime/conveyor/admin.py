@@ -8,26 +8,28 @@ from typing import Any
 import redis
 
 from . import calls, depth, errors, keys, scripts
+from .connection import is_cluster
 from .job import Job, JobStatus, send_command
 
 
-def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, Any]:
+def fleet_info(conn: redis.Redis, queue_filter: str | None = None, space: keys.Keyspace = keys.DEFAULT) -> dict[str, Any]:
     """Queues with counts per state, live workers with their current jobs, scheduler leaders."""
     now = time.time()
-    names = sorted(n.decode() for n in conn.smembers(keys.QUEUES))
+    names = sorted(n.decode() for n in conn.smembers(space.queues))
     if queue_filter is not None:
         if queue_filter not in names:
             raise errors.ConveyorError(f"unknown queue {queue_filter!r} (known: {', '.join(names) or 'none'})")
         names = [queue_filter]
-    pipe = conn.pipeline(transaction=False)
-    for name in names:
-        k = keys.QueueKeys(name)
-        depth.queue(pipe, k, now)
-        pipe.zcount(k.finished, now, "+inf")
-        pipe.zcount(k.canceled, now, "+inf")
-        pipe.get(k.scheduler_lock)
-    pipe.zrangebyscore(keys.WORKERS, now, "+inf")
-    replies = pipe.execute(raise_on_error=False)
+    def build(pipe: Any) -> None:
+        for name in names:
+            k = space.queue(name)
+            depth.queue(pipe, k, now)
+            pipe.zcount(k.finished, now, "+inf")
+            pipe.zcount(k.canceled, now, "+inf")
+            pipe.get(k.scheduler_lock)
+        pipe.zrangebyscore(space.workers, now, "+inf")
+
+    replies = scripts.execute_each(conn, build)
     width = len(depth.STATES) + 3
     queues = []
     for i, name in enumerate(names):
@@ -37,21 +39,14 @@ def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, 
         queues.append({"name": name, **counts, "finished": finished or 0, "canceled": canceled or 0,
                        "scheduler_leader": leader.decode() if leader else None})
     worker_ids = [w.decode() for w in replies[-1]]
-    pipe = conn.pipeline(transaction=False)
-    for wid in worker_ids:
-        pipe.hgetall(keys.worker(wid))
-    regs = pipe.execute()
+    regs = scripts.execute(conn, lambda p: [p.hgetall(space.worker(wid)) for wid in worker_ids])
     workers = []
-    pipe = conn.pipeline(transaction=False)
     for wid, reg in zip(worker_ids, regs):
         info = {k.decode(): v.decode() for k, v in reg.items()}
-        if not info:
-            continue
-        served = info.get("queues", "").split(",")
-        for q in served:
-            pipe.smembers(keys.QueueKeys(q).claimed(wid))
-        workers.append((wid, info, served))
-    claimed = iter(pipe.execute())
+        if info:
+            workers.append((wid, info, info.get("queues", "").split(",")))
+    claimed = iter(scripts.execute(conn, lambda p: [p.smembers(space.queue(q).claimed(wid))
+                                                    for wid, _, served in workers for q in served]))
     out_workers = []
     for wid, info, served in workers:
         jobs = sorted(j.decode() for q in served for j in next(claimed))
@@ -67,7 +62,7 @@ def fleet_info(conn: redis.Redis, queue_filter: str | None = None) -> dict[str, 
 def redis_memory(conn: redis.Redis) -> dict[str, Any]:
     """maxmemory and its policy, with a warning when the policy can evict (lose) jobs."""
     try:
-        mem = conn.info("memory")
+        mem = memory_info(conn)
     except redis.ResponseError as exc:  # INFO refused (ACLs): nothing known
         return {"maxmemory_policy": None, "warning": f"cannot read INFO memory: {exc}"}
     policy = str(mem.get("maxmemory_policy"))
@@ -77,6 +72,16 @@ def redis_memory(conn: redis.Redis) -> dict[str, Any]:
         out["warning"] = (f"maxmemory-policy is {policy}: when Redis fills up it evicts keys, and evicted jobs "
                           "are lost without a trace; set maxmemory-policy noeviction")
     return out
+
+
+def memory_info(conn: Any) -> dict[str, Any]:
+    """INFO memory; on a Cluster, that of the master whose policy is worst (not noeviction first)."""
+    if not is_cluster(conn):
+        return dict(conn.info("memory"))
+    per_node = conn.info("memory", target_nodes=conn.PRIMARIES)
+    infos = list(per_node.values()) if isinstance(per_node, dict) and all(
+        isinstance(v, dict) for v in per_node.values()) else [per_node]
+    return sorted(infos, key=lambda m: m.get("maxmemory_policy") == "noeviction")[0]
 
 
 PICKLED = "<pickled: not unpickled>"
@@ -123,7 +128,7 @@ def stop_job(job: Job, timeout: float = 10.0) -> Job:
         hint = "; use 'conveyor job cancel' for queued or scheduled jobs" if job.status in (
             JobStatus.QUEUED, JobStatus.SCHEDULED) else ""
         raise errors.InvalidTransition(f"job {job.id!r} is {job.status.value}, not started{hint}")
-    if not send_command(job.connection, "stop", job.queue, job.id):
+    if not send_command(job.connection, "stop", job.queue, job.id, job.keyspace):
         raise errors.ConveyorError("no worker is listening for commands; is any worker running?")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,9 +139,9 @@ def stop_job(job: Job, timeout: float = 10.0) -> Job:
     raise errors.ConveyorError(f"job {job.id!r} is still running after {timeout:g}s; its worker did not act on the stop")
 
 
-def purge(conn: redis.Redis, queue: str, include_scheduled: bool) -> tuple[int, int]:
-    if queue.encode() not in conn.smembers(keys.QUEUES):
+def purge(conn: redis.Redis, queue: str, include_scheduled: bool, space: keys.Keyspace = keys.DEFAULT) -> tuple[int, int]:
+    if queue.encode() not in conn.smembers(space.queues):
         raise errors.ConveyorError(f"unknown queue {queue!r}")
-    k = keys.QueueKeys(queue)
+    k = space.queue(queue)
     [(ready, scheduled)] = scripts.execute(conn, lambda p: calls.purge(p, k, include_scheduled))
     return ready, scheduled

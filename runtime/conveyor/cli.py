@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import faulthandler
+import functools
 import signal
 import json
 import os
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import click
 import redis
 
-from . import __version__, logs
-from .connection import ENV_URL, error_line, mask_url, resolve_url
+from . import __version__, keys, logs
+from .connection import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_URL, RedisTarget, TlsFiles, describe, \
+    error_line, resolve_url
 from .errors import ConveyorError
 from .settings import POOLS, WorkerSettings
 
@@ -35,14 +38,77 @@ def _allow_modules(ctx: click.Context, param: click.Parameter, value: tuple[str,
     return tuple(n.strip() for v in value for n in v.split(",") if n.strip())
 
 
-@click.group()
+class _Group(click.Group):
+    """Any Redis error a command did not handle is one line naming its cause, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as exc:
+            raise click.ClickException(describe(exc, ctx.meta.get("conveyor.target"))) from None
+
+
+_REDIS_OPTIONS = (
+    click.option("--redis-url", envvar=ENV_URL, show_envvar=True,
+                 help="Redis: redis://, rediss://, unix://, redis+sentinel://h:p,.../<master>/<db>, "
+                      "redis+cluster://h:p,... (default redis://localhost:6379/0)."),
+    click.option("--prefix", envvar=keys.ENV_PREFIX, show_envvar=True,
+                 help=f"Key prefix: apps with different prefixes share a Redis unseen (default {keys.DEFAULT_PREFIX})."),
+    click.option("--redis-ca-file", envvar=ENV_CA_FILE, show_envvar=True, help="CA bundle to verify Redis's TLS certificate."),
+    click.option("--redis-cert-file", envvar=ENV_CERT_FILE, show_envvar=True, help="TLS client certificate (mutual TLS)."),
+    click.option("--redis-key-file", envvar=ENV_KEY_FILE, show_envvar=True, help="TLS client key (mutual TLS)."),
+)
+
+
+@dataclass(frozen=True)
+class Where:
+    target: RedisTarget
+    space: keys.Keyspace
+
+    def connect(self) -> Any:
+        """A client that has answered a PING; one line naming the cause if it cannot."""
+        from . import routing
+
+        conn = self.target.client()
+        try:
+            routing.ping(conn)
+        except redis.RedisError as exc:
+            raise click.ClickException(describe(exc, self.target)) from None
+        return conn
+
+
+def redis_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--redis-url, --prefix and the TLS files, handed to the command as one ``where``."""
+
+    @functools.wraps(f)
+    def command(*args: Any, redis_url: str | None, prefix: str | None, redis_ca_file: str | None,
+                redis_cert_file: str | None, redis_key_file: str | None, **kwargs: Any) -> Any:
+        try:
+            where = Where(RedisTarget.parse(resolve_url(redis_url), TlsFiles(redis_ca_file, redis_cert_file,
+                                                                              redis_key_file)),
+                          keys.Keyspace.of(prefix))
+        except ConveyorError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.get_current_context().meta["conveyor.target"] = where.target
+        return f(*args, where=where, **kwargs)
+
+    for option in reversed(_REDIS_OPTIONS):
+        command = option(command)
+    return command
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="conveyor")
 def main() -> None:
     """Conveyor: a lease-based Redis job queue."""
 
 
 @main.command()
-@click.option("--redis-url", envvar=ENV_URL, show_envvar=True, help="Redis to serve (default redis://localhost:6379/0).")
+@_REDIS_OPTIONS[0]
+@_REDIS_OPTIONS[1]
+@_REDIS_OPTIONS[2]
+@_REDIS_OPTIONS[3]
+@_REDIS_OPTIONS[4]
 @click.option("-q", "--queues", "queues", multiple=True, callback=_queues, metavar="Q1,Q2",
               help="Queues to serve, highest priority first (repeatable or comma-separated; default 'default'; "
                    "env CONVEYOR_QUEUES).")
@@ -94,6 +160,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
         for key in ("result_ttl", "failure_ttl"):
             if options[key] is None:
                 options.pop(key)
+        options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
         settings = WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
     except ConveyorError as exc:
         raise click.UsageError(str(exc)) from None
@@ -102,17 +169,6 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(Worker(settings).run())
-
-
-def _conn(redis_url: str | None) -> "redis.Redis":
-    from .connection import connect
-
-    conn = connect(resolve_url(redis_url))
-    try:
-        conn.ping()
-    except redis.RedisError as exc:
-        raise click.ClickException(f"cannot reach Redis at {mask_url(resolve_url(redis_url))}: {exc}") from None
-    return conn
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
@@ -129,21 +185,19 @@ def _ago(ts: float | None) -> str:
     return f"{d:.1f}s ago" if d < 120 else f"{d / 60:.0f}m ago" if d < 7200 else f"{d / 3600:.1f}h ago"
 
 
-redis_url_option = click.option("--redis-url", envvar=ENV_URL, show_envvar=True,
-                                help="Redis (default redis://localhost:6379/0).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @main.command()
-@redis_url_option
+@redis_options
 @json_option
 @click.option("-q", "--queue", help="Only this queue.")
-def info(redis_url: str | None, as_json: bool, queue: str | None) -> None:
+def info(where: Where, as_json: bool, queue: str | None) -> None:
     """Queues with counts per state, live workers and their current jobs, scheduler leaders."""
     from .admin import fleet_info
 
     try:
-        data = fleet_info(_conn(redis_url), queue)
+        data = fleet_info(where.connect(), queue, where.space)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -169,11 +223,12 @@ def job() -> None:
     """Look at or steer one job by its plain job ID."""
 
 
-def _fetch(redis_url: str | None, job_id: str, queue: str | None, allow_pickle: bool = False) -> Any:
+def _fetch(where: Where, job_id: str, queue: str | None, allow_pickle: bool = False) -> Any:
     from .job import Job
 
     try:
-        return Job.fetch(job_id, connection=_conn(redis_url), queue=queue, allow_pickle=allow_pickle)
+        return Job.fetch(job_id, connection=where.connect(), queue=queue, allow_pickle=allow_pickle,
+                         prefix=where.space.prefix)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -181,16 +236,16 @@ def _fetch(redis_url: str | None, job_id: str, queue: str | None, allow_pickle: 
 @job.command("show")
 @click.argument("job_id")
 @click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
-@redis_url_option
+@redis_options
 @json_option
 @click.option("--allow-pickle", is_flag=True,
               help="Show the args and result of a pickled job. Unpickling runs code: only if you trust everyone "
                    "who can write to Redis.")
-def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: bool, allow_pickle: bool) -> None:
+def job_show(job_id: str, queue: str | None, where: Where, as_json: bool, allow_pickle: bool) -> None:
     """Everything about a job: status, call, result or error, attempts."""
     from .admin import job_details
 
-    data = job_details(_fetch(redis_url, job_id, queue, allow_pickle))
+    data = job_details(_fetch(where, job_id, queue, allow_pickle))
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -209,14 +264,14 @@ def job_show(job_id: str, queue: str | None, redis_url: str | None, as_json: boo
 @job.command("stop")
 @click.argument("job_id")
 @click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
-@redis_url_option
+@redis_options
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds to wait for the worker.")
-def job_stop(job_id: str, queue: str | None, redis_url: str | None, timeout: float) -> None:
+def job_stop(job_id: str, queue: str | None, where: Where, timeout: float) -> None:
     """Stop a running job on whichever worker runs it; it ends as canceled (not retried)."""
     from .admin import stop_job
 
     try:
-        j = stop_job(_fetch(redis_url, job_id, queue), timeout)
+        j = stop_job(_fetch(where, job_id, queue), timeout)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"stopped {j.id} (queue {j.queue}): now {j.status.value}")
@@ -225,10 +280,10 @@ def job_stop(job_id: str, queue: str | None, redis_url: str | None, timeout: flo
 @job.command("cancel")
 @click.argument("job_id")
 @click.option("-q", "--queue", help="Queue of the job (default: found by ID).")
-@redis_url_option
-def job_cancel(job_id: str, queue: str | None, redis_url: str | None) -> None:
+@redis_options
+def job_cancel(job_id: str, queue: str | None, where: Where) -> None:
     """Cancel a queued or scheduled job."""
-    j = _fetch(redis_url, job_id, queue)
+    j = _fetch(where, job_id, queue)
     try:
         j.cancel()
     except ConveyorError as exc:
@@ -238,19 +293,19 @@ def job_cancel(job_id: str, queue: str | None, redis_url: str | None) -> None:
 
 @main.command()
 @click.argument("queue")
-@redis_url_option
+@redis_options
 @click.option("--scheduled", is_flag=True, help="Delete scheduled jobs too.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def purge(queue: str, redis_url: str | None, scheduled: bool, yes: bool) -> None:
+def purge(queue: str, where: Where, scheduled: bool, yes: bool) -> None:
     """Delete the waiting jobs of a queue (started, finished and failed jobs are kept)."""
     from .admin import purge as purge_queue
 
-    conn = _conn(redis_url)
+    conn = where.connect()
     if not yes:
         what = "ready and scheduled" if scheduled else "ready"
         click.confirm(f"Delete every {what} job of queue {queue!r}?", abort=True)
     try:
-        ready, sched = purge_queue(conn, queue, scheduled)
+        ready, sched = purge_queue(conn, queue, scheduled, where.space)
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"purged queue {queue}: {ready} ready" + (f", {sched} scheduled" if scheduled else "") + " jobs deleted")
@@ -258,10 +313,10 @@ def purge(queue: str, redis_url: str | None, scheduled: bool, yes: bool) -> None
 
 @main.command()
 @click.argument("job_ids", nargs=-1)
-@redis_url_option
+@redis_options
 @click.option("-q", "--queue", help="Queue of the jobs (default: found by job ID; required with --all-failed).")
 @click.option("--all-failed", is_flag=True, help="Requeue every failed job of --queue.")
-def requeue(job_ids: tuple[str, ...], redis_url: str | None, queue: str | None, all_failed: bool) -> None:
+def requeue(job_ids: tuple[str, ...], where: Where, queue: str | None, all_failed: bool) -> None:
     """Put failed jobs back on their queue, with a fresh retry budget."""
     from .job import Job
     from .queue import Queue
@@ -271,19 +326,19 @@ def requeue(job_ids: tuple[str, ...], redis_url: str | None, queue: str | None, 
     if all_failed and not queue:
         raise click.UsageError("--all-failed needs --queue")
     try:
-        conn = _conn(redis_url)
+        conn = where.connect()
         if all_failed:
-            count = Queue(queue, connection=conn).requeue_all_failed()  # type: ignore[arg-type]
+            count = Queue(queue, connection=conn, prefix=where.space.prefix).requeue_all_failed()  # type: ignore[arg-type]
             click.echo(f"requeued {count} failed jobs of queue {queue}")
             return
         for job_id in job_ids:
-            job = Job.fetch(job_id, connection=conn, queue=queue)
+            job = Job.fetch(job_id, connection=conn, queue=queue, prefix=where.space.prefix)
             job.requeue()
             click.echo(f"requeued {job_id} on queue {job.queue}")
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis error: {exc}") from None
+        raise click.ClickException(describe(exc, where.target)) from None
 
 
 class _DoctorFailed(click.ClickException):
@@ -291,21 +346,23 @@ class _DoctorFailed(click.ClickException):
 
 
 @main.command()
-@redis_url_option
+@redis_options
 @click.option("-q", "--queue", help="Only this queue (default: every queue, also those known only by their keys).")
 @json_option
 @click.option("--fix", is_flag=True, help="Repair what was found (each finding re-checked atomically), then check again.")
-def doctor(redis_url: str | None, queue: str | None, as_json: bool, fix: bool) -> None:
+def doctor(where: Where, queue: str | None, as_json: bool, fix: bool) -> None:
     """Check queues for the inconsistencies a fault can leave; exit 1 if any is found."""
     from .doctor import format_report
     from .doctor_redis import run
 
     try:
-        report = run(_conn(redis_url), queue, fix=fix)
+        report = run(where.connect(), queue, fix=fix, space=where.space)
     except click.ClickException as exc:
         raise _DoctorFailed(exc.message) from None
-    except (ConveyorError, redis.RedisError) as exc:
+    except ConveyorError as exc:
         raise _DoctorFailed(error_line(exc)) from None
+    except redis.RedisError as exc:
+        raise _DoctorFailed(describe(exc, where.target)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:

@@ -8,9 +8,8 @@ import sys
 import time
 
 import click
-import redis
 
-from .connection import mask_url
+from .connection import connect, mask_url
 from .embedded import EmbeddedRedis
 from .job import Job, JobStatus
 from .queue import Queue
@@ -34,7 +33,7 @@ def run_demo(redis_url: str | None) -> int:
 
 
 def _demo(url: str) -> int:
-    conn = redis.Redis.from_url(url)
+    conn = connect(url)
     q = Queue(QUEUE, connection=conn, result_ttl=60)
     jobs = [
         q.enqueue("conveyor.demo_jobs:add", 2, 3),

@@ -17,7 +17,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
-from . import errors, keys, scripts
+from . import errors, keys, routing, scripts
+from .admin import memory_info
+from .connection import is_cluster
 from .doctor import (
     FIX_ORDER, HELD, JOB_FIELDS, KEY_TYPES, LISTS, ZSETS, Finding, JobRecord, Snapshot, analyze, expected_type,
     summarize,
@@ -29,7 +31,6 @@ CHUNK = 1000  # job hashes per transaction: bounds how long one read blocks Redi
 FIX_BATCH = 200  # findings per repair.lua call, for the same reason
 LPOS_BUDGET = 1_000_000  # list entries LPOS may walk while confirming, before lists are read whole
 WHOLE_LIST_CHUNK = 20_000  # job IDs per confirming transaction that reads the lists whole
-_TAG = f"{keys.PREFIX}:{{q:"
 
 
 @dataclass
@@ -51,10 +52,9 @@ def _failed(reply: Any) -> bool:
 
 
 def _transaction(conn: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
-    pipe = conn.pipeline(transaction=True)
-    build(pipe)
     # A command that hits a wrong-typed key answers with its error in place; the rest stand.
-    return pipe.execute(raise_on_error=False)
+    # (One queue's keys share a slot, so on a Cluster this is one node's MULTI.)
+    return routing.transaction(conn, build)
 
 
 def _redis_now(reply: Any) -> float:
@@ -64,13 +64,15 @@ def _redis_now(reply: Any) -> float:
 # -- which queues, which keys ---------------------------------------------------------------
 
 
-def discover(conn: redis.Redis, queue: str | None, warnings: list[str]) -> dict[str, set[str]]:
+def discover(conn: redis.Redis, queue: str | None, warnings: list[str],
+             space: keys.Keyspace = keys.DEFAULT) -> dict[str, set[str]]:
     """Queue name -> names of its keys (after the queue prefix) found by SCAN.
 
     Every queue of ``conveyor:queues`` is checked, and every queue that has keys: a wiped or
     partly lost Redis may have lost the set but not the queue.
     """
     names: dict[str, set[str]] = {}
+    _TAG = space.queue_tag
     if queue is not None:
         check_queue_name(queue)
     pattern = f"{_TAG}{queue}}}:*" if queue is not None else f"{_TAG}*"
@@ -79,15 +81,15 @@ def discover(conn: redis.Redis, queue: str | None, warnings: list[str]) -> dict[
         name, sep, rest = key[len(_TAG):].partition("}:")
         if sep and (queue is None or name == queue):
             names.setdefault(name, set()).add(rest)
-    kind = _text(conn.type(keys.QUEUES))
+    kind = _text(conn.type(space.queues))
     known: set[str] = set()
     if kind == "set":
-        known = {_text(n) for n in conn.smembers(keys.QUEUES)}
+        known = {_text(n) for n in conn.smembers(space.queues)}
     elif kind != "none":
-        warnings.append(f"{keys.QUEUES} is a {kind}, not a set: queues are found by their keys only")
+        warnings.append(f"{space.queues} is a {kind}, not a set: queues are found by their keys only")
     if queue is not None:
         if queue not in known and queue not in names:
-            raise errors.ConveyorError(f"unknown queue {queue!r}: not in {keys.QUEUES} and no keys of it found")
+            raise errors.ConveyorError(f"unknown queue {queue!r}: not in {space.queues} and no keys of it found")
         return {queue: names.get(queue, set())}
     for name in known:
         names.setdefault(name, set())
@@ -100,16 +102,16 @@ def discover(conn: redis.Redis, queue: str | None, warnings: list[str]) -> dict[
     return valid
 
 
-def live_workers(conn: redis.Redis) -> dict[str, float]:
+def live_workers(conn: redis.Redis, space: keys.Keyspace = keys.DEFAULT) -> dict[str, float]:
     """Worker ID -> registration expiry (s), for workers whose registration has not expired."""
-    now = _redis_now(conn.time())
-    entries: Any = conn.zrangebyscore(keys.WORKERS, f"({now}", "+inf", withscores=True)
+    now = _redis_now(conn.time(target_nodes=conn.RANDOM) if is_cluster(conn) else conn.time())
+    entries: Any = conn.zrangebyscore(space.workers, f"({now}", "+inf", withscores=True)
     return {_text(w): float(s) for w, s in entries}
 
 
 def memory_warnings(conn: redis.Redis) -> list[str]:
     try:
-        policy = _text(conn.info("memory").get("maxmemory_policy", "noeviction"))
+        policy = _text(memory_info(conn).get("maxmemory_policy", "noeviction"))
     except redis.ResponseError as exc:
         return [f"cannot read maxmemory-policy (INFO memory: {exc})"]
     if policy == "noeviction":
@@ -135,12 +137,12 @@ def _job_record(kind: Any, values: Any) -> JobRecord | None:
 
 
 def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[str],
-               chunk: int = CHUNK) -> tuple[Snapshot, bool]:
+               chunk: int = CHUNK, space: keys.Keyspace = keys.DEFAULT) -> tuple[Snapshot, bool]:
     """The first, wide look: every key of the queue, job hashes ``chunk`` per transaction.
 
     Also says whether it all came from one transaction (then only the SCAN can be stale).
     """
-    k = keys.QueueKeys(queue)
+    k = space.queue(queue)
     job_ids = sorted(n[4:] for n in found if n.startswith("job:"))
     workers = sorted(n[8:] for n in found if n.startswith("claimed:"))
     uniques = sorted(n for n in found if n.startswith("unique:"))
@@ -197,7 +199,8 @@ def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[st
     return snap, len(job_ids) <= chunk
 
 
-def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: int = CHUNK) -> list[Snapshot]:
+def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: int = CHUNK,
+                  space: keys.Keyspace = keys.DEFAULT) -> list[Snapshot]:
     """Narrow snapshots of just these jobs: each with every entry of it, in one transaction.
 
     Claimed sets are small (a worker's jobs in hand), so they are read whole. A list is
@@ -205,7 +208,7 @@ def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: 
     and long lists (ghosts left by an evicting Redis) the lists are read whole instead,
     once per transaction of many IDs: no transaction blocks Redis for long.
     """
-    k = keys.QueueKeys(snap.queue)
+    k = space.queue(snap.queue)
     workers = set(snap.claimed) | {n[8:] for n in snap.key_types if n.startswith("claimed:")}
     workers |= {w for j in ids if j in snap.jobs and (w := snap.jobs[j].fields.get("worker"))}
     claimed = sorted(workers)
@@ -257,16 +260,17 @@ def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: 
     return out
 
 
-def check_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[str], chunk: int = CHUNK) -> QueueCheck:
+def check_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[str], chunk: int = CHUNK,
+                space: keys.Keyspace = keys.DEFAULT) -> QueueCheck:
     """Findings for one queue, each as a consistent read shows it."""
-    snap, single = read_queue(conn, queue, found, live, chunk)
+    snap, single = read_queue(conn, queue, found, live, chunk, space)
     suspects = analyze(snap)
     # One transaction is consistent, but for what the SCAN before it missed: the job behind
     # a "dangling" entry, or a claimed set, may be newer than the SCAN.
     again = {f.subject for f in suspects if f.kind != "wrong_type_key" and (not single or _scan_dependent(f, snap))}
     final = [f for f in suspects if f.kind == "wrong_type_key" or f.subject not in again]
     if again:
-        for narrow in read_suspects(conn, snap, sorted(again), chunk):
+        for narrow in read_suspects(conn, snap, sorted(again), chunk, space):
             final.extend(f for f in analyze(narrow) if f.kind != "wrong_type_key")
     rank = {(f.kind, f.subject, f.place): i for i, f in enumerate(suspects)}
     order = {kind: i for i, kind in enumerate(FIX_ORDER)}
@@ -288,9 +292,10 @@ def fixable(finding: Finding) -> bool:
     return not (finding.kind == "malformed_job" and finding.status in HELD)
 
 
-def repair(conn: redis.Redis, queue: str, findings: Sequence[Finding], live: dict[str, float]) -> list[Finding]:
+def repair(conn: redis.Redis, queue: str, findings: Sequence[Finding], live: dict[str, float],
+           space: keys.Keyspace = keys.DEFAULT) -> list[Finding]:
     """Apply the findings through repair.lua; returns those it fixed (the rest no longer held)."""
-    k = keys.QueueKeys(queue)
+    k = space.queue(queue)
     todo = [f for f in findings if fixable(f)]
     order = {kind: i for i, kind in enumerate(FIX_ORDER)}
     todo.sort(key=lambda f: order[f.kind])
@@ -321,16 +326,17 @@ def _repair_args(f: Finding, live: dict[str, float]) -> list[Any]:
 # -- the whole run ------------------------------------------------------------------------------
 
 
-def run(conn: redis.Redis, queue: str | None = None, *, fix: bool = False, chunk: int = CHUNK) -> dict[str, Any]:
+def run(conn: redis.Redis, queue: str | None = None, *, fix: bool = False, chunk: int = CHUNK,
+        space: keys.Keyspace = keys.DEFAULT) -> dict[str, Any]:
     """Check one queue (or all), optionally fix and check again; the report ``--json`` prints."""
     warnings = memory_warnings(conn)
-    checks = _check_all(conn, queue, warnings, chunk)
+    checks = _check_all(conn, queue, warnings, chunk, space)
     fixed: dict[str, Any] = {}
     if fix:
-        live = live_workers(conn)
+        live = live_workers(conn, space)
         for name, result in checks.items():
-            fixed[name] = summarize(repair(conn, name, result.findings, live))
-        checks = _check_all(conn, queue, [], chunk)
+            fixed[name] = summarize(repair(conn, name, result.findings, live, space))
+        checks = _check_all(conn, queue, [], chunk, space)
     report: dict[str, Any] = {"queues": {name: c.as_dict() for name, c in checks.items()}, "warnings": warnings}
     if fix:
         report["fixed"] = fixed
@@ -338,7 +344,8 @@ def run(conn: redis.Redis, queue: str | None = None, *, fix: bool = False, chunk
     return report
 
 
-def _check_all(conn: redis.Redis, queue: str | None, warnings: list[str], chunk: int) -> dict[str, QueueCheck]:
-    found = discover(conn, queue, warnings)
-    live = live_workers(conn)
-    return {name: check_queue(conn, name, names, live, chunk) for name, names in found.items()}
+def _check_all(conn: redis.Redis, queue: str | None, warnings: list[str], chunk: int,
+               space: keys.Keyspace) -> dict[str, QueueCheck]:
+    found = discover(conn, queue, warnings, space)
+    live = live_workers(conn, space)
+    return {name: check_queue(conn, name, names, live, chunk, space) for name, names in found.items()}

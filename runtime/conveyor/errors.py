@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConveyorError(Exception):
     """Base class of every error Conveyor raises on purpose."""
@@ -55,6 +57,23 @@ class InvalidTransition(ConveyorError):
 
 class MalformedJob(ConveyorError, ValueError):
     """A job hash in Redis that cannot be read (corrupted, or written by hand)."""
+
+
+class ConfigError(ConveyorError, ValueError):
+    """A Redis URL, TLS file or key prefix that cannot be used, named in one line."""
+
+
+class NotReplicated(ConveyorError):
+    """The job was enqueued on the master, but fewer replicas than asked confirmed it in time."""
+
+    def __init__(self, jobs: list[Any], acked: int, wanted: int, timeout_ms: int) -> None:
+        self.jobs = jobs  # the Job objects, enqueued all the same
+        self.job_ids = job_ids = [j.id for j in jobs]
+        self.acked = acked
+        self.wanted = wanted
+        super().__init__(
+            f"{len(job_ids)} job(s) enqueued, but only {acked} of {wanted} replica(s) confirmed them within "
+            f"{timeout_ms} ms: a failover now could lose them (they are queued on the master and will run)")
 
 
 class RedisFull(ConveyorError):

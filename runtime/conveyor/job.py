@@ -12,7 +12,7 @@ import redis
 
 from . import calls, errors, keys, scripts
 from .calls import RUN_FIELDS  # noqa: F401  (re-exported: the claim's wire format)
-from .connection import connect
+from .connection import connect, db_of
 from .serializers import Serializer, reader
 from .validation import check_allow_pickle, check_job_id
 
@@ -86,10 +86,11 @@ class Job:
     """
 
     def __init__(self, job_id: str, queue: str, connection: redis.Redis, raw: dict[bytes, bytes], *,
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, prefix: str = keys.DEFAULT_PREFIX) -> None:
         self.id = job_id
         self.queue = queue
         self.connection = connection
+        self.keyspace = keys.Keyspace(prefix)
         self.allow_pickle = allow_pickle
         self._load(raw)
 
@@ -206,7 +207,7 @@ class Job:
 
     @property
     def key(self) -> str:
-        return keys.QueueKeys(self.queue).job(self.id)
+        return self.keyspace.queue(self.queue).job(self.id)
 
     @property
     def args(self) -> list[Any]:
@@ -250,7 +251,7 @@ class Job:
         which alone knows whether it has started it: the worker is asked, and this waits up
         to ``timeout`` seconds for its answer.
         """
-        k = keys.QueueKeys(self.queue)
+        k = self.keyspace.queue(self.queue)
         deadline = time.monotonic() + timeout
         asked = False
         while True:
@@ -274,7 +275,7 @@ class Job:
                 raise errors.InvalidTransition(
                     f"job {self.id!r} is {status}; only a queued, scheduled or prefetched job can be canceled{hint}")
             if not asked:
-                send_command(self.connection, "cancel", self.queue, self.id)
+                send_command(self.connection, "cancel", self.queue, self.id, self.keyspace)
                 asked = True
             if time.monotonic() > deadline:
                 raise errors.ConveyorError(
@@ -284,7 +285,7 @@ class Job:
 
     def requeue(self) -> None:
         """Put a failed job back on its queue, with a fresh retry budget."""
-        requeue_jobs(self.connection, self.queue, [self.id])
+        requeue_jobs(self.connection, self.queue, [self.id], self.keyspace)
         self.refresh()
 
     @classmethod
@@ -296,26 +297,29 @@ class Job:
         queue: str | None = None,
         redis_url: str | None = None,
         allow_pickle: bool = False,
+        prefix: str | None = None,
     ) -> "Job":
         """Load a job by its plain ID. Without ``queue``, every known queue is searched.
-        ``allow_pickle=True`` lets it decode a pickled job (see :class:`Job`)."""
+        ``allow_pickle=True`` lets it decode a pickled job (see :class:`Job`); ``prefix``:
+        the key prefix (default CONVEYOR_PREFIX or ``conveyor``)."""
         check_job_id(job_id)
         check_allow_pickle(allow_pickle)
+        space = keys.Keyspace.of(prefix)
         conn = connect(redis_url, connection)
         if queue is None:
-            queue = _find_queue(conn, job_id)
-        raw = conn.hgetall(keys.QueueKeys(queue).job(job_id))
+            queue = _find_queue(conn, job_id, space)
+        raw = conn.hgetall(space.queue(queue).job(job_id))
         if not raw:
             raise errors.NoSuchJob(f"no job {job_id!r} in queue {queue!r}")
-        return cls(job_id, queue, conn, raw, allow_pickle=allow_pickle)
+        return cls(job_id, queue, conn, raw, allow_pickle=allow_pickle, prefix=space.prefix)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} queue={self.queue} status={self.status.value} func={self.func_path}>"
 
 
-def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str]) -> int:
+def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.Keyspace = keys.DEFAULT) -> int:
     """Requeue failed jobs of one queue; raises if any is unknown or not failed (the others still move)."""
-    k = keys.QueueKeys(queue)
+    k = space.queue(queue)
     [codes] = scripts.execute(conn, lambda p: calls.requeue(p, k, job_ids))
     missing = [j for j, c in zip(job_ids, codes) if c == errors.MISSING]
     wrong = [j for j, c in zip(job_ids, codes) if c == errors.WRONG_STATE]
@@ -326,18 +330,17 @@ def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str]) -> int:
     return len(job_ids)
 
 
-def send_command(conn: redis.Redis, cmd: str, queue: str, job_id: str) -> int:
+def send_command(conn: redis.Redis, cmd: str, queue: str, job_id: str, space: keys.Keyspace = keys.DEFAULT) -> int:
     """Publish a fleet command on this database's channel; returns how many workers heard it."""
-    db = int(conn.connection_pool.connection_kwargs.get("db", 0) or 0)
-    return int(conn.publish(keys.commands(db), json.dumps({"cmd": cmd, "queue": queue, "job_id": job_id})))
+    message = json.dumps({"cmd": cmd, "queue": queue, "job_id": job_id})
+    [heard] = scripts.execute(conn, lambda p: p.publish(space.commands(db_of(conn)), message))
+    return int(heard)
 
 
-def _find_queue(conn: redis.Redis, job_id: str) -> str:
-    names = sorted(n.decode() for n in conn.smembers(keys.QUEUES))
-    pipe = conn.pipeline(transaction=False)
-    for name in names:
-        pipe.exists(keys.QueueKeys(name).job(job_id))
-    found = [name for name, hit in zip(names, pipe.execute()) if hit]
+def _find_queue(conn: redis.Redis, job_id: str, space: keys.Keyspace) -> str:
+    names = sorted(n.decode() for n in conn.smembers(space.queues))
+    hits = scripts.execute(conn, lambda p: [p.exists(space.queue(name).job(job_id)) for name in names])
+    found = [name for name, hit in zip(names, hits) if hit]
     if not found:
         raise errors.NoSuchJob(f"no job {job_id!r} in any queue ({', '.join(names) or 'none known'})")
     if len(found) > 1:

@@ -5,7 +5,6 @@ Redis Cluster keeps it on one slot and every Lua script stays cluster-safe.
 Job hashes are built from :func:`QueueKeys.job_prefix` inside scripts that do
 not know the job IDs up front (claim); they share the same tag.
 
-    conveyor:queues                      set    names of queues ever enqueued to
     conveyor:{q:N}:ready                 list   job IDs waiting to run, head first
     conveyor:{q:N}:recovered             list   queued job IDs recovered from a lost worker ("suspects":
                                                 they may have crashed it); a worker holds one at a time
@@ -28,12 +27,19 @@ not know the job IDs up front (claim); they share the same tag.
 
     conveyor:{q:N}:scheduled (channel)   pub/sub: "a job was scheduled", wakes the scheduler
 
-Fleet-wide (no queue tag; never touched by a Lua script):
+Fleet-wide, under their own hash tag so fleet bookkeeping is one slot on a Cluster
+(never touched by a Lua script):
 
-    conveyor:workers                     zset   worker ID -> registration expiry (s)
-    conveyor:worker:<id>                 hash   a live worker: host, pid, queues, pool, ... (EX)
+    conveyor:{fleet}:queues              set    names of queues ever enqueued to
+    conveyor:{fleet}:workers             zset   worker ID -> registration expiry (s)
+    conveyor:{fleet}:worker:<id>         hash   a live worker: host, pid, queues, pool, ... (EX)
     conveyor:commands:<db> (channel)     pub/sub: JSON commands to workers ("stop", "cancel" a job);
                                          one channel per database, since pub/sub ignores DB numbers
+
+Every name starts with the key prefix (``conveyor`` unless set: ``Queue(prefix=...)``,
+``--prefix``, CONVEYOR_PREFIX): two apps with different prefixes share a Redis (or a
+Cluster, which has no database numbers) without seeing each other's jobs, workers or
+commands, and an ACL rule ``~<prefix>:* &<prefix>:*`` covers all of one app's keys.
 
 Execution IDs are made by the worker (a random 64-bit token per process, then a counter),
 never by a counter in Redis, so they stay unique across restarts and wipes.
@@ -41,31 +47,75 @@ never by a counter in Redis, so they stay unique across restarts and wipes.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
-PREFIX = "conveyor"
-QUEUES = f"{PREFIX}:queues"
-WORKERS = f"{PREFIX}:workers"
-COMMANDS = f"{PREFIX}:commands"  # the old, unscoped channel; goes with the worker rewrite
+from .errors import ConfigError
+
+DEFAULT_PREFIX = "conveyor"
+ENV_PREFIX = "CONVEYOR_PREFIX"
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 
-def commands(db: int = 0) -> str:
-    """The command channel of one database (pub/sub ignores DB numbers)."""
-    return f"{PREFIX}:commands:{db}"
+def check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix) or prefix.endswith(":"):
+        raise ConfigError(f"key prefix {prefix!r} is not allowed: use 1-64 letters, digits and _ . : - "
+                          "(no braces, spaces or a trailing colon)")
+    return prefix
 
 
-def worker(worker_id: str) -> str:
-    return f"{PREFIX}:worker:{worker_id}"
+def resolve_prefix(prefix: str | None = None) -> str:
+    """The prefix given, else CONVEYOR_PREFIX, else ``conveyor``; checked."""
+    return check_prefix(prefix or os.environ.get(ENV_PREFIX) or DEFAULT_PREFIX)
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Every key of one key prefix: the fleet-wide ones here, a queue's in :meth:`queue`."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def of(cls, prefix: str | None = None) -> "Keyspace":
+        return cls(resolve_prefix(prefix))
+
+    @cached_property
+    def queues(self) -> str:
+        return f"{self.prefix}:{{fleet}}:queues"
+
+    @cached_property
+    def workers(self) -> str:
+        return f"{self.prefix}:{{fleet}}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:{{fleet}}:worker:{worker_id}"
+
+    def commands(self, db: int = 0) -> str:
+        """The command channel of one database (pub/sub ignores DB numbers)."""
+        return f"{self.prefix}:commands:{db}"
+
+    def queue(self, name: str) -> "QueueKeys":
+        return QueueKeys(name, self.prefix)
+
+    @cached_property
+    def queue_tag(self) -> str:
+        """What every queue key of this prefix starts with, up to the queue's name."""
+        return f"{self.prefix}:{{q:"
+
+
+DEFAULT = Keyspace()
 
 
 @dataclass(frozen=True)
 class QueueKeys:
     queue: str
+    prefix: str = DEFAULT_PREFIX
 
     @cached_property
     def base(self) -> str:
-        return f"{PREFIX}:{{q:{self.queue}}}"
+        return f"{self.prefix}:{{q:{self.queue}}}"
 
     @cached_property
     def ready(self) -> str:
@@ -125,10 +175,6 @@ class QueueKeys:
 
     def unique(self, unique_key: str) -> str:
         return f"{self.base}:unique:{unique_key}"
-
-    @cached_property
-    def seq(self) -> str:  # goes with the worker rewrite: execution IDs come from the worker
-        return f"{self.base}:seq"
 
     def corrupt(self, name: str) -> str:
         """Where a key found with the wrong type is renamed to (a job ID or a queue key's name)."""

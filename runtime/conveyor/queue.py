@@ -13,7 +13,7 @@ import redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from . import errors, keys, scripts
-from .connection import connect
+from .connection import connect, describe
 from .job import ENQUEUE_FIELDS, Job, requeue_jobs
 from .registry import Registry
 from .retry import Retry
@@ -61,6 +61,13 @@ class Queue:
     ``allow_pickle``: may the jobs this queue returns decode pickled arguments and
     results? Left as None, only if this queue's own serializer is pickle (choosing it
     already trusts Redis); otherwise reading a pickled job raises :class:`PickleRefused`.
+
+    ``prefix``: the key prefix (default CONVEYOR_PREFIX, else ``conveyor``); apps with
+    different prefixes share a Redis without seeing each other's jobs or workers.
+
+    ``min_replicas``: after writing, wait up to ``replica_timeout`` seconds for that many
+    replicas to confirm (Redis ``WAIT``); if fewer do, :class:`NotReplicated` is raised (the
+    jobs are queued all the same, but a failover right now could lose them).
     """
 
     def __init__(
@@ -74,15 +81,25 @@ class Queue:
         result_ttl: int | None = None,
         failure_ttl: int | None = None,
         allow_pickle: bool | None = None,
+        prefix: str | None = None,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.name = check_queue_name(name)
+        self.keyspace = keys.Keyspace.of(prefix)
+        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
+            raise errors.InvalidArgument(f"min_replicas must be an integer >= 0, got {min_replicas!r}")
+        if isinstance(replica_timeout, bool) or not isinstance(replica_timeout, (int, float)) or replica_timeout <= 0:
+            raise errors.InvalidArgument(f"replica_timeout must be seconds > 0, got {replica_timeout!r}")
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
         self.connection = connect(redis_url, connection)
         self.serializer = get_serializer(serializer)
         self.allow_pickle = self.serializer.name == "pickle" if allow_pickle is None else check_allow_pickle(allow_pickle)
         self.default_timeout = check_timeout(default_timeout) if default_timeout is not None else None
         self.result_ttl = None if result_ttl is None else check_ttl("result_ttl", result_ttl)
         self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
-        self.keys = keys.QueueKeys(name)
+        self.keys = self.keyspace.queue(name)
         # ser, timeout, result_ttl, failure_ttl, retry, max_deliveries, unique_lock, unique_ttl
         # of a job that sets none of its own.
         self._default_options = (
@@ -186,10 +203,15 @@ class Queue:
 
         def build(pipe: Any) -> None:
             # Every time, not once: a Redis that was wiped learns the queue again.
-            pipe.sadd(keys.QUEUES, self.name)
+            pipe.sadd(self.keyspace.queues, self.name)
             scripts.enqueue(pipe, batch.keys, batch.argv)
+            if self.min_replicas:
+                # Sent to the node that took the jobs (on a Cluster: the queue's master).
+                pipe.execute_command("WAIT", self.min_replicas, int(self.replica_timeout * 1000),
+                                     keys=[self.keys.ready])
 
-        reply = scripts.execute_each(self.connection, build)[-1]
+        replies = scripts.execute_each(self.connection, build)
+        reply = replies[1]
         if isinstance(reply, ResponseError):
             raise refused(reply, f"queue {self.name!r}") from None
         code, *flags = reply
@@ -208,9 +230,16 @@ class Queue:
             if flag == 1:
                 raw = base.copy()
                 raw.update(zip(names, (row[c] for c in own[1:])))
-                jobs.append(Job(row[0], self.name, self.connection, raw, allow_pickle=self.allow_pickle))
+                jobs.append(Job(row[0], self.name, self.connection, raw, allow_pickle=self.allow_pickle,
+                                prefix=self.keyspace.prefix))
             else:  # it existed, or another job holds its unique key: return that one
                 jobs.append(self.fetch_job(row[0] if flag == 0 else flag.decode()))
+        if self.min_replicas:
+            acked = replies[2]
+            if isinstance(acked, ResponseError):
+                raise refused(acked, f"queue {self.name!r} (WAIT for replicas)") from None
+            if int(acked) < self.min_replicas:
+                raise errors.NotReplicated(jobs, int(acked), self.min_replicas, int(self.replica_timeout * 1000))
         return jobs
 
     def encode_batch(
@@ -292,21 +321,19 @@ class Queue:
 
     def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
-        return requeue_jobs(self.connection, self.name, list(job_ids))
+        return requeue_jobs(self.connection, self.name, list(job_ids), self.keyspace)
 
     def requeue_all_failed(self) -> int:
         ids = self.failed.job_ids
-        return requeue_jobs(self.connection, self.name, ids) if ids else 0
+        return requeue_jobs(self.connection, self.name, ids, self.keyspace) if ids else 0
 
     # -- looking --------------------------------------------------------------------
 
     @property
     def count(self) -> int:
         """Jobs waiting to run (ready, and recovered from lost workers)."""
-        pipe = self.connection.pipeline(transaction=False)
-        pipe.llen(self.keys.recovered)
-        pipe.llen(self.keys.ready)
-        return sum(pipe.execute())
+        k = self.keys
+        return sum(scripts.execute(self.connection, lambda p: (p.llen(k.recovered), p.llen(k.ready))))
 
     def __len__(self) -> int:
         return self.count
@@ -314,13 +341,13 @@ class Queue:
     @property
     def job_ids(self) -> list[str]:
         """IDs of the jobs waiting to run, next first (recovered jobs are taken first)."""
-        pipe = self.connection.pipeline(transaction=False)
-        pipe.lrange(self.keys.recovered, 0, -1)
-        pipe.lrange(self.keys.ready, 0, -1)
-        return [i.decode() for ids in pipe.execute() for i in ids]
+        k = self.keys
+        replies = scripts.execute(self.connection, lambda p: (p.lrange(k.recovered, 0, -1), p.lrange(k.ready, 0, -1)))
+        return [i.decode() for ids in replies for i in ids]
 
     def fetch_job(self, job_id: str) -> Job:
-        return Job.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle)
+        return Job.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle,
+                         prefix=self.keyspace.prefix)
 
     def registry(self, name: str) -> Registry:
         """``prefetched``, ``started``, ``scheduled``, ``finished``, ``failed`` or ``canceled``:
@@ -369,6 +396,8 @@ def refused(exc: ResponseError, what: str) -> errors.ConveyorError:
     text = str(exc)
     if "WRONGTYPE_KEY" in text:
         return errors.ConveyorError(f"cannot write to {what}: {text.split('WRONGTYPE_KEY ', 1)[1]}")
+    if text.startswith(("NOPERM", "READONLY", "MOVED", "ASK ", "CROSSSLOT")):
+        return errors.ConveyorError(f"cannot write to {what}: {describe(exc)}")
     return errors.ConveyorError(f"Redis refused the write to {what}: {text}")
 
 

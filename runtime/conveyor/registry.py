@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import scripts
+
 if TYPE_CHECKING:
     from .queue import Queue
 
@@ -52,11 +54,11 @@ class Registry:
         """For the prefetched and started registries: who holds each job, under which execution ID."""
         conn = self.queue.connection
         entries = conn.zrangebyscore(self.key, self._live_min(), "+inf", withscores=True)
-        pipe = conn.pipeline(transaction=False)
-        for job_id, _ in entries:
-            pipe.hmget(self.queue.keys.job(job_id.decode()), "execution_id", "worker")
+        k = self.queue.keys
+        replies = scripts.execute(conn, lambda p: [p.hmget(k.job(j.decode()), "execution_id", "worker")
+                                                   for j, _ in entries])
         out = []
-        for (job_id, score), (exec_id, worker) in zip(entries, pipe.execute()):
+        for (job_id, score), (exec_id, worker) in zip(entries, replies):
             out.append(
                 Execution(
                     job_id.decode(),

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
-from .connection import DEFAULT_URL, ENV_URL
+from . import keys
+from .connection import DEFAULT_URL, ENV_URL, RedisTarget, TlsFiles
 from .errors import InvalidArgument
 from .retry import Retry, policy_retry
 from .validation import check_module_names, check_queue_name, check_ttl
@@ -18,6 +19,12 @@ POOLS = ("thread", "process", "async")
 @dataclass(frozen=True)
 class WorkerSettings:
     redis_url: str
+    # Key prefix (keys.Keyspace): workers see only the jobs, workers and commands of theirs.
+    prefix: str = keys.DEFAULT_PREFIX
+    # TLS client files (else CONVEYOR_REDIS_CA_FILE / _CERT_FILE / _KEY_FILE).
+    redis_ca_file: str | None = None
+    redis_cert_file: str | None = None
+    redis_key_file: str | None = None
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 10
     pool: str = "thread"
@@ -56,6 +63,8 @@ class WorkerSettings:
     max_batch: int = 200
 
     def __post_init__(self) -> None:
+        keys.check_prefix(self.prefix)
+        self.target()  # a URL or TLS file that cannot work is named now, not at the first connect
         if not self.queues:
             raise InvalidArgument("a worker needs at least one queue")
         for q in self.queues:
@@ -121,6 +130,10 @@ class WorkerSettings:
         except InvalidArgument as exc:
             raise InvalidArgument(f"policy file {path}: {exc}") from None
         return out
+
+    def target(self) -> RedisTarget:
+        return RedisTarget.parse(self.redis_url, TlsFiles.from_env(self.redis_ca_file, self.redis_cert_file,
+                                                                   self.redis_key_file))
 
     def with_(self, **changes: Any) -> "WorkerSettings":
         return replace(self, **changes)

@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .. import errors
+from .. import errors, routing
+from ..connection import is_cluster
 
 _CODES = ("OK", "STALE", "MISSING", "WRONG_STATE", "EXISTS", "DUPLICATE")
 
@@ -71,18 +72,27 @@ ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, rea
        lock_renew, lock_release, repair)
 
 
+def _load_stack() -> list[routing.Command]:
+    return routing.record(lambda pipe: [pipe.script_load(script.source) for script in ALL])
+
+
 def load(client: Any) -> None:
-    pipe = client.pipeline(transaction=False)
-    for script in ALL:
-        pipe.script_load(script.source)
-    pipe.execute()
+    """Load every script (on a Cluster: on every master)."""
+    if is_cluster(client):
+        client.nodes_manager.initialize()
+        for node in client.get_primaries():
+            routing.send(client.get_redis_connection(node), _load_stack())
+    else:
+        routing.send(client, _load_stack())
 
 
 async def aload(client: Any) -> None:
-    pipe = client.pipeline(transaction=False)
-    for script in ALL:
-        pipe.script_load(script.source)
-    await pipe.execute()
+    if is_cluster(client):
+        await client.initialize()
+        for node in client.get_primaries():
+            raise_first(await routing.asend(routing._node_client(client, node), _load_stack()))
+    else:
+        raise_first(await routing.asend(client, _load_stack()))
 
 
 def _noscript(replies: list[Any]) -> list[int]:
@@ -90,36 +100,25 @@ def _noscript(replies: list[Any]) -> list[int]:
 
 
 def execute_each(client: Any, build: Callable[[Any], None]) -> list[Any]:
-    """Run a pipeline that ``build`` fills; each reply in place, an error as its exception.
+    """Run the commands ``build`` puts on a pipeline; each reply in place, an error as its
+    exception (on a Cluster, one pipeline per node: :mod:`conveyor.routing`).
 
     A connection error still raises: then nobody knows which commands ran.
     """
-    pipe = client.pipeline(transaction=False)
-    build(pipe)
-    stack = list(pipe.command_stack)
-    replies: list[Any] = pipe.execute(raise_on_error=False)
+    stack, replies = routing.run(client, build)
     if missing := _noscript(replies):
         load(client)
-        again = client.pipeline(transaction=False)
-        for i in missing:
-            again.pipeline_execute_command(*stack[i][0], **stack[i][1])
-        for i, reply in zip(missing, again.execute(raise_on_error=False)):
+        for i, reply in zip(missing, routing.send(client, [stack[i] for i in missing])):
             replies[i] = reply
     return replies
 
 
 async def aexecute_each(client: Any, build: Callable[[Any], None]) -> list[Any]:
     """The asyncio twin of :func:`execute_each`."""
-    pipe = client.pipeline(transaction=False)
-    build(pipe)
-    stack = list(pipe.command_stack)
-    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    stack, replies = await routing.arun(client, build)
     if missing := _noscript(replies):
         await aload(client)
-        again = client.pipeline(transaction=False)
-        for i in missing:
-            again.pipeline_execute_command(*stack[i][0], **stack[i][1])
-        for i, reply in zip(missing, await again.execute(raise_on_error=False)):
+        for i, reply in zip(missing, await routing.asend(client, [stack[i] for i in missing])):
             replies[i] = reply
     return replies
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from redis.exceptions import RedisError, ResponseError
 
-from .. import __version__, calls, depth, keys
+from .. import __version__, calls, depth, keys, scripts
 from ..settings import WorkerSettings
 from .link import DOWN_ERRORS, LinkDown, RedisLink, RefusalLog
 from .metrics import DEPTH_STATES, WorkerMetrics
@@ -43,7 +43,8 @@ class Housekeeping:
         self.metrics = metrics
         self.stats = stats
         self._state = state
-        self.keys = {q: keys.QueueKeys(q) for q in settings.queues}
+        self.space = keys.Keyspace(settings.prefix)
+        self.keys = {q: self.space.queue(q) for q in settings.queues}
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.started_at = time.time()
         self._warned: set[str] = set()
@@ -80,11 +81,11 @@ class Housekeeping:
                 pipe.exists(k.scheduler_lock)
                 for registry in (k.finished, k.failed, k.canceled):
                     pipe.zremrangebyscore(registry, "-inf", f"({now}")
-            pipe.sadd(keys.QUEUES, *s.queues)
-            pipe.hset(keys.worker(self.id), mapping=self.registration())
-            pipe.expire(keys.worker(self.id), ttl)
-            pipe.zadd(keys.WORKERS, {self.id: now + ttl})
-            pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
+            pipe.sadd(self.space.queues, *s.queues)
+            pipe.hset(self.space.worker(self.id), mapping=self.registration())
+            pipe.expire(self.space.worker(self.id), ttl)
+            pipe.zadd(self.space.workers, {self.id: now + ttl})
+            pipe.zremrangebyscore(self.space.workers, "-inf", now)
 
         replies = iter(await self.link.roundtrip(build))
         for queue, jobs in by_queue.items():
@@ -152,10 +153,8 @@ class Housekeeping:
 
     async def unregister(self) -> None:
         try:
-            pipe = self.link.redis.pipeline(transaction=False)
-            pipe.delete(keys.worker(self.id))
-            pipe.zrem(keys.WORKERS, self.id)
-            await pipe.execute()
+            await scripts.aexecute_each(self.link.redis, lambda p: (p.delete(self.space.worker(self.id)),
+                                                                    p.zrem(self.space.workers, self.id)))
         except (*DOWN_ERRORS, RedisError):
             pass  # its registration expires on its own
 
@@ -163,16 +162,16 @@ class Housekeeping:
 class Commands:
     """Fleet commands (``conveyor job stop`` / ``cancel``) for jobs this worker holds."""
 
-    def __init__(self, link: RedisLink, runner: Runner) -> None:
+    def __init__(self, link: RedisLink, runner: Runner, space: keys.Keyspace) -> None:
         self.link = link
         self.runner = runner
-        self.channel = keys.commands(link.db)
+        self.channel = space.commands(link.db)
 
     async def run(self) -> None:
         while not self.link.closing:
             if not await self.link.wait_up():
                 return
-            pubsub = self.link.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.link.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 while not self.link.closing:

@@ -73,7 +73,7 @@ class Flow:
         self.runner = runner
         self.metrics = metrics
         self.stats = stats
-        self.keys = {q: keys.QueueKeys(q) for q in settings.queues}
+        self.keys = {q: keys.Keyspace(settings.prefix).queue(q) for q in settings.queues}
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.want_claim = True
         self.claim_left = 0  # IDs the last claim left that this worker could take

@@ -35,8 +35,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import scripts
-from ..connection import client_options, error_line, mask_url
+from .. import routing, scripts
+from ..connection import RedisTarget, db_of, describe, error_line
 from .metrics import WorkerMetrics
 
 log = logging.getLogger("conveyor.worker")
@@ -79,9 +79,10 @@ class State(enum.Enum):
 
 
 class RedisLink:
-    def __init__(self, url: str, *, lease_seconds: float, metrics: WorkerMetrics,
+    def __init__(self, target: RedisTarget, *, lease_seconds: float, metrics: WorkerMetrics,
                  closing: asyncio.Event, stats: dict[str, int]) -> None:
-        self.url = url
+        self.target = target
+        self.where = target.masked
         self.lease_seconds = lease_seconds
         self.silence = max(lease_seconds / 3, 2.0)
         # Retry at least this often while Redis is down, so a worker is back within this long
@@ -90,18 +91,17 @@ class RedisLink:
         self.metrics = metrics
         self.stats = stats
         self._closing = closing
-        options: dict[str, Any] = {**client_options(url), "socket_connect_timeout": CONNECT_TIMEOUT,
-                                   "retry": Retry(NoBackoff(), 0)}
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=self.silence / 2, **options)
+        options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT, "retry": Retry(NoBackoff(), 0)}
+        self.redis = target.aclient(socket_timeout=self.silence / 2, **options)
         # BLPOP parks a connection for IDLE_BLOCK: it gets one of its own, allowed to wait that long.
-        self.blocking = aioredis.Redis.from_url(url, socket_timeout=IDLE_BLOCK + self.silence / 2, **options)
+        self.blocking = target.aclient(socket_timeout=IDLE_BLOCK + self.silence / 2, **options)
         self.state = State.CONNECTING
         self.back_at = time.monotonic()
         self._up = asyncio.Event()
         self._last_reply = time.monotonic()
         self._down_since = 0.0
         self._reconnect: asyncio.Task[None] | None = None
-        self.db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)  # scopes fleet commands
+        self.db = db_of(self.redis)  # scopes fleet commands
         self.policy = "unknown"  # maxmemory-policy, read at connect
 
     @property
@@ -139,6 +139,9 @@ class RedisLink:
         self._last_reply = time.monotonic()
         return reply
 
+    def pubsub(self) -> Any:
+        return routing.apubsub(self.redis)
+
     async def blpop(self, keys: list[str], timeout: float) -> Any:
         self.stats["redis_roundtrips"] += 1
         self.metrics.roundtrips.inc()
@@ -169,7 +172,7 @@ class RedisLink:
         # parts right now find out on their own, without their commands being cut.
         await self._drop_connections(inuse=False)
         try:
-            await self.redis.ping()
+            await routing.aping(self.redis)
         except (*DOWN_ERRORS, RedisError):
             return False
         self._last_reply = time.monotonic()
@@ -183,7 +186,7 @@ class RedisLink:
         self._down_since = time.monotonic()
         self.metrics.redis_up.set(0)
         why = f"no answer within {self.silence / 2:g}s" if silent else error_line(exc)
-        log.error("lost Redis at %s: %s; retrying with backoff", mask_url(self.url), why)
+        log.error("lost Redis at %s: %s; retrying with backoff", self.where, why)
         self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(), name="reconnect")
 
     async def _reconnect_loop(self) -> None:
@@ -191,7 +194,7 @@ class RedisLink:
         delay = 0.1
         while not self._closing.is_set():
             try:
-                await self.redis.ping()
+                await routing.aping(self.redis)
                 break
             except (*DOWN_ERRORS, RedisError):
                 await self.nap(delay)
@@ -207,12 +210,12 @@ class RedisLink:
         self._up.set()
         self.metrics.redis_up.set(1)
         if how:
-            log.info("Redis at %s is back%s", mask_url(self.url), how)
+            log.info("Redis at %s is back%s", self.where, how)
 
     async def _drop_connections(self, inuse: bool = True) -> None:
         for client in (self.redis, self.blocking):
             try:
-                await client.connection_pool.disconnect(inuse_connections=inuse)
+                await routing.adisconnect(client, inuse)
             except (*DOWN_ERRORS, RedisError):
                 pass
 
@@ -256,12 +259,11 @@ class RedisLink:
         while not stopping.is_set():
             try:
                 await scripts.aload(self.redis)
-                await self.blocking.ping()  # connect now: the first BLPOP must not do the handshake
+                await routing.aping(self.blocking)  # connect now: the first BLPOP must not do the handshake
                 break
             except (*DOWN_ERRORS, RedisError) as exc:
                 if not complained:
-                    log.error("cannot reach Redis at %s: %s; retrying with backoff", mask_url(self.url),
-                              error_line(exc))
+                    log.error("%s; retrying with backoff", describe(exc, self.target))
                     complained = True
                 try:
                     await asyncio.wait_for(stopping.wait(), delay)
@@ -272,17 +274,19 @@ class RedisLink:
             return False
         self._back()
         if complained:
-            log.info("connected to Redis at %s", mask_url(self.url))
+            log.info("connected to Redis at %s", self.where)
         try:  # INFO may be refused (ACLs, managed Redis): then nothing is known, nothing assumed
-            info = await self.redis.info("server")
-            memory = await self.redis.info("memory")
+            infos = await routing.ainfos(self.redis, "server")
+            memories = await routing.ainfos(self.redis, "memory")
         except RedisError as exc:
             log.debug("INFO refused (%s); cannot check maxmemory-policy or uptime", error_line(exc))
             return True
-        self.policy = str(memory.get("maxmemory_policy", "unknown"))
+        # On a Cluster, the worst master decides: one evicting master loses jobs.
+        policies = {str(m.get("maxmemory_policy", "unknown")) for m in memories}
+        self.policy = next((p for p in sorted(policies) if p != "noeviction"), "noeviction") if policies else "unknown"
         # A Redis that restarted moments ago lost its leases to the clock, not to dead
         # workers: give live workers the rest of a lease to renew before this one reaps.
-        uptime = float(info.get("uptime_in_seconds", 1e9))
+        uptime = min(float(i.get("uptime_in_seconds", 1e9)) for i in infos)
         self.back_at = time.monotonic() - min(uptime, self.lease_seconds + self.retry_cap)
         return True
 
@@ -297,5 +301,5 @@ class RedisLink:
         self.state = State.CLOSED
         if self._reconnect is not None:
             self._reconnect.cancel()
-        await self.redis.aclose()
-        await self.blocking.aclose()
+        await routing.aclose(self.redis)
+        await routing.aclose(self.blocking)

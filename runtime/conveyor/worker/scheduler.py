@@ -35,14 +35,15 @@ _PROMOTE_BATCH = 1000
 
 
 class Scheduler:
-    def __init__(self, link: RedisLink, queues: tuple[str, ...], token: str, *, lock_seconds: float,
+    def __init__(self, link: RedisLink, space: keys.Keyspace, queues: tuple[str, ...], token: str, *, lock_seconds: float,
                  cron_jobs: list[CronJob], max_deliveries: int, failure_ttl: int, metrics: Any = None) -> None:
         self.link = link
         self.redis = link.redis
         self.queues = queues
         self.token = token
         self.lock_ms = int(lock_seconds * 1000)
-        self.keys = {q: keys.QueueKeys(q) for q in queues}
+        self.space = space
+        self.keys = {q: space.queue(q) for q in queues}
         self.cron = [c for c in cron_jobs if c.queue in queues]
         self.max_deliveries = max_deliveries
         self.failure_ttl = failure_ttl
@@ -65,7 +66,7 @@ class Scheduler:
                     break
                 try:
                     if pubsub is None:
-                        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                        pubsub = self.link.pubsub()
                         await pubsub.subscribe(*(k.schedule_channel for k in self.keys.values()))
                     if loop.time() >= next_election:
                         next_election = loop.time() + await self._elect()
@@ -184,7 +185,7 @@ class Scheduler:
             await self.link.call("hsetnx", k.cron, entry.name, tick)
             self._cron_seen.add((entry.queue, entry.name))
         # The client side encodes the job; the tick guard makes the write happen once per tick.
-        q = Queue(entry.queue, connection=self.redis)
+        q = Queue(entry.queue, connection=self.redis, prefix=self.space.prefix)
         data = Queue.prepare_data(entry.func, entry.args, entry.kwargs, job_id=entry.job_id(tick), timeout=entry.timeout)
         batch = q.encode_batch([data], "ignore", guard=(entry.name, tick))
         [reply] = await self.link.roundtrip(lambda p: scripts.enqueue(p, batch.keys, batch.argv))
@@ -196,12 +197,17 @@ class Scheduler:
             log.info("cron %s: enqueued tick %d as job %s", entry.name, tick, entry.job_id(tick))
 
     async def _release_all(self) -> None:
-        for q in list(self.leading):
-            try:
-                await scripts.aexecute_each(self.redis, lambda p, q=q: calls.lock_release(
-                    p, self.keys[q].scheduler_lock, self.token))
-            except (RedisError, OSError):
-                pass
+        # Every queue, not only those in self.leading: a stop can land after Redis granted
+        # a lock and before its reply was read. The release is token-checked, so a lock
+        # held by another worker is never touched.
+        def build(pipe: Any) -> None:
+            for q in self.queues:
+                calls.lock_release(pipe, self.keys[q].scheduler_lock, self.token)
+
+        try:
+            await scripts.aexecute_each(self.redis, build)
+        except (RedisError, OSError):
+            pass
         self.leading.clear()
         self._changed()
 

@@ -25,10 +25,11 @@ import signal
 import socket
 import time
 
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from .. import __version__, keys, periodic
-from ..connection import error_line, mask_url
+from .. import __version__, keys, periodic, routing
+from ..connection import error_line
 from ..errors import ConveyorError
 from ..settings import WorkerSettings
 from .fleet import Commands, Housekeeping
@@ -85,7 +86,8 @@ class Worker:
         except ConveyorError as exc:
             log.error("%s", exc)
             return 2
-        self.link = RedisLink(s.redis_url, lease_seconds=s.lease_seconds, metrics=self.metrics,
+        self.space = keys.Keyspace(s.prefix)
+        self.link = RedisLink(s.target(), lease_seconds=s.lease_seconds, metrics=self.metrics,
                               closing=self._closing, stats=self.stats)
         self.runner = Runner(s, self.metrics, self.stats, self._wakeup.set)
         self.runner.open()
@@ -110,12 +112,12 @@ class Worker:
                      self.id, ",".join(s.queues), s.pool, s.concurrency, ", burst" if s.burst else "")
             helpers += [asyncio.create_task(self.link.watch(), name="watch"),
                         asyncio.create_task(self.housekeeping.run(), name="housekeeping"),
-                        asyncio.create_task(Commands(self.link, self.runner).run(), name="commands"),
+                        asyncio.create_task(Commands(self.link, self.runner, self.space).run(), name="commands"),
                         asyncio.create_task(self._ticks(), name="ticks")]
             if not s.burst:
-                helpers.append(asyncio.create_task(self._waker(), name="waker"))
+                helpers += [asyncio.create_task(self._waker(group), name="waker") for group in self._wake_groups()]
             if s.with_scheduler:
-                self.scheduler = Scheduler(self.link, s.queues, self.id, lock_seconds=s.scheduler_lock_seconds,
+                self.scheduler = Scheduler(self.link, self.space, s.queues, self.id, lock_seconds=s.scheduler_lock_seconds,
                                            cron_jobs=cron_jobs, max_deliveries=s.max_deliveries,
                                            failure_ttl=s.failure_ttl, metrics=self.metrics)
                 helpers.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
@@ -143,7 +145,7 @@ class Worker:
         self.metrics.maxmemory_policy.labels(policy).set(1)
         if policy in ("noeviction", "unknown"):
             return True
-        what = (f"Redis at {mask_url(self.settings.redis_url)} has maxmemory-policy {policy}: when it fills up "
+        what = (f"Redis at {self.link.where} has maxmemory-policy {policy}: when it fills up "
                 "it evicts keys, and evicted jobs are lost without a trace; set maxmemory-policy noeviction")
         if self.settings.require_noeviction:
             log.error("%s (refusing to start: --require-noeviction)", what)
@@ -161,7 +163,7 @@ class Worker:
         deadline = loop.time() + limit
         pending = set(helpers)
         while pending and (left := deadline - loop.time()) > 0:
-            await self.link.blocking.connection_pool.disconnect()
+            await routing.adisconnect(self.link.blocking)
             _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
         if pending:
             log.warning("worker %s: %s did not end within %gs of closing", self.id,
@@ -303,9 +305,19 @@ class Worker:
             except asyncio.TimeoutError:
                 return
 
-    async def _waker(self) -> None:
+    def _wake_groups(self) -> list[list[str]]:
+        """The queues' wake lists, one group per BLPOP: all in one on a server; on a Cluster
+        one per slot (a BLPOP cannot cross slots), each blocking on its own connection."""
+        wake_keys = [self.space.queue(q).wake for q in self.settings.queues]
+        if not self.link.target.is_cluster:
+            return [wake_keys]
+        groups: dict[int, list[str]] = {}
+        for key in wake_keys:
+            groups.setdefault(key_slot(key.encode()), []).append(key)
+        return list(groups.values())
+
+    async def _waker(self, wake_keys: list[str]) -> None:
         """Block in Redis until a queue gets work, then let the loop claim it."""
-        wake_keys = [keys.QueueKeys(q).wake for q in self.settings.queues]
         complained = False
         while self.phase is Phase.RUNNING and not self._closing.is_set():
             await self._idle.wait()
