@@ -248,7 +248,9 @@ def describe(exc: BaseException, target: "RedisTarget | str | None" = None) -> s
                 f"'ACL' section: {text}")
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return f"Redis{at} is full (maxmemory reached, OOM): {text}"
-    if text.startswith(("MOVED", "ASK ", "CROSSSLOT")) or "cluster mode" in low:
+    if isinstance(exc, (redis.exceptions.MovedError, redis.exceptions.AskError,
+                        redis.exceptions.ClusterCrossSlotError)) \
+            or text.startswith(("MOVED", "ASK ", "CROSSSLOT")) or "cluster mode" in low:
         return (f"Redis{at} is a Redis Cluster node; use redis+cluster://host:port,... so commands go to "
                 f"the node that owns each key: {text}")
     if isinstance(exc, redis.exceptions.ReadOnlyError) or text.startswith("READONLY") or "read only replica" in low:
