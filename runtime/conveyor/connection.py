@@ -241,9 +241,10 @@ def describe(exc: BaseException, target: "RedisTarget | str | None" = None) -> s
     if isinstance(exc, redis.AuthenticationError) or "wrongpass" in low or "invalid password" in low \
             or "invalid username-password" in low or "auth" in low and "required" in low:
         return f"Redis{at} refused the credentials (wrong user or password): {text}"
-    if isinstance(exc, redis.exceptions.NoPermissionError) or text.startswith("NOPERM"):
+    if isinstance(exc, redis.exceptions.NoPermissionError) or text.startswith("NOPERM") \
+            or "user executing the script can't run" in text:
         found = re.search(r"run the '([^']+)' command", text)
-        what = f"the {found.group(1).upper()} command" if found else "a command or key"
+        what = f"the {found.group(1).upper()} command" if found else _script_command(text) or "a command or key"
         return (f"Redis{at} refused {what} to this ACL user (NOPERM); grant the rule in the README's "
                 f"'ACL' section: {text}")
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
@@ -263,8 +264,32 @@ def describe(exc: BaseException, target: "RedisTarget | str | None" = None) -> s
     return f"cannot reach Redis{at}: {text}"
 
 
+def _script_command(text: str) -> str | None:
+    """A refusal inside a script names only the script and line: find the command there."""
+    found = re.search(r"script: ([0-9a-f]{40}), on @user_script:(\d+)", text)
+    if not found:
+        return None
+    from . import scripts  # late: scripts need this module
+
+    for script in scripts.ALL:
+        if script.sha == found.group(1):
+            lines = script.source.splitlines()
+            line = int(found.group(2))
+            call = re.search(r"redis\.p?call\(\s*'(\w+)'", lines[line - 1]) if 0 < line <= len(lines) else None
+            if call:
+                return f"the {call.group(1).upper()} command (in script {script.name})"
+            return f"a command of script {script.name}"
+    return None
+
+
 def db_of(client: Any) -> int:
     """The database number a client talks to (a Cluster has only 0)."""
     if is_cluster(client):
         return 0
     return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+
+def cause(exc: BaseException) -> str:
+    """The error's first line, or, where it can be named (ACL, replica, topology, TLS), its cause."""
+    named = describe(exc)
+    return error_line(exc) if named.startswith("cannot reach") else named

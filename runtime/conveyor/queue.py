@@ -396,8 +396,8 @@ def refused(exc: ResponseError, what: str) -> errors.ConveyorError:
     text = str(exc)
     if "WRONGTYPE_KEY" in text:
         return errors.ConveyorError(f"cannot write to {what}: {text.split('WRONGTYPE_KEY ', 1)[1]}")
-    if text.startswith(("NOPERM", "READONLY", "MOVED", "ASK ", "CROSSSLOT")):
-        return errors.ConveyorError(f"cannot write to {what}: {describe(exc)}")
+    if not (cause := describe(exc)).startswith("cannot reach"):  # ACL, replica, topology: named
+        return errors.ConveyorError(f"cannot write to {what}: {cause}")
     return errors.ConveyorError(f"Redis refused the write to {what}: {text}")
 
 

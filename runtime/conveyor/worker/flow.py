@@ -21,7 +21,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from .. import calls, errors, keys
-from ..connection import error_line
+from ..connection import cause
 from ..calls import RUN_FIELDS
 from ..settings import WorkerSettings
 from .link import LinkDown, RedisLink
@@ -46,7 +46,7 @@ class Refusals:
         delay = self._delay.get(part)
         if delay is None:
             log.error("Redis refused the worker's %s: %s; keeping it and retrying with backoff", part.replace(":", " of queue "),
-                      error_line(exc))
+                      cause(exc))
             delay = _RETRY_FIRST
         self._delay[part] = min(delay * 2, _RETRY_MAX)
         until = self.until[part] = time.monotonic() + delay

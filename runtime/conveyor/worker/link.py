@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import routing, scripts
-from ..connection import RedisTarget, db_of, describe, error_line
+from ..connection import RedisTarget, cause, db_of, describe, error_line
 from .metrics import WorkerMetrics
 
 log = logging.getLogger("conveyor.worker")
@@ -63,7 +63,7 @@ class RefusalLog:
         if isinstance(reply, ResponseError):
             if part not in self._refused:
                 self._refused.add(part)
-                log.warning("%s: Redis refused the %s: %s", self.component, part, error_line(reply))
+                log.warning("%s: Redis refused the %s: %s", self.component, part, cause(reply))
             return True
         if part in self._refused:
             self._refused.discard(part)
@@ -185,7 +185,7 @@ class RedisLink:
         self._up.clear()
         self._down_since = time.monotonic()
         self.metrics.redis_up.set(0)
-        why = f"no answer within {self.silence / 2:g}s" if silent else error_line(exc)
+        why = f"no answer within {self.silence / 2:g}s" if silent else cause(exc)
         log.error("lost Redis at %s: %s; retrying with backoff", self.where, why)
         self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop(), name="reconnect")
 

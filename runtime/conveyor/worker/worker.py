@@ -29,7 +29,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from .. import __version__, keys, periodic, routing
-from ..connection import error_line
+from ..connection import cause
 from ..errors import ConveyorError
 from ..settings import WorkerSettings
 from .fleet import Commands, Housekeeping
@@ -335,7 +335,7 @@ class Worker:
                 if self.phase is not Phase.RUNNING:
                     break
                 if not complained:
-                    log.error("waiting for work failed: %s; retrying every second", error_line(exc))
+                    log.error("waiting for work failed: %s; retrying every second", cause(exc))
                     complained = True
                 await self._nap(1.0)
             self._idle.clear()
