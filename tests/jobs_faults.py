@@ -95,3 +95,12 @@ async def async_until_cancelled(path: str, tag: str, seconds: float = 30.0) -> s
         _append(path, f"{tag}-cancelled")
         raise
     return tag
+
+
+def fail_first(path: str, tag: str, times: int) -> int:
+    """Record, then raise ValueError on the first `times` runs; return the run's number after."""
+    _append(path, tag)
+    n = executions(path)[tag]
+    if n <= times:
+        raise ValueError(f"attempt {n}")
+    return n

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import AskError, ClusterDownError, MovedError, RedisError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, ReadOnlyError, RedisError, ResponseError, TryAgainError
 
 from .connection import is_cluster
 
@@ -65,8 +65,14 @@ def _route(cluster: Any, indices: Iterable[int], stack: list[Command]) -> dict[s
     return groups
 
 
-def _refused(replies: list[Any], indices: list[int]) -> list[int]:
-    return [i for i in indices if isinstance(replies[i], _REFUSED)]
+def _refused(replies: list[Any], groups: Iterable[list[int]]) -> list[int]:
+    """What to send again: refused commands, and every error of a node that refused any (a
+    demoted master answers MOVED to keyed commands, but an error to WAIT)."""
+    out = []
+    for indices in groups:
+        if any(isinstance(replies[i], _REFUSED) for i in indices):
+            out += [i for i in indices if isinstance(replies[i], (*_REFUSED, ReadOnlyError, ResponseError))]
+    return sorted(out)
 
 
 # -- sync ----------------------------------------------------------------------------------
@@ -90,14 +96,15 @@ def send(client: Any, stack: list[Command]) -> list[Any]:
     for round_ in range(_ROUNDS):
         if round_:
             client.nodes_manager.initialize()
+        groups = list(_route(client, todo, stack).values())
         try:
-            for node, indices in _route(client, todo, stack).values():
+            for node, indices in groups:
                 for i, reply in zip(indices, _run(client.get_redis_connection(node), [stack[i] for i in indices])):
                     replies[i] = reply
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             _refresh(client)
             raise
-        todo = _refused(replies, todo)
+        todo = _refused(replies, (indices for _, indices in groups))
         if not todo:
             break
     return replies
@@ -190,7 +197,7 @@ async def asend(client: Any, stack: list[Command]) -> list[Any]:
         if failure is not None:
             await arefresh(client)
             raise failure
-        todo = _refused(replies, todo)
+        todo = _refused(replies, (indices for _, indices in groups))
         if not todo:
             break
     return replies

@@ -195,6 +195,7 @@ class RedisLink:
         while not self._closing.is_set():
             try:
                 await routing.aping(self.redis)
+                await routing.aping(self.blocking)  # on a Cluster: its slot map, read again too
                 break
             except (*DOWN_ERRORS, RedisError):
                 await self.nap(delay)

@@ -1,0 +1,224 @@
+"""Conveyor on a real Redis Cluster (3 masters, 3 replicas, started by the fixture): the whole
+surface on queues spread over the masters, and failovers under load.
+
+Tests share one cluster; each takes its own key prefix, so none sees another's jobs. The truth
+of what ran comes from the jobs' own records (tests/jobs_faults.py), not from Conveyor.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from conveyor import JobStatus, Queue, Retry, keys
+from conveyor.errors import NotReplicated
+from conveyor.connection import RedisTarget
+from conveyor_operator.status import queue_depth
+from deployments import RedisClusterDeployment
+from support import WORKER_ENV, WorkerProcess, wait_until, worker_id
+
+import jobs_faults
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterDeployment]:
+    with RedisClusterDeployment(masters=3, replicas_per_master=1) as c:
+        yield c
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def client(cluster: RedisClusterDeployment) -> Iterator[Any]:
+    c = RedisTarget.parse(cluster.url()).client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def spawn(cluster: RedisClusterDeployment, prefix: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        w = WorkerProcess(cluster.url(), ("--prefix", prefix, *args), tmp_path / f"w{len(started)}.log")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def spread_queues(cluster: RedisClusterDeployment, prefix: str, n: int = 3) -> list[str]:
+    """Queue names whose keys live on n different masters."""
+    names: dict[Any, str] = {}
+    for i in range(500):
+        name = f"q{i}"
+        owner = cluster.master_of_slot(key_slot(keys.Keyspace(prefix).queue(name).ready.encode()))
+        names.setdefault(owner, name)
+        if len(names) == n:
+            return list(names.values())
+    raise AssertionError("could not spread queues over the masters")
+
+
+def cli(cluster: RedisClusterDeployment, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**WORKER_ENV, "CONVEYOR_REDIS_URL": cluster.url(), "CONVEYOR_PREFIX": prefix}
+    return subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_the_whole_surface_on_queues_spread_over_the_masters(cluster, client, prefix, spawn, tmp_path) -> None:
+    path = str(tmp_path / "runs")
+    names = spread_queues(cluster, prefix)
+    queues = [Queue(n, connection=client, prefix=prefix) for n in names]
+    cron = tmp_path / "cron.toml"
+    cron.write_text(f'[[cron]]\nschedule = "* * * * *"\nfunc = "jobs_faults:record"\nname = "tick"\n'
+                    f'queue = "{names[2]}"\nargs = ["{path}", "cron"]\n')
+    tick = int(time.time()) // 60 * 60
+    client.hset(keys.Keyspace(prefix).queue(names[2]).cron, "tick", tick - 60)  # this minute's tick is due
+
+    single = [q.enqueue("jobs_faults:record", path, f"one-{q.name}") for q in queues]
+    many = queues[1].enqueue_many([Queue.prepare_data("jobs_faults:record", (path, f"many{i}")) for i in range(20)])
+    later = queues[0].enqueue_in(0.3, "jobs_faults:record", path, "later")
+    flaky = queues[2].enqueue("jobs_faults:fail_first", path, "flaky", 2, retry=Retry(max=3, intervals=[0.1, 0.2]))
+    w = spawn("-q", ",".join(names), "--with-scheduler", "--cron-file", str(cron), "--lease-seconds", "3")
+
+    done = [*single, *many, later]
+    wait_until(lambda: all(j.refresh().status is JobStatus.FINISHED for j in done), 20, "the jobs to finish")
+    wait_until(lambda: flaky.refresh().status is JobStatus.FINISHED, 20, "the flaky job to succeed on its third run")
+    assert flaky.result == 3 and flaky.retries == 2
+    wait_until(lambda: jobs_faults.executions(path)["cron"] >= 1, 20, "the cron tick to run")
+    ran = jobs_faults.executions(path)
+    assert all(ran[j.refresh().result] == 1 for j in [*single, *many, later])  # each exactly once
+
+    # Idle, the worker blocks on every master's wake list at once: a job on any queue is
+    # picked up at once, not at the next 5 s re-check.
+    for q in queues:
+        t0 = time.monotonic()
+        j = q.enqueue("jobs_faults:record", path, f"idle-{q.name}")
+        wait_until(lambda: j.refresh().status is JobStatus.FINISHED, 3, f"pickup on {q.name}")
+        assert time.monotonic() - t0 < 2.0
+
+    # Cancel a scheduled job; stop a running one (the command crosses the cluster bus).
+    gone = queues[0].enqueue_in(3600, "jobs_faults:record", path, "never")
+    gone.cancel()
+    assert gone.refresh().status is JobStatus.CANCELED
+    held = queues[1].enqueue("jobs_faults:record", path, "held", 30)
+    wait_until(lambda: held.refresh().status is JobStatus.STARTED, 10, "the held job to start")
+    res = cli(cluster, prefix, "job", "stop", held.id)
+    assert res.returncode == 0, res.stderr
+    assert held.refresh().status is JobStatus.CANCELED
+
+    # The CLI, doctor, metrics' depth source and the operator's status reader.
+    info = json.loads(cli(cluster, prefix, "info", "--json").stdout)
+    counts = {q["name"]: q["finished"] for q in info["queues"]}
+    # one and idle each, with: later; 20 many; flaky and the cron ticks (a minute may turn over)
+    assert counts == {names[0]: 3, names[1]: 22, names[2]: 3 + jobs_faults.executions(path)["cron"]}
+    assert [x["id"] for x in info["workers"]] == [worker_id(w)]
+    assert {q["scheduler_leader"] for q in info["queues"]} == {worker_id(w)}
+    show = cli(cluster, prefix, "job", "show", flaky.id, "--json")
+    assert show.returncode == 0 and json.loads(show.stdout)["retries"] == 2
+    doctor = cli(cluster, prefix, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    depth = queue_depth(cluster.url(), names, prefix=prefix)
+    assert [d["name"] for d in depth] == names and all(d["failed"] == 0 for d in depth)
+    assert "Traceback" not in w.log() and "ERROR" not in w.log()
+
+
+def test_purge_and_requeue_from_the_cli(cluster, client, prefix, tmp_path) -> None:
+    path = str(tmp_path / "runs")
+    names = spread_queues(cluster, prefix, 2)
+    q = Queue(names[1], connection=client, prefix=prefix)
+    for i in range(5):
+        q.enqueue("jobs_faults:record", path, f"p{i}")
+    res = cli(cluster, prefix, "purge", names[1], "--yes")
+    assert res.returncode == 0 and "5 ready" in res.stdout, res.stderr
+    assert q.count == 0
+
+
+def test_a_node_url_given_as_redis_is_named(cluster) -> None:
+    node = cluster.masters()[0]
+    res = subprocess.run([sys.executable, "-m", "conveyor", "info", "--redis-url", f"redis://{node.host}:{node.port}/0"],
+                         env=WORKER_ENV, capture_output=True, text=True, timeout=30)
+    # Some keys happen to live on that node; the fleet key may not: either way, no traceback,
+    # and a MOVED is explained.
+    assert "Traceback" not in res.stderr
+    if res.returncode:
+        assert "redis+cluster://" in res.stderr
+
+
+def _failover_under_load(cluster: RedisClusterDeployment, client: Any, prefix: str, spawn: Callable[..., WorkerProcess],
+                         tmp_path: Path, fail: Callable[[Any], None]) -> None:
+    path = str(tmp_path / "runs")
+    names = spread_queues(cluster, prefix)
+    # Enqueues wait for a replica (WAIT): an acknowledged job survives its master's death.
+    queues = [Queue(n, connection=client, prefix=prefix, min_replicas=1) for n in names]
+    workers = [spawn("-q", ",".join(names), "--with-scheduler", "--lease-seconds", "3", "--concurrency", "8")
+               for _ in range(2)]
+    try:
+        ids = [worker_id(w) for w in workers]
+    except AssertionError:
+        print("\n".join(w.log()[-3000:] for w in workers))
+        raise
+    tags = [f"{q.name}-{i}" for i in range(150) for q in queues]
+    for q in queues:
+        q.enqueue_many([Queue.prepare_data("jobs_faults:record", (path, t, 0.02)) for t in tags if t.startswith(q.name + "-")])
+    victim = cluster.master_of_slot(key_slot(keys.Keyspace(prefix).queue(names[0]).ready.encode()))
+    wait_until(lambda: sum(jobs_faults.executions(path).values()) >= 100, 20, "work in flight")
+    fail(victim)
+    deadline = time.monotonic() + 30
+    while len(tags) < 450 + 30 and time.monotonic() < deadline:  # keep enqueueing through the failover
+        tag = f"after-{len(tags) - 450}"
+        try:
+            queues[len(tags) % 3].enqueue("jobs_faults:record", path, tag)
+        except NotReplicated:
+            pass  # queued on a master that has no replica left (it was the replica): it runs
+        except (RedisError, OSError):
+            time.sleep(0.1)
+            continue
+        tags.append(tag)
+    assert len(tags) == 480, "enqueue did not come back after the failover"
+    wait_until(lambda: all(jobs_faults.executions(path)[t] for t in tags), 60, "every job to run after the failover")
+    ran = jobs_faults.executions(path)
+    space = keys.Keyspace(prefix)
+    wait_until(lambda: all(client.llen(space.queue(n).ready) == 0 and client.zcard(space.queue(n).leases) == 0
+                           for n in names), 30, "the queues to drain")
+    claimed = sum(client.scard(space.queue(n).claimed(wid)) for n in names for wid in ids)
+    lost = [t for t in tags if ran[t] == 0]
+    twice = sum(1 for t in tags if ran[t] > 1)
+    print(f"\nfailover under load: {len(tags)} jobs, lost {len(lost)}, run twice {twice}, left claimed {claimed}")
+    assert lost == [] and claimed == 0
+    assert all(w.proc.poll() is None for w in workers), "a worker died in the failover"
+
+
+@pytest.mark.slow
+def test_manual_failover_under_load(cluster, client, prefix, spawn, tmp_path) -> None:
+    _failover_under_load(cluster, client, prefix, spawn, tmp_path,
+                         lambda victim: cluster.manual_failover(cluster.replicas(of=victim)[0]))
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_master_with_a_replica_under_load(cluster, client, prefix, spawn, tmp_path) -> None:
+    def kill(victim: Any) -> None:
+        cluster.kill(victim)
+        cluster.wait_ok(30)
+
+    try:
+        _failover_under_load(cluster, client, prefix, spawn, tmp_path, kill)
+    finally:
+        for addr, proc in list(cluster.procs.items()):
+            if not proc.alive:
+                cluster.restart(addr)
