@@ -99,11 +99,12 @@ class RedisTarget:
                               "redis+sentinel://host:port,.../<master>/<db> or redis+cluster://host:port,...")
         kind, tls = _SCHEMES[scheme]
         files = (tls_files or TlsFiles.from_env()).options()
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        TlsFiles(*(query.get(k) for k in _TLS_QUERY)).options()  # the URL's own files exist
         if kind == SERVER:
             # redis-py reads the rest of the query itself (ssl_certfile=..., socket_timeout=...).
             return cls(url, kind, tls, options=files if tls else {})
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
         if unknown := sorted(set(query) - _QUERY):
             raise ConfigError(f"unknown option {unknown[0]!r} in Redis URL {mask_url(url)}")
         userinfo, _, hostlist = parts.netloc.rpartition("@")
