@@ -79,3 +79,11 @@ def test_a_user_without_time_is_told_which_command(acl_server: EmbeddedRedis, tm
         w.stop()
     res = cli(url, "doctor")
     assert res.returncode != 0 and "Traceback" not in res.stderr
+
+
+def test_a_wrong_password_is_named(acl_server: EmbeddedRedis) -> None:
+    user_url(acl_server, "someone", readme_rule())
+    url = f"redis://someone:wrong@127.0.0.1:{acl_server.port}/0"
+    res = cli(url, "info")
+    assert res.returncode == 1 and "refused the credentials" in res.stderr
+    assert "wrong" not in res.stderr.replace("wrong user", "") and "Traceback" not in res.stderr

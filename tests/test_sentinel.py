@@ -158,3 +158,16 @@ def test_failover_under_load_then_the_old_master_returns(group, client, prefix, 
     assert lost == [] and claimed == 0
     assert all(w.proc.poll() is None for w in workers)
     assert all("READONLY" not in w.log() and "read only replica" not in w.log() for w in workers)
+
+
+def test_a_replica_given_as_redis_is_named(group, tmp_path) -> None:
+    master = group.master_addr()
+    [replica] = [p.addr for p in group.data if p.addr != master and p.alive]
+    url = f"redis://{replica.host}:{replica.port}/0"
+    with pytest.raises(Exception, match="read-only replica; point at the master, or use redis\\+sentinel://"):
+        Queue("r", redis_url=url).enqueue("jobs:add", 1, 2)
+    w = WorkerProcess(url, ("-q", "r"), tmp_path / "w.log")
+    try:
+        w.wait_log("read-only replica", 15)
+    finally:
+        w.stop()
