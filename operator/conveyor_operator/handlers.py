@@ -37,6 +37,9 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
+    # A JobQueue being deleted goes once its resync timer has exited. A timer caught inside a
+    # pass (reading Redis) is re-checked after this many seconds; kopf's default is 60.
+    settings.background.cancellation_polling = 1.0
     reconciler()  # fail fast on bad credentials
     logger.info("conveyor operator: namespaces=%s default image=%r resync=%ss",
                 ",".join(SETTINGS.namespaces) or "*", SETTINGS.default_image, SETTINGS.resync_seconds)
