@@ -74,5 +74,12 @@ def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
 
 @kopf.on.delete(crd.GROUP, crd.VERSION, crd.PLURAL, optional=True)
 def deleted(body: kopf.Body, **_: Any) -> None:
-    # Owned objects go with the JobQueue (ownerReferences); only forget our lock.
-    reconciler().forget(body.get("metadata", {}).get("uid", ""))
+    # Owned objects go with the JobQueue (ownerReferences); only forget our lock and TLS files.
+    reconciler().forget(body.get("metadata", {}).get("uid", "") or body.get("metadata", {}).get("name", ""))
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    """Remove the private TLS files (they would go at exit anyway)."""
+    if _reconciler is not None:
+        _reconciler.close()

@@ -154,12 +154,11 @@ class OperatorProcess:
         self.cluster = cluster
         self.liveness_port = free_port()
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor_operator", "--verbose"],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig), "CONVEYOR_OPERATOR_DEFAULT_IMAGE": DEFAULT_IMAGE,
-                 "CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS), "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "0.5",
-                 "CONVEYOR_OPERATOR_LIVENESS_PORT": str(self.liveness_port), **env},
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CONVEYOR_OPERATOR_DEFAULT_IMAGE": DEFAULT_IMAGE,
+                    "CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS), "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "0.5",
+                    "CONVEYOR_OPERATOR_LIVENESS_PORT": str(self.liveness_port), **env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "conveyor_operator", "--verbose"], env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def watching(self) -> bool:
         if self.proc.poll() is not None:
