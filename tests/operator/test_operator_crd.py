@@ -336,3 +336,13 @@ def test_tls_secret_refs_default_their_keys() -> None:
     assert any("'name' is a required property" in e for e in admission(bad))
     bad = spec_doc({"url": "rediss://r", "tls": {"clientCertSecretRef": {"name": "Not_A_Secret"}}})
     assert any("does not match" in e for e in admission(bad))
+
+
+def test_jobqueues_in_the_readme_are_valid() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme[readme.index("## On Kubernetes"):]
+    blocks = [yaml.safe_load(b.split("```", 1)[0]) for b in section.split("```yaml\n")[1:]]
+    jobqueues = [b for b in blocks if isinstance(b, dict) and b.get("kind") == crd.KIND]
+    assert jobqueues, "the README shows a JobQueue"
+    for doc in jobqueues:
+        assert admission(doc) == [] and problems(defaulted(doc["spec"]), doc["metadata"]["name"]) == []
