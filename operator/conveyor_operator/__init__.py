@@ -6,12 +6,14 @@ Modules:
     builders    pure functions: JobQueue -> Deployment, ConfigMap, Service, PDB, ServiceMonitor
     k8s         the one module that talks to the API (server-side apply, status, Secrets)
     status      metav1.Condition bookkeeping and queue depth read from Redis
+    tlsfiles    private files for the TLS Secrets the operator reads queue depth with
     reconcile   one reconcile pass, shared by every handler
     handlers    thin kopf handlers (create/update/resume, resync timer)
     settings    settings from the environment
     __main__    ``python -m conveyor_operator``: ``kopf run`` with kopf's liveness endpoint
 
-The runtime (``conveyor``) never imports this package; this package reads ``conveyor.keys``
-and ``conveyor.validation``. Workers are configured through the ``conveyor worker`` command
-line only, with the Redis URL in ``CONVEYOR_REDIS_URL``.
+The runtime (``conveyor``) never imports this package; this package reads ``conveyor.keys``,
+``conveyor.connection`` and ``conveyor.validation``. Workers are configured through the
+``conveyor worker`` command line only, with the Redis URL in ``CONVEYOR_REDIS_URL`` and the
+TLS files named by ``CONVEYOR_REDIS_CA_FILE`` / ``_CERT_FILE`` / ``_KEY_FILE``.
 """

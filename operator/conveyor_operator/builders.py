@@ -5,7 +5,8 @@ server-side apply; fields the operator does not want to own (the Deployment's
 ``replicas`` while autoscaling is enabled) are left out, never set to a guess.
 
 The worker contract is the ``conveyor worker`` command line; the Redis URL reaches the
-container only through ``CONVEYOR_REDIS_URL``.
+container only through ``CONVEYOR_REDIS_URL``, the TLS files (from Secrets, in one
+projected volume) through ``CONVEYOR_REDIS_CA_FILE`` / ``_CERT_FILE`` / ``_KEY_FILE``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from . import crd
 POLICY_DIR = "/etc/conveyor"
 POLICY_FILE = "policy.json"
 TLS_DIR = "/etc/conveyor/tls"
-TLS_CA_ENV = "CONVEYOR_REDIS_CA_FILE"  # not read by the worker yet; see the operator issue's report
+TLS_VOLUME = "redis-tls"
+TLS_MODE = 0o440  # owner root, group fsGroup (the worker's): the key readable by the worker only
+# File in TLS_DIR -> the worker's environment variable naming it (conveyor.connection.TlsFiles).
+TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE = "ca.crt", "tls.crt", "tls.key"
+TLS_ENV = {TLS_CA_FILE: "CONVEYOR_REDIS_CA_FILE", TLS_CERT_FILE: "CONVEYOR_REDIS_CERT_FILE",
+           TLS_KEY_FILE: "CONVEYOR_REDIS_KEY_FILE"}
 GRACE_MARGIN_SECONDS = 10
 CHECKSUM_ANNOTATION = "conveyor.dev/config-checksum"
 MANAGED_BY = "conveyor-operator"
@@ -102,9 +108,24 @@ def worker_args(spec: dict[str, Any]) -> list[str]:
         args.append("--with-scheduler")
     args += ["--metrics-port", str(spec["metrics"]["port"]), "--policy-file", f"{POLICY_DIR}/{POLICY_FILE}",
              "--log-format", "json"]
+    if spec["redis"].get("prefix"):
+        args += ["--prefix", spec["redis"]["prefix"]]
     for module in w.get("allowModules") or []:
         args += ["--allow-module", module]
     return args + list(w.get("args") or [])
+
+
+def tls_sources(spec: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The TLS files the workers get: file name in TLS_DIR -> (Secret name, key), from
+    spec.redis.tls.caSecretRef and clientCertSecretRef. The operator reads the same keys."""
+    tls = spec["redis"].get("tls") or {}
+    out: dict[str, tuple[str, str]] = {}
+    if ca := tls.get("caSecretRef"):
+        out[TLS_CA_FILE] = (ca["name"], ca.get("key", "ca.crt"))
+    if client := tls.get("clientCertSecretRef"):
+        out[TLS_CERT_FILE] = (client["name"], client.get("certKey", "tls.crt"))
+        out[TLS_KEY_FILE] = (client["name"], client.get("keyKey", "tls.key"))
+    return out
 
 
 def redis_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -115,15 +136,28 @@ def redis_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
             "name": ref["name"], "key": ref.get("key", "url")}}}]
     else:
         env = [{"name": crd.REDIS_URL_ENV, "value": redis["url"]}]
-    if (redis.get("tls") or {}).get("caSecretRef"):
-        env.append({"name": TLS_CA_ENV, "value": f"{TLS_DIR}/ca.crt"})
+    env += [{"name": TLS_ENV[file], "value": f"{TLS_DIR}/{file}"} for file in tls_sources(spec)]
     return env
+
+
+def tls_volume(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """One projected volume with every TLS file (the CA and the client pair may come from one
+    Secret or two). Secret rotations reach the files without a restart; redis-py reads them
+    for each new connection."""
+    by_secret: dict[str, list[dict[str, str]]] = {}
+    for file, (secret, key) in tls_sources(spec).items():
+        by_secret.setdefault(secret, []).append({"key": key, "path": file})
+    if not by_secret:
+        return None
+    return {"name": TLS_VOLUME, "projected": {"defaultMode": TLS_MODE, "sources": [
+        {"secret": {"name": secret, "items": items}} for secret, items in by_secret.items()]}}
 
 
 def checksum(spec: dict[str, Any], image: str, redis_digest: str = "") -> str:
     """Everything a running worker read at start: a change rolls the pods. ``redis_digest``
     fingerprints the Redis URL read from the Secret, so rotating the Secret rolls them too
-    (the URL itself never lands in the object)."""
+    (the URL itself never lands in the object). ``redis`` covers the prefix and the TLS
+    Secret references; the TLS files' contents are not in it (mounted files follow rotations)."""
     config = {"args": worker_args(spec), "policy": policy(spec), "redis": spec["redis"], "image": image,
               "env": spec["workers"].get("env") or [], "envFrom": spec["workers"].get("envFrom") or [],
               "redis_secret": redis_digest}
@@ -164,11 +198,10 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
         {"name": "policy", "configMap": {"name": names(owner.name)["configmap"]}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    ca = (spec["redis"].get("tls") or {}).get("caSecretRef")
-    if ca:
-        volumes.append({"name": "redis-ca", "secret": {"secretName": ca["name"],
-                                                      "items": [{"key": ca.get("key", "ca.crt"), "path": "ca.crt"}]}})
-        container["volumeMounts"].append({"name": "redis-ca", "mountPath": TLS_DIR, "readOnly": True})
+    tls = tls_volume(spec)
+    if tls:
+        volumes.append(tls)
+        container["volumeMounts"].append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

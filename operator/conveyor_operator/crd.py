@@ -28,6 +28,17 @@ MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # conve
 MAX_QUEUES = 32
 MAX_NAME = 50  # child names add "-metrics" etc. and must stay DNS labels (<= 63)
 REDIS_URL_ENV = "CONVEYOR_REDIS_URL"
+PREFIX_ENV = "CONVEYOR_PREFIX"
+# Every scheme conveyor.connection.RedisTarget.parse takes; the TLS ones are the rediss* three.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "sentinel",
+                 "redis+cluster", "rediss+cluster")
+TLS_SCHEMES = ("rediss", "rediss+sentinel", "rediss+cluster")
+REDIS_URL_PATTERN = r"^(rediss?|unix|rediss?\+sentinel|sentinel|rediss?\+cluster)://"
+# conveyor.keys.check_prefix: 1-64 of letters, digits and _ . : -, starting with a letter or
+# digit, no trailing colon (so no braces: the prefix never carries a Cluster hash tag).
+PREFIX_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.:-]{0,62}[A-Za-z0-9_.-])?$"
+MAX_PREFIX = 64
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 def _int(minimum: int | None = None, maximum: int | None = None, default: int | None = None, desc: str = "") -> dict[str, Any]:
@@ -95,31 +106,62 @@ SECRET_KEY_REF = {
     "type": "object",
     "required": ["name"],
     "properties": {
-        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", minLength=1),
+        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN, minLength=1),
         "key": _str("Key in the Secret.", default="url", minLength=1),
     },
 }
+
+_TLS_URL = " || ".join(f"self.url.startsWith('{s}://')" for s in TLS_SCHEMES)
+_TLS_URLS_TEXT = ", ".join(f"{s}://" for s in TLS_SCHEMES[:-1]) + f" or {TLS_SCHEMES[-1]}://"
+TLS_URL_MESSAGE = f"redis.tls.enabled needs a TLS URL: {_TLS_URLS_TEXT}"
+# Worker environment the operator sets itself (spec.workers.env may not): name -> why.
+RESERVED_ENV = {REDIS_URL_ENV: f"{REDIS_URL_ENV} is set by the operator from spec.redis",
+                PREFIX_ENV: f"set the key prefix with spec.redis.prefix, not {PREFIX_ENV}"}
 
 REDIS = {
     "type": "object",
     "description": "Where the queues live. Give exactly one of url or secretRef; the URL reaches "
                    f"the workers only through the {REDIS_URL_ENV} environment variable.",
     "properties": {
-        "url": _str("A redis:// or rediss:// URL. Prefer secretRef when the URL carries a password.",
-                    max_length=2048, pattern=r"^rediss?://", minLength=1),
+        "url": _str("A Redis URL: redis:// or rediss:// (one server), unix:///path.sock, "
+                    "redis+sentinel://[user:pass@]h1:26379,h2:26379/<master>/<db> (rediss+sentinel://, sentinel://), "
+                    "redis+cluster://[user:pass@]h1:7000,h2:7001 (rediss+cluster://). "
+                    "Prefer secretRef when the URL carries a password.",
+                    max_length=2048, pattern=REDIS_URL_PATTERN, minLength=1),
         "secretRef": {**SECRET_KEY_REF, "description": "A Secret key holding the Redis URL."},
+        "prefix": _str("Key prefix of every key the workers use (--prefix); apps with different prefixes "
+                       "share a Redis unseen. 1-64 letters, digits and _ . : -, starting with a letter or "
+                       "digit, no trailing colon. Unset: conveyor.",
+                       max_length=MAX_PREFIX, pattern=PREFIX_PATTERN, minLength=1),
         "tls": {
             "type": "object",
-            "description": "TLS to Redis. The URL must use rediss://.",
+            "description": f"TLS to Redis. With enabled, a url must use {_TLS_URLS_TEXT}. The files are "
+                           "mounted from the Secrets at /etc/conveyor/tls/, and the operator reads the same "
+                           "Secrets to report queue depth.",
             "properties": {
                 "enabled": {"type": "boolean", "default": False},
                 "caSecretRef": {
                     "type": "object",
                     "required": ["name"],
-                    "description": "A Secret key with the CA bundle (PEM), mounted at /etc/conveyor/tls/ca.crt.",
+                    "description": "A Secret key with the CA bundle (PEM) that signed Redis's certificate, "
+                                   "mounted at /etc/conveyor/tls/ca.crt.",
                     "properties": {
-                        "name": _str("Name of a Secret in the JobQueue's namespace.", minLength=1),
+                        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN,
+                                     minLength=1),
                         "key": _str("Key in the Secret.", default="ca.crt", minLength=1),
+                    },
+                },
+                "clientCertSecretRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "description": "A Secret with a client certificate and its key (PEM), for a Redis that "
+                                   "requires client certificates (tls-auth-clients yes); mounted at "
+                                   "/etc/conveyor/tls/tls.crt and tls.key. A kubernetes.io/tls Secret fits as is.",
+                    "properties": {
+                        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN,
+                                     minLength=1),
+                        "certKey": _str("Key of the certificate in the Secret.", default="tls.crt", minLength=1),
+                        "keyKey": _str("Key of the private key in the Secret.", default="tls.key", minLength=1),
                     },
                 },
             },
@@ -127,8 +169,8 @@ REDIS = {
     },
     "x-kubernetes-validations": [
         _rule("has(self.url) != has(self.secretRef)", "give exactly one of redis.url or redis.secretRef", "FieldValueInvalid"),
-        _rule("!has(self.url) || !has(self.tls) || !self.tls.enabled || self.url.startsWith('rediss://')",
-              "redis.tls.enabled needs a rediss:// URL", "FieldValueInvalid"),
+        _rule(f"!has(self.url) || !has(self.tls) || !self.tls.enabled || {_TLS_URL}",
+              TLS_URL_MESSAGE, "FieldValueInvalid"),
     ],
 }
 
@@ -178,8 +220,8 @@ WORKERS = {
         "env": {"type": "array", "maxItems": 64, "description": "Extra container environment (core/v1 EnvVar).",
                 "items": {"type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True,
                           "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 253}}},
-                "x-kubernetes-validations": [_rule(f"self.all(e, e.name != '{REDIS_URL_ENV}')",
-                                                   f"{REDIS_URL_ENV} is set by the operator from spec.redis")]},
+                "x-kubernetes-validations": [_rule(f"self.all(e, e.name != '{name}')", message)
+                                             for name, message in RESERVED_ENV.items()]},
         "envFrom": _free_list("Extra container environment sources (core/v1 EnvFromSource)."),
         "resources": {
             "type": "object",

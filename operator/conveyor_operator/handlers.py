@@ -37,6 +37,9 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
+    # A JobQueue being deleted goes once its resync timer has exited. A timer caught inside a
+    # pass (reading Redis) is re-checked after this many seconds; kopf's default is 60.
+    settings.background.cancellation_polling = 1.0
     reconciler()  # fail fast on bad credentials
     logger.info("conveyor operator: namespaces=%s default image=%r resync=%ss",
                 ",".join(SETTINGS.namespaces) or "*", SETTINGS.default_image, SETTINGS.resync_seconds)
@@ -71,5 +74,12 @@ def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
 
 @kopf.on.delete(crd.GROUP, crd.VERSION, crd.PLURAL, optional=True)
 def deleted(body: kopf.Body, **_: Any) -> None:
-    # Owned objects go with the JobQueue (ownerReferences); only forget our lock.
-    reconciler().forget(body.get("metadata", {}).get("uid", ""))
+    # Owned objects go with the JobQueue (ownerReferences); only forget our lock and TLS files.
+    reconciler().forget(body.get("metadata", {}).get("uid", "") or body.get("metadata", {}).get("name", ""))
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    """Remove the private TLS files (they would go at exit anyway)."""
+    if _reconciler is not None:
+        _reconciler.close()

@@ -113,18 +113,28 @@ class Api:
 
     # --- lookups -----------------------------------------------------------------------------
 
-    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """The decoded value, or None when the Secret or the key is missing (NotFound raised
-        for a missing Secret, KeyError for a missing key, so callers can tell them apart)."""
+    def secret_value(self, namespace: str, name: str, key: str) -> str:
+        """The decoded value of one key (NotFound raised for a missing Secret, KeyError for a
+        missing key, so callers can tell them apart)."""
+        return self.secret_values(namespace, name, [key])[key]
+
+    def secret_values(self, namespace: str, name: str, keys: list[str]) -> dict[str, str]:
+        """Several keys of one Secret, read in one GET (a certificate and its key stay a pair);
+        NotFound for a missing Secret, KeyError naming the first missing key."""
         secret = self.get("v1", "Secret", namespace, name)
         if secret is None:
             raise NotFound(404, "NotFound", f'secret "{name}" not found')
         data = secret.get("data") or {}
-        if key in data:
-            return base64.b64decode(data[key]).decode()
-        if key in (secret.get("stringData") or {}):
-            return str(secret["stringData"][key])
-        raise KeyError(key)
+        string_data = secret.get("stringData") or {}
+        out = {}
+        for key in keys:
+            if key in data:
+                out[key] = base64.b64decode(data[key]).decode()
+            elif key in string_data:
+                out[key] = str(string_data[key])
+            else:
+                raise KeyError(key)
+        return out
 
     def crd_exists(self, name: str) -> bool:
         return self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, name) is not None

@@ -15,12 +15,22 @@ from typing import Any, Callable
 
 import redis
 
+from conveyor.connection import RedisTarget, TlsFiles, describe
+from conveyor.errors import ConfigError
+from conveyor.keys import DEFAULT_PREFIX
+
 from . import builders, crd
 from .builders import Owner
 from .k8s import Api, ApiError, NotFound
 from .settings import Settings
 from .spec import defaulted, problems
 from .status import DEGRADED, conditions_for, merge_conditions, now, queue_depth
+from .tlsfiles import TlsFileStore
+
+# The field naming each TLS file's Secret key, for messages.
+TLS_FIELDS = {builders.TLS_CA_FILE: "spec.redis.tls.caSecretRef.key",
+              builders.TLS_CERT_FILE: "spec.redis.tls.clientCertSecretRef.certKey",
+              builders.TLS_KEY_FILE: "spec.redis.tls.clientCertSecretRef.keyKey"}
 
 EventFn = Callable[[str, str, str], None]  # (type, reason, message)
 
@@ -33,9 +43,10 @@ class Outcome:
 
 
 class Reconciler:
-    def __init__(self, api: Api, settings: Settings) -> None:
+    def __init__(self, api: Api, settings: Settings, tls_files: TlsFileStore | None = None) -> None:
         self.api = api
         self.settings = settings
+        self.tls_files = tls_files or TlsFileStore()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -44,8 +55,14 @@ class Reconciler:
             return self._locks.setdefault(uid, threading.Lock())
 
     def forget(self, uid: str) -> None:
+        """The JobQueue is gone: its lock and its private TLS files (after any pass in flight)."""
+        with self._lock(uid):
+            self.tls_files.forget(uid)
         with self._locks_guard:
             self._locks.pop(uid, None)
+
+    def close(self) -> None:
+        self.tls_files.close()
 
     def reconcile(self, body: dict[str, Any], event: EventFn | None = None) -> Outcome:
         owner = Owner.of(body)
@@ -80,13 +97,12 @@ class Reconciler:
         except ApiError as exc:
             problem = problem or ("ApplyFailed", f"could not apply the worker objects: {exc}")
 
-        problem = problem or redis_problem
+        tls, tls_problem = self._tls_files(owner, spec)
+        problem = problem or redis_problem or tls_problem
         depth = None
-        if url is not None:
-            try:
-                depth = queue_depth(url, list(spec["queues"]), timeout=self.settings.redis_timeout)
-            except (redis.RedisError, OSError, ValueError) as exc:
-                problem = problem or ("RedisUnreachable", f"cannot reach Redis: {exc}")
+        if url is not None and tls is not None:
+            depth, depth_problem = self._depth(url, spec, tls)
+            problem = problem or depth_problem
         deployment = self.api.get("apps/v1", "Deployment", owner.namespace, builders.names(owner.name)["deployment"])
         return self._finish(body, owner, spec, problem, deployment, depth, event, generation=generation)
 
@@ -125,6 +141,70 @@ class Reconciler:
             return None, ("SecretKeyMissing", f'Secret "{ref["name"]}" has no key "{key}" (spec.redis.secretRef.key)')
         except ApiError as exc:
             return None, ("SecretUnreadable", f'cannot read Secret "{ref["name"]}": {exc}')
+
+    def _tls_files(self, owner: Owner, spec: dict[str, Any]) -> tuple[TlsFiles | None, tuple[str, str] | None]:
+        """The JobQueue's TLS Secrets as private files (the workers get the same keys mounted);
+        None and the problem when a Secret or key is missing."""
+        sources = builders.tls_sources(spec)
+        wanted: dict[str, set[str]] = {}
+        for secret, key in sources.values():
+            wanted.setdefault(secret, set()).add(key)
+        values: dict[str, dict[str, str]] = {}
+        for secret, keys in wanted.items():
+            refs = sorted({TLS_FIELDS[f].rsplit(".", 1)[0] for f, (s, _) in sources.items() if s == secret})
+            try:
+                values[secret] = self.api.secret_values(owner.namespace, secret, sorted(keys))
+            except NotFound:
+                return None, ("TLSSecretMissing", f'Secret "{secret}" ({", ".join(refs)}) was not found in namespace '
+                                                  f'"{owner.namespace}"; workers cannot start until it exists')
+            except KeyError as exc:
+                key = exc.args[0]
+                fields = ", ".join(TLS_FIELDS[f] for f, (s, k) in sources.items() if (s, k) == (secret, key))
+                return None, ("TLSSecretKeyMissing", f'Secret "{secret}" has no key "{key}" ({fields})')
+            except ApiError as exc:
+                return None, ("TLSSecretUnreadable", f'cannot read Secret "{secret}" ({", ".join(refs)}): {exc}')
+            except ValueError:  # not UTF-8: DER, or not a certificate at all
+                return None, ("TLSSecretUnreadable", f'Secret "{secret}" ({", ".join(refs)}) holds binary data '
+                                                     f'where PEM text was expected')
+        contents = {file: values[secret][key] for file, (secret, key) in sources.items()}
+        try:
+            return self.tls_files.files(owner.uid or owner.name, contents), None
+        except OSError as exc:
+            return None, ("TLSFilesUnwritable", f"the operator cannot write the TLS files to read queue depth "
+                                                f"(its /tmp): {exc}")
+
+    def _depth(self, url: str, spec: dict[str, Any], tls: TlsFiles,
+               ) -> tuple[list[dict[str, Any]] | None, tuple[str, str] | None]:
+        target: RedisTarget | str = url
+        try:
+            target = RedisTarget.parse(url, tls)
+            return queue_depth(url, list(spec["queues"]), timeout=self.settings.redis_timeout,
+                               prefix=spec["redis"].get("prefix") or DEFAULT_PREFIX, tls=tls), None
+        except ConfigError as exc:
+            return None, ("RedisConfigInvalid", str(exc))
+        except (redis.RedisError, OSError, ValueError) as exc:
+            uses_tls = isinstance(target, RedisTarget) and target.tls
+            return None, ("RedisUnreachable", self._in_spec_terms(describe(exc, target), spec, tls, uses_tls))
+
+    @staticmethod
+    def _in_spec_terms(message: str, spec: dict[str, Any], tls: TlsFiles, uses_tls: bool) -> str:
+        """A runtime error line, with the operator's private file paths named as the Secret keys
+        they come from, and the TLS hints given as JobQueue fields. A Redis that requires client
+        certificates closes the connection after the handshake: the client sees its alert, an
+        EOF or a reset, depending on timing."""
+        sources = builders.tls_sources(spec)
+        for file, path in ((builders.TLS_CA_FILE, tls.ca_file), (builders.TLS_CERT_FILE, tls.cert_file),
+                           (builders.TLS_KEY_FILE, tls.key_file)):
+            if path and file in sources:
+                message = message.replace(path, 'Secret "{}" key "{}"'.format(*sources[file]))
+        message = message.replace("set ssl_ca_certs or CONVEYOR_REDIS_CA_FILE", "set spec.redis.tls.caSecretRef")
+        low = message.lower().replace("_", " ")
+        if uses_tls and not tls.cert_file and any(
+                sign in low for sign in ("certificate required", "eof occurred in violation of protocol",
+                                         "connection reset by peer")):
+            message += ("; if Redis requires client certificates (tls-auth-clients), give one with "
+                        "spec.redis.tls.clientCertSecretRef")
+        return message
 
     def _finish(self, body: dict[str, Any], owner: Owner, spec: dict[str, Any], problem: tuple[str, str] | None,
                 deployment: dict[str, Any] | None, depth: list[dict[str, Any]] | None, event: EventFn,

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from conveyor.errors import ConveyorError
+from conveyor.keys import check_prefix
 from conveyor.retry import policy_retry
 from conveyor.validation import check_module_names, check_queue_name
 
@@ -46,10 +47,16 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
     redis = spec.get("redis") or {}
     if ("url" in redis) == ("secretRef" in redis):
         out.append("give exactly one of redis.url or redis.secretRef")
-    if "url" in redis and not str(redis["url"]).startswith(("redis://", "rediss://")):
-        out.append("redis.url must start with redis:// or rediss://")
-    if "url" in redis and (redis.get("tls") or {}).get("enabled") and not str(redis["url"]).startswith("rediss://"):
-        out.append("redis.tls.enabled needs a rediss:// URL")
+    if "url" in redis and not str(redis["url"]).startswith(tuple(f"{s}://" for s in crd.REDIS_SCHEMES)):
+        out.append("redis.url must start with one of " + ", ".join(f"{s}://" for s in crd.REDIS_SCHEMES))
+    if "url" in redis and (redis.get("tls") or {}).get("enabled") and \
+            not str(redis["url"]).startswith(tuple(f"{s}://" for s in crd.TLS_SCHEMES)):
+        out.append(crd.TLS_URL_MESSAGE)
+    if "prefix" in redis:
+        try:
+            check_prefix(redis["prefix"])
+        except ConveyorError as exc:
+            out.append(f"spec.redis.prefix: {exc}")
     queues = spec.get("queues") or []
     if not queues:
         out.append("spec.queues needs at least one queue")
@@ -88,8 +95,8 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
         check_module_names(workers.get("allowModules") or [], "spec.workers.allowModules")
     except ConveyorError as exc:
         out.append(str(exc))
-    if any(isinstance(e, dict) and e.get("name") == crd.REDIS_URL_ENV for e in workers.get("env") or []):
-        out.append(f"{crd.REDIS_URL_ENV} is set by the operator from spec.redis")
+    env_names = {e.get("name") for e in workers.get("env") or [] if isinstance(e, dict)}
+    out += [message for name, message in crd.RESERVED_ENV.items() if name in env_names]
     auto = spec.get("autoscaling") or {}
     if auto.get("minReplicas", 1) > auto.get("maxReplicas", 10):
         out.append("autoscaling.minReplicas must be <= autoscaling.maxReplicas")

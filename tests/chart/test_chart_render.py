@@ -128,6 +128,8 @@ def test_operator_deployment_defaults() -> None:
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]  # the only writable path
+    # ... in memory: the TLS client keys the operator reads from JobQueues' Secrets never reach the node's disk.
+    assert {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}} in pod["volumes"]
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     assert "imagePullSecrets" not in pod
 
@@ -170,6 +172,8 @@ def test_watched_namespaces_reach_the_operator_settings() -> None:
 
 # --- RBAC ---------------------------------------------------------------------------------------
 
+# The operator reads Secrets for spec.redis.secretRef and spec.redis.tls.caSecretRef /
+# clientCertSecretRef (k8s.Api.secret_values): get, never list or watch.
 NAMESPACED = {
     ("conveyor.dev", "jobqueues"): {"get", "list", "watch", "patch"},
     ("conveyor.dev", "jobqueues/status"): {"get", "patch"},
@@ -336,6 +340,7 @@ def test_example_jobqueue_is_valid_against_the_crd() -> None:
     ({"operator": {"resources": {"request": {"cpu": "1"}}}}, "additional properties 'request' not allowed"),
     ({"crds": {"enabled": "yes"}}, "at '/crds/enabled': got string, want boolean"),
     ({"exampleJobQueue": {"redisUrl": "http://redis:6379"}}, "at '/exampleJobQueue/redisUrl'"),
+    ({"exampleJobQueue": {"redisUrl": "redis-sentinel://s:26379/m/0"}}, "at '/exampleJobQueue/redisUrl'"),
     ({"exampleJobQueue": {"queues": []}}, "at '/exampleJobQueue/queues'"),
     ({"monitoring": {"podMonitor": {"interval": "soon"}}}, "at '/monitoring/podMonitor/interval'"),
 ])
@@ -345,6 +350,16 @@ def test_values_that_break_the_schema_fail_with_helms_message(values: dict[str, 
     text = str(exc.value)
     assert "values don't meet the specifications of the schema(s)" in text
     assert message in text
+
+
+def test_example_jobqueue_takes_every_redis_url_form_the_crd_takes() -> None:
+    from conveyor_operator import crd
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["exampleJobQueue"]["properties"]["redisUrl"]["pattern"] == crd.REDIS_URL_PATTERN
+    for url in ("rediss+sentinel://s1:26379,s2:26379/mymaster/0", "redis+cluster://n1:7000,n2:7001"):
+        docs, _ = render({"exampleJobQueue": {"enabled": True, "redisUrl": url}})
+        assert one(docs, "JobQueue")["spec"]["redis"]["url"] == url
 
 
 def _object_schemas(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:

@@ -1,7 +1,7 @@
 """Fixtures for the operator tests: the API emulator served over HTTP from a background
 thread, a kubeconfig pointing at it, the real kubectl, the operator as a real
-``python -m conveyor_operator`` (kopf run) process, and a real redis-server.
-Helpers live in op_helpers.py."""
+``python -m conveyor_operator`` (kopf run) process, and real redis-servers (one plain, one
+TLS-only requiring client certificates). Helpers live in op_helpers.py and tls_redis.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from conveyor.embedded import EmbeddedRedis
 
 from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, wait_for
+from tls_redis import TlsRedis
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,9 @@ def crd_installed(kubectl: Kubectl, cluster: Cluster) -> None:
 @pytest.fixture(scope="session")
 def operator(crd_installed: None, kubeconfig: Path, cluster: Cluster,
              tmp_path_factory: pytest.TempPathFactory) -> Any:
-    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", cluster)
+    # Its own TMPDIR, so tests can look at the private TLS files it writes there.
+    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", cluster,
+                         TMPDIR=str(tmp_path_factory.mktemp("operator-tmp")))
     try:
         wait_for(op.watching, timeout=20, what="the operator to watch JobQueues")
         yield op
@@ -58,5 +61,12 @@ def namespace() -> str:
 @pytest.fixture(scope="session")
 def redis_server() -> Any:
     server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    server = TlsRedis(tmp_path_factory.mktemp("tls-redis")).start()
     yield server
     server.stop()

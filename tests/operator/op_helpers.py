@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +48,23 @@ def wait_for(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.0
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def jq_path(ns: str, name: str = "") -> str:
+    return f"/apis/conveyor.dev/v1alpha1/namespaces/{ns}/jobqueues" + (f"/{name}" if name else "")
+
+
+def dep_path(ns: str, jq: str) -> str:
+    return f"/apis/apps/v1/namespaces/{ns}/deployments/{jq}-worker"
+
+
+def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def jobqueue(name: str, **spec: Any) -> str:
+    return json.dumps({"apiVersion": "conveyor.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
+                       "spec": spec})
 
 
 class Cluster:
@@ -136,12 +154,11 @@ class OperatorProcess:
         self.cluster = cluster
         self.liveness_port = free_port()
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor_operator", "--verbose"],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig), "CONVEYOR_OPERATOR_DEFAULT_IMAGE": DEFAULT_IMAGE,
-                 "CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS), "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "0.5",
-                 "CONVEYOR_OPERATOR_LIVENESS_PORT": str(self.liveness_port), **env},
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CONVEYOR_OPERATOR_DEFAULT_IMAGE": DEFAULT_IMAGE,
+                    "CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS), "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "0.5",
+                    "CONVEYOR_OPERATOR_LIVENESS_PORT": str(self.liveness_port), **env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "conveyor_operator", "--verbose"], env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def watching(self) -> bool:
         if self.proc.poll() is not None:
@@ -168,3 +185,59 @@ class OperatorProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+class SlowRelay:
+    """A TCP relay to a local Redis that holds every new connection ``delay`` seconds before
+    connecting it through (a slow network); ``connected`` is set as each connection arrives."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port, self.delay = target_port, delay
+        self.connected = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            self.connected.set()
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        time.sleep(self.delay)
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        self._sockets += [client, upstream]
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._server.close()
+        for s in self._sockets:
+            s.close()

@@ -169,14 +169,95 @@ def test_service_pdb_and_service_monitor() -> None:
     assert not builders.wants_service_monitor(spec())
 
 
+def tls_of(dep: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """The TLS file env vars and the TLS volume of a built Deployment."""
+    env = {e["name"]: e["value"] for e in container(dep)["env"] if e["name"].startswith("CONVEYOR_REDIS_")
+           and e["name"].endswith("_FILE")}
+    vol = next((v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == builders.TLS_VOLUME), None)
+    return env, vol
+
+
 def test_tls_ca_is_mounted() -> None:
     s = spec(redis={"url": "rediss://r:6380/0", "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca"}}})
     dep = builders.deployment(OWNER, s, IMAGE)
-    c = container(dep)
-    assert {"name": "CONVEYOR_REDIS_CA_FILE", "value": "/etc/conveyor/tls/ca.crt"} in c["env"]
-    assert any(m["mountPath"] == "/etc/conveyor/tls" for m in c["volumeMounts"])
-    vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "redis-ca")
-    assert vol["secret"] == {"secretName": "redis-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    env, vol = tls_of(dep)
+    assert env == {"CONVEYOR_REDIS_CA_FILE": "/etc/conveyor/tls/ca.crt"}
+    assert {"name": "redis-tls", "mountPath": "/etc/conveyor/tls", "readOnly": True} in container(dep)["volumeMounts"]
+    assert vol == {"name": "redis-tls", "projected": {"defaultMode": 0o440, "sources": [
+        {"secret": {"name": "redis-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
+    assert tls_of(builders.deployment(OWNER, spec(), IMAGE)) == ({}, None)  # no TLS refs: nothing mounted
+
+
+def test_client_certificate_is_mounted_beside_the_ca() -> None:
+    s = spec(redis={"url": "rediss://r:6380/0", "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca", "key": "ca.pem"},
+                                                          "clientCertSecretRef": {"name": "me", "certKey": "c.pem",
+                                                                                  "keyKey": "k.pem"}}})
+    env, vol = tls_of(builders.deployment(OWNER, s, IMAGE))
+    assert env == {"CONVEYOR_REDIS_CA_FILE": "/etc/conveyor/tls/ca.crt", "CONVEYOR_REDIS_CERT_FILE": "/etc/conveyor/tls/tls.crt",
+                   "CONVEYOR_REDIS_KEY_FILE": "/etc/conveyor/tls/tls.key"}
+    assert vol is not None and vol["projected"]["sources"] == [
+        {"secret": {"name": "redis-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]}},
+        {"secret": {"name": "me", "items": [{"key": "c.pem", "path": "tls.crt"}, {"key": "k.pem", "path": "tls.key"}]}}]
+    # One Secret holding all three (cert-manager's): one source; defaults certKey/keyKey.
+    one = spec(redis={"url": "rediss://r:6380/0", "tls": {"caSecretRef": {"name": "cm"}, "clientCertSecretRef": {"name": "cm"}}})
+    env, vol = tls_of(builders.deployment(OWNER, one, IMAGE))
+    assert len(env) == 3 and vol is not None and vol["projected"]["sources"] == [{"secret": {"name": "cm", "items": [
+        {"key": "ca.crt", "path": "ca.crt"}, {"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}}]
+    # Client certificate alone (Redis's certificate signed by a public CA).
+    env, _ = tls_of(builders.deployment(OWNER, spec(redis={"url": "rediss://r", "tls": {"clientCertSecretRef": {"name": "me"}}}),
+                                        IMAGE))
+    assert set(env) == {"CONVEYOR_REDIS_CERT_FILE", "CONVEYOR_REDIS_KEY_FILE"}
+
+
+def test_tls_env_names_are_the_ones_the_worker_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor import connection
+    from conveyor.cli import worker as worker_command
+
+    assert set(builders.TLS_ENV.values()) == {connection.ENV_CA_FILE, connection.ENV_CERT_FILE, connection.ENV_KEY_FILE}
+    # The worker's own parser reads the mounted paths from the env the container gets.
+    s = spec(redis={"url": "rediss://r", "tls": {"caSecretRef": {"name": "ca"}, "clientCertSecretRef": {"name": "me"}}})
+    for e in container(builders.deployment(OWNER, s, IMAGE))["env"]:
+        monkeypatch.setenv(e["name"], e["value"])
+    parsed = worker_command.make_context("worker", builders.worker_args(s)[1:]).params
+    assert (parsed["redis_ca_file"], parsed["redis_cert_file"], parsed["redis_key_file"]) == (
+        "/etc/conveyor/tls/ca.crt", "/etc/conveyor/tls/tls.crt", "/etc/conveyor/tls/tls.key")
+
+
+def test_prefix_becomes_the_worker_flag() -> None:
+    from conveyor.cli import worker as worker_command
+
+    args = container(builders.deployment(OWNER, spec(redis={"url": "redis://r", "prefix": "billing:v2"},
+                                                     workers={"allowModules": ["billing"]}), IMAGE))["args"]
+    assert args[args.index("--prefix"):args.index("--prefix") + 2] == ["--prefix", "billing:v2"]
+    assert worker_command.make_context("worker", args[1:]).params["prefix"] == "billing:v2"
+    assert "--prefix" not in container(builders.deployment(OWNER, spec(), IMAGE))["args"]  # unset: conveyor
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:pw@r:6379/0", "rediss://r:6380/1", "unix:///run/redis.sock", "redis+sentinel://u:pw@s1:26379,s2:26379/m/0",
+    "rediss+sentinel://s1:26379/m/2", "sentinel://s1:26379/m", "redis+cluster://n1:7000,n2:7001",
+    "rediss+cluster://u:pw@n1:7000"])
+def test_every_url_form_reaches_the_workers_only_through_the_env(url: str) -> None:
+    dep = builders.deployment(OWNER, spec(redis={"url": url}), IMAGE)
+    assert container(dep)["env"][0] == {"name": "CONVEYOR_REDIS_URL", "value": url}
+    text = json.dumps({k: v for k, v in container(dep).items() if k != "env"}) + json.dumps(dep["metadata"])
+    assert url.split("://")[1] not in text
+
+
+def test_checksum_covers_prefix_and_tls_refs() -> None:
+    def checksum(s: dict[str, Any]) -> str:
+        return builders.deployment(OWNER, s, IMAGE)["spec"]["template"]["metadata"]["annotations"][builders.CHECKSUM_ANNOTATION]
+
+    base = spec(redis={"url": "rediss://r"})
+    sums = {checksum(s) for s in [
+        base, spec(redis={"url": "rediss://r", "prefix": "a"}), spec(redis={"url": "rediss://r", "prefix": "b"}),
+        spec(redis={"url": "rediss://r", "tls": {"caSecretRef": {"name": "ca"}}}),
+        spec(redis={"url": "rediss://r", "tls": {"caSecretRef": {"name": "ca", "key": "other"}}}),
+        spec(redis={"url": "rediss://r", "tls": {"clientCertSecretRef": {"name": "me"}}}),
+        spec(redis={"url": "rediss://r", "tls": {"clientCertSecretRef": {"name": "you"}}}),
+        spec(redis={"url": "rediss://r", "tls": {"clientCertSecretRef": {"name": "me", "keyKey": "k"}}}),
+        spec(redis={"url": "rediss+sentinel://s:26379/m/0"}), spec(redis={"url": "rediss+cluster://n:7000"})]}
+    assert len(sums) == 10
 
 
 def test_settings_and_entry_point() -> None:

@@ -178,7 +178,9 @@ def test_invalid_examples_fail_for_the_reason_their_comment_gives() -> None:
         "intervals-and-backoff": "intervals or backoff, not both",
         "backoff-cap-below-base": "retry.backoff.max must be >= retry.backoff.base",
         "redis-url-in-env": "CONVEYOR_REDIS_URL is set by the operator",
-        "tls-without-rediss": "needs a rediss:// URL",
+        "tls-without-rediss": "needs a TLS URL: rediss://, rediss+sentinel:// or rediss+cluster://",
+        "bad-prefix": "'{payments}' does not match",
+        "bad-scheme": "'redis-sentinel://sentinel-0:26379,sentinel-1:26379/mymaster/0' does not match",
         "name-too-long": "at most 50 characters",
         "bad-queue-name": "does not match",
         "unknown-field": "Additional properties are not allowed ('concurency'",
@@ -203,6 +205,13 @@ CEL_CASES = [
     (crd.REDIS, {"url": "rediss://r", "tls": {"enabled": True}}, True),
     (crd.REDIS, {"url": "redis://r", "tls": {"enabled": True}}, False),
     (crd.REDIS, {"url": "redis://r", "tls": {"enabled": False}}, True),
+    (crd.REDIS, {"url": "rediss+sentinel://s1:26379,s2:26379/m/0", "tls": {"enabled": True}}, True),
+    (crd.REDIS, {"url": "rediss+cluster://n1:7000,n2:7001", "tls": {"enabled": True}}, True),
+    (crd.REDIS, {"url": "redis+sentinel://s1:26379/m/0", "tls": {"enabled": True}}, False),
+    (crd.REDIS, {"url": "redis+cluster://n1:7000", "tls": {"enabled": True}}, False),
+    (crd.REDIS, {"url": "sentinel://s1:26379/m", "tls": {"enabled": True}}, False),
+    (crd.REDIS, {"url": "unix:///run/redis.sock", "tls": {"enabled": True}}, False),
+    (crd.REDIS, {"secretRef": {"name": "s"}, "tls": {"enabled": True, "clientCertSecretRef": {"name": "c"}}}, True),
     (crd.SPEC["properties"]["queues"], ["high", "default", "low"], True),
     (crd.SPEC["properties"]["queues"], ["high", "default", "high"], False),
     (crd.SPEC["properties"]["queues"], ["ok", "not:ok"], False),
@@ -216,6 +225,7 @@ CEL_CASES = [
     (crd.RETRY["properties"]["backoff"], {"base": 2.5, "factor": 2, "max": 2}, False),
     (crd.WORKERS["properties"]["env"], [{"name": "A", "value": "b"}], True),
     (crd.WORKERS["properties"]["env"], [{"name": "CONVEYOR_REDIS_URL", "value": "redis://x"}], False),
+    (crd.WORKERS["properties"]["env"], [{"name": "A"}, {"name": "CONVEYOR_PREFIX", "value": "x"}], False),
     (crd.SCHEMA, {"metadata": {"name": "x" * 50}}, True),
     (crd.SCHEMA, {"metadata": {"name": "x" * 51}}, False),
 ]
@@ -254,3 +264,85 @@ def test_defaults_match_the_runtime() -> None:
     assert spec["metrics"] == {"port": 9100, "serviceMonitor": {"enabled": False, "interval": "30s"}}
     assert spec["autoscaling"]["enabled"] is False
     assert "retry" not in spec
+
+
+def spec_doc(redis: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "x"},
+            "spec": {"redis": redis, "queues": ["q"], **spec}}
+
+
+def test_the_schema_takes_exactly_the_runtimes_url_schemes() -> None:
+    from conveyor.connection import _SCHEMES
+
+    assert set(crd.REDIS_SCHEMES) == set(_SCHEMES)
+    assert set(crd.TLS_SCHEMES) == {scheme for scheme, (_, tls) in _SCHEMES.items() if tls}
+
+
+@pytest.mark.parametrize("url", [
+    "redis://r:6379/0", "rediss://:pw@r:6380/1", "unix:///run/redis/redis.sock?db=2",
+    "redis+sentinel://s1:26379,s2:26379/mymaster/0", "rediss+sentinel://u:p@s1:26379/mymaster/3",
+    "sentinel://s1:26379/mymaster", "redis+cluster://n1:7000,n2:7001", "rediss+cluster://u:p@n1:7000",
+])
+def test_every_url_form_the_runtime_parses_is_accepted(url: str) -> None:
+    from conveyor.connection import RedisTarget, TlsFiles
+
+    RedisTarget.parse(url, TlsFiles())  # the workers take it
+    tls = {"enabled": True} if url.split("://")[0] in crd.TLS_SCHEMES else {}
+    doc = spec_doc({"url": url, **({"tls": tls} if tls else {})})
+    assert admission(doc) == []
+    assert problems(defaulted(doc["spec"])) == []
+
+
+@pytest.mark.parametrize("url", ["http://r:6379", "redis-sentinel://s1:26379/m", "tcp://r:6379", "r:6379",
+                                 "rediss+sentinal://s1:26379/m", " redis://r"])
+def test_other_schemes_are_refused_by_schema_and_operator(url: str) -> None:
+    doc = spec_doc({"url": url})
+    assert any("does not match" in e for e in admission(doc)), admission(doc)
+    assert problems(defaulted(doc["spec"])) == [
+        "redis.url must start with one of redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, "
+        "sentinel://, redis+cluster://, rediss+cluster://"]
+
+
+PREFIXES = ["conveyor", "a", "7", "app.v2", "team:app", "a-b_c.d:e", "a::b", "x" * 64, "App_1.",
+            "x" * 65, "app:", "a:b:", ":app", "-app", "_app", ".app", "{app}", "a{b}", "a}", "a b", "é", "a/b", ""]
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_prefix_checked_alike_by_schema_and_the_runtime(prefix: str) -> None:
+    from conveyor.errors import ConfigError
+    from conveyor.keys import check_prefix
+
+    try:
+        check_prefix(prefix)
+        runtime_ok = True
+    except ConfigError:
+        runtime_ok = False
+    doc = spec_doc({"url": "redis://r", "prefix": prefix})
+    assert (admission(doc) == []) is runtime_ok, admission(doc)
+    found = problems(defaulted(doc["spec"]))
+    assert (found == []) is runtime_ok, found
+    if not runtime_ok:
+        assert found[0].startswith(f"spec.redis.prefix: key prefix {prefix!r} is not allowed")
+
+
+def test_tls_secret_refs_default_their_keys() -> None:
+    spec = defaulted({"redis": {"url": "rediss://r", "tls": {"enabled": True, "caSecretRef": {"name": "ca"},
+                                                             "clientCertSecretRef": {"name": "me"}}},
+                      "queues": ["q"]})
+    assert spec["redis"]["tls"]["caSecretRef"] == {"name": "ca", "key": "ca.crt"}
+    assert spec["redis"]["tls"]["clientCertSecretRef"] == {"name": "me", "certKey": "tls.crt", "keyKey": "tls.key"}
+    assert "prefix" not in spec["redis"]  # unset: the runtime's default, conveyor
+    bad = spec_doc({"url": "rediss://r", "tls": {"clientCertSecretRef": {"certKey": "c"}}})
+    assert any("'name' is a required property" in e for e in admission(bad))
+    bad = spec_doc({"url": "rediss://r", "tls": {"clientCertSecretRef": {"name": "Not_A_Secret"}}})
+    assert any("does not match" in e for e in admission(bad))
+
+
+def test_jobqueues_in_the_readme_are_valid() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme[readme.index("## On Kubernetes"):]
+    blocks = [yaml.safe_load(b.split("```", 1)[0]) for b in section.split("```yaml\n")[1:]]
+    jobqueues = [b for b in blocks if isinstance(b, dict) and b.get("kind") == crd.KIND]
+    assert jobqueues, "the README shows a JobQueue"
+    for doc in jobqueues:
+        assert admission(doc) == [] and problems(defaulted(doc["spec"]), doc["metadata"]["name"]) == []

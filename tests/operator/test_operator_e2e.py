@@ -12,25 +12,14 @@ import pytest
 from conveyor import Queue
 from conveyor_operator import builders
 
-from op_helpers import DEFAULT_IMAGE, EXAMPLES, Cluster, Kubectl, OperatorProcess, wait_for
+from op_helpers import (DEFAULT_IMAGE, EXAMPLES, Cluster, Kubectl, OperatorProcess, SlowRelay, cond, dep_path, jobqueue,
+                        jq_path, wait_for)
 
 pytestmark = pytest.mark.usefixtures("operator")
 
 
-def jq_path(ns: str, name: str = "") -> str:
-    return f"/apis/conveyor.dev/v1alpha1/namespaces/{ns}/jobqueues" + (f"/{name}" if name else "")
-
-
-def dep_path(ns: str, jq: str) -> str:
-    return f"/apis/apps/v1/namespaces/{ns}/deployments/{jq}-worker"
-
-
 def cm_path(ns: str, jq: str) -> str:
     return f"/api/v1/namespaces/{ns}/configmaps/{jq}-policy"
-
-
-def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
 def checksum(dep: dict[str, Any]) -> str:
@@ -39,11 +28,6 @@ def checksum(dep: dict[str, Any]) -> str:
 
 def args_of(dep: dict[str, Any]) -> list[str]:
     return dep["spec"]["template"]["spec"]["containers"][0]["args"]
-
-
-def jobqueue(name: str, **spec: Any) -> str:
-    return json.dumps({"apiVersion": "conveyor.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
-                       "spec": spec})
 
 
 def events(cluster: Cluster, ns: str) -> list[dict[str, Any]]:
@@ -177,6 +161,25 @@ def test_deleting_the_jobqueue_cleans_up(cluster: Cluster, kubectl: Kubectl, nam
     kubectl("delete", "jq", "reports", "-n", namespace, "--timeout=20s")
     wait_for(lambda: not any(cluster.get(p) for p in paths), what="the owned objects to go")
     assert cluster.get(jq_path(namespace, "reports")) is None
+
+
+def test_deleting_while_a_resync_reads_redis_is_prompt(cluster: Cluster, kubectl: Kubectl, namespace: str,
+                                                      redis_server: Any) -> None:
+    """kopf lets a JobQueue go only once its resync timer has exited; one caught inside a pass
+    that changes nothing (no write to wake kopf) was re-checked only after kopf's default 60 s."""
+    relay = SlowRelay(redis_server.port, delay=0.3)  # each depth read waits 0.3 s (< the 0.5 s timeout)
+    try:
+        kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("slow", redis={"url": relay.url}, queues=["q"]))
+        wait_for(lambda: (cluster.get(jq_path(namespace, "slow")) or {}).get("status", {}).get("depth") == 0,
+                 what="a healthy JobQueue")
+        relay.connected.clear()
+        assert relay.connected.wait(5)  # a resync is inside its depth read now
+        started = time.monotonic()
+        assert cluster.request("DELETE", jq_path(namespace, "slow"))[0] == 200
+        wait_for(lambda: cluster.get(jq_path(namespace, "slow")) is None, timeout=20, what="the JobQueue to go")
+        assert time.monotonic() - started < 5
+    finally:
+        relay.stop()
 
 
 def test_missing_secret_is_degraded_with_a_clear_message_then_recovers(

@@ -1,14 +1,24 @@
 """Reconciler paths that need no API server: a recording stand-in for conveyor_operator.k8s.Api.
-(The same code runs against the emulator in test_operator_e2e.py.)"""
+(The same code runs against the emulator in test_operator_e2e.py and test_operator_redis.py.)
+The private TLS file store, and what the operator says about a Redis it cannot use."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from conveyor import Queue
 from conveyor_operator.k8s import ApiError, NotFound, path
 from conveyor_operator.reconcile import Reconciler
 from conveyor_operator.settings import Settings
 from conveyor_operator.status import Cond, conditions_for, merge_conditions
+from conveyor_operator.tlsfiles import TlsFileStore
+
+from tls_redis import TlsRedis, make_ca
 
 
 class FakeApi:
@@ -37,11 +47,15 @@ class FakeApi:
         self.status = status
 
     def secret_value(self, namespace: str, name: str, key: str) -> str:
+        return self.secret_values(namespace, name, [key])[key]
+
+    def secret_values(self, namespace: str, name: str, keys: list[str]) -> dict[str, str]:
         if name not in self.secrets:
             raise NotFound(404, "NotFound", "not found")
-        if key not in self.secrets[name]:
-            raise KeyError(key)
-        return self.secrets[name][key]
+        for key in keys:
+            if key not in self.secrets[name]:
+                raise KeyError(key)
+        return {key: self.secrets[name][key] for key in keys}
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -102,3 +116,71 @@ def test_api_paths() -> None:
         "/apis/conveyor.dev/v1alpha1/namespaces/ns/jobqueues/j/status"
     assert path("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "x.y") == \
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x.y"
+
+
+def test_tls_files_are_private_rewritten_on_change_and_removed(tmp_path: Path) -> None:
+    store = TlsFileStore(parent=str(tmp_path))
+    files = store.files("uid-1", {"ca.crt": "CA1", "tls.crt": "CERT", "tls.key": "KEY"})
+    where = Path(store.directory("uid-1"))
+    assert where.parent.parent == tmp_path and where.name == "uid-1"
+    assert (files.ca_file, files.cert_file, files.key_file) == tuple(str(where / n) for n in ("ca.crt", "tls.crt", "tls.key"))
+    assert stat.S_IMODE(where.stat().st_mode) == 0o700 and stat.S_IMODE(where.parent.stat().st_mode) == 0o700
+    assert {n: stat.S_IMODE((where / n).stat().st_mode) for n in os.listdir(where)} == {
+        "ca.crt": 0o600, "tls.crt": 0o600, "tls.key": 0o600}
+    inode = (where / "tls.key").stat().st_ino
+    store.files("uid-1", {"ca.crt": "CA2", "tls.crt": "CERT", "tls.key": "KEY"})
+    assert (where / "ca.crt").read_text() == "CA2" and (where / "tls.key").stat().st_ino == inode  # unchanged: untouched
+    again = store.files("uid-1", {"ca.crt": "CA2"})  # the client pair dropped from the spec
+    assert os.listdir(where) == ["ca.crt"] and again.cert_file is None and again.key_file is None
+    store.files("../evil", {"ca.crt": "x"})  # a key never leaves the store's directory
+    assert Path(store.directory("../evil")).parent == where.parent
+    assert store.files("uid-1", {}).ca_file is None and not where.exists()  # no TLS refs: no files
+    store.files("uid-2", {"ca.crt": "x"})
+    store.forget("uid-2")
+    assert not Path(store.directory("uid-2")).exists()
+    store.close()
+    assert not where.parent.exists()
+
+
+def test_wrong_ca_is_named_by_its_secret_not_a_temp_path(tls_redis: TlsRedis, tmp_path: Path) -> None:
+    other_ca, _ = make_ca(tmp_path, "other-ca")
+    api = FakeApi(secrets={"ca": {"ca.crt": other_ca.read_text()},
+                           "me": {"tls.crt": tls_redis.client_cert.read_text(), "tls.key": tls_redis.client_key.read_text()}})
+    reconciler = Reconciler(api, Settings(default_image="img:1", redis_timeout=1))
+    out = reconciler.reconcile(body(redis={"url": tls_redis.url, "tls": {"enabled": True, "caSecretRef": {"name": "ca"},
+                                                                         "clientCertSecretRef": {"name": "me"}}}))
+    assert out.problem is not None and out.problem[0] == "RedisUnreachable"
+    assert out.problem[1].startswith(f'TLS certificate verify failed at {tls_redis.url} (CA file: Secret "ca" key "ca.crt"): ')
+    assert reconciler.tls_files.root not in out.problem[1]
+    # The right CA: the depth is read, from the same private files rewritten.
+    api.secrets["ca"]["ca.crt"] = tls_redis.ca.read_text()
+    out = reconciler.reconcile(body(redis={"url": tls_redis.url, "tls": {"enabled": True, "caSecretRef": {"name": "ca"},
+                                                                         "clientCertSecretRef": {"name": "me"}}}))
+    assert out.problem is None and out.status["queues"][0]["name"] == "q"
+    reconciler.forget("u1")
+    assert not os.path.exists(reconciler.tls_files.directory("u1"))
+    # No CA given: the hint names the JobQueue field, not the worker's env var.
+    out = reconciler.reconcile(body(redis={"url": tls_redis.url}))
+    assert out.problem is not None and "(CA file: none given, so the system CAs; set spec.redis.tls.caSecretRef)" in out.problem[1]
+    reconciler.close()
+
+
+def test_url_the_runtime_cannot_use_is_one_line_naming_it() -> None:
+    reconciler = Reconciler(FakeApi(), Settings(default_image="img:1", redis_timeout=0.2))
+    out = reconciler.reconcile(body(redis={"url": "redis+sentinel://:hunter2@s1:26379"}))  # no master name
+    assert out.problem == ("RedisConfigInvalid", "a Sentinel URL names its master: redis+sentinel://host:port,.../<master>/<db>, "
+                                                 "got redis+sentinel://:***@s1:26379")
+    out = reconciler.reconcile(body(redis={"url": "redis+cluster://n1:7000/3"}))
+    assert out.problem is not None and out.problem[0] == "RedisConfigInvalid" and "only database 0" in out.problem[1]
+
+
+def test_the_operators_own_env_never_changes_a_jobqueues_redis(monkeypatch: pytest.MonkeyPatch, redis_server: Any) -> None:
+    """Prefix and TLS files come from the JobQueue alone: CONVEYOR_PREFIX or CONVEYOR_REDIS_CA_FILE in
+    the operator's environment (meant for something else) change nothing."""
+    q = "env-leak-q"
+    Queue(q, redis_url=redis_server.url).enqueue("builtins:print", 1)
+    monkeypatch.setenv("CONVEYOR_PREFIX", "someone-else")
+    monkeypatch.setenv("CONVEYOR_REDIS_CA_FILE", "/no/such/ca.pem")
+    out = Reconciler(FakeApi(), Settings(default_image="img:1", redis_timeout=1)).reconcile(
+        body(redis={"url": redis_server.url}, queues=[q]))
+    assert out.problem is None and out.status["depth"] == 1

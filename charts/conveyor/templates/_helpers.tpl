@@ -85,7 +85,8 @@ Role (a list of namespaces). Keep in step with examples/README.md ("RBAC it need
   resources: ["servicemonitors"]
   verbs: ["get", "create", "patch", "delete"]
 {{- end }}
-# spec.redis.secretRef: the Redis URL, read to report queue depth. Read only.
+# spec.redis.secretRef (the Redis URL) and spec.redis.tls.caSecretRef / clientCertSecretRef
+# (the CA and the client certificate), read to report queue depth. Read only.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
