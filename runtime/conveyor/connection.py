@@ -32,7 +32,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
-from .errors import ConfigError
+from .errors import ConfigError, ConveyorError, RedisFull
 
 ENV_URL = "CONVEYOR_REDIS_URL"
 ENV_CA_FILE = "CONVEYOR_REDIS_CA_FILE"
@@ -294,3 +294,18 @@ def cause(exc: BaseException) -> str:
     """The error's first line, or, where it can be named (ACL, replica, topology, TLS), its cause."""
     named = describe(exc)
     return error_line(exc) if named.startswith("cannot reach") else named
+
+
+def refusal(exc: BaseException, what: str) -> ConveyorError:
+    """A typed error for a write Redis refused: a full Redis, a queue key to repair, or a
+    named cause (ACL, replica, topology)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return RedisFull(
+            f"Redis is full (used memory above maxmemory, policy noeviction): nothing was written to {what}. "
+            "Workers keep draining; free memory or raise maxmemory, then try again")
+    text = str(exc)
+    if "WRONGTYPE_KEY" in text:
+        return ConveyorError(f"cannot write to {what}: {text.split('WRONGTYPE_KEY ', 1)[1]}")
+    if not (named := describe(exc)).startswith("cannot reach"):
+        return ConveyorError(f"cannot write to {what}: {named}")
+    return ConveyorError(f"Redis refused the write to {what}: {text}")

@@ -10,15 +10,16 @@ import time
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import redis
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import ResponseError
 
 from . import errors, keys, scripts
-from .connection import connect, describe
+from .connection import connect, refusal
 from .job import ENQUEUE_FIELDS, Job, requeue_jobs
 from .registry import Registry
 from .retry import Retry
 from .serializers import Serializer, get_serializer
-from .validation import check_allow_pickle, check_job_id, check_queue_name, check_timeout, check_ttl, function_path
+from .validation import (check_allow_pickle, check_job_id, check_queue_name, check_replicas, check_timeout,
+                         check_ttl, function_path)
 
 DEFAULT_UNIQUE_TTL = 3600
 IF_EXISTS = ("error", "ignore")
@@ -87,12 +88,7 @@ class Queue:
     ) -> None:
         self.name = check_queue_name(name)
         self.keyspace = keys.Keyspace.of(prefix)
-        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
-            raise errors.InvalidArgument(f"min_replicas must be an integer >= 0, got {min_replicas!r}")
-        if isinstance(replica_timeout, bool) or not isinstance(replica_timeout, (int, float)) or replica_timeout <= 0:
-            raise errors.InvalidArgument(f"replica_timeout must be seconds > 0, got {replica_timeout!r}")
-        self.min_replicas = min_replicas
-        self.replica_timeout = replica_timeout
+        self.min_replicas, self.replica_timeout = check_replicas(min_replicas, replica_timeout)
         self.connection = connect(redis_url, connection)
         self.serializer = get_serializer(serializer)
         self.allow_pickle = self.serializer.name == "pickle" if allow_pickle is None else check_allow_pickle(allow_pickle)
@@ -213,7 +209,7 @@ class Queue:
         replies = scripts.execute_each(self.connection, build)
         reply = replies[1]
         if isinstance(reply, ResponseError):
-            raise refused(reply, f"queue {self.name!r}") from None
+            raise refusal(reply, f"queue {self.name!r}") from None
         code, *flags = reply
         if code == errors.EXISTS:
             raise errors.JobExists([f.decode() for f in flags], self.name)
@@ -237,7 +233,7 @@ class Queue:
         if self.min_replicas:
             acked = replies[2]
             if isinstance(acked, ResponseError):
-                raise refused(acked, f"queue {self.name!r} (WAIT for replicas)") from None
+                raise refusal(acked, f"queue {self.name!r} (WAIT for replicas)") from None
             if int(acked) < self.min_replicas:
                 raise errors.NotReplicated(jobs, int(acked), self.min_replicas, int(self.replica_timeout * 1000))
         return jobs
@@ -385,20 +381,6 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
-
-
-def refused(exc: ResponseError, what: str) -> errors.ConveyorError:
-    """A typed error for a command Redis refused: a full Redis, or a queue key to repair."""
-    if isinstance(exc, OutOfMemoryError):
-        return errors.RedisFull(
-            f"Redis is full (used memory above maxmemory, policy noeviction): nothing was written to {what}. "
-            "Workers keep draining; free memory or raise maxmemory, then try again")
-    text = str(exc)
-    if "WRONGTYPE_KEY" in text:
-        return errors.ConveyorError(f"cannot write to {what}: {text.split('WRONGTYPE_KEY ', 1)[1]}")
-    if not (cause := describe(exc)).startswith("cannot reach"):  # ACL, replica, topology: named
-        return errors.ConveyorError(f"cannot write to {what}: {cause}")
-    return errors.ConveyorError(f"Redis refused the write to {what}: {text}")
 
 
 def _new_ids(n: int) -> list[str]:

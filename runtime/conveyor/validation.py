@@ -202,3 +202,12 @@ def check_timeout(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise InvalidArgument(f"timeout must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def check_replicas(min_replicas: Any, timeout: Any) -> tuple[int, float]:
+    """Queue(min_replicas=, replica_timeout=): how many replicas must confirm an enqueue, within what."""
+    if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 0:
+        raise InvalidArgument(f"min_replicas must be an integer >= 0, got {min_replicas!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InvalidArgument(f"replica_timeout must be seconds > 0, got {timeout!r}")
+    return min_replicas, float(timeout)
