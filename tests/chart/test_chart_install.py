@@ -19,6 +19,11 @@ NS = "conveyor-system"
 IMAGE = "registry.example.com/conveyor:test"
 
 
+# The second test installs a release without CRDs, relying on the first one's: both run in
+# one process, in order, on the module's one emulated cluster.
+pytestmark = pytest.mark.xdist_group("chart-install")
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ChartCluster]:
     c = ChartCluster().start()
