@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Sets up everything Conveyor needs on a fresh machine, idempotently:
-# redis-server (installed with apt-get when missing) and .venv with conveyor[dev].
+# redis-server, redis-cli and openssl (installed with apt-get when missing) and .venv
+# with conveyor[dev].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "setup: redis-server is missing; installing it with apt-get (package redis-server)"
+# Debian packages, by the command the tests run: redis-server; redis-cli (package
+# redis-tools), which tests/deployments.py uses to create a cluster; openssl, which it
+# uses to make the TLS certificates.
+MISSING=()
+command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || MISSING+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+if [ "${#MISSING[@]}" -gt 0 ]; then
+  echo "setup: installing missing packages with apt-get: ${MISSING[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"
