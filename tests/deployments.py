@@ -98,7 +98,8 @@ def logs(procs: Iterable["RedisProcess"], chars: int = 1500) -> str:
 
 def _die_with_parent() -> None:
     # Runs in the child before exec: the kernel SIGKILLs it when the test process dies,
-    # even by SIGKILL or a crash, where no teardown code would run.
+    # even by SIGKILL or a crash, where no teardown code would run. (Strictly, when the
+    # thread that started it ends: start deployments from the test's own thread.)
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
@@ -397,12 +398,13 @@ class SentinelGroup(Deployment):
         self.kill(addr)
         return addr
 
-    def wait_failover(self, old_addr: Addr | tuple[str, int], timeout: float = 30.0) -> Addr:
+    def wait_failover(self, old_addr: Addr | tuple[str, int], timeout: float = 60.0) -> Addr:
         """Wait until every live sentinel names a master other than old_addr and that node
         says it is a master; returns the new master's address.
 
-        One sentinel's word is not enough: a client may ask any of them. The timeout covers
-        a split vote, after which sentinels retry only after 2 x failover-timeout.
+        One sentinel's word is not enough: a client may ask any of them. Failover takes
+        ~2-4 s; the timeout also covers a split vote (sentinels retry after 2 x
+        failover-timeout) and TILT (a sentinel starved for 2 s stops acting for 30 s).
         """
         old = Addr(*old_addr)
 
@@ -417,7 +419,7 @@ class SentinelGroup(Deployment):
 
         return wait_for(promoted, timeout, f"sentinels to fail over from {old}", self.procs.values())
 
-    def restart(self, addr: Addr | tuple[str, int], timeout: float = 45.0, *, as_replica: bool = False) -> None:
+    def restart(self, addr: Addr | tuple[str, int], timeout: float = 60.0, *, as_replica: bool = False) -> None:
         """Start a killed node again on its port, from its config file, and wait until the
         group is settled again: a data node is back as a synced replica of the current master
         and every sentinel sees it so; a restarted sentinel agrees with the others.
