@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "${1:-}" = "--all" ]; then
   shift
-  exec .venv/bin/python -m pytest -n 2 --dist loadgroup -m "slow or not slow" "$@"
+  exec .venv/bin/python -m pytest -n 2 -m "slow or not slow" "$@"
 fi
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -n 2 "$@"

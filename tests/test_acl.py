@@ -18,7 +18,6 @@ from support import TESTS, WORKER_ENV, WorkerProcess, wait_until
 
 import jobs_faults
 
-pytestmark = pytest.mark.xdist_group("acl")  # one deployment per test run, not one per xdist worker
 
 
 def readme_rule() -> str:

@@ -19,7 +19,7 @@ from deployments import AclRedis, Addr, RedisClusterDeployment, SentinelGroup, T
 
 # The fixtures' own checks, with plain redis-py. The default run already uses every deployment
 # (tests/test_{sentinel,cluster,tls,acl}.py); these run with ./scripts/test.sh --all.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deployments")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

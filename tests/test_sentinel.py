@@ -27,7 +27,6 @@ from support import WORKER_ENV, WorkerProcess, wait_until, worker_id
 
 import jobs_faults
 
-pytestmark = pytest.mark.xdist_group("sentinel")  # one deployment per test run, not one per xdist worker
 
 
 @pytest.fixture(scope="module")

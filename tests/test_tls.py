@@ -17,7 +17,6 @@ from support import WORKER_ENV, WorkerProcess, wait_until
 
 import jobs_faults
 
-pytestmark = pytest.mark.xdist_group("tls")  # one deployment per test run, not one per xdist worker
 
 
 @pytest.fixture(scope="module")
