@@ -35,7 +35,8 @@ log = logging.getLogger("conveyor.worker")
 
 class Housekeeping:
     def __init__(self, worker_id: str, settings: WorkerSettings, link: RedisLink, runner: Runner,
-                 metrics: WorkerMetrics, stats: collections.Counter[str], state: Callable[[], str]) -> None:
+                 metrics: WorkerMetrics, stats: collections.Counter[str], state: Callable[[], str],
+                 recovered: Callable[[], None] = lambda: None) -> None:
         self.id = worker_id
         self.settings = settings
         self.link = link
@@ -43,6 +44,7 @@ class Housekeeping:
         self.metrics = metrics
         self.stats = stats
         self._state = state
+        self._recovered = recovered  # jobs are back on a queue: claim now, not at the next wake check
         self.space = keys.Keyspace(settings.prefix)
         self.keys = {q: self.space.queue(q) for q in settings.queues}
         self.lease_ms = int(settings.lease_seconds * 1000)
@@ -106,6 +108,8 @@ class Housekeeping:
                     requeued, abandoned = reaped
                     log_reaped(queue, requeued, abandoned)
                     self.stats["orphans_recovered"] += len(requeued)
+                    if requeued:
+                        self._recovered()
                     if requeued or abandoned:
                         self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
             counts = depth.counts([next(replies) for _ in depth.STATES])

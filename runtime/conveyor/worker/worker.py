@@ -93,7 +93,7 @@ class Worker:
         self.runner.open()
         self.flow = Flow(self.id, s, self.link, self.runner, self.metrics, self.stats)
         self.housekeeping = Housekeeping(self.id, s, self.link, self.runner, self.metrics, self.stats,
-                                         lambda: self.phase.value)
+                                         lambda: self.phase.value, self._work_found)
         helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._beat(), name="beat")]
         health = HealthServer(self.metrics.registry, alive=self.heartbeat.alive, ready=self.readiness)
         if s.metrics_port:
@@ -304,6 +304,10 @@ class Worker:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except asyncio.TimeoutError:
                 return
+
+    def _work_found(self) -> None:
+        self.flow.want_claim = True
+        self._wakeup.set()
 
     def _wake_groups(self) -> list[list[str]]:
         """The queues' wake lists, one group per BLPOP: all in one on a server; on a Cluster
