@@ -83,6 +83,16 @@ def record(url: str, key: str, token: str, seconds: float = 0.0) -> str:
 NOT_CALLABLE = 42
 
 
+# The failure flag and the execution record are one atomic step: a worker SIGKILLed
+# between them would leave a job that "failed" without a record of it.
+_CHAOS_RECORD = """
+local outcome = 'ok'
+if ARGV[2] == '1' and redis.call('SET', KEYS[2], 1, 'NX') then outcome = 'fail' end
+redis.call('RPUSH', KEYS[1], ARGV[1] .. ':' .. outcome)
+return outcome
+"""
+
+
 def chaos(url: str, idx: int, fail_once: bool, seconds: float) -> int:
     """Chaos-test job: every execution leaves 'idx:execution_id:pid:outcome' in a list."""
     from conveyor import current_job
@@ -90,11 +100,10 @@ def chaos(url: str, idx: int, fail_once: bool, seconds: float) -> int:
     ctx = current_job()
     client = redis.Redis.from_url(url)
     time.sleep(seconds)
-    failing = fail_once and client.set(f"chaos:failed:{idx}", 1, nx=True)
-    outcome = "fail" if failing else "ok"
-    client.rpush("chaos:executions", f"{idx}:{ctx.execution_id if ctx else '?'}:{os.getpid()}:{outcome}")
+    record = f"{idx}:{ctx.execution_id if ctx else '?'}:{os.getpid()}"
+    outcome = client.eval(_CHAOS_RECORD, 2, "chaos:executions", f"chaos:failed:{idx}", record, int(fail_once))
     client.close()
-    if failing:
+    if outcome == b"fail":
         raise RuntimeError(f"chaos job {idx} fails once")
     return idx
 
