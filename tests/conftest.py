@@ -7,12 +7,12 @@ port, and workers are `python -m conveyor worker` processes that tests signal.
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 import redis
-
 from conveyor import Queue
 from conveyor.embedded import EmbeddedRedis
 from support import TESTS, WorkerProcess
@@ -49,17 +49,32 @@ def queue(conn: redis.Redis) -> Queue:
 
 
 @pytest.fixture
-def spawn_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_at(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """spawn_at(url, *args, env=None): a worker on any Redis; every one is stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def spawn(*args: str, env: dict[str, str] | None = None, url: str | None = None) -> WorkerProcess:
-        w = WorkerProcess(url or redis_url, args, tmp_path / f"worker-{len(started)}.log", env)
+    def spawn(url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        w = WorkerProcess(url, args, tmp_path / f"worker-{len(started)}.log", env)
         started.append(w)
         return w
 
     yield spawn
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def spawn_worker(redis_url: str, spawn_at: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:
+    def spawn(*args: str, env: dict[str, str] | None = None, url: str | None = None) -> WorkerProcess:
+        return spawn_at(url or redis_url, *args, env=env)
+
+    return spawn
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of its own, for tests that share one Redis deployment."""
+    return "t" + uuid.uuid4().hex[:10]
 
 
 @pytest.fixture

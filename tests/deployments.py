@@ -730,6 +730,10 @@ class TlsRedis(Deployment):
         """redis.Redis(...) arguments for a client that trusts the CA and presents its cert."""
         return {"ssl": True, "ssl_ca_certs": self.ca_file, "ssl_certfile": self.cert_file, "ssl_keyfile": self.key_file}
 
+    def client(self) -> redis.Redis:
+        """A client that trusts the CA and presents the client certificate."""
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=5, **self.ssl_kwargs())
+
 
 # -- ACL ----------------------------------------------------------------------------------
 

@@ -7,16 +7,15 @@ as a module called "conftest", so helpers living there would shadow each other.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-import re
 from typing import Any, Callable
 
 import redis
-
 from conveyor import Job, JobStatus
 
 TESTS = Path(__file__).resolve().parent
@@ -34,6 +33,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
 
+
+
+def cli(url: str, *args: str, prefix: str | None = None, input: str | None = None,
+        timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`python -m conveyor ARGS` against url (and prefix), as a user's shell would run it."""
+    env = {**WORKER_ENV, "CONVEYOR_REDIS_URL": url, **({"CONVEYOR_PREFIX": prefix} if prefix else {})}
+    return subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, input=input, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 class WorkerProcess:

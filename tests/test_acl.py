@@ -4,20 +4,15 @@ command that was refused."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
+import jobs_faults
 import pytest
 import redis
-
 from conveyor import ConveyorError, JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis
-from support import TESTS, WORKER_ENV, WorkerProcess, wait_until
-
-import jobs_faults
-
+from support import TESTS, WorkerProcess, cli, wait_until
 
 
 def readme_rule() -> str:
@@ -39,10 +34,6 @@ def user_url(server: EmbeddedRedis, name: str, rule: str) -> str:
     admin.close()
     return f"redis://{name}:pw-{name}@127.0.0.1:{server.port}/0"
 
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", *args], env={**WORKER_ENV, "CONVEYOR_REDIS_URL": url},
-                          capture_output=True, text=True, timeout=30)
 
 
 def test_everything_runs_as_the_readme_acl_user(acl_server: EmbeddedRedis, tmp_path: Path) -> None:

@@ -7,24 +7,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import uuid
 from typing import Any
 
+import jobs_obs
 import pytest
 import redis
-
-from support import WORKER_ENV, fetch, wait_until
 from conveyor import Job, JobStatus, NoSuchJob, Queue, Retry, keys
-
-import jobs_obs
-
-
-def cli(redis_url: str, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    env = {**WORKER_ENV, "CONVEYOR_REDIS_URL": redis_url}
-    return subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, input=input, capture_output=True,
-                          text=True, timeout=timeout)
+from support import cli, fetch, wait_until
 
 
 def ok(redis_url: str, *args: str, **kw: Any) -> str:

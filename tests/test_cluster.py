@@ -7,39 +7,30 @@ of what ran comes from the jobs' own records (tests/jobs_faults.py), not from Co
 
 from __future__ import annotations
 
+import functools
 import json
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import jobs_faults
 import pytest
-from redis.crc import key_slot
-from redis.exceptions import RedisError
-
 from conveyor import JobStatus, Queue, Retry, keys
-from conveyor.errors import NotReplicated
 from conveyor.connection import RedisTarget
+from conveyor.errors import NotReplicated
 from conveyor_operator.status import queue_depth
 from deployments import RedisClusterDeployment
-from support import WORKER_ENV, WorkerProcess, wait_until, worker_id
-
-import jobs_faults
-
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+from support import WORKER_ENV, WorkerProcess, cli, wait_until, worker_id
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterDeployment]:
     with RedisClusterDeployment(masters=3, replicas_per_master=1) as c:
         yield c
-
-
-@pytest.fixture
-def prefix() -> str:
-    return "t" + uuid.uuid4().hex[:10]
 
 
 @pytest.fixture
@@ -50,17 +41,8 @@ def client(cluster: RedisClusterDeployment) -> Iterator[Any]:
 
 
 @pytest.fixture
-def spawn(cluster: RedisClusterDeployment, prefix: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        w = WorkerProcess(cluster.url(), ("--prefix", prefix, *args), tmp_path / f"w{len(started)}.log")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def spawn(spawn_at: Callable[..., WorkerProcess], cluster: RedisClusterDeployment, prefix: str) -> Callable[..., WorkerProcess]:
+    return functools.partial(spawn_at, cluster.url(), "--prefix", prefix)
 
 
 def spread_queues(cluster: RedisClusterDeployment, prefix: str, n: int = 3) -> list[str]:
@@ -74,11 +56,6 @@ def spread_queues(cluster: RedisClusterDeployment, prefix: str, n: int = 3) -> l
             return list(names.values())
     raise AssertionError("could not spread queues over the masters")
 
-
-def cli(cluster: RedisClusterDeployment, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**WORKER_ENV, "CONVEYOR_REDIS_URL": cluster.url(), "CONVEYOR_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, capture_output=True, text=True,
-                          timeout=30)
 
 
 def test_the_whole_surface_on_queues_spread_over_the_masters(cluster, client, prefix, spawn, tmp_path) -> None:
@@ -121,20 +98,20 @@ def test_the_whole_surface_on_queues_spread_over_the_masters(cluster, client, pr
     assert gone.refresh().status is JobStatus.CANCELED
     held = queues[1].enqueue("jobs_faults:record", path, "held", 30)
     wait_until(lambda: held.refresh().status is JobStatus.STARTED, 10, "the held job to start")
-    res = cli(cluster, prefix, "job", "stop", held.id)
+    res = cli(cluster.url(), "job", "stop", held.id, prefix=prefix)
     assert res.returncode == 0, res.stderr
     assert held.refresh().status is JobStatus.CANCELED
 
     # The CLI, doctor, metrics' depth source and the operator's status reader.
-    info = json.loads(cli(cluster, prefix, "info", "--json").stdout)
+    info = json.loads(cli(cluster.url(), "info", "--json", prefix=prefix).stdout)
     counts = {q["name"]: q["finished"] for q in info["queues"]}
     # one and idle each, with: later; 20 many; flaky and the cron ticks (a minute may turn over)
     assert counts == {names[0]: 3, names[1]: 22, names[2]: 3 + jobs_faults.executions(path)["cron"]}
     assert [x["id"] for x in info["workers"]] == [worker_id(w)]
     assert {q["scheduler_leader"] for q in info["queues"]} == {worker_id(w)}
-    show = cli(cluster, prefix, "job", "show", flaky.id, "--json")
+    show = cli(cluster.url(), "job", "show", flaky.id, "--json", prefix=prefix)
     assert show.returncode == 0 and json.loads(show.stdout)["retries"] == 2
-    doctor = cli(cluster, prefix, "doctor")
+    doctor = cli(cluster.url(), "doctor", prefix=prefix)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     depth = queue_depth(cluster.url(), names, prefix=prefix)
     assert [d["name"] for d in depth] == names and all(d["failed"] == 0 for d in depth)
@@ -147,7 +124,7 @@ def test_purge_and_requeue_from_the_cli(cluster, client, prefix, tmp_path) -> No
     q = Queue(names[1], connection=client, prefix=prefix)
     for i in range(5):
         q.enqueue("jobs_faults:record", path, f"p{i}")
-    res = cli(cluster, prefix, "purge", names[1], "--yes")
+    res = cli(cluster.url(), "purge", names[1], "--yes", prefix=prefix)
     assert res.returncode == 0 and "5 ready" in res.stdout, res.stderr
     assert q.count == 0
 

@@ -6,24 +6,21 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from typing import Any
 
 import pytest
 import redis
-
-from support import WORKER_ENV, fetch, wait_status, wait_until, worker_id
 from conveyor import JobStatus, Queue, keys
 from conveyor.doctor_redis import run
+from support import cli, fetch, wait_status, wait_until, worker_id
 
 WEEK = 7 * 24 * 3600
 
 
-def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", "doctor", "--redis-url", redis_url, *args],
-                          env=WORKER_ENV, capture_output=True, text=True, timeout=60)
+def doctor(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(redis_url, "doctor", *args, timeout=60)
 
 
 def counts(report: dict[str, Any], queue: str = "default") -> dict[str, int]:
@@ -74,7 +71,7 @@ def test_clean_queue_with_queued_scheduled_finished_failed_and_canceled_jobs_rep
 
     report = run(conn, "default")
     assert report == {"queues": {"default": {"findings": {}, "checked_jobs": 7}}, "warnings": [], "ok": True}
-    res = cli(redis_url)
+    res = doctor(redis_url)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "no problems" in res.stdout.splitlines()[-1]
 
@@ -174,23 +171,23 @@ def test_cli_finds_a_queue_key_of_the_wrong_type_and_renames_it_aside(queue: Que
     conn.zadd(queue.keys.canceled, {done.id: "+inf"})
     conn.set(queue.keys.ready, "x")
 
-    res = cli(redis_url, "--json")
+    res = doctor(redis_url, "--json")
     assert res.returncode == 1, res.stdout + res.stderr
     report = json.loads(res.stdout)
     assert counts(report) == {"wrong_type_key": 1}
     assert examples(report, "wrong_type_key") == [queue.keys.ready]
-    human = cli(redis_url)
+    human = doctor(redis_url)
     assert human.returncode == 1
     line = next(line for line in human.stdout.splitlines() if "wrong_type_key" in line)
     assert " 1 " in line and "a string, not a list" in line
     assert "1 problem" in human.stdout.splitlines()[-1]
 
-    fixed = cli(redis_url, "--fix")
+    fixed = doctor(redis_url, "--fix")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "fixed 1 wrong_type_key" in fixed.stdout
     assert conn.get(queue.keys.corrupt("ready")) == b"x" and conn.ttl(queue.keys.corrupt("ready")) > 0
     assert conn.type(queue.keys.ready) == b"none"
-    assert cli(redis_url).returncode == 0
+    assert doctor(redis_url).returncode == 0
     queue.enqueue("jobs:add", 2, 2)  # the queue works again
     assert conn.llen(queue.keys.ready) == 1
 
@@ -240,13 +237,13 @@ def test_cli_relists_a_queued_job_missing_from_ready_once(queue: Queue, conn, re
     conn.lrem(queue.keys.ready, 0, jobs[1].id)
     conn.delete(queue.keys.wake)
 
-    res = cli(redis_url, "-q", "default", "--json")
+    res = doctor(redis_url, "-q", "default", "--json")
     assert res.returncode == 1, res.stdout + res.stderr
     report = json.loads(res.stdout)
     assert counts(report) == {"unlisted_job": 1} and examples(report, "unlisted_job") == [jobs[1].id]
     assert report["queues"]["default"]["checked_jobs"] == 3 and report["ok"] is False
 
-    res = cli(redis_url, "-q", "default", "--fix", "--json")
+    res = doctor(redis_url, "-q", "default", "--fix", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     fixed = json.loads(res.stdout)
     assert fixed["fixed"]["default"]["unlisted_job"]["examples"] == [jobs[1].id]

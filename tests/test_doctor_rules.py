@@ -5,7 +5,6 @@ live fleet, warnings and bad input."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -13,17 +12,15 @@ from typing import Any
 
 import pytest
 import redis
-
-from support import WORKER_ENV, wait_until
 from conveyor import Queue, Retry, keys
 from conveyor.doctor import Finding, JobRecord, Snapshot, analyze, field_problem, format_report
 from conveyor.doctor_redis import check_queue, discover, live_workers, repair, run
 from conveyor.embedded import free_port
+from support import cli, wait_until
 
 
-def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", "doctor", "--redis-url", redis_url, *args],
-                          env=WORKER_ENV, capture_output=True, text=True, timeout=60)
+def doctor(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(redis_url, "doctor", *args, timeout=60)
 
 
 def counts(report: dict[str, Any], queue: str = "default") -> dict[str, int]:
@@ -235,7 +232,7 @@ def test_an_evicting_maxmemory_policy_is_a_warning(queue: Queue, conn, redis_url
     conn.config_set("maxmemory-policy", "allkeys-lru")
     try:
         report = run(conn, "default")
-        res = cli(redis_url)
+        res = doctor(redis_url)
     finally:
         conn.config_set("maxmemory-policy", "noeviction")
     assert report["ok"] and len(report["warnings"]) == 1 and "allkeys-lru" in report["warnings"][0]
@@ -250,18 +247,18 @@ def test_an_evicting_maxmemory_policy_is_a_warning(queue: Queue, conn, redis_url
 ])
 def test_bad_input_gets_one_clear_line(queue: Queue, redis_url, args: tuple[str, ...], message: str) -> None:
     queue.enqueue("jobs:add", 1, 1)
-    res = cli(redis_url, *args)
+    res = doctor(redis_url, *args)
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
 
 
 def test_unreachable_redis_gets_one_clear_line() -> None:
-    res = cli(f"redis://127.0.0.1:{free_port()}/0")
+    res = doctor(f"redis://127.0.0.1:{free_port()}/0")
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "cannot reach Redis" in res.stderr, res.stderr
 
 
 def test_an_empty_redis_is_clean(conn: redis.Redis, redis_url: str) -> None:
     assert run(conn) == {"queues": {}, "warnings": [], "ok": True}
-    res = cli(redis_url, "--json")
+    res = doctor(redis_url, "--json")
     assert res.returncode == 0 and '"ok": true' in res.stdout

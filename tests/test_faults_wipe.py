@@ -6,18 +6,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
-
-from jobs_faults import executions
-from support import WORKER_ENV, fetch, wait_status, wait_until, worker_id
 from conveyor import JobStatus, Queue, keys
-
-
-def conveyor(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", *args, "--redis-url", url], capture_output=True,
-                          text=True, env=WORKER_ENV, timeout=30)
+from jobs_faults import executions
+from support import cli, fetch, wait_status, wait_until, worker_id
 
 
 def test_a_run_from_before_a_wipe_cannot_record_over_the_new_job(queue: Queue, conn, redis_url, tmp_path,
@@ -49,7 +41,7 @@ def test_after_a_wipe_workers_and_queues_register_again(queue: Queue, conn, redi
     wait_until(lambda: conn.zscore(keys.DEFAULT.workers, wid), 10, "the worker's registration")
     conn.flushall()
     wait_until(lambda: conn.zscore(keys.DEFAULT.workers, wid), 10, "the worker to register again")
-    data = json.loads(conveyor(redis_url, "info", "--json").stdout)
+    data = json.loads(cli(redis_url, "info", "--json").stdout)
     assert sorted(q["name"] for q in data["queues"]) == ["default", "mail"]
     assert [x["id"] for x in data["workers"]] == [wid]
 
@@ -58,7 +50,7 @@ def test_after_a_wipe_workers_and_queues_register_again(queue: Queue, conn, redi
     other = Queue("reports", connection=conn)
     job = other.enqueue("jobs:add", 1, 2)
     assert b"reports" in conn.smembers(keys.DEFAULT.queues)
-    show = conveyor(redis_url, "job", "show", job.id)
+    show = cli(redis_url, "job", "show", job.id)
     assert show.returncode == 0 and "reports" in show.stdout, show.stderr
     w.signal(signal.SIGTERM)
     assert w.wait(10) == 0

@@ -295,7 +295,7 @@ def _reap_now(conn: redis.Redis, job_id: str) -> None:
 def test_lost_lease_is_signalled_and_its_outcome_rejected(conn, queue, redis_url, spawn_worker, func, mark) -> None:
     """Sync jobs see current_job().lease_lost; async jobs are cancelled; the late outcome is discarded."""
     job = queue.enqueue(func, redis_url, "lost-mark")
-    w = spawn_worker("--lease-seconds", "0.6", "--concurrency", "1")
+    w = spawn_worker("--lease-seconds", "2", "--concurrency", "1")
     wait_status(conn, job.id, JobStatus.STARTED)
     first_exec = fetch(conn, job.id).execution_id
     _reap_now(conn, job.id)

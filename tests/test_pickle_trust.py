@@ -6,18 +6,15 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-
-from support import WORKER_ENV
 from conveyor import InvalidArgument, Job, JobStatus, Queue
 from conveyor.admin import PICKLED
 from conveyor.errors import ConveyorError, PickleRefused
+from support import cli
 
 
 class _Touch:
@@ -87,10 +84,6 @@ def test_allow_pickle_must_be_a_bool(conn: redis.Redis, value: Any) -> None:
         with pytest.raises(InvalidArgument, match="allow_pickle must be True or False"):
             Queue("default", connection=conn, allow_pickle=value)
 
-
-def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", *args], env={**WORKER_ENV, "CONVEYOR_REDIS_URL": redis_url},
-                          capture_output=True, text=True, timeout=30)
 
 
 def test_job_show_refuses_pickle_in_one_line_and_shows_the_rest(conn: redis.Redis, queue: Queue, redis_url: str,

@@ -5,20 +5,12 @@ Fleet commands reach only the database they were issued on."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import pytest
 import redis
-
-from jobs_faults import executions
-from support import WORKER_ENV, fetch, wait_status, wait_until
 from conveyor import InvalidTransition, JobStatus, Queue, keys
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", *args, "--redis-url", url], capture_output=True,
-                          text=True, env=WORKER_ENV, timeout=30)
+from jobs_faults import executions
+from support import cli, fetch, wait_status, wait_until
 
 
 def listening(conn: redis.Redis, db: int = 0) -> bool:

@@ -7,37 +7,26 @@ Tests share one group; each takes its own key prefix. What ran comes from the jo
 
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import jobs_faults
 import pytest
-from redis.exceptions import RedisError
-
 from conveyor import JobStatus, Queue, Retry, keys
 from conveyor.connection import RedisTarget
 from conveyor.errors import NotReplicated
 from conveyor_operator.status import queue_depth
 from deployments import SentinelGroup
-from support import WORKER_ENV, WorkerProcess, wait_until, worker_id
-
-import jobs_faults
-
+from redis.exceptions import RedisError
+from support import WorkerProcess, cli, wait_until, worker_id
 
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[SentinelGroup]:
     with SentinelGroup("mymaster", replicas=1, sentinels=3) as g:
         yield g
-
-
-@pytest.fixture
-def prefix() -> str:
-    return "t" + uuid.uuid4().hex[:10]
 
 
 @pytest.fixture
@@ -48,23 +37,9 @@ def client(group: SentinelGroup) -> Iterator[Any]:
 
 
 @pytest.fixture
-def spawn(group: SentinelGroup, prefix: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
+def spawn(spawn_at: Callable[..., WorkerProcess], group: SentinelGroup, prefix: str) -> Callable[..., WorkerProcess]:
+    return functools.partial(spawn_at, group.url(), "--prefix", prefix)
 
-    def start(*args: str) -> WorkerProcess:
-        w = WorkerProcess(group.url(), ("--prefix", prefix, *args), tmp_path / f"w{len(started)}.log")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
-
-
-def cli(group: SentinelGroup, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**WORKER_ENV, "CONVEYOR_REDIS_URL": group.url(), "CONVEYOR_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, capture_output=True, text=True,
-                          timeout=30)
 
 
 def test_the_whole_surface_through_sentinel(group, client, prefix, spawn, tmp_path) -> None:
@@ -91,14 +66,14 @@ def test_the_whole_surface_through_sentinel(group, client, prefix, spawn, tmp_pa
     assert gone.refresh().status is JobStatus.CANCELED
     held = q.enqueue("jobs_faults:record", path, "held", 30)
     wait_until(lambda: held.refresh().status is JobStatus.STARTED, 10, "the held job to start")
-    res = cli(group, prefix, "job", "stop", held.id)
+    res = cli(group.url(), "job", "stop", held.id, prefix=prefix)
     assert res.returncode == 0, res.stderr
     assert held.refresh().status is JobStatus.CANCELED
 
-    info = json.loads(cli(group, prefix, "info", "--json").stdout)
+    info = json.loads(cli(group.url(), "info", "--json", prefix=prefix).stdout)
     ticks = jobs_faults.executions(path)["cron"]  # one, or two if a minute turned over
     assert [(x["name"], x["finished"], x["scheduler_leader"]) for x in info["queues"]] == [("s", 13 + ticks, wid)]
-    assert cli(group, prefix, "doctor").returncode == 0
+    assert cli(group.url(), "doctor", prefix=prefix).returncode == 0
     [depth] = queue_depth(group.url(), ["s"], prefix=prefix)
     assert depth["failed"] == 0 and depth["ready"] == 0
     assert "ERROR" not in w.log()

@@ -4,15 +4,12 @@ and a stored value cut mid-character never makes a job unreadable."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import redis
-
-from support import WORKER_ENV, fetch
 from conveyor import Job, JobStatus, Queue
 from conveyor.worker.execution import MESSAGE_LIMIT, TRACEBACK_LIMIT, clip, failure, from_exception
+from support import cli, fetch
 
 MESSAGES = {"e-acute": "é" * 2000, "odd-offset": "a" + "é" * 2000, "euro": "€" * 700, "emoji": "x" + "😀" * 400}
 
@@ -42,10 +39,6 @@ def test_every_failed_outcome_is_clipped() -> None:
     assert len(outcome.traceback.encode()) <= TRACEBACK_LIMIT and outcome.traceback.endswith("é" * 10 + "\n")
     assert len(failure("X", "€" * 1000).exc_message.encode()) <= MESSAGE_LIMIT
 
-
-def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conveyor", *args], env={**WORKER_ENV, "CONVEYOR_REDIS_URL": redis_url},
-                          capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize("message", list(MESSAGES.values()), ids=list(MESSAGES))

@@ -1,7 +1,7 @@
 """Fixtures for the operator tests: the API emulator served over HTTP from a background
 thread, a kubeconfig pointing at it, the real kubectl, the operator as a real
 ``python -m conveyor_operator`` (kopf run) process, and real redis-servers (one plain, one
-TLS-only requiring client certificates). Helpers live in op_helpers.py and tls_redis.py."""
+TLS-only requiring client certificates). Helpers live in op_helpers.py; the TLS server is tests/deployments.py's."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conveyor.embedded import EmbeddedRedis
-
+from deployments import TlsRedis
 from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, wait_for
-from tls_redis import TlsRedis
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +64,6 @@ def redis_server() -> Any:
 
 
 @pytest.fixture(scope="session")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server = TlsRedis(tmp_path_factory.mktemp("tls-redis")).start()
-    yield server
-    server.stop()
+def tls_redis() -> Any:
+    with TlsRedis() as server:
+        yield server

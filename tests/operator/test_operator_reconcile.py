@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conveyor import Queue
 from conveyor_operator.k8s import ApiError, NotFound, path
 from conveyor_operator.reconcile import Reconciler
 from conveyor_operator.settings import Settings
 from conveyor_operator.status import Cond, conditions_for, merge_conditions
 from conveyor_operator.tlsfiles import TlsFileStore
-
-from tls_redis import TlsRedis, make_ca
+from deployments import TlsRedis
 
 
 class FakeApi:
@@ -142,10 +140,9 @@ def test_tls_files_are_private_rewritten_on_change_and_removed(tmp_path: Path) -
     assert not where.parent.exists()
 
 
-def test_wrong_ca_is_named_by_its_secret_not_a_temp_path(tls_redis: TlsRedis, tmp_path: Path) -> None:
-    other_ca, _ = make_ca(tmp_path, "other-ca")
-    api = FakeApi(secrets={"ca": {"ca.crt": other_ca.read_text()},
-                           "me": {"tls.crt": tls_redis.client_cert.read_text(), "tls.key": tls_redis.client_key.read_text()}})
+def test_wrong_ca_is_named_by_its_secret_not_a_temp_path(tls_redis: TlsRedis) -> None:
+    api = FakeApi(secrets={"ca": {"ca.crt": Path(tls_redis.other_ca_file).read_text()},
+                           "me": {"tls.crt": Path(tls_redis.cert_file).read_text(), "tls.key": Path(tls_redis.key_file).read_text()}})
     reconciler = Reconciler(api, Settings(default_image="img:1", redis_timeout=1))
     out = reconciler.reconcile(body(redis={"url": tls_redis.url, "tls": {"enabled": True, "caSecretRef": {"name": "ca"},
                                                                          "clientCertSecretRef": {"name": "me"}}}))
@@ -153,7 +150,7 @@ def test_wrong_ca_is_named_by_its_secret_not_a_temp_path(tls_redis: TlsRedis, tm
     assert out.problem[1].startswith(f'TLS certificate verify failed at {tls_redis.url} (CA file: Secret "ca" key "ca.crt"): ')
     assert reconciler.tls_files.root not in out.problem[1]
     # The right CA: the depth is read, from the same private files rewritten.
-    api.secrets["ca"]["ca.crt"] = tls_redis.ca.read_text()
+    api.secrets["ca"]["ca.crt"] = Path(tls_redis.ca_file).read_text()
     out = reconciler.reconcile(body(redis={"url": tls_redis.url, "tls": {"enabled": True, "caSecretRef": {"name": "ca"},
                                                                          "clientCertSecretRef": {"name": "me"}}}))
     assert out.problem is None and out.status["queues"][0]["name"] == "q"

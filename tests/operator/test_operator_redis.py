@@ -9,14 +9,13 @@ import glob
 import json
 import os
 import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conveyor import Queue
-
+from deployments import TlsRedis
 from op_helpers import Cluster, Kubectl, OperatorProcess, cond, dep_path, jobqueue, jq_path, wait_for
-from tls_redis import TlsRedis
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -53,9 +52,9 @@ def test_tls_redis_requiring_client_certificates_reports_depth(
     for i in range(2):
         Queue(q, connection=conn).enqueue("builtins:print", i)
     conn.close()
-    apply_secret(kubectl, namespace, "generic", "redis-ca", f"--from-file=ca.crt={tls_redis.ca}")
-    apply_secret(kubectl, namespace, "tls", "conveyor-client", f"--cert={tls_redis.client_cert}",
-                 f"--key={tls_redis.client_key}")
+    apply_secret(kubectl, namespace, "generic", "redis-ca", f"--from-file=ca.crt={tls_redis.ca_file}")
+    apply_secret(kubectl, namespace, "tls", "conveyor-client", f"--cert={tls_redis.cert_file}",
+                 f"--key={tls_redis.key_file}")
     kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("mtls", redis=mtls_redis_spec(tls_redis), queues=[q]))
 
     jq = wait_for(depth_is(cluster, namespace, "mtls", [{"name": q, "ready": 2, "scheduled": 0, "claimed": 0, "failed": 0}]),
@@ -76,9 +75,9 @@ def test_tls_redis_requiring_client_certificates_reports_depth(
     (where,) = glob.glob(os.path.join(operator.env["TMPDIR"], "conveyor-operator-tls-*", jq["metadata"]["uid"]))
     assert stat.S_IMODE(os.stat(where).st_mode) == 0o700
     assert sorted(os.listdir(where)) == ["ca.crt", "tls.crt", "tls.key"]
-    for name, source in (("ca.crt", tls_redis.ca), ("tls.crt", tls_redis.client_cert), ("tls.key", tls_redis.client_key)):
+    for name, source in (("ca.crt", tls_redis.ca_file), ("tls.crt", tls_redis.cert_file), ("tls.key", tls_redis.key_file)):
         assert stat.S_IMODE(os.stat(os.path.join(where, name)).st_mode) == 0o600
-        assert open(os.path.join(where, name), "rb").read() == source.read_bytes()
+        assert open(os.path.join(where, name), "rb").read() == Path(source).read_bytes()
 
     kubectl("delete", "jq", "mtls", "-n", namespace, "--timeout=20s")
     wait_for(lambda: not os.path.exists(where), what="the operator to remove the JobQueue's TLS files")
@@ -91,8 +90,8 @@ def test_missing_tls_secret_and_key_have_their_own_reasons(
     c = wait_for(degraded(cluster, namespace, "tlsmiss", "TLSSecretMissing"), what="TLSSecretMissing")
     assert c["message"] == (f'Secret "redis-ca" (spec.redis.tls.caSecretRef) was not found in namespace "{namespace}"; '
                             f'workers cannot start until it exists')
-    apply_secret(kubectl, namespace, "generic", "redis-ca", f"--from-file=ca.crt={tls_redis.ca}")
-    apply_secret(kubectl, namespace, "generic", "pair", f"--from-file=tls.crt={tls_redis.client_cert}")  # no tls.key
+    apply_secret(kubectl, namespace, "generic", "redis-ca", f"--from-file=ca.crt={tls_redis.ca_file}")
+    apply_secret(kubectl, namespace, "generic", "pair", f"--from-file=tls.crt={tls_redis.cert_file}")  # no tls.key
     c = wait_for(degraded(cluster, namespace, "tlsmiss", "TLSSecretKeyMissing"), what="TLSSecretKeyMissing")
     assert c["message"] == 'Secret "pair" has no key "tls.key" (spec.redis.tls.clientCertSecretRef.keyKey)'
 
@@ -100,7 +99,7 @@ def test_missing_tls_secret_and_key_have_their_own_reasons(
 def test_no_client_certificate_is_named_then_recovered(
         cluster: Cluster, kubectl: Kubectl, namespace: str, tls_redis: TlsRedis) -> None:
     q = f"{namespace}-q"
-    apply_secret(kubectl, namespace, "generic", "redis-ca", f"--from-file=ca.crt={tls_redis.ca}")
+    apply_secret(kubectl, namespace, "generic", "redis-ca", f"--from-file=ca.crt={tls_redis.ca_file}")
     only_ca = {"url": tls_redis.url, "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca"}}}
     kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("nocert", redis=only_ca, queues=[q]))
     # A Redis with tls-auth-clients refuses a client without a certificate: said so, in one line.
@@ -108,7 +107,7 @@ def test_no_client_certificate_is_named_then_recovered(
     assert c["message"].startswith(f"cannot reach Redis at {tls_redis.url}: ") and "\n" not in c["message"]
     assert c["message"].endswith("give one with spec.redis.tls.clientCertSecretRef")
 
-    apply_secret(kubectl, namespace, "tls", "pair", f"--cert={tls_redis.client_cert}", f"--key={tls_redis.client_key}")
+    apply_secret(kubectl, namespace, "tls", "pair", f"--cert={tls_redis.cert_file}", f"--key={tls_redis.key_file}")
     kubectl("patch", "jq", "nocert", "-n", namespace, "--type", "merge",
             "-p", json.dumps({"spec": {"redis": {"tls": {"clientCertSecretRef": {"name": "pair"}}}}}))
     wait_for(degraded(cluster, namespace, "nocert", "AsExpected"), what="Degraded=False once the client pair is given")
