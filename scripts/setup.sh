@@ -37,3 +37,7 @@ if ! .venv/bin/python -c "import conveyor, pytest, xdist, rq, msgpack" >/dev/nul
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch .venv/.conveyor-installed
 fi
+
+# Compile our own sources once: where PYTHONDONTWRITEBYTECODE is set (common in containers
+# and CI images) every worker and CLI process would otherwise compile them again at start-up.
+.venv/bin/python -m compileall -q runtime operator tests >/dev/null
