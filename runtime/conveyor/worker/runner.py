@@ -55,6 +55,7 @@ class Runner:
         self.lingering = 0  # timed-out threads that still hold a slot
         self.avg_duration: float | None = None
         self.accepting = True  # False once the worker stops: nothing new starts
+        self.handing_back = False  # True once the shutdown timeout is reached: nothing starts at all
         self._filling = False
         self._async_funcs: dict[Any, bool] = {}
         self._threads: JobThreads | None = None
@@ -119,10 +120,12 @@ class Runner:
         for job in jobs:
             if job.suspect:
                 self.suspect = job
-            if not self.accepting:
-                self.release.append(job)
-            elif job.recorded_start:
+            if job.recorded_start and not self.handing_back:
+                # Redis already shows it started: it runs, like any running job on a stop
+                # (within the shutdown timeout), rather than flicker back to queued.
                 self._start(job)
+            elif not self.accepting:
+                self.release.append(job)
             else:
                 self.buffer.append(job)
         self.fill()
@@ -367,6 +370,7 @@ class Runner:
 
     def give_up(self) -> None:
         """Shutdown timeout reached: every unfinished job goes back to its queue."""
+        self.handing_back = True
         for job in list(self.running.values()):
             self._forget(job)
             if job.task is not None:
