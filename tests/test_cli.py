@@ -306,7 +306,7 @@ def test_purge_yes_deletes_ready_then_scheduled_jobs_only(queue: Queue, conn, re
     assert status_of(conn, scene["bad"]) is JobStatus.FAILED
 
     jobs_obs.release(redis_url, key)  # the running job was untouched: it still finishes
-    wait_until(lambda: status_of(conn, scene["held"]) is JobStatus.FINISHED, 10, "the held job to finish")
+    wait_until(lambda: status_of(conn, scene["held"]) is JobStatus.FINISHED, 20, "the held job to finish")
     assert fetch(conn, scene["held"]).result == "released"
 
     unknown = cli(redis_url, "purge", "no-such-queue", "--yes")

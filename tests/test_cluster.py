@@ -103,10 +103,15 @@ def test_the_whole_surface_on_queues_spread_over_the_masters(cluster, client, pr
     assert held.refresh().status is JobStatus.CANCELED
 
     # The CLI, doctor, metrics' depth source and the operator's status reader.
-    info = json.loads(cli(cluster.url(), "info", "--json", prefix=prefix).stdout)
-    counts = {q["name"]: q["finished"] for q in info["queues"]}
-    # one and idle each, with: later; 20 many; flaky and the cron ticks (a minute may turn over)
-    assert counts == {names[0]: 3, names[1]: 22, names[2]: 3 + jobs_faults.executions(path)["cron"]}
+    # one and idle each, with: later; 20 many; flaky and the cron ticks. A minute may turn over:
+    # a tick that has run (its record is written) may not have its outcome recorded yet.
+    def settled() -> dict[str, Any] | None:
+        info = json.loads(cli(cluster.url(), "info", "--json", prefix=prefix).stdout)
+        counts = {q["name"]: q["finished"] for q in info["queues"]}
+        want = {names[0]: 3, names[1]: 22, names[2]: 3 + jobs_faults.executions(path)["cron"]}
+        return info if counts == want else None
+
+    info = wait_until(settled, 10, "info's finished counts to match what ran", interval=0.2)
     assert [x["id"] for x in info["workers"]] == [worker_id(w)]
     assert {q["scheduler_leader"] for q in info["queues"]} == {worker_id(w)}
     show = cli(cluster.url(), "job", "show", flaky.id, "--json", prefix=prefix)
