@@ -48,17 +48,26 @@ def test_full_redis_refuses_enqueue_cleanly_and_workers_start_and_drain_it(full_
     path = str(tmp_path / "runs")
     ids = fill(q, path)
     assert len(ids) > 20
-    with pytest.raises(RedisFull):  # a batch is refused whole
-        q.enqueue_many([Queue.prepare_data("jobs_faults:record", (path, "batch", 0.0, PAYLOAD)) for _ in range(3)])
-    assert q.count == len(ids), "nothing half-written"
+    # A batch is refused whole. Memory dips once the refused command's buffers are freed, so
+    # a batch can still fit just after the refusal: then it is taken whole, and runs.
+    batches = 0
+    while True:
+        try:
+            q.enqueue_many([Queue.prepare_data("jobs_faults:record", (path, "batch", 0.0, PAYLOAD)) for _ in range(3)])
+        except RedisFull:
+            break
+        batches += 1
+        assert batches < 5, "Redis kept taking batches past maxmemory"
+    assert q.count == len(ids) + 3 * batches, "nothing half-written"
 
     workers = [spawn_worker("--concurrency", "4", url=full_redis.url) for _ in range(2)]
     for w in workers:
         worker_id(w)  # a new worker starts on a full Redis
-    wait_until(lambda: sum(executions(path).values()) >= len(ids), 60, "the backlog to drain")
+    wait_until(lambda: sum(executions(path).values()) >= len(ids) + 3 * batches, 60, "the backlog to drain")
     wait_until(lambda: all(fetch(conn, i).status is JobStatus.FINISHED for i in ids), 30, "every job to be recorded")
     ran = executions(path)
-    assert ran == {f"j{i}": 1 for i in range(len(ids))}, "each acknowledged job ran exactly once"
+    want = {f"j{i}": 1 for i in range(len(ids))} | ({"batch": 3 * batches} if batches else {})
+    assert ran == want, "each acknowledged job ran exactly once"
     assert q.count == 0 and q.started.count == 0 and q.failed.count == 0
     for w in workers:
         w.signal(signal.SIGTERM)

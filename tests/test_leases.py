@@ -279,10 +279,15 @@ def test_requeued_job_holds_its_unique_key_again(queue: Queue, conn, redis_url, 
 def _reap_now(conn: redis.Redis, job_id: str) -> None:
     """Expire the job's lease and run the reaper, as another worker's housekeeping would.
 
-    The worker may renew the lease between the two steps; then it is expired again.
+    The worker may renew the lease between the two steps; then it is expired again. Another
+    worker's housekeeping may reap it first: then it is taken too (it left this execution).
     """
+    execution = fetch(conn, job_id).execution_id
 
     def reaped() -> bool:
+        now = fetch(conn, job_id)
+        if now.status is not JobStatus.STARTED or now.execution_id != execution:
+            return True
         conn.zadd(K.leases, {job_id: 0})
         [(requeued, abandoned)] = scripts.execute(conn, lambda p: calls.reap(p, K, 3, 3600))
         assert [r.decode() for r in requeued] in ([], [job_id]) and abandoned == []
