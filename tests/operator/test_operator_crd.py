@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conveyor_operator import crd
+from conveyor_operator.reserved import RESERVED_ARGS
 from conveyor_operator.spec import apply_defaults, defaulted, problems
 
 from op_helpers import CRD_FILE, EXAMPLES
@@ -189,6 +190,7 @@ def test_invalid_examples_fail_for_the_reason_their_comment_gives() -> None:
         "negative-lease": "less than the minimum",
         "no-queues": "should be non-empty",
         "bad-allow-module": "does not match",
+        "reserved-worker-flag": "use spec.shutdownTimeoutSeconds instead of --shutdown-timeout",
     }
     assert {p.stem for p in INVALID} == set(expected)
     for path in INVALID:
@@ -259,7 +261,9 @@ def test_defaults_match_the_runtime() -> None:
     spec = defaulted({"redis": {"url": "redis://r"}, "queues": ["q"]})
     assert spec["leaseSeconds"] == 15 and spec["shutdownTimeoutSeconds"] == 25
     assert spec["resultTTLSeconds"] == 500 and spec["failureTTLSeconds"] == 7 * 24 * 3600
-    assert spec["workers"] == {"replicas": 1, "imagePullPolicy": "IfNotPresent", "concurrency": 10, "pool": "thread"}
+    assert spec["workers"] == {"replicas": 1, "imagePullPolicy": "IfNotPresent", "concurrency": 10, "pool": "thread",
+                               "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                             "limits": {"memory": "512Mi"}}}
     assert spec["scheduler"] == {"enabled": True}
     assert spec["metrics"] == {"port": 9100, "serviceMonitor": {"enabled": False, "interval": "30s"}}
     assert spec["autoscaling"]["enabled"] is False
@@ -346,3 +350,54 @@ def test_jobqueues_in_the_readme_are_valid() -> None:
     assert jobqueues, "the README shows a JobQueue"
     for doc in jobqueues:
         assert admission(doc) == [] and problems(defaulted(doc["spec"]), doc["metadata"]["name"]) == []
+
+
+# Every flag builders.worker_args passes, and those naming what the operator gives through
+# the environment or the policy file: (argument as a user would write it, the field to use).
+RESERVED_ARG_CASES = [
+    (["-q", "other"], "spec.queues"), (["-qother"], "spec.queues"), (["--queues=a,b"], "spec.queues"),
+    (["--concurrency", "4"], "spec.workers.concurrency"), (["-c4"], "spec.workers.concurrency"),
+    (["--pool=process"], "spec.workers.pool"),
+    (["--lease-seconds", "60"], "spec.leaseSeconds"),
+    (["--shutdown-timeout", "120"], "spec.shutdownTimeoutSeconds"),
+    (["--shutdown-timeout=120"], "spec.shutdownTimeoutSeconds"),
+    (["--with-scheduler"], "spec.scheduler.enabled"),
+    (["--metrics-port", "9200"], "spec.metrics.port"), (["--metrics-port=0"], "spec.metrics.port"),
+    (["--policy-file", "/p.json"], "spec.retry, spec.resultTTLSeconds and spec.failureTTLSeconds"),
+    (["--result-ttl", "5"], "spec.resultTTLSeconds"), (["--failure-ttl=5"], "spec.failureTTLSeconds"),
+    (["--prefix", "x"], "spec.redis.prefix"),
+    (["--allow-module=os"], "spec.workers.allowModules"),
+    (["--redis-url", "redis://elsewhere"], "spec.redis.url or spec.redis.secretRef"),
+    (["--redis-ca-file=/ca.pem"], "spec.redis.tls.caSecretRef"),
+    (["--redis-cert-file", "/c.pem"], "spec.redis.tls.clientCertSecretRef"),
+    (["--redis-key-file", "/k.pem"], "spec.redis.tls.clientCertSecretRef"),
+]
+
+
+def test_every_flag_worker_args_passes_is_reserved() -> None:
+    from conveyor_operator import builders
+
+    passed = {a.split("=")[0] for a in builders.worker_args(defaulted(
+        {"redis": {"url": "redis://r", "prefix": "p"}, "queues": ["q"], "workers": {"allowModules": ["m"]}}))
+        if a.startswith("-")}
+    reserved = {f for flags, _ in RESERVED_ARGS for f in flags}
+    assert passed - {"--log-format"} <= reserved, passed - reserved  # --log-format may be changed (text)
+
+
+@pytest.mark.parametrize("args,field", RESERVED_ARG_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_flags_the_operator_owns_are_refused_by_cel_and_operator(args: list[str], field: str) -> None:
+    doc = spec_doc({"url": "redis://r"}, workers={"args": ["--default-timeout", "30", *args]})
+    flag = args[0].split("=")[0]
+    flag = flag if flag.startswith("--") or len(flag) == 2 else flag[:2]
+    errors = admission(doc)
+    assert len(errors) == 1 and errors[0].startswith(".spec.workers.args: use " + field + " instead of "), errors
+    assert flag in errors[0]
+    assert problems(defaulted(doc["spec"])) == [errors[0].split(": ", 1)[1]]
+
+
+@pytest.mark.parametrize("args", [["--default-timeout", "300", "--max-jobs-per-child=5"], ["--log-format", "text"],
+                                  ["--prefetch", "0", "--require-noeviction", "--cron-module", "app.cron"],
+                                  ["--name", "w", "--log-level=debug"]])
+def test_other_worker_flags_stay_allowed(args: list[str]) -> None:
+    doc = spec_doc({"url": "redis://r"}, workers={"args": args})
+    assert admission(doc) == [] and problems(defaulted(doc["spec"])) == []
