@@ -172,6 +172,7 @@ def test_service_pdb_and_service_monitor() -> None:
     pdb = builders.pdb(OWNER, s)
     assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == builders.selector_labels("billing")
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"  # a Redis outage must not block drains
     sm = builders.service_monitor(OWNER, s)
     assert builders.wants_service_monitor(s)
     assert sm["metadata"]["labels"]["release"] == "prometheus"
