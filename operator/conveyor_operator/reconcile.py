@@ -24,7 +24,7 @@ from .builders import Owner
 from .k8s import Api, ApiError, NotFound
 from .settings import Settings
 from .spec import defaulted, problems
-from .status import DEGRADED, conditions_for, merge_conditions, now, queue_depth
+from .status import DEGRADED, conditions_for, deployment_problem, merge_conditions, now, queue_depth
 from .tlsfiles import TlsFileStore
 
 # The field naming each TLS file's Secret key, for messages.
@@ -104,6 +104,9 @@ class Reconciler:
             depth, depth_problem = self._depth(url, spec, tls)
             problem = problem or depth_problem
         deployment = self.api.get("apps/v1", "Deployment", owner.namespace, builders.names(owner.name)["deployment"])
+        # What the operator found first (the likelier cause: an unreachable Redis also stalls
+        # rollouts), then what the Deployment controller reports.
+        problem = problem or deployment_problem(deployment)
         return self._finish(body, owner, spec, problem, deployment, depth, event, generation=generation)
 
     def _service_monitor(self, owner: Owner, spec: dict[str, Any], event: EventFn) -> tuple[str, str] | None:

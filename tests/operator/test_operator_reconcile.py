@@ -14,7 +14,7 @@ from conveyor import Queue
 from conveyor_operator.k8s import ApiError, NotFound, path
 from conveyor_operator.reconcile import Reconciler
 from conveyor_operator.settings import Settings
-from conveyor_operator.status import Cond, conditions_for, merge_conditions
+from conveyor_operator.status import Cond, conditions_for, deployment_problem, merge_conditions
 from conveyor_operator.tlsfiles import TlsFileStore
 from deployments import TlsRedis
 
@@ -105,6 +105,22 @@ def test_conditions_and_transition_times() -> None:
     assert same[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and same[0]["observedGeneration"] == 2
     flipped = merge_conditions(same, [Cond("Ready", True, "C", "c")], 2, at="2022-01-01T00:00:00Z")
     assert flipped[0]["lastTransitionTime"] == "2022-01-01T00:00:00Z" and flipped[0]["status"] == "True"
+
+
+def test_a_stuck_deployment_is_a_problem_with_its_own_reason_and_message() -> None:
+    def dep(*conds: dict[str, str], generation: int = 2, seen: int = 2) -> dict[str, Any]:
+        return {"metadata": {"generation": generation}, "status": {"observedGeneration": seen, "conditions": list(conds)}}
+
+    stalled = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+               "message": 'ReplicaSet "jq-worker-5d8f" has timed out progressing.'}
+    quota = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": 'pods "jq-worker-5d8f-x" is forbidden: exceeded quota: compute, requested: memory=256Mi'}
+    fine = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "done"}
+    assert deployment_problem(dep(stalled)) == ("ProgressDeadlineExceeded", stalled["message"])
+    assert deployment_problem(dep(fine, quota)) == ("FailedCreate", quota["message"])
+    assert deployment_problem(dep(stalled, quota)) == ("FailedCreate", quota["message"])  # the cause, not the symptom
+    assert deployment_problem(dep(fine)) is None and deployment_problem(None) is None
+    assert deployment_problem(dep(stalled, generation=3, seen=2)) is None  # about the spec before the current one
 
 
 def test_api_paths() -> None:
