@@ -2,13 +2,16 @@
 
 Modules:
     crd         the JobQueue CRD as data (crds/jobqueues.conveyor.dev.yaml is generated from it)
+    openapi     the CRD schema's node helpers
+    reserved    worker env and flags the operator owns: the CEL rules and checks refusing them
     spec        the CRD's defaults applied, and Python equivalents of its schema bounds and CEL rules
     builders    pure functions: JobQueue -> Deployment, ConfigMap, Service, PDB, ServiceMonitor
     k8s         the one module that talks to the API (server-side apply, status, Secrets)
     status      metav1.Condition bookkeeping and queue depth read from Redis
     tlsfiles    private files for the TLS Secrets the operator reads queue depth with
     reconcile   one reconcile pass, shared by every handler
-    handlers    thin kopf handlers (create/update/resume, resync timer)
+    handlers    thin kopf handlers (create/update/resume, the JobQueue index, cleanup on deletion)
+    resync      the operator-level resync loop (no per-JobQueue timer, so no finalizer)
     settings    settings from the environment
     __main__    ``python -m conveyor_operator``: ``kopf run`` with kopf's liveness endpoint
 

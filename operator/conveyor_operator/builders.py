@@ -236,8 +236,11 @@ def service(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
 
 def pdb(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:
     # Workers drain on SIGTERM and hand back their jobs, so one at a time is always safe.
+    # Unready pods may always be evicted: a Redis outage makes every worker unready, and the
+    # default policy would then block every node drain until Redis came back.
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(owner, names(owner.name)["pdb"]),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)}}}
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner.name)},
+                     "unhealthyPodEvictionPolicy": "AlwaysAllow"}}
 
 
 def service_monitor(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from . import reserved
+from .openapi import free_list, free_object, integer, number, quantity_map, rule, string, string_map
+from .reserved import PREFIX_ENV, REDIS_URL_ENV, RESERVED_ENV  # noqa: F401 (part of this module's surface)
+
 GROUP = "conveyor.dev"
 VERSION = "v1alpha1"
 KIND = "JobQueue"
@@ -27,8 +31,6 @@ QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # conveyor.validation.chec
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # conveyor.validation.check_module_names
 MAX_QUEUES = 32
 MAX_NAME = 50  # child names add "-metrics" etc. and must stay DNS labels (<= 63)
-REDIS_URL_ENV = "CONVEYOR_REDIS_URL"
-PREFIX_ENV = "CONVEYOR_PREFIX"
 # Every scheme conveyor.connection.RedisTarget.parse takes; the TLS ones are the rediss* three.
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "sentinel",
                  "redis+cluster", "rediss+cluster")
@@ -41,95 +43,35 @@ MAX_PREFIX = 64
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
-def _int(minimum: int | None = None, maximum: int | None = None, default: int | None = None, desc: str = "") -> dict[str, Any]:
-    s: dict[str, Any] = {"type": "integer"}
-    if desc:
-        s["description"] = desc
-    if minimum is not None:
-        s["minimum"] = minimum
-    if maximum is not None:
-        s["maximum"] = maximum
-    if default is not None:
-        s["default"] = default
-    return s
-
-
-def _num(minimum: float | None = None, maximum: float | None = None, default: float | None = None,
-         desc: str = "", exclusive_min: bool = False) -> dict[str, Any]:
-    s: dict[str, Any] = {"type": "number"}
-    if desc:
-        s["description"] = desc
-    if minimum is not None:
-        s["minimum"] = minimum
-        if exclusive_min:
-            s["exclusiveMinimum"] = True
-    if maximum is not None:
-        s["maximum"] = maximum
-    if default is not None:
-        s["default"] = default
-    return s
-
-
-def _str(desc: str = "", max_length: int = 253, **extra: Any) -> dict[str, Any]:
-    s: dict[str, Any] = {"type": "string", "maxLength": max_length}
-    if desc:
-        s["description"] = desc
-    s.update(extra)
-    return s
-
-
-def _rule(rule: str, message: str, reason: str | None = None, field_path: str | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"rule": rule, "message": message}
-    if reason:
-        r["reason"] = reason
-    if field_path:
-        r["fieldPath"] = field_path
-    return r
-
-
-def _free_object(desc: str) -> dict[str, Any]:
-    """A Kubernetes core type we pass through untouched (affinity, resources...)."""
-    return {"type": "object", "description": desc, "x-kubernetes-preserve-unknown-fields": True}
-
-
-def _free_list(desc: str, max_items: int = 64) -> dict[str, Any]:
-    return {"type": "array", "description": desc, "maxItems": max_items,
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
-
-
-def _string_map(desc: str) -> dict[str, Any]:
-    return {"type": "object", "description": desc, "maxProperties": 64,
-            "additionalProperties": {"type": "string", "maxLength": 4096}}
-
+# A worker pod that names no resources still gets a scheduling request and a memory ceiling:
+# BestEffort pods are evicted first and one leaking job could take a node's memory.
+DEFAULT_WORKER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
 
 SECRET_KEY_REF = {
     "type": "object",
     "required": ["name"],
     "properties": {
-        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN, minLength=1),
-        "key": _str("Key in the Secret.", default="url", minLength=1),
+        "name": string("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN, minLength=1),
+        "key": string("Key in the Secret.", default="url", minLength=1),
     },
 }
 
 _TLS_URL = " || ".join(f"self.url.startsWith('{s}://')" for s in TLS_SCHEMES)
 _TLS_URLS_TEXT = ", ".join(f"{s}://" for s in TLS_SCHEMES[:-1]) + f" or {TLS_SCHEMES[-1]}://"
 TLS_URL_MESSAGE = f"redis.tls.enabled needs a TLS URL: {_TLS_URLS_TEXT}"
-# Worker environment the operator sets itself (spec.workers.env may not): name -> why.
-RESERVED_ENV = {REDIS_URL_ENV: f"{REDIS_URL_ENV} is set by the operator from spec.redis",
-                PREFIX_ENV: f"set the key prefix with spec.redis.prefix, not {PREFIX_ENV}"}
 
 REDIS = {
     "type": "object",
     "description": "Where the queues live. Give exactly one of url or secretRef; the URL reaches "
                    f"the workers only through the {REDIS_URL_ENV} environment variable.",
     "properties": {
-        "url": _str("A Redis URL: redis:// or rediss:// (one server), unix:///path.sock, "
+        "url": string("A Redis URL: redis:// or rediss:// (one server), unix:///path.sock, "
                     "redis+sentinel://[user:pass@]h1:26379,h2:26379/<master>/<db> (rediss+sentinel://, sentinel://), "
                     "redis+cluster://[user:pass@]h1:7000,h2:7001 (rediss+cluster://). "
                     "Prefer secretRef when the URL carries a password.",
                     max_length=2048, pattern=REDIS_URL_PATTERN, minLength=1),
         "secretRef": {**SECRET_KEY_REF, "description": "A Secret key holding the Redis URL."},
-        "prefix": _str("Key prefix of every key the workers use (--prefix); apps with different prefixes "
+        "prefix": string("Key prefix of every key the workers use (--prefix); apps with different prefixes "
                        "share a Redis unseen. 1-64 letters, digits and _ . : -, starting with a letter or "
                        "digit, no trailing colon. Unset: conveyor.",
                        max_length=MAX_PREFIX, pattern=PREFIX_PATTERN, minLength=1),
@@ -146,9 +88,9 @@ REDIS = {
                     "description": "A Secret key with the CA bundle (PEM) that signed Redis's certificate, "
                                    "mounted at /etc/conveyor/tls/ca.crt.",
                     "properties": {
-                        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN,
+                        "name": string("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN,
                                      minLength=1),
-                        "key": _str("Key in the Secret.", default="ca.crt", minLength=1),
+                        "key": string("Key in the Secret.", default="ca.crt", minLength=1),
                     },
                 },
                 "clientCertSecretRef": {
@@ -158,18 +100,18 @@ REDIS = {
                                    "requires client certificates (tls-auth-clients yes); mounted at "
                                    "/etc/conveyor/tls/tls.crt and tls.key. A kubernetes.io/tls Secret fits as is.",
                     "properties": {
-                        "name": _str("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN,
+                        "name": string("Name of a Secret in the JobQueue's namespace.", pattern=SECRET_NAME_PATTERN,
                                      minLength=1),
-                        "certKey": _str("Key of the certificate in the Secret.", default="tls.crt", minLength=1),
-                        "keyKey": _str("Key of the private key in the Secret.", default="tls.key", minLength=1),
+                        "certKey": string("Key of the certificate in the Secret.", default="tls.crt", minLength=1),
+                        "keyKey": string("Key of the private key in the Secret.", default="tls.key", minLength=1),
                     },
                 },
             },
         },
     },
     "x-kubernetes-validations": [
-        _rule("has(self.url) != has(self.secretRef)", "give exactly one of redis.url or redis.secretRef", "FieldValueInvalid"),
-        _rule(f"!has(self.url) || !has(self.tls) || !self.tls.enabled || {_TLS_URL}",
+        rule("has(self.url) != has(self.secretRef)", "give exactly one of redis.url or redis.secretRef", "FieldValueInvalid"),
+        rule(f"!has(self.url) || !has(self.tls) || !self.tls.enabled || {_TLS_URL}",
               TLS_URL_MESSAGE, "FieldValueInvalid"),
     ],
 }
@@ -179,24 +121,24 @@ RETRY = {
     "description": "Default retry policy for jobs enqueued without their own: intervals or exponential backoff.",
     "required": ["max"],
     "properties": {
-        "max": _int(0, 1000, desc="Retries after the first attempt."),
+        "max": integer(0, 1000, desc="Retries after the first attempt."),
         "intervals": {"type": "array", "maxItems": 32, "minItems": 1,
                       "description": "Seconds before each retry; the last one repeats.",
-                      "items": _num(0, 31536000)},
+                      "items": number(0, 31536000)},
         "backoff": {
             "type": "object",
             "description": "base * factor ** (retry - 1) seconds, capped at max.",
             "properties": {
-                "base": _num(0, 86400, default=1, exclusive_min=True),
-                "factor": _num(1, 100, default=2),
-                "max": _num(0, 31536000, default=300, exclusive_min=True),
+                "base": number(0, 86400, default=1, exclusive_min=True),
+                "factor": number(1, 100, default=2),
+                "max": number(0, 31536000, default=300, exclusive_min=True),
             },
-            "x-kubernetes-validations": [_rule("self.max >= self.base", "retry.backoff.max must be >= retry.backoff.base")],
+            "x-kubernetes-validations": [rule("self.max >= self.base", "retry.backoff.max must be >= retry.backoff.base")],
         },
-        "jitter": _num(0, 1, desc="Random spread as a fraction of each delay (0-1)."),
+        "jitter": number(0, 1, desc="Random spread as a fraction of each delay (0-1)."),
     },
     "x-kubernetes-validations": [
-        _rule("!(has(self.intervals) && has(self.backoff))", "retry takes intervals or backoff, not both"),
+        rule("!(has(self.intervals) && has(self.backoff))", "retry takes intervals or backoff, not both"),
     ],
 }
 
@@ -205,40 +147,43 @@ WORKERS = {
     "default": {},
     "description": "The worker Deployment.",
     "properties": {
-        "replicas": _int(0, 1000, 1, "Worker pods (ignored while autoscaling is enabled)."),
-        "image": _str("Worker image with conveyor installed; defaults to the operator's default image.", max_length=1024),
+        "replicas": integer(0, 1000, 1, "Worker pods (ignored while autoscaling is enabled)."),
+        "image": string("Worker image with conveyor installed; defaults to the operator's default image.", max_length=1024),
         "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
-        "concurrency": _int(1, 10000, 10, "Jobs each worker runs at once (--concurrency)."),
+        "concurrency": integer(1, 10000, 10, "Jobs each worker runs at once (--concurrency)."),
         "pool": {"type": "string", "enum": ["thread", "process", "async"], "default": "thread",
                  "description": "Where sync jobs run (--pool)."},
         "allowModules": {"type": "array", "maxItems": 64,
                          "description": "Modules whose functions the workers run, with their submodules "
                                         "(--allow-module). Unset: anything importable except the standard library.",
                          "items": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": MODULE_PATTERN}},
-        "args": {"type": "array", "maxItems": 64, "description": "Extra `conveyor worker` arguments, appended last.",
-                 "items": {"type": "string", "maxLength": 1024}},
+        "args": {"type": "array", "maxItems": 64,
+                 "description": "Extra `conveyor worker` arguments, appended last. Flags the operator sets from "
+                                "other fields (-q, --concurrency, --shutdown-timeout, --metrics-port, --prefix, "
+                                "--redis-url...) are refused: set those fields instead.",
+                 "items": {"type": "string", "maxLength": 1024},
+                 "x-kubernetes-validations": reserved.args_rules()},
         "env": {"type": "array", "maxItems": 64, "description": "Extra container environment (core/v1 EnvVar).",
                 "items": {"type": "object", "required": ["name"], "x-kubernetes-preserve-unknown-fields": True,
                           "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 253}}},
-                "x-kubernetes-validations": [_rule(f"self.all(e, e.name != '{name}')", message)
-                                             for name, message in RESERVED_ENV.items()]},
-        "envFrom": _free_list("Extra container environment sources (core/v1 EnvFromSource)."),
+                "x-kubernetes-validations": reserved.env_rules()},
+        "envFrom": free_list("Extra container environment sources (core/v1 EnvFromSource)."),
         "resources": {
             "type": "object",
-            "description": "Container resources (core/v1 ResourceRequirements).",
-            "properties": {
-                "limits": {"type": "object", "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}},
-                "requests": {"type": "object", "additionalProperties": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}},
-            },
+            "default": DEFAULT_WORKER_RESOURCES,
+            "description": "Container resources (core/v1 ResourceRequirements). Unset: requests cpu 100m and "
+                           "memory 256Mi, limit memory 512Mi. Given, it replaces that default as a whole "
+                           "(resources: {} sets none).",
+            "properties": {"limits": quantity_map(), "requests": quantity_map()},
         },
-        "nodeSelector": _string_map("Pod nodeSelector."),
-        "tolerations": _free_list("Pod tolerations."),
-        "affinity": _free_object("Pod affinity (core/v1 Affinity)."),
-        "topologySpreadConstraints": _free_list("Pod topologySpreadConstraints."),
-        "serviceAccountName": _str("Pod service account (workers need no API access).", max_length=253),
-        "podLabels": _string_map("Extra pod labels."),
-        "podAnnotations": _string_map("Extra pod annotations."),
-        "priorityClassName": _str("Pod priority class.", max_length=253),
+        "nodeSelector": string_map("Pod nodeSelector."),
+        "tolerations": free_list("Pod tolerations."),
+        "affinity": free_object("Pod affinity (core/v1 Affinity)."),
+        "topologySpreadConstraints": free_list("Pod topologySpreadConstraints."),
+        "serviceAccountName": string("Pod service account (workers need no API access).", max_length=253),
+        "podLabels": string_map("Extra pod labels."),
+        "podAnnotations": string_map("Extra pod annotations."),
+        "priorityClassName": string("Pod priority class.", max_length=253),
     },
 }
 
@@ -254,15 +199,15 @@ METRICS = {
     "default": {},
     "description": "The workers' /metrics, /healthz and /readyz port, a metrics Service, and a ServiceMonitor.",
     "properties": {
-        "port": _int(1024, 65535, 9100, "Container port for /metrics, /healthz and /readyz."),
+        "port": integer(1024, 65535, 9100, "Container port for /metrics, /healthz and /readyz."),
         "serviceMonitor": {
             "type": "object",
             "default": {},
             "properties": {
                 "enabled": {"type": "boolean", "default": False,
                             "description": "Create a ServiceMonitor when the monitoring.coreos.com CRD exists."},
-                "interval": _str("Scrape interval.", max_length=16, default="30s", pattern=r"^[0-9]+(ms|s|m|h)$"),
-                "labels": _string_map("Extra ServiceMonitor labels (to match a Prometheus selector)."),
+                "interval": string("Scrape interval.", max_length=16, default="30s", pattern=r"^[0-9]+(ms|s|m|h)$"),
+                "labels": string_map("Extra ServiceMonitor labels (to match a Prometheus selector)."),
             },
         },
     },
@@ -275,14 +220,14 @@ AUTOSCALING = {
                    "While enabled the operator never sets the Deployment's replicas.",
     "properties": {
         "enabled": {"type": "boolean", "default": False},
-        "minReplicas": _int(0, 1000, 1),
-        "maxReplicas": _int(1, 1000, 10),
-        "targetJobsPerWorker": _int(1, 1000000, 20, "Waiting jobs per worker to aim for."),
-        "pollSeconds": _int(1, 3600, 15, "How often to read the queue depth."),
-        "scaleDownStabilizationSeconds": _int(0, 86400, 300, "Wait this long below target before scaling down."),
+        "minReplicas": integer(0, 1000, 1),
+        "maxReplicas": integer(1, 1000, 10),
+        "targetJobsPerWorker": integer(1, 1000000, 20, "Waiting jobs per worker to aim for."),
+        "pollSeconds": integer(1, 3600, 15, "How often to read the queue depth."),
+        "scaleDownStabilizationSeconds": integer(0, 86400, 300, "Wait this long below target before scaling down."),
     },
     "x-kubernetes-validations": [
-        _rule("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+        rule("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
               "FieldValueInvalid"),
     ],
 }
@@ -299,16 +244,16 @@ SPEC = {
             "maxItems": MAX_QUEUES,
             "items": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": QUEUE_PATTERN},
             "x-kubernetes-validations": [
-                _rule("self.all(q, self.exists_one(p, p == q))", "queue names must be unique", "FieldValueDuplicate"),
-                _rule(f"self.all(q, q.matches('{QUEUE_PATTERN}'))",
+                rule("self.all(q, self.exists_one(p, p == q))", "queue names must be unique", "FieldValueDuplicate"),
+                rule(f"self.all(q, q.matches('{QUEUE_PATTERN}'))",
                       "queue names are 1-100 characters from letters, digits, '.', '_' and '-', starting with a letter or digit"),
             ],
         },
         "retry": RETRY,
-        "leaseSeconds": _int(1, 3600, 15, "Lease length (--lease-seconds); renewed every third of it."),
-        "shutdownTimeoutSeconds": _int(0, 3600, 25, "Seconds running jobs get after SIGTERM (--shutdown-timeout)."),
-        "resultTTLSeconds": _int(-1, None, 500, "Keep finished jobs this long (0: delete at once, -1: forever)."),
-        "failureTTLSeconds": _int(-1, None, 604800, "Keep failed jobs this long (0: delete at once, -1: forever)."),
+        "leaseSeconds": integer(1, 3600, 15, "Lease length (--lease-seconds); renewed every third of it."),
+        "shutdownTimeoutSeconds": integer(0, 3600, 25, "Seconds running jobs get after SIGTERM (--shutdown-timeout)."),
+        "resultTTLSeconds": integer(-1, None, 500, "Keep finished jobs this long (0: delete at once, -1: forever)."),
+        "failureTTLSeconds": integer(-1, None, 604800, "Keep failed jobs this long (0: delete at once, -1: forever)."),
         "workers": WORKERS,
         "scheduler": SCHEDULER,
         "metrics": METRICS,
@@ -320,24 +265,24 @@ CONDITION = {
     "type": "object",
     "required": ["type", "status", "lastTransitionTime", "reason", "message"],
     "properties": {
-        "type": _str(max_length=316),
+        "type": string(max_length=316),
         "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-        "observedGeneration": _int(0),
+        "observedGeneration": integer(0),
         "lastTransitionTime": {"type": "string", "format": "date-time"},
-        "reason": _str(max_length=1024),
-        "message": _str(max_length=32768),
+        "reason": string(max_length=1024),
+        "message": string(max_length=32768),
     },
 }
 
 STATUS = {
     "type": "object",
     "properties": {
-        "observedGeneration": _int(0),
-        "replicas": _int(0, desc="Worker pods (the Deployment's replicas)."),
-        "readyReplicas": _int(0),
-        "updatedReplicas": _int(0),
-        "selector": _str("Label selector of the worker pods (for the scale subresource).", max_length=1024),
-        "depth": _int(0, desc="Jobs waiting (ready + scheduled) across all queues."),
+        "observedGeneration": integer(0),
+        "replicas": integer(0, desc="Worker pods (the Deployment's replicas)."),
+        "readyReplicas": integer(0),
+        "updatedReplicas": integer(0),
+        "selector": string("Label selector of the worker pods (for the scale subresource).", max_length=1024),
+        "depth": integer(0, desc="Jobs waiting (ready + scheduled) across all queues."),
         "depthObservedAt": {"type": "string", "format": "date-time"},
         "queues": {
             "type": "array",
@@ -345,8 +290,8 @@ STATUS = {
             "items": {
                 "type": "object",
                 "required": ["name"],
-                "properties": {"name": _str(max_length=100), "ready": _int(0), "scheduled": _int(0),
-                               "claimed": _int(0), "failed": _int(0)},
+                "properties": {"name": string(max_length=100), "ready": integer(0), "scheduled": integer(0),
+                               "claimed": integer(0), "failed": integer(0)},
             },
         },
         "conditions": {
@@ -370,7 +315,7 @@ SCHEMA = {
         "status": STATUS,
     },
     "x-kubernetes-validations": [
-        _rule(f"size(self.metadata.name) <= {MAX_NAME}",
+        rule(f"size(self.metadata.name) <= {MAX_NAME}",
               f"a JobQueue name is at most {MAX_NAME} characters (its objects add suffixes)", "FieldValueInvalid"),
     ],
 }

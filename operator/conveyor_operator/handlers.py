@@ -1,22 +1,30 @@
 """Thin kopf handlers: every event ends in one Reconciler.reconcile() call.
 
 Run with ``python -m conveyor_operator`` (or ``kopf run -m conveyor_operator.handlers``).
+
+No handler needs a finalizer (no timers or daemons, the delete handler is optional), so
+deleting a JobQueue never waits for the operator, running or not; the periodic resync is
+one operator-level loop (conveyor_operator.resync) over a kopf index of the JobQueues.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import copy
 import logging
 from typing import Any
 
 import kopf
 
-from . import crd
+from . import crd, resync
 from .k8s import Api
-from .reconcile import Reconciler
+from .reconcile import LEGACY_FINALIZERS, Reconciler
 from .settings import Settings
 
 SETTINGS = Settings.from_env()
 _reconciler: Reconciler | None = None
+_resync: tuple[asyncio.Task[None], concurrent.futures.ThreadPoolExecutor] | None = None
 
 
 def reconciler() -> Reconciler:
@@ -32,14 +40,14 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=crd.GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{crd.GROUP}/finalizer"  # kopf needs one to stop the timer on deletion
+    # The finalizer earlier versions had kopf put on every JobQueue (for a per-object timer).
+    # Nothing requires one now, so kopf releases it from each JobQueue it sees, even one
+    # already being deleted; released() removes it and kopf's default one explicitly.
+    settings.persistence.finalizer = LEGACY_FINALIZERS[0]
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
-    # A JobQueue being deleted goes once its resync timer has exited. A timer caught inside a
-    # pass (reading Redis) is re-checked after this many seconds; kopf's default is 60.
-    settings.background.cancellation_polling = 1.0
     reconciler()  # fail fast on bad credentials
     logger.info("conveyor operator: namespaces=%s default image=%r resync=%ss",
                 ",".join(SETTINGS.namespaces) or "*", SETTINGS.default_image, SETTINGS.resync_seconds)
@@ -47,7 +55,10 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
 
 def _events(body: Any):
     def post(type_: str, reason: str, message: str) -> None:
-        kopf.event(body, type=type_, reason=reason, message=message)
+        try:
+            reconciler().api.post_event(dict(body), type_, reason, message)
+        except Exception as exc:  # an Event is worth a log line, never a failed pass
+            logging.getLogger(__name__).warning("could not post Event %s: %s", reason, exc)
     return post
 
 
@@ -63,23 +74,54 @@ def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
         raise kopf.TemporaryError(f"{reason}: {message}", delay=SETTINGS.backoff(retry))
 
 
-@kopf.timer(crd.GROUP, crd.VERSION, crd.PLURAL, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
-def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-    """Repair drift in the owned objects and refresh status and queue depth; never raises."""
-    try:
-        reconciler().reconcile(dict(body), _events(body))
-    except Exception as exc:  # the next tick tries again
-        logger.warning("resync failed: %s", exc)
+@kopf.index(crd.GROUP, crd.VERSION, crd.PLURAL)
+def jobqueues(body: kopf.Body, uid: str, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every JobQueue as last seen, by uid, for the resync loop (kopf drops deleted ones)."""
+    return {uid: copy.deepcopy(dict(body))}
+
+
+@kopf.on.startup()
+async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]], logger: logging.Logger, **_: Any) -> None:
+    global _resync
+    # Its own threads: JobQueues with a slow Redis must not hold up kopf's handlers.
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="conveyor-resync")
+
+    def bodies() -> list[dict[str, Any]]:
+        return [body for store in list(jobqueues.values()) for body in store]
+
+    def reconcile(body: dict[str, Any]) -> None:
+        reconciler().reconcile(body, _events(body))
+
+    task = asyncio.create_task(resync.run(bodies, reconcile, SETTINGS.resync_seconds, executor, logger))
+    _resync = (task, executor)
+
+
+@kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
+def released(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """A JobQueue gone: forget its TLS files (no finalizer, so no delete handler ran). Else
+    drop the finalizers earlier versions added (seen first on resume), so upgrading the
+    operator does not leave JobQueues whose deletion hangs once it is uninstalled."""
+    meta = body.get("metadata", {})
+    if event.get("type") == "DELETED":
+        reconciler().forget(meta.get("uid", "") or meta.get("name", ""))
+    else:
+        reconciler().release(dict(body))
 
 
 @kopf.on.delete(crd.GROUP, crd.VERSION, crd.PLURAL, optional=True)
 def deleted(body: kopf.Body, **_: Any) -> None:
-    # Owned objects go with the JobQueue (ownerReferences); only forget our lock and TLS files.
+    # Runs only while something else's finalizer holds the JobQueue. Owned objects go with it
+    # (ownerReferences); only forget our lock and TLS files.
     reconciler().forget(body.get("metadata", {}).get("uid", "") or body.get("metadata", {}).get("name", ""))
 
 
 @kopf.on.cleanup()
-def cleanup(**_: Any) -> None:
-    """Remove the private TLS files (they would go at exit anyway)."""
+async def cleanup(**_: Any) -> None:
+    """Stop the resync loop; remove the private TLS files (they would go at exit anyway)."""
+    if _resync is not None:
+        task, executor = _resync
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        executor.shutdown(wait=False, cancel_futures=True)
     if _reconciler is not None:
         _reconciler.close()

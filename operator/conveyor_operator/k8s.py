@@ -9,6 +9,7 @@ autoscaling is enabled, whatever other controllers add) are left alone.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,7 @@ PLURALS = {
     "ServiceMonitor": "servicemonitors",
     "JobQueue": "jobqueues",
     "CustomResourceDefinition": "customresourcedefinitions",
+    "Event": "events",
 }
 
 
@@ -110,6 +112,33 @@ class Api:
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.request("PATCH", path(api_version, kind, namespace, name, "status"), body={"status": status},
                      content_type="application/merge-patch+json")
+
+    def remove_finalizers(self, api_version: str, kind: str, namespace: str | None, name: str,
+                          current: list[str], remove: tuple[str, ...]) -> None:
+        """Drop ``remove`` from the object's finalizers, which must still be ``current`` (a JSON
+        patch test: another controller's concurrent change fails it with 422, never lost)."""
+        kept = [f for f in current if f not in remove]
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/finalizers", "value": current}]
+        ops.append({"op": "replace", "path": "/metadata/finalizers", "value": kept} if kept
+                   else {"op": "remove", "path": "/metadata/finalizers"})
+        self.request("PATCH", path(api_version, kind, namespace, name), body=ops,
+                     content_type="application/json-patch+json")
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``involved`` (an object with apiVersion, kind and metadata).
+        Posted here, not with kopf.event(): that one works only inside kopf's per-object
+        handler context, and the resync loop runs outside it."""
+        meta = involved.get("metadata") or {}
+        at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = meta.get("namespace") or "default"
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"generateName": f"{meta.get('name', 'x')}.", "namespace": namespace},
+                 "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                                    "name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid")},
+                 "type": type_, "reason": reason, "message": message[:1024],
+                 "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+                 "firstTimestamp": at, "lastTimestamp": at, "count": 1}
+        self.request("POST", path("v1", "Event", namespace), body=event)
 
     # --- lookups -----------------------------------------------------------------------------
 

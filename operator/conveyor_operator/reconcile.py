@@ -1,6 +1,6 @@
 """One reconcile pass for a JobQueue: desired objects applied, problems found, status written.
 
-Used by every kopf handler (create, update, resume and the resync timer), so the same
+Used by every kopf handler (create, update, resume) and the resync loop, so the same
 code repairs drift and refreshes status. It never raises for what a user can fix
 (missing Secret, unreachable Redis, no image): it reports it as ``Outcome.problem``,
 which sets Degraded and lets the caller retry with backoff.
@@ -24,7 +24,7 @@ from .builders import Owner
 from .k8s import Api, ApiError, NotFound
 from .settings import Settings
 from .spec import defaulted, problems
-from .status import DEGRADED, conditions_for, merge_conditions, now, queue_depth
+from .status import DEGRADED, conditions_for, deployment_problem, merge_conditions, now, queue_depth
 from .tlsfiles import TlsFileStore
 
 # The field naming each TLS file's Secret key, for messages.
@@ -33,6 +33,11 @@ TLS_FIELDS = {builders.TLS_CA_FILE: "spec.redis.tls.caSecretRef.key",
               builders.TLS_KEY_FILE: "spec.redis.tls.clientCertSecretRef.keyKey"}
 
 EventFn = Callable[[str, str, str], None]  # (type, reason, message)
+
+# Finalizers earlier versions had kopf put on every JobQueue (ours, and kopf's default name):
+# removed from every JobQueue the operator sees, since nothing would ever remove them once
+# the operator is uninstalled and deleting the JobQueue (or its namespace) would hang.
+LEGACY_FINALIZERS = (f"{crd.GROUP}/finalizer", "kopf.zalando.org/KopfFinalizerMarker")
 
 
 @dataclass
@@ -49,6 +54,9 @@ class Reconciler:
         self.tls_files = tls_files or TlsFileStore()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # JobQueues deleted (by uid, never reused): a resync pass still holding one's old body
+        # must not re-create its objects or TLS files. A few dozen bytes per deletion.
+        self._gone: set[str] = set()
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -57,9 +65,25 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         """The JobQueue is gone: its lock and its private TLS files (after any pass in flight)."""
         with self._lock(uid):
+            self._gone.add(uid)
             self.tls_files.forget(uid)
         with self._locks_guard:
             self._locks.pop(uid, None)
+
+    def release(self, body: dict[str, Any]) -> None:
+        """Remove the LEGACY_FINALIZERS from a JobQueue (someone else's stay). A concurrent
+        change to its finalizers fails the patch; the change's own event brings a retry."""
+        meta = body.get("metadata") or {}
+        current = list(meta.get("finalizers") or [])
+        if any(f in LEGACY_FINALIZERS for f in current):
+            try:
+                self.api.remove_finalizers(crd.API_VERSION, crd.KIND, meta.get("namespace"), meta["name"], current,
+                                           LEGACY_FINALIZERS)
+            except NotFound:
+                pass
+            except ApiError as exc:
+                if exc.status not in (409, 422):
+                    raise
 
     def close(self) -> None:
         self.tls_files.close()
@@ -67,6 +91,8 @@ class Reconciler:
     def reconcile(self, body: dict[str, Any], event: EventFn | None = None) -> Outcome:
         owner = Owner.of(body)
         with self._lock(owner.uid or owner.name):
+            if (owner.uid or owner.name) in self._gone:
+                return Outcome()
             return self._reconcile(body, owner, event or (lambda *_: None))
 
     # -------------------------------------------------------------------------------------------
@@ -104,6 +130,9 @@ class Reconciler:
             depth, depth_problem = self._depth(url, spec, tls)
             problem = problem or depth_problem
         deployment = self.api.get("apps/v1", "Deployment", owner.namespace, builders.names(owner.name)["deployment"])
+        # What the operator found first (the likelier cause: an unreachable Redis also stalls
+        # rollouts), then what the Deployment controller reports.
+        problem = problem or deployment_problem(deployment)
         return self._finish(body, owner, spec, problem, deployment, depth, event, generation=generation)
 
     def _service_monitor(self, owner: Owner, spec: dict[str, Any], event: EventFn) -> tuple[str, str] | None:

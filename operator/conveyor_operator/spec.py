@@ -15,7 +15,7 @@ from conveyor.keys import check_prefix
 from conveyor.retry import policy_retry
 from conveyor.validation import check_module_names, check_queue_name
 
-from . import crd
+from . import crd, reserved
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -95,8 +95,7 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
         check_module_names(workers.get("allowModules") or [], "spec.workers.allowModules")
     except ConveyorError as exc:
         out.append(str(exc))
-    env_names = {e.get("name") for e in workers.get("env") or [] if isinstance(e, dict)}
-    out += [message for name, message in crd.RESERVED_ENV.items() if name in env_names]
+    out += reserved.problems(workers)
     auto = spec.get("autoscaling") or {}
     if auto.get("minReplicas", 1) > auto.get("maxReplicas", 10):
         out.append("autoscaling.minReplicas must be <= autoscaling.maxReplicas")

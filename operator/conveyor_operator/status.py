@@ -76,6 +76,25 @@ def conditions_for(*, problem: tuple[str, str] | None, desired: int | None, depl
     return [ready_c, progressing, degraded]
 
 
+def deployment_problem(deployment: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, message) of a Deployment the controller reports stuck: its rollout past
+    progressDeadlineSeconds (Progressing=False, ProgressDeadlineExceeded), or pods it cannot
+    create (ReplicaFailure=True, e.g. FailedCreate over a quota). None otherwise, and while
+    the controller has not seen the current spec (its conditions describe an older one)."""
+    meta = (deployment or {}).get("metadata") or {}
+    dstatus = (deployment or {}).get("status") or {}
+    if int(dstatus.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+        return None
+    conds = {c.get("type"): c for c in dstatus.get("conditions") or []}
+    failure = conds.get("ReplicaFailure") or {}
+    if failure.get("status") == "True":
+        return failure.get("reason") or "ReplicaFailure", failure.get("message") or "the Deployment cannot create pods"
+    progressing = conds.get("Progressing") or {}
+    if progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return "ProgressDeadlineExceeded", progressing.get("message") or "the rollout exceeded its progress deadline"
+    return None
+
+
 def queue_depth(url: str, queues: list[str], timeout: float = 2.0, prefix: str | None = None,
                 tls: TlsFiles | None = None) -> list[dict[str, Any]]:
     """Per queue: ready (waiting: ready and recovered lists), scheduled, claimed (held by a worker:

@@ -19,7 +19,8 @@ assert on ``emu.objects[...]``), and adds:
 - watch: ``application/json``, events after the given resourceVersion only,
   ``timeoutSeconds``, BOOKMARKs (including the initial-events-end one of watch-list);
 - standard error bodies (NotFound, AlreadyExists, Conflict, Invalid);
-- finalizers, deletionTimestamp, and ownerReference cascade deletion (the garbage collector);
+- finalizers, deletionTimestamp, and ownerReference cascade deletion (the garbage collector,
+  which also removes an object created after all its owners were deleted);
 - a created CustomResourceDefinition is registered in discovery.
 
 Not emulated: admission (schema/CEL), RBAC, controllers, Table output, protobuf.
@@ -222,6 +223,9 @@ class ConveyorEmulator(kmock.KubernetesEmulator):
         self._record(res, "ADDED" if old is None else "MODIFIED", new)
         if res.group == "apiextensions.k8s.io" and res.plural == "customresourcedefinitions":
             self._register_crd(new)
+        owners = {r.get("uid") for r in meta.get("ownerReferences") or []}
+        if old is None and owners and not any(self._uid_live(uid) for uid in owners):
+            self._remove(key)  # the garbage collector: created after its owners went
         return new
 
     def _remove(self, key: Any) -> None:
@@ -238,6 +242,13 @@ class ConveyorEmulator(kmock.KubernetesEmulator):
             dep = self._live(dkey)
             if dep and any(r.get("uid") == uid for r in dep["metadata"].get("ownerReferences") or []):
                 self._delete(dkey, dep)
+
+    def _uid_live(self, uid: Any) -> bool:
+        for k in list(self.objects):
+            obj = self.objects[k]
+            if obj is not None and not obj.deleted and (obj.raw.get("metadata") or {}).get("uid") == uid:
+                return True
+        return False
 
     def _delete(self, key: Any, obj: dict[str, Any]) -> dict[str, Any]:
         if obj["metadata"].get("finalizers"):

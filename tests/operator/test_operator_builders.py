@@ -112,7 +112,17 @@ def test_labels_owner_and_selector() -> None:
     for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints", "serviceAccountName",
                 "priorityClassName"):
         assert key in tpl["spec"], key
-    assert container(full)["resources"]["limits"] == {"memory": "1Gi"}
+    assert container(full)["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def test_workers_get_default_resources_unless_the_spec_gives_its_own() -> None:
+    # No resources: still a scheduling request and a memory ceiling (not BestEffort).
+    assert container(builders.deployment(OWNER, spec(), IMAGE))["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    # Given, they replace the default as a whole: no default limit slips in beside them.
+    own = container(builders.deployment(OWNER, spec(workers={"resources": {"requests": {"cpu": "2"}}}), IMAGE))
+    assert own["resources"] == {"requests": {"cpu": "2"}}
+    assert "resources" not in container(builders.deployment(OWNER, spec(workers={"resources": {}}), IMAGE))
 
 
 def test_replicas_left_out_while_autoscaling() -> None:
@@ -162,6 +172,7 @@ def test_service_pdb_and_service_monitor() -> None:
     pdb = builders.pdb(OWNER, s)
     assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == builders.selector_labels("billing")
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"  # a Redis outage must not block drains
     sm = builders.service_monitor(OWNER, s)
     assert builders.wants_service_monitor(s)
     assert sm["metadata"]["labels"]["release"] == "prometheus"

@@ -4,18 +4,18 @@ with a real CEL implementation (cel-python) and mirrored by the operator's own c
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-import celpy
 import jsonschema
 import pytest
 import yaml
 
 from conveyor_operator import crd
-from conveyor_operator.spec import apply_defaults, defaulted, problems
+from conveyor_operator.reserved import RESERVED_ARGS
+from conveyor_operator.spec import defaulted, problems
 
+from cel_admission import admission, own_rule_failures, strict_schema
 from op_helpers import CRD_FILE, EXAMPLES
 
 VALID = sorted(EXAMPLES.glob("*.yaml"))
@@ -24,72 +24,6 @@ INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
 
 def load(path: Path) -> dict[str, Any]:
     return next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "JobQueue")
-
-
-def strict_schema(schema: Any) -> Any:
-    """The openAPIV3Schema as JSON Schema: unknown fields refused where the API server's
-    strict field validation refuses them, OpenAPI 3.0's boolean exclusiveMinimum converted."""
-    if isinstance(schema, list):
-        return [strict_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict_schema(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
-    if schema.get("exclusiveMinimum") is True:
-        out["exclusiveMinimum"] = schema["minimum"]
-        del out["minimum"]
-    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields") and schema is not crd.SCHEMA:
-        out["additionalProperties"] = False
-    if schema.get("format") == "date-time":
-        out.pop("format")
-    return out
-
-
-VALIDATOR = jsonschema.Draft202012Validator(strict_schema(crd.SCHEMA))
-CEL = celpy.Environment()
-
-
-def to_cel_value(schema: dict[str, Any], value: Any) -> Any:
-    """JSON -> CEL with the schema's types (a `number` is a double, as on the API server)."""
-    if schema.get("type") == "number" and isinstance(value, int):
-        return float(value)
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        return {k: to_cel_value(props.get(k, {}), v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_cel_value(schema.get("items", {}), v) for v in value]
-    return value
-
-
-def own_rule_failures(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
-    out = []
-    for rule in schema.get("x-kubernetes-validations", []):
-        program = CEL.program(CEL.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(to_cel_value(schema, value))})
-        if not isinstance(result, celpy.celtypes.BoolType):
-            raise AssertionError(f"rule {rule['rule']!r} at {where or '<root>'} did not give a bool: {result!r}")
-        if not result:
-            out.append(f"{where or '<root>'}: {rule['message']}")
-    return out
-
-
-def cel_failures(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
-    """Evaluate every x-kubernetes-validations rule where the object has a value, like the API server."""
-    out = own_rule_failures(schema, value, where)
-    if isinstance(value, dict):
-        for k, sub in schema.get("properties", {}).items():
-            if k in value:
-                out += cel_failures(sub, value[k], f"{where}.{k}")
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, v in enumerate(value):
-            out += cel_failures(schema["items"], v, f"{where}[{i}]")
-    return out
-
-
-def admission(doc: dict[str, Any]) -> list[str]:
-    """What the API server would say: default, then schema, then CEL."""
-    obj = apply_defaults(crd.SCHEMA, copy.deepcopy(doc))
-    errors = [f"schema: {e.json_path}: {e.message}" for e in VALIDATOR.iter_errors(obj)]
-    return errors or cel_failures(crd.SCHEMA, obj)
 
 
 def test_committed_crd_file_is_generated_from_the_python_schema() -> None:
@@ -189,6 +123,7 @@ def test_invalid_examples_fail_for_the_reason_their_comment_gives() -> None:
         "negative-lease": "less than the minimum",
         "no-queues": "should be non-empty",
         "bad-allow-module": "does not match",
+        "reserved-worker-flag": "use spec.shutdownTimeoutSeconds instead of --shutdown-timeout",
     }
     assert {p.stem for p in INVALID} == set(expected)
     for path in INVALID:
@@ -259,7 +194,9 @@ def test_defaults_match_the_runtime() -> None:
     spec = defaulted({"redis": {"url": "redis://r"}, "queues": ["q"]})
     assert spec["leaseSeconds"] == 15 and spec["shutdownTimeoutSeconds"] == 25
     assert spec["resultTTLSeconds"] == 500 and spec["failureTTLSeconds"] == 7 * 24 * 3600
-    assert spec["workers"] == {"replicas": 1, "imagePullPolicy": "IfNotPresent", "concurrency": 10, "pool": "thread"}
+    assert spec["workers"] == {"replicas": 1, "imagePullPolicy": "IfNotPresent", "concurrency": 10, "pool": "thread",
+                               "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                             "limits": {"memory": "512Mi"}}}
     assert spec["scheduler"] == {"enabled": True}
     assert spec["metrics"] == {"port": 9100, "serviceMonitor": {"enabled": False, "interval": "30s"}}
     assert spec["autoscaling"]["enabled"] is False
@@ -346,3 +283,54 @@ def test_jobqueues_in_the_readme_are_valid() -> None:
     assert jobqueues, "the README shows a JobQueue"
     for doc in jobqueues:
         assert admission(doc) == [] and problems(defaulted(doc["spec"]), doc["metadata"]["name"]) == []
+
+
+# Every flag builders.worker_args passes, and those naming what the operator gives through
+# the environment or the policy file: (argument as a user would write it, the field to use).
+RESERVED_ARG_CASES = [
+    (["-q", "other"], "spec.queues"), (["-qother"], "spec.queues"), (["--queues=a,b"], "spec.queues"),
+    (["--concurrency", "4"], "spec.workers.concurrency"), (["-c4"], "spec.workers.concurrency"),
+    (["--pool=process"], "spec.workers.pool"),
+    (["--lease-seconds", "60"], "spec.leaseSeconds"),
+    (["--shutdown-timeout", "120"], "spec.shutdownTimeoutSeconds"),
+    (["--shutdown-timeout=120"], "spec.shutdownTimeoutSeconds"),
+    (["--with-scheduler"], "spec.scheduler.enabled"),
+    (["--metrics-port", "9200"], "spec.metrics.port"), (["--metrics-port=0"], "spec.metrics.port"),
+    (["--policy-file", "/p.json"], "spec.retry, spec.resultTTLSeconds and spec.failureTTLSeconds"),
+    (["--result-ttl", "5"], "spec.resultTTLSeconds"), (["--failure-ttl=5"], "spec.failureTTLSeconds"),
+    (["--prefix", "x"], "spec.redis.prefix"),
+    (["--allow-module=os"], "spec.workers.allowModules"),
+    (["--redis-url", "redis://elsewhere"], "spec.redis.url or spec.redis.secretRef"),
+    (["--redis-ca-file=/ca.pem"], "spec.redis.tls.caSecretRef"),
+    (["--redis-cert-file", "/c.pem"], "spec.redis.tls.clientCertSecretRef"),
+    (["--redis-key-file", "/k.pem"], "spec.redis.tls.clientCertSecretRef"),
+]
+
+
+def test_every_flag_worker_args_passes_is_reserved() -> None:
+    from conveyor_operator import builders
+
+    passed = {a.split("=")[0] for a in builders.worker_args(defaulted(
+        {"redis": {"url": "redis://r", "prefix": "p"}, "queues": ["q"], "workers": {"allowModules": ["m"]}}))
+        if a.startswith("-")}
+    reserved = {f for flags, _ in RESERVED_ARGS for f in flags}
+    assert passed - {"--log-format"} <= reserved, passed - reserved  # --log-format may be changed (text)
+
+
+@pytest.mark.parametrize("args,field", RESERVED_ARG_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_flags_the_operator_owns_are_refused_by_cel_and_operator(args: list[str], field: str) -> None:
+    doc = spec_doc({"url": "redis://r"}, workers={"args": ["--default-timeout", "30", *args]})
+    flag = args[0].split("=")[0]
+    flag = flag if flag.startswith("--") or len(flag) == 2 else flag[:2]
+    errors = admission(doc)
+    assert len(errors) == 1 and errors[0].startswith(".spec.workers.args: use " + field + " instead of "), errors
+    assert flag in errors[0]
+    assert problems(defaulted(doc["spec"])) == [errors[0].split(": ", 1)[1]]
+
+
+@pytest.mark.parametrize("args", [["--default-timeout", "300", "--max-jobs-per-child=5"], ["--log-format", "text"],
+                                  ["--prefetch", "0", "--require-noeviction", "--cron-module", "app.cron"],
+                                  ["--name", "w", "--log-level=debug"]])
+def test_other_worker_flags_stay_allowed(args: list[str]) -> None:
+    doc = spec_doc({"url": "redis://r"}, workers={"args": args})
+    assert admission(doc) == [] and problems(defaulted(doc["spec"])) == []

@@ -118,6 +118,39 @@ def test_spec_change_patches_the_deployment_rolls_the_checksum_and_moves_status(
     assert args_of(dep) == args_of(cluster.get(dep_path(namespace, "roll")))
 
 
+def test_a_stuck_deployment_makes_the_jobqueue_degraded(cluster: Cluster, kubectl: Kubectl, namespace: str,
+                                                        redis_server: Any) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("stuck", redis={"url": redis_server.url}, queues=["q"]))
+    dep = wait_for(lambda: cluster.get(dep_path(namespace, "stuck")), what="the Deployment")
+    wait_for(lambda: cond(cluster.get(jq_path(namespace, "stuck")), "Degraded").get("status") == "False",
+             what="a healthy JobQueue")
+
+    def degraded_by(reason: str) -> Any:
+        return lambda: (c := cond(cluster.get(jq_path(namespace, "stuck")), "Degraded")) and c["reason"] == reason and c
+
+    # No controllers here: play the Deployment controller giving up on a rollout...
+    gen = dep["metadata"]["generation"]
+    stalled = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+               "message": 'ReplicaSet "stuck-worker-5d8f" has timed out progressing.'}
+    cluster.request("PATCH", dep_path(namespace, "stuck") + "/status",
+                    {"status": {"observedGeneration": gen, "replicas": 1, "conditions": [stalled]}})
+    c = wait_for(degraded_by("ProgressDeadlineExceeded"), what="Degraded=True ProgressDeadlineExceeded")
+    assert (c["status"], c["message"]) == ("True", stalled["message"])
+    # ...then failing to create pods over a quota.
+    quota = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": 'pods "stuck-worker-5d8f-x" is forbidden: exceeded quota: compute, requested: memory=256Mi'}
+    cluster.request("PATCH", dep_path(namespace, "stuck") + "/status", {"status": {"conditions": [quota]}})
+    c = wait_for(degraded_by("FailedCreate"), what="Degraded=True FailedCreate")
+    assert (c["status"], c["message"]) == ("True", quota["message"])
+    assert wait_for(lambda: [e for e in events(cluster, namespace)
+                             if e["reason"] == "FailedCreate" and e["involvedObject"]["name"] == "stuck"], what="an Event")
+    # Rolled out after all: no longer degraded.
+    cluster.request("PATCH", dep_path(namespace, "stuck") + "/status", {"status": {
+        "readyReplicas": 1, "updatedReplicas": 1, "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "ok"}]}})
+    wait_for(degraded_by("AsExpected"), what="Degraded=False")
+
+
 def test_drift_is_repaired(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:
     kubectl("apply", "-n", namespace, "-f", "-",
             input=jobqueue("drift", redis={"url": redis_server.url}, queues=["q"], workers={"replicas": 2}))

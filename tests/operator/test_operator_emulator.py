@@ -143,6 +143,10 @@ def test_cascade_deletion_and_finalizers(cluster: Cluster, namespace: str) -> No
     assert cluster.get(f"{base}/owner") is None
     assert cluster.get(f"{base}/child") is None  # garbage-collected with its owner
     assert cluster.emu.objects["v1/configmaps", namespace, "child"].deleted
+    # Created after its owner went (a controller acting on an old copy): collected at once.
+    code, _ = cluster.request("POST", base, {**cm("late"), "metadata": {"name": "late", "ownerReferences": [ref]}},
+                              "application/json")
+    assert code == 200 and cluster.get(f"{base}/late") is None
 
 
 def test_crd_registration_and_scale(cluster: Cluster, kubectl: Kubectl, crd_installed: None, namespace: str) -> None:

@@ -14,7 +14,7 @@ from conveyor import Queue
 from conveyor_operator.k8s import ApiError, NotFound, path
 from conveyor_operator.reconcile import Reconciler
 from conveyor_operator.settings import Settings
-from conveyor_operator.status import Cond, conditions_for, merge_conditions
+from conveyor_operator.status import Cond, conditions_for, deployment_problem, merge_conditions
 from conveyor_operator.tlsfiles import TlsFileStore
 from deployments import TlsRedis
 
@@ -25,6 +25,7 @@ class FakeApi:
         self.status: dict[str, Any] | None = None
         self.secrets = secrets or {}
         self.fail_apply = fail_apply
+        self.finalizers: list[str] | None = None
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         if self.fail_apply:
@@ -43,6 +44,10 @@ class FakeApi:
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.status = status
+
+    def remove_finalizers(self, api_version: str, kind: str, namespace: str | None, name: str,
+                          current: list[str], remove: tuple[str, ...]) -> None:
+        self.finalizers = [f for f in current if f not in remove]
 
     def secret_value(self, namespace: str, name: str, key: str) -> str:
         return self.secret_values(namespace, name, [key])[key]
@@ -107,6 +112,41 @@ def test_conditions_and_transition_times() -> None:
     assert flipped[0]["lastTransitionTime"] == "2022-01-01T00:00:00Z" and flipped[0]["status"] == "True"
 
 
+def test_a_stuck_deployment_is_a_problem_with_its_own_reason_and_message() -> None:
+    def dep(*conds: dict[str, str], generation: int = 2, seen: int = 2) -> dict[str, Any]:
+        return {"metadata": {"generation": generation}, "status": {"observedGeneration": seen, "conditions": list(conds)}}
+
+    stalled = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+               "message": 'ReplicaSet "jq-worker-5d8f" has timed out progressing.'}
+    quota = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": 'pods "jq-worker-5d8f-x" is forbidden: exceeded quota: compute, requested: memory=256Mi'}
+    fine = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "done"}
+    assert deployment_problem(dep(stalled)) == ("ProgressDeadlineExceeded", stalled["message"])
+    assert deployment_problem(dep(fine, quota)) == ("FailedCreate", quota["message"])
+    assert deployment_problem(dep(stalled, quota)) == ("FailedCreate", quota["message"])  # the cause, not the symptom
+    assert deployment_problem(dep(fine)) is None and deployment_problem(None) is None
+    assert deployment_problem(dep(stalled, generation=3, seen=2)) is None  # about the spec before the current one
+
+
+def test_a_deleted_jobqueue_is_never_reconciled_again_and_old_finalizers_go() -> None:
+    api = FakeApi()
+    reconciler = Reconciler(api, Settings(default_image="img:1", redis_timeout=0.2))
+    reconciler.forget("u1")  # its DELETED event came while a resync pass held its old body
+    assert reconciler.reconcile(body()).problem is None and api.applied == {} and api.status is None
+    held = body()
+    held["metadata"]["finalizers"] = ["conveyor.dev/finalizer", "example.com/x", "kopf.zalando.org/KopfFinalizerMarker"]
+    reconciler.release(held)
+    assert api.finalizers == ["example.com/x"]
+
+
+def test_resync_skips_jobqueues_being_deleted_or_still_in_their_last_pass() -> None:
+    from conveyor_operator.resync import due
+
+    a, b, c = ({"metadata": {"uid": u, "name": u}} for u in "abc")
+    c["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert due([a, b, c], busy={"b"}) == [a]
+
+
 def test_api_paths() -> None:
     assert path("v1", "ConfigMap", "ns", "c") == "/api/v1/namespaces/ns/configmaps/c"
     assert path("apps/v1", "Deployment", "ns", "d") == "/apis/apps/v1/namespaces/ns/deployments/d"
@@ -156,8 +196,11 @@ def test_wrong_ca_is_named_by_its_secret_not_a_temp_path(tls_redis: TlsRedis) ->
     assert out.problem is None and out.status["queues"][0]["name"] == "q"
     reconciler.forget("u1")
     assert not os.path.exists(reconciler.tls_files.directory("u1"))
-    # No CA given: the hint names the JobQueue field, not the worker's env var.
-    out = reconciler.reconcile(body(redis={"url": tls_redis.url}))
+    # No CA given: the hint names the JobQueue field, not the worker's env var. (Another
+    # JobQueue: u1 is deleted, and a deleted JobQueue is never reconciled again.)
+    other = body(redis={"url": tls_redis.url})
+    other["metadata"]["uid"] = "u2"
+    out = reconciler.reconcile(other)
     assert out.problem is not None and "(CA file: none given, so the system CAs; set spec.redis.tls.caSecretRef)" in out.problem[1]
     reconciler.close()
 
