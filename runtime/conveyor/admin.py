@@ -172,12 +172,25 @@ def _client(connection: Any) -> Any:
     return connection.client() if isinstance(connection, RedisTarget) else connection
 
 
-def workers_on_pod(connection: Any, pod: str, prefix: str | None = None) -> list[str]:
-    """IDs of the registered workers whose registration names ``pod`` (POD_NAME)."""
+def workers_on_pod(connection: Any, pod: str, prefix: str | None = None,
+                   started_before: float | None = None) -> list[str]:
+    """IDs of the registered workers whose registration names ``pod`` (POD_NAME); with
+    ``started_before``, only those that started before it (epoch s): a restarted container's
+    new worker is not the lost one."""
     conn, space = _client(connection), keys.Keyspace.of(prefix)
     ids = [w.decode() for w in conn.zrange(space.workers, 0, -1)]
-    pods = scripts.execute(conn, lambda p: [p.hget(space.worker(wid), "pod") for wid in ids])
-    return sorted(wid for wid, got in zip(ids, pods) if got is not None and got.decode() == pod)
+    regs = scripts.execute(conn, lambda p: [p.hmget(space.worker(wid), "pod", "started_at") for wid in ids])
+    out = []
+    for wid, (got, started) in zip(ids, regs):
+        if got is None or got.decode() != pod:
+            continue
+        try:
+            if started_before is not None and float(started or "inf") >= started_before:
+                continue
+        except ValueError:
+            continue  # an unreadable start time: not provably the lost worker
+        out.append(wid)
+    return sorted(out)
 
 
 def release_worker(connection: Any, worker_id: str, reason: str, prefix: str | None = None,
