@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "operator"), str(ROOT / "tests")]
 
 from conveyor import Job, Queue  # noqa: E402
+from conveyor.keys import Keyspace  # noqa: E402
 from conveyor.embedded import EmbeddedRedis  # noqa: E402
 from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, jobqueue, wait_for  # noqa: E402
 from pod_helpers import create_pod, delete_pod, watching_pods  # noqa: E402
@@ -74,6 +75,8 @@ def main() -> None:
             job = queue.enqueue("jobs_faults:until_lease_lost", str(record), tag)
             wait_for(lambda: Job.fetch(job.id, connection=queue.connection, queue="bench").worker == holder_id
                      and runs(tag) == 1, timeout=15, what=f"{tag} to run on worker {n}")
+            wait_for(lambda: queue.connection.hget(Keyspace().worker(holder_id), "pod"),
+                     what=f"worker {n}'s registration")
             create_pod(cluster, NS, "bench", f"bench-worker-{n}")
             standby, standby_id = spawn(n + 1)
             holder.signal(signal.SIGKILL)

@@ -97,6 +97,9 @@ def fleet(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any,
     own = queue.enqueue("jobs_faults:until_lease_lost", str(path), "b-own")
     wait_for(lambda: Job.fetch(own.id, connection=queue.connection, queue=q, prefix=prefix).worker == b_id,
              what="B to run its own job")
+    space = Keyspace(prefix)
+    for wid in (a_id, b_id):  # registered with their pod names (each housekeeping round)
+        wait_for(lambda: queue.connection.hget(space.worker(wid), "pod"), what=f"{wid}'s registration")
     for w in (a, b):
         create_pod(cluster, namespace, "rec", f"{namespace}-{'a' if w is a else 'b'}")
     fetch: Callable[[str], Job] = lambda jid: Job.fetch(jid, connection=queue.connection, queue=q, prefix=prefix)
