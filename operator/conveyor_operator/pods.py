@@ -91,10 +91,10 @@ def loss(event_type: str, pod: dict[str, Any]) -> Loss | None:
     reason = str(term.get("reason") or f"exit code {term.get('exitCode', '?')}")
     if field == "lastState":  # restarted: only if the lost instance is newer than one already handled
         reason += f" (restart {int(statuses[0].get('restartCount') or 0)})"
-    finished = _epoch(term.get("finishedAt"))
-    # The kubelet writes whole seconds: a worker that started up to 1 s before the end is still
-    # older than the container's end. The restarted worker registers after it.
-    before = finished + 1 if finished is not None else None
+    # The kubelet writes whole seconds, rounded down: a restarted container's worker starts after
+    # the real end, so after this. (A lost worker that started in that last second, holding
+    # next to nothing, is left to its leases: a live worker must never be released.)
+    before = _epoch(term.get("finishedAt"))
     instance = term.get("containerID") or f"{field}:{term.get('finishedAt')}"
     return Loss(ns, name, jq, reason, before, f"{uid}/{instance}")
 

@@ -6,6 +6,7 @@ Real workers with POD_NAME set stand in for the pods (see pod_helpers.py)."""
 
 from __future__ import annotations
 
+import datetime
 import signal
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_loss_of_a_terminated_container_releases_only_workers_older_than_its_end
     oom = {"terminated": {"reason": "OOMKilled", "finishedAt": "2026-01-01T00:00:10Z", "containerID": "c://1"}}
     now = pods.loss("MODIFIED", pod(oom))
     assert now is not None and now.reason == "OOMKilled"
-    assert now.before == 1767225611.0  # finishedAt + 1 s (the kubelet writes whole seconds)
+    assert now.before == 1767225610.0  # finishedAt: only workers that started before it
     # Restarted: the lost instance is in lastState; its key changes with each instance.
     again = pods.loss("MODIFIED", pod({"running": {}}, last=oom, restarts=1))
     assert again is not None and again.reason == "OOMKilled (restart 1)" and again.key == now.key
@@ -100,11 +101,16 @@ def fleet(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any,
     space = Keyspace(prefix)
     for wid in (a_id, b_id):  # registered with their pod names (each housekeeping round)
         wait_for(lambda: queue.connection.hget(space.worker(wid), "pod"), what=f"{wid}'s registration")
+    # A terminated container releases workers that started before its finishedAt, which the
+    # kubelet writes in whole seconds: A must have started in an earlier second than its end.
+    a_started = float(queue.connection.hget(space.worker(a_id), "started_at"))
+    wait_for(lambda: time.time() >= int(a_started) + 1, what="the second A started in to be over")
     for w in (a, b):
         create_pod(cluster, namespace, "rec", f"{namespace}-{'a' if w is a else 'b'}")
     fetch: Callable[[str], Job] = lambda jid: Job.fetch(jid, connection=queue.connection, queue=q, prefix=prefix)
     yield {"ns": namespace, "queue": queue, "path": path, "a": a, "a_id": a_id, "b": b, "b_id": b_id,
-           "a_jobs": a_jobs, "own": own, "own_exec": fetch(own.id).execution_id, "fetch": fetch, "prefix": prefix}
+           "a_jobs": a_jobs, "own": own, "own_exec": fetch(own.id).execution_id, "fetch": fetch, "prefix": prefix,
+           "spawn": spawn}
     for w in started:
         w.stop()
 
@@ -163,3 +169,37 @@ def test_oom_killed_container_releases_its_workers_jobs_and_a_running_pod_is_lef
     [ev] = wait_for(lambda: events_of(cluster, ns, "WorkerReleased"), what="a WorkerReleased Event")
     assert ev["message"] == f"Released 3 jobs of worker {fleet['a_id']}: pod {ns}-a OOMKilled"
     assert fleet["fetch"](fleet["a_jobs"][0].id).attempts[0].exc_message == f"worker lost: pod {ns}-a OOMKilled"
+
+
+def test_restarted_container_releases_the_lost_worker_not_its_successor(
+        cluster: Cluster, fleet: dict[str, Any], operator: OperatorProcess) -> None:
+    ns, fetch, conn = fleet["ns"], fleet["fetch"], fleet["queue"].connection
+    space = Keyspace(fleet["prefix"])
+    fleet["a"].signal(signal.SIGKILL)  # OOM-killed; the kubelet restarts the container
+    fleet["a"].wait(5)
+    finished = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    wait_for(lambda: time.time() >= finished.timestamp() + 1, what="the next second")
+    successor = fleet["spawn"](f"{ns}-a")  # the restarted container's worker, same POD_NAME
+    successor_id = worker_id(successor)
+    wait_for(lambda: conn.hget(space.worker(successor_id), "pod"), what="the successor's registration")
+    stamp = finished.strftime("%Y-%m-%dT%H:%M:%SZ")
+    set_status(cluster, ns, f"{ns}-a", {"phase": "Running", "containerStatuses": [
+        {"name": "worker", "ready": True, "restartCount": 1, "state": {"running": {"startedAt": stamp}},
+         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "finishedAt": stamp,
+                                      "containerID": f"containerd://{ns}-a-0"}}}]})
+    [ev] = wait_for(lambda: events_of(cluster, ns, "WorkerReleased"), what="a WorkerReleased Event")
+    assert ev["message"] == f"Released 3 jobs of worker {fleet['a_id']}: pod {ns}-a OOMKilled (restart 1)"
+    for j in fleet["a_jobs"]:
+        done = wait_for(lambda: (x := fetch(j.id)).status is JobStatus.FINISHED and x, what=f"job {j.id} to finish")
+        assert done.worker in (fleet["b_id"], successor_id)
+    # The handler that released A has returned: it released nobody else.
+    def handled() -> bool:
+        text = operator.log_path.read_text(errors="replace")
+        at = text.find(f"Released 3 jobs of worker {fleet['a_id']}")
+        return at >= 0 and f"[{ns}/{ns}-a] Handler 'worker_pod' succeeded" in text[at:]
+    wait_for(handled, what="the pod handler to finish")
+    assert operator.log_path.read_text(errors="replace").count(f"{ns}/rec: Released") == 1
+    # The successor runs in the same pod and was not released; neither was B.
+    assert conn.exists(space.worker(successor_id)) and conn.exists(space.worker(fleet["b_id"]))
+    assert not conn.exists(space.worker(fleet["a_id"]))
+    assert fetch(fleet["own"].id).execution_id == fleet["own_exec"]
