@@ -108,8 +108,9 @@ def test_sigstopped_worker_released_by_pod_its_late_outcome_is_stale(
     seen = conn.hget(SPACE.worker(a_id), "last_seen")
     wait_until(lambda: conn.hget(SPACE.worker(a_id), "last_seen") != seen, 10, "a housekeeping round on A")
     round_at = time.monotonic()
-    job = queue.enqueue("jobs_faults:record_after", str(path), "late", 1.0)
-    wait_until(lambda: held_by(conn, [job.id], a_id), 5, "the job to start on A")
+    job = queue.enqueue("jobs_faults:record", str(path), "late", 1.0)  # records, then runs 1 s
+    # Its code runs (not merely claimed in Redis: A might not have read the claim's reply yet).
+    wait_until(lambda: runs(path) == [("late", a.pid)], 5, "the job's code to run on A")
     a.signal(signal.SIGSTOP)
     a_exec = fetch(conn, job.id).execution_id
     try:

@@ -93,6 +93,7 @@ def fleet(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any,
     a_id = worker_id(a)
     wait_for(lambda: all(Job.fetch(j.id, connection=queue.connection, queue=q, prefix=prefix).worker == a_id
                          for j in a_jobs), timeout=15, what="A to hold its 3 jobs")
+    wait_for(lambda: {"a0", "a1"} <= reruns(path, a.pid), what="the code of A's 2 started jobs to run")
     b = spawn(f"{namespace}-b", "--concurrency", "4")
     b_id = worker_id(b)
     own = queue.enqueue("jobs_faults:until_lease_lost", str(path), "b-own")
