@@ -28,6 +28,8 @@ TLS_MODE = 0o440  # owner root, group fsGroup (the worker's): the key readable b
 TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE = "ca.crt", "tls.crt", "tls.key"
 TLS_ENV = {TLS_CA_FILE: "CONVEYOR_REDIS_CA_FILE", TLS_CERT_FILE: "CONVEYOR_REDIS_CERT_FILE",
            TLS_KEY_FILE: "CONVEYOR_REDIS_KEY_FILE"}
+# The worker registers its pod's name, so the operator can release a lost pod's jobs at once.
+POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
 GRACE_MARGIN_SECONDS = 10
 CHECKSUM_ANNOTATION = "conveyor.dev/config-checksum"
 MANAGED_BY = "conveyor-operator"
@@ -177,7 +179,7 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
         "imagePullPolicy": w["imagePullPolicy"],
         "command": ["conveyor"],
         "args": worker_args(spec),
-        "env": redis_env(spec) + list(w.get("env") or []),
+        "env": redis_env(spec) + [POD_NAME_ENV] + list(w.get("env") or []),
         "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5,
                            "timeoutSeconds": 2, "failureThreshold": 2},

@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from . import crd, resync
+from . import crd, pods, resync
 from .k8s import Api
 from .reconcile import LEGACY_FINALIZERS, Reconciler
 from .settings import Settings
@@ -25,6 +25,7 @@ from .settings import Settings
 SETTINGS = Settings.from_env()
 _reconciler: Reconciler | None = None
 _resync: tuple[asyncio.Task[None], concurrent.futures.ThreadPoolExecutor] | None = None
+_pod_watcher: pods.PodWatcher | None = None
 
 
 def reconciler() -> Reconciler:
@@ -32,6 +33,13 @@ def reconciler() -> Reconciler:
     if _reconciler is None:
         _reconciler = Reconciler(Api(), SETTINGS)
     return _reconciler
+
+
+def pod_watcher() -> pods.PodWatcher:
+    global _pod_watcher
+    if _pod_watcher is None:
+        _pod_watcher = pods.PodWatcher(reconciler().api, reconciler(), _events)
+    return _pod_watcher
 
 
 @kopf.on.startup()
@@ -113,6 +121,16 @@ def deleted(body: kopf.Body, **_: Any) -> None:
     # Runs only while something else's finalizer holds the JobQueue. Owned objects go with it
     # (ownerReferences); only forget our lock and TLS files.
     reconciler().forget(body.get("metadata", {}).get("uid", "") or body.get("metadata", {}).get("name", ""))
+
+
+# Watching only: an event handler puts no finalizer on pods and writes nothing to them.
+@kopf.on.event("v1", "pods", labels=pods.POD_LABELS)
+def worker_pod(event: kopf.RawEvent, logger: logging.Logger, **_: Any) -> None:
+    """A worker pod deleted or its container terminated: release its workers' jobs now."""
+    try:
+        pod_watcher().handle(str(event.get("type") or ""), dict(event.get("object") or {}))
+    except Exception as exc:  # event handlers are not retried: the lease still recovers the jobs
+        logger.warning("pod recovery failed: %s", exc)
 
 
 @kopf.on.cleanup()

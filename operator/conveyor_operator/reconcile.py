@@ -88,6 +88,25 @@ class Reconciler:
     def close(self) -> None:
         self.tls_files.close()
 
+    def redis_client(self, body: dict[str, Any]) -> tuple[Any | None, str, tuple[str, str] | None]:
+        """A client for the JobQueue's Redis, its key prefix, and the problem when there is none:
+        the URL, TLS files and prefix the depth read uses (pod recovery reaches the same Redis)."""
+        owner = Owner.of(body)
+        spec = defaulted(body.get("spec"))
+        if problems(spec, owner.name):
+            return None, DEFAULT_PREFIX, ("InvalidSpec", "the JobQueue's spec is invalid")
+        prefix = spec["redis"].get("prefix") or DEFAULT_PREFIX
+        with self._lock(owner.uid or owner.name):
+            url, problem = self._redis_url(owner, spec)
+            tls, tls_problem = self._tls_files(owner, spec)
+        if url is None or tls is None:
+            return None, prefix, problem or tls_problem
+        t = self.settings.redis_timeout
+        try:
+            return RedisTarget.parse(url, tls).client(socket_connect_timeout=t, socket_timeout=t), prefix, None
+        except ConfigError as exc:
+            return None, prefix, ("RedisConfigInvalid", str(exc))
+
     def reconcile(self, body: dict[str, Any], event: EventFn | None = None) -> Outcome:
         owner = Owner.of(body)
         with self._lock(owner.uid or owner.name):

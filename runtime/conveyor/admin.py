@@ -1,14 +1,16 @@
-"""What the operator-facing CLI asks of Redis: fleet overview, one job, stop, purge."""
+"""What the operator-facing CLI asks of Redis: fleet overview, one job, stop, purge, and
+releasing a lost worker's jobs."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from . import calls, depth, errors, keys, scripts
-from .connection import is_cluster
+from .connection import RedisTarget, is_cluster
 from .job import Job, JobStatus, send_command
 
 
@@ -145,3 +147,76 @@ def purge(conn: redis.Redis, queue: str, include_scheduled: bool, space: keys.Ke
     k = space.queue(queue)
     [(ready, scheduled)] = scripts.execute(conn, lambda p: calls.purge(p, k, include_scheduled))
     return ready, scheduled
+
+
+# -- releasing a lost worker's jobs --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Released:
+    """What release_worker did on one queue."""
+
+    worker: str
+    queue: str
+    requeued: list[str]
+    abandoned: list[str]
+
+    def line(self) -> str:
+        return (f"worker {self.worker} queue {self.queue}: {len(self.requeued)} jobs requeued, "
+                f"{len(self.abandoned)} abandoned")
+
+
+def _client(connection: Any) -> Any:
+    """A client from a client, a RedisTarget or a URL."""
+    if isinstance(connection, str):
+        connection = RedisTarget.parse(connection)
+    return connection.client() if isinstance(connection, RedisTarget) else connection
+
+
+def workers_on_pod(connection: Any, pod: str, prefix: str | None = None,
+                   started_before: float | None = None) -> list[str]:
+    """IDs of the registered workers whose registration names ``pod`` (POD_NAME); with
+    ``started_before``, only those that started before it (epoch s): a restarted container's
+    new worker is not the lost one."""
+    conn, space = _client(connection), keys.Keyspace.of(prefix)
+    ids = [w.decode() for w in conn.zrange(space.workers, 0, -1)]
+    regs = scripts.execute(conn, lambda p: [p.hmget(space.worker(wid), "pod", "started_at") for wid in ids])
+    out = []
+    for wid, (got, started) in zip(ids, regs):
+        if got is None or got.decode() != pod:
+            continue
+        try:
+            if started_before is not None and float(started or "inf") >= started_before:
+                continue
+        except ValueError:
+            continue  # an unreadable start time: not provably the lost worker
+        out.append(wid)
+    return sorted(out)
+
+
+def release_worker(connection: Any, worker_id: str, reason: str, prefix: str | None = None,
+                   max_deliveries: int = 3, failure_ttl: int = 7 * 24 * 3600) -> list[Released]:
+    """Take back now every job a lost worker held (release_worker.lua, once per queue) and
+    remove its registration. Only for a worker known to be gone: a live one would see its
+    outcomes rejected as stale and its jobs run twice. The queues are those of its
+    registration, or every known queue once that has expired. Raises ConveyorError for a
+    worker that is neither registered nor holds any job."""
+    if not worker_id or any(c in worker_id for c in "\r\n\0") or len(worker_id) > 256:
+        raise errors.ConveyorError(f"invalid worker ID {worker_id!r}")
+    conn, space = _client(connection), keys.Keyspace.of(prefix)
+    reg = conn.hget(space.worker(worker_id), "queues")
+    if reg is not None:
+        names = [q for q in reg.decode().split(",") if q]
+    else:  # expired: look everywhere, and only where it holds something
+        known = sorted(q.decode() for q in conn.smembers(space.queues))
+        held = scripts.execute(conn, lambda p: [p.exists(space.queue(q).claimed(worker_id)) for q in known])
+        names = [q for q, n in zip(known, held) if n]
+        if not names and not conn.zscore(space.workers, worker_id):
+            raise errors.ConveyorError(f"unknown worker {worker_id!r}: not registered and holding no jobs "
+                                       f"(prefix {space.prefix!r})")
+    reason = reason or "worker lost"
+    replies = scripts.execute(conn, lambda p: [calls.release_worker(p, space.queue(q), worker_id, reason,
+                                                                     max_deliveries, failure_ttl) for q in names])
+    out = [Released(worker_id, q, [i.decode() for i in requeued], [i.decode() for i in abandoned])
+           for q, (requeued, abandoned) in zip(names, replies)]
+    scripts.execute(conn, lambda p: (p.delete(space.worker(worker_id)), p.zrem(space.workers, worker_id)))
+    return out

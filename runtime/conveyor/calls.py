@@ -76,6 +76,13 @@ def reap(pipe: Any, k: QueueKeys, max_deliveries: int, failure_ttl: int, limit: 
                         [k.job_prefix, k.claimed_prefix, limit, max_deliveries, failure_ttl, k.corrupt_prefix])
 
 
+def release_worker(pipe: Any, k: QueueKeys, worker: str, reason: str, max_deliveries: int, failure_ttl: int) -> Any:
+    """Every job ``worker`` holds on this queue, back to it now (the worker is known lost)."""
+    return scripts.release_worker(pipe, [k.leases, k.prefetched, k.recovered, k.failed, k.wake, k.stats,
+                                         k.claimed(worker)],
+                                  [k.job_prefix, worker, max_deliveries, failure_ttl, k.corrupt_prefix, reason])
+
+
 def cancel(pipe: Any, k: QueueKeys, job_id: str, failure_ttl: int, execution_id: str = "") -> Any:
     """A client cancels a queued or scheduled job; the worker holding a prefetched one passes its execution ID."""
     return scripts.cancel(pipe, [k.ready, k.canceled, k.scheduled, k.recovered, k.prefetched],

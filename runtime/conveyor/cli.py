@@ -103,7 +103,8 @@ def main() -> None:
     """Conveyor: a lease-based Redis job queue."""
 
 
-@main.command()
+# A group that runs the worker itself when no subcommand follows (``conveyor worker -q a``).
+@main.group(invoke_without_command=True)
 @_REDIS_OPTIONS[0]
 @_REDIS_OPTIONS[1]
 @_REDIS_OPTIONS[2]
@@ -151,7 +152,9 @@ def main() -> None:
 @click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", show_envvar=True, type=click.Choice(["text", "json"]),
               default="text", show_default=True, help="json: one object per line, with job_id, execution_id, queue, duration.")
 def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_format: str, **options: object) -> None:
-    """Run a worker."""
+    """Run a worker (``conveyor worker release`` gives back a lost worker's jobs)."""
+    if click.get_current_context().invoked_subcommand:
+        return
     logs.setup(log_level, log_format)
     try:
         policy_file = options.pop("policy_file")
@@ -169,6 +172,36 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(Worker(settings).run())
+
+
+@worker.command("release")
+@click.argument("worker_id", required=False)
+@click.option("--pod", help="Release every worker registered with this pod name (their POD_NAME).")
+@click.option("--reason", help='Message of the started jobs\' WorkerLost attempt (default "worker lost: released by hand").')
+@click.option("--max-deliveries", type=int, default=3, show_default=True, help="As the workers' --max-deliveries.")
+@redis_options
+def worker_release(worker_id: str | None, pod: str | None, reason: str | None, max_deliveries: int,
+                   where: Where) -> None:
+    """Give back now every job of a lost worker (its pod is gone), not when its leases run out.
+    Only for a worker known to be dead: a live one would run its jobs twice."""
+    from .admin import release_worker, workers_on_pod
+
+    if bool(worker_id) == bool(pod):
+        raise click.UsageError("give either a WORKER_ID or --pod POD")
+    conn = where.connect()
+    try:
+        ids = [worker_id] if worker_id else workers_on_pod(conn, pod, where.space.prefix)  # type: ignore[arg-type]
+        if not ids:
+            raise ConveyorError(f"no worker is registered with pod {pod!r} (prefix {where.space.prefix!r})")
+        for wid in ids:
+            why = reason or f"worker lost: {f'pod {pod} ' if pod else ''}released by hand"
+            released = release_worker(conn, wid, why, where.space.prefix, max_deliveries)
+            for r in released:
+                click.echo(logs.printable(r.line()))
+            if not released:
+                click.echo(logs.printable(f"worker {wid}: no jobs held; registration removed"))
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:

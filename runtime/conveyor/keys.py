@@ -32,7 +32,7 @@ Fleet-wide, under their own hash tag so fleet bookkeeping is one slot on a Clust
 
     conveyor:{fleet}:queues              set    names of queues ever enqueued to
     conveyor:{fleet}:workers             zset   worker ID -> registration expiry (s)
-    conveyor:{fleet}:worker:<id>         hash   a live worker: host, pid, queues, pool, ... (EX)
+    conveyor:{fleet}:worker:<id>         hash   a live worker: host, pid, pod, queues, pool, inflight, ... (EX)
     conveyor:commands:<db> (channel)     pub/sub: JSON commands to workers ("stop", "cancel" a job);
                                          one channel per database, since pub/sub ignores DB numbers
 

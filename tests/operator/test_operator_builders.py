@@ -68,7 +68,7 @@ def test_redis_url_only_in_the_env() -> None:
     secret = container(builders.deployment(OWNER, full_example(), IMAGE))
     assert secret["env"][0] == {"name": "CONVEYOR_REDIS_URL",
                                 "valueFrom": {"secretKeyRef": {"name": "conveyor-redis", "key": "url"}}}
-    assert [e["name"] for e in secret["env"]] == ["CONVEYOR_REDIS_URL", "BILLING_API_URL", "BILLING_API_TOKEN"]
+    assert [e["name"] for e in secret["env"]] == ["CONVEYOR_REDIS_URL", "POD_NAME", "BILLING_API_URL", "BILLING_API_TOKEN"]
     assert secret["envFrom"] == [{"configMapRef": {"name": "billing-settings"}}]
 
 
@@ -228,7 +228,8 @@ def test_tls_env_names_are_the_ones_the_worker_reads(monkeypatch: pytest.MonkeyP
     # The worker's own parser reads the mounted paths from the env the container gets.
     s = spec(redis={"url": "rediss://r", "tls": {"caSecretRef": {"name": "ca"}, "clientCertSecretRef": {"name": "me"}}})
     for e in container(builders.deployment(OWNER, s, IMAGE))["env"]:
-        monkeypatch.setenv(e["name"], e["value"])
+        if "value" in e:  # POD_NAME comes from the downward API
+            monkeypatch.setenv(e["name"], e["value"])
     parsed = worker_command.make_context("worker", builders.worker_args(s)[1:]).params
     assert (parsed["redis_ca_file"], parsed["redis_cert_file"], parsed["redis_key_file"]) == (
         "/etc/conveyor/tls/ca.crt", "/etc/conveyor/tls/tls.crt", "/etc/conveyor/tls/tls.key")

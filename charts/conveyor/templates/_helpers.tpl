@@ -90,7 +90,7 @@ Role (a list of namespaces). Keep in step with examples/README.md ("RBAC it need
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Worker pods: read only.
+# Worker pods: read only; watched so a lost pod's jobs are released at once (pods.py).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]

@@ -4,7 +4,9 @@
 leases, reap expired ones (any worker may; the scheduler leader does too) once reaping is
 safe, register the worker and its queues (so a wiped Redis learns them again), drop
 registry entries whose jobs expired, sample queue depths for the metrics, and warn when
-scheduled jobs wait with no scheduler running. Every reply is handled on its own.
+scheduled jobs wait with no scheduler running. Every reply is handled on its own. The
+registration names the worker's pod (POD_NAME, from the downward API) so the operator can
+release a lost pod's jobs at once (``conveyor.admin.release_worker``), and its in-flight count.
 
 :class:`Commands`: act on ``conveyor job stop`` / ``cancel`` for jobs held here, listening
 on this database's own command channel.
@@ -31,6 +33,7 @@ from .runner import Runner
 from .scheduler import log_reaped
 
 log = logging.getLogger("conveyor.worker")
+POD_ENV = "POD_NAME"  # set by the Deployment from metadata.name; absent outside Kubernetes
 
 
 class Housekeeping:
@@ -153,6 +156,8 @@ class Housekeeping:
             "pool": s.pool, "concurrency": str(s.concurrency), "version": __version__,
             "started_at": repr(self.started_at), "last_seen": repr(time.time()),
             "scheduler": "1" if s.with_scheduler else "0", "state": self._state(),
+            "inflight": str(len(self.runner.held())),  # running + prefetched, as of this round
+            **({"pod": pod} if (pod := os.environ.get(POD_ENV, "").strip()) else {}),
         }
 
     async def unregister(self) -> None:
