@@ -48,9 +48,21 @@ def queue(conn: redis.Redis) -> Queue:
     return Queue("default", connection=conn)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def spawn_at(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """spawn_at(url, *args, env=None): a worker on any Redis; every one is stopped at teardown."""
+def spawn_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """spawn_at(url, *args, env=None): a worker on any Redis; every one is stopped at teardown.
+    When the test failed, each worker's log tail is printed (pytest shows it with the failure)."""
     started: list[WorkerProcess] = []
 
     def spawn(url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
@@ -59,8 +71,11 @@ def spawn_at(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         return w
 
     yield spawn
-    for w in started:
+    failed = request.node.stash.get(_CALL_FAILED, False)
+    for i, w in enumerate(started):
         w.stop()
+        if failed:
+            print(f"\n--- worker {i} (pid {w.pid}, exit {w.proc.returncode}) log tail ---\n{w.log_path.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture

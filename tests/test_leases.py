@@ -152,7 +152,7 @@ def test_stale_execution_cannot_overwrite_the_new_one(queue: Queue, conn, spawn_
     # A's lease "expires" while A is healthy and busy; a reaper hands the job back.
     _reap_now(conn, job.id)
 
-    wait_until(lambda: started_by(conn, job.id, b_id), 10, "B to take the job")
+    wait_until(lambda: started_by(conn, job.id, b_id), 20, "B to take the job")
     b_exec = fetch(conn, job.id).execution_id
     assert b_exec != a_exec
 

@@ -258,7 +258,7 @@ def test_a_running_job_holds_a_lease(queue: Queue, conn, spawn_worker) -> None:
 def test_lease_seconds_sets_the_lease_length(queue: Queue, conn, spawn_worker) -> None:
     job = queue.enqueue("jobs:sleep", 1)
     w = spawn_worker("--lease-seconds", "120")
-    wait_until(lambda: fetch(conn, job).status is JobStatus.STARTED, 10, "the job to start")
+    wait_until(lambda: fetch(conn, job).status is JobStatus.STARTED, 20, "the job to start")
     secs, micros = conn.time()
     now_ms = secs * 1000 + micros // 1000
     score = conn.zscore(queue.keys.leases, job.id)
