@@ -4,100 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import faulthandler
-import functools
 import signal
 import json
-import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import click
 import redis
 
 from . import __version__, keys, logs
-from .connection import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_URL, RedisTarget, TlsFiles, describe, \
-    error_line, resolve_url
+from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import POOLS, WorkerSettings
-
-def _queues(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    # CONVEYOR_QUEUES is read here, not by click, which would split it on whitespace and
-    # turn "bad name" into two queues instead of an error.
-    if not value and os.environ.get("CONVEYOR_QUEUES"):
-        value = (os.environ["CONVEYOR_QUEUES"],)
-    names = tuple(n.strip() for v in value for n in v.split(",") if n.strip())
-    return names or ("default",)
+from .cli_options import REDIS_OPTIONS, Group, Where, allow_modules_option, queues_option, redis_options
 
 
-def _allow_modules(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    # Read by hand for the same reason as CONVEYOR_QUEUES; WorkerSettings says which name is bad.
-    if not value and os.environ.get("CONVEYOR_ALLOW_MODULES"):
-        value = (os.environ["CONVEYOR_ALLOW_MODULES"],)
-    return tuple(n.strip() for v in value for n in v.split(",") if n.strip())
-
-
-class _Group(click.Group):
-    """Any Redis error a command did not handle is one line naming its cause, not a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except redis.RedisError as exc:
-            raise click.ClickException(describe(exc, ctx.meta.get("conveyor.target"))) from None
-
-
-_REDIS_OPTIONS = (
-    click.option("--redis-url", envvar=ENV_URL, show_envvar=True,
-                 help="Redis: redis://, rediss://, unix://, redis+sentinel://h:p,.../<master>/<db>, "
-                      "redis+cluster://h:p,... (default redis://localhost:6379/0)."),
-    click.option("--prefix", envvar=keys.ENV_PREFIX, show_envvar=True,
-                 help=f"Key prefix: apps with different prefixes share a Redis unseen (default {keys.DEFAULT_PREFIX})."),
-    click.option("--redis-ca-file", envvar=ENV_CA_FILE, show_envvar=True, help="CA bundle to verify Redis's TLS certificate."),
-    click.option("--redis-cert-file", envvar=ENV_CERT_FILE, show_envvar=True, help="TLS client certificate (mutual TLS)."),
-    click.option("--redis-key-file", envvar=ENV_KEY_FILE, show_envvar=True, help="TLS client key (mutual TLS)."),
-)
-
-
-@dataclass(frozen=True)
-class Where:
-    target: RedisTarget
-    space: keys.Keyspace
-
-    def connect(self) -> Any:
-        """A client that has answered a PING; one line naming the cause if it cannot."""
-        from . import routing
-
-        conn = self.target.client()
-        try:
-            routing.ping(conn)
-        except redis.RedisError as exc:
-            raise click.ClickException(describe(exc, self.target)) from None
-        return conn
-
-
-def redis_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--redis-url, --prefix and the TLS files, handed to the command as one ``where``."""
-
-    @functools.wraps(f)
-    def command(*args: Any, redis_url: str | None, prefix: str | None, redis_ca_file: str | None,
-                redis_cert_file: str | None, redis_key_file: str | None, **kwargs: Any) -> Any:
-        try:
-            where = Where(RedisTarget.parse(resolve_url(redis_url), TlsFiles(redis_ca_file, redis_cert_file,
-                                                                              redis_key_file)),
-                          keys.Keyspace.of(prefix))
-        except ConveyorError as exc:
-            raise click.UsageError(str(exc)) from None
-        click.get_current_context().meta["conveyor.target"] = where.target
-        return f(*args, where=where, **kwargs)
-
-    for option in reversed(_REDIS_OPTIONS):
-        command = option(command)
-    return command
-
-
-@click.group(cls=_Group)
+@click.group(cls=Group)
 @click.version_option(__version__, prog_name="conveyor")
 def main() -> None:
     """Conveyor: a lease-based Redis job queue."""
@@ -105,12 +28,12 @@ def main() -> None:
 
 # A group that runs the worker itself when no subcommand follows (``conveyor worker -q a``).
 @main.group(invoke_without_command=True)
-@_REDIS_OPTIONS[0]
-@_REDIS_OPTIONS[1]
-@_REDIS_OPTIONS[2]
-@_REDIS_OPTIONS[3]
-@_REDIS_OPTIONS[4]
-@click.option("-q", "--queues", "queues", multiple=True, callback=_queues, metavar="Q1,Q2",
+@REDIS_OPTIONS[0]
+@REDIS_OPTIONS[1]
+@REDIS_OPTIONS[2]
+@REDIS_OPTIONS[3]
+@REDIS_OPTIONS[4]
+@click.option("-q", "--queues", "queues", multiple=True, callback=queues_option, metavar="Q1,Q2",
               help="Queues to serve, highest priority first (repeatable or comma-separated; default 'default'; "
                    "env CONVEYOR_QUEUES).")
 @click.option("-c", "--concurrency", envvar="CONVEYOR_CONCURRENCY", show_envvar=True, type=int, default=10, show_default=True, help="Jobs run at once.")
@@ -124,7 +47,7 @@ def main() -> None:
 @click.option("--shutdown-timeout", envvar="CONVEYOR_SHUTDOWN_TIMEOUT", show_envvar=True, type=float, default=25.0, show_default=True, help="Seconds running jobs get after SIGTERM.")
 @click.option("--max-jobs-per-child", envvar="CONVEYOR_MAX_JOBS_PER_CHILD", show_envvar=True, type=int, default=0, show_default=True, help="Recycle a process-pool child after this many jobs (0: never).")
 @click.option("--allow-pickle", envvar="CONVEYOR_ALLOW_PICKLE", show_envvar=True, is_flag=True, help="Run pickled jobs. Pickle executes code: only if you trust everyone who can write to Redis.")
-@click.option("--allow-module", "allow_modules", multiple=True, callback=_allow_modules, metavar="PKG",
+@click.option("--allow-module", "allow_modules", multiple=True, callback=allow_modules_option, metavar="PKG",
               help="Run only jobs whose function lives in PKG or its submodules (repeatable or comma-separated; "
                    "env CONVEYOR_ALLOW_MODULES). Without it: anything importable except the standard library.")
 @click.option("--with-scheduler", is_flag=True, envvar="CONVEYOR_WITH_SCHEDULER", show_envvar=True,
