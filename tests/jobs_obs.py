@@ -15,7 +15,8 @@ import redis
 def hold(url: str, key: str, seconds: float = 30.0) -> str:
     """Push to `<key>:running`, then block until something is pushed to `<key>:release`
     (or `seconds` pass). Lets a test keep a job running exactly as long as it needs."""
-    client = redis.Redis.from_url(url)
+    # redis-py's default 5 s socket timeout would end the BLPOP (and fail the job) early.
+    client = redis.Redis.from_url(url, socket_timeout=seconds + 10)
     try:
         client.rpush(f"{key}:running", "1")
         released = client.blpop([f"{key}:release"], timeout=seconds)

@@ -61,7 +61,7 @@ def test_allow_list_allows_its_modules_and_their_submodules_only(path: str, allo
             check_target(path, allow)
 
 
-@pytest.mark.parametrize("path", ["conveyor.cli:os.system", "jobs:time.sleep", "conveyor.cli:sys.modules.clear"])
+@pytest.mark.parametrize("path", ["conveyor.cli_options:os.system", "jobs:time.sleep", "conveyor.cli:sys.modules.clear"])
 def test_a_path_through_an_allowed_module_cannot_reach_the_standard_library(path: str) -> None:
     with pytest.raises(ForbiddenFunction, match="leads into module"):
         import_function(path)
@@ -133,7 +133,7 @@ def test_worker_refuses_shells_for_good_and_runs_the_rest(queue: Queue, conn: re
         queue.enqueue("os:system", f"touch {marker}", retry=retry),
         queue.enqueue("builtins:eval", f"open({str(marker)!r}, 'w')", retry=retry),
         queue.enqueue("subprocess:getoutput", f"touch {marker}", retry=retry),
-        queue.enqueue("conveyor.cli:os.system", f"touch {marker}", retry=retry),
+        queue.enqueue("conveyor.cli_options:os.system", f"touch {marker}", retry=retry),
     ]
     good = queue.enqueue("jobs:async_add" if pool == "async" else "conveyor.demo_jobs:add", 2, 3)
     run_burst("--pool", pool, "-c", "2")
