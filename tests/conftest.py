@@ -7,6 +7,7 @@ port, and workers are `python -m conveyor worker` processes that tests signal.
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -75,7 +76,9 @@ def spawn_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
     for i, w in enumerate(started):
         w.stop()
         if failed:
-            print(f"\n--- worker {i} (pid {w.pid}, exit {w.proc.returncode}) log tail ---\n{w.log_path.read_text(errors='replace')[-3000:]}")
+            spawned = time.strftime("%H:%M:%S", time.localtime(w.spawned_at)) + f"{w.spawned_at % 1:.3f}"[1:]
+            print(f"\n--- worker {i} (pid {w.pid}, spawned {spawned}, exit {w.proc.returncode}) log tail ---\n"
+                  f"{w.log_path.read_text(errors='replace')[-3000:]}")
 
 
 @pytest.fixture

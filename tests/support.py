@@ -50,6 +50,7 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         cmd = [sys.executable, "-m", "conveyor", "worker", "--redis-url", redis_url, *args]
+        self.spawned_at = time.time()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**WORKER_ENV, **(env or {})})
 
     @property
