@@ -143,7 +143,8 @@ def test_stale_execution_cannot_overwrite_the_new_one(queue: Queue, conn, spawn_
     # A: one slot, so it cannot take the job back itself while it still runs it.
     a = spawn_worker("--lease-seconds", "30", "--concurrency", "1")
     a_id = worker_id(a)
-    job = queue.enqueue("jobs_reliability:sleep_pid", 3)
+    # Long enough that A still runs it once B is up (B's start-up is the machine's speed).
+    job = queue.enqueue("jobs_reliability:sleep_pid", 8)
     wait_until(lambda: started_by(conn, job.id, a_id), 10, "the job to start on A")
     a_exec = fetch(conn, job.id).execution_id
     b = spawn_worker("--lease-seconds", "30")
@@ -152,12 +153,14 @@ def test_stale_execution_cannot_overwrite_the_new_one(queue: Queue, conn, spawn_
     # A's lease "expires" while A is healthy and busy; a reaper hands the job back.
     _reap_now(conn, job.id)
 
-    wait_until(lambda: started_by(conn, job.id, b_id), 20, "B to take the job")
+    # B's run may be over by the time a starved test looks: started or finished on B.
+    wait_until(lambda: (j := fetch(conn, job.id)).worker == b_id
+               and j.status in (JobStatus.STARTED, JobStatus.FINISHED), 20, "B to take the job")
     b_exec = fetch(conn, job.id).execution_id
     assert b_exec != a_exec
 
-    a.wait_log("no longer holds the lease", timeout=10)  # A finished first; its outcome was refused
-    done = wait_status(conn, job.id, JobStatus.FINISHED, JobStatus.FAILED)
+    a.wait_log("no longer holds the lease", timeout=20)  # A finished first; its outcome was refused
+    done = wait_status(conn, job.id, JobStatus.FINISHED, JobStatus.FAILED, timeout=30)
     assert done.status is JobStatus.FINISHED
     assert done.result == b.pid != a.pid
     assert done.worker == b_id and done.execution_id == b_exec

@@ -256,7 +256,7 @@ def test_a_running_job_holds_a_lease(queue: Queue, conn, spawn_worker) -> None:
 
 
 def test_lease_seconds_sets_the_lease_length(queue: Queue, conn, spawn_worker) -> None:
-    job = queue.enqueue("jobs:sleep", 1)
+    job = queue.enqueue("jobs:sleep", 5)  # long enough to be seen running on a starved machine
     w = spawn_worker("--lease-seconds", "120")
     wait_until(lambda: fetch(conn, job).status is JobStatus.STARTED, 20, "the job to start")
     secs, micros = conn.time()
@@ -264,7 +264,7 @@ def test_lease_seconds_sets_the_lease_length(queue: Queue, conn, spawn_worker) -
     score = conn.zscore(queue.keys.leases, job.id)
     assert score is not None and now_ms + 100_000 < score <= now_ms + 121_000
     w.signal(signal.SIGTERM)
-    assert w.wait(10) == 0
+    assert w.wait(20) == 0
 
 
 def test_leases_of_running_and_prefetched_jobs_are_renewed(queue: Queue, conn, redis_url, spawn_worker) -> None:
