@@ -2,7 +2,8 @@
 
 Nothing here talks to the API. Every builder returns a complete object to apply with
 server-side apply; fields the operator does not want to own (the Deployment's
-``replicas`` while autoscaling is enabled) are left out, never set to a guess.
+``replicas`` while autoscaling is enabled or another autoscaler targets the Deployment)
+are left out, never set to a guess.
 
 The worker contract is the ``conveyor worker`` command line; the Redis URL reaches the
 container only through ``CONVEYOR_REDIS_URL``, the TLS files (from Secrets, in one

@@ -4,7 +4,8 @@ Run with ``python -m conveyor_operator`` (or ``kopf run -m conveyor_operator.han
 
 No handler needs a finalizer (no timers or daemons, the delete handler is optional), so
 deleting a JobQueue never waits for the operator, running or not; the periodic resync is
-one operator-level loop (conveyor_operator.resync) over a kopf index of the JobQueues.
+one operator-level loop (conveyor_operator.resync) over a kopf index of the JobQueues, and
+the autoscaler's polls a second one over the same index.
 """
 
 from __future__ import annotations

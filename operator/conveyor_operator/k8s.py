@@ -3,7 +3,8 @@
 Owned objects are written with server-side apply (field manager ``conveyor-operator``,
 force): applying the same desired object twice is a no-op on the server, a field the
 operator stops sending is removed, and fields it never sends (``replicas`` while
-autoscaling is enabled, whatever other controllers add) are left alone.
+autoscaling is enabled, whatever other controllers add) are left alone. The autoscaler
+applies a Deployment's ``replicas`` alone under its own manager (``conveyor-autoscaler``).
 """
 
 from __future__ import annotations

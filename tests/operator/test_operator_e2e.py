@@ -170,7 +170,7 @@ def test_scale_subresource_drives_the_deployment(cluster: Cluster, kubectl: Kube
 
 
 def test_deleting_the_jobqueue_cleans_up(cluster: Cluster, kubectl: Kubectl, namespace: str) -> None:
-    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "autoscaling-disabled.yaml"))
+    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "autoscaling.yaml"))
     paths = [dep_path(namespace, "reports"), cm_path(namespace, "reports"),
              f"/api/v1/namespaces/{namespace}/services/reports-metrics",
              f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/reports-worker"]
