@@ -56,9 +56,12 @@ def _stamp() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def replicas_object(namespace: str, name: str, replicas: int) -> dict[str, Any]:
-    """The autoscaler's whole apply: the worker Deployment's replicas, nothing else."""
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+def replicas_object(owner: builders.Owner, name: str, replicas: int) -> dict[str, Any]:
+    """The autoscaler's whole apply: the worker Deployment's replicas (and its owner, the same
+    value the operator applies: should the Deployment have gone meanwhile, an apply creating
+    it would make an orphan. A real API server refuses such a partial Deployment anyway)."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": owner.namespace, "ownerReferences": [owner.reference()]},
             "spec": {"replicas": replicas}}
 
 
@@ -128,7 +131,7 @@ class Scaler:
             return clamp(int(spec["workers"]["replicas"]), Policy.of(spec))
         # Take over the current value before the full apply stops carrying it.
         replicas = int((current.get("spec") or {}).get("replicas", 1))
-        self.api.apply(replicas_object(owner.namespace, name, replicas), manager=MANAGER)
+        self.api.apply(replicas_object(owner, name, replicas), manager=MANAGER)
         return None
 
     def report(self, uid: str, spec: dict[str, Any]) -> tuple[dict[str, Any] | None, Cond | None]:
@@ -186,7 +189,7 @@ class Scaler:
         if decision.desired != current:
             if decision.desired < current:
                 self._rank_pods(owner, client, prefix)
-            self.api.apply(replicas_object(owner.namespace, name, decision.desired), manager=MANAGER)
+            self.api.apply(replicas_object(owner, name, decision.desired), manager=MANAGER)
             last = _stamp()
             event("Normal", decision.reason, f"Scaled workers from {current} to {decision.desired}: {decision.message}")
             current = decision.desired
