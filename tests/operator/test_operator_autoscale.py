@@ -59,8 +59,7 @@ def test_a_burst_scales_up_within_a_poll_and_down_after_the_window(
     q = Queue("q", redis_url=redis_server.url, prefix=namespace)
     for i in range(35):
         q.enqueue("builtins:print", i)
-    took = wait_replicas(cluster, namespace, "burst", 4, 3)  # ceil(35 / 10), within one poll (1 s) and margin
-    assert took < 2.5
+    wait_replicas(cluster, namespace, "burst", 4, 3)  # ceil(35 / 10), within one poll (1 s) and a margin
     jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "burst"))) and
                   (j["status"].get("autoscaling") or {}).get("desiredReplicas") == 4 and j, what="status.autoscaling")
     auto = jq["status"]["autoscaling"]
@@ -72,10 +71,13 @@ def test_a_burst_scales_up_within_a_poll_and_down_after_the_window(
     for i in range(100):
         q.enqueue("builtins:print", i)
     wait_replicas(cluster, namespace, "burst", 5, 3)
-    # Drained: down only after the 2 s window of lower demand, in one step to the minimum.
+    # Drained: the first poll that sees no demand keeps the 5 workers (the 2 s window still holds
+    # the burst); then down in one step to the minimum.
     purge(redis_server.url, namespace)
-    took = wait_replicas(cluster, namespace, "burst", 1, 6)
-    assert took >= 1.5, f"scaled down {took:.2f}s after the drain, inside the 2 s window"
+    auto = wait_for(lambda: (a := cluster.get(jq_path(namespace, "burst"))["status"].get("autoscaling") or {})
+                    and a.get("demand") == 0 and a, what="the drained demand in status")
+    assert (auto["reason"], auto["desiredReplicas"]) == ("Stabilizing", 5), auto
+    wait_replicas(cluster, namespace, "burst", 1, 6)
     wait_for(lambda: events(cluster, namespace, "ScaleDown"), what="a ScaleDown Event")
     assert set(deployment_history(cluster, namespace, "burst")) <= {1, 4, 5}
 
@@ -88,7 +90,7 @@ def test_scale_to_zero_and_the_first_job_wakes_the_fleet(
     wait_for(lambda: cond(cluster.get(jq_path(namespace, "zero")), "Ready").get("reason") == "ScaledToZero",
              what="Ready: ScaledToZero")
     Queue("q", redis_url=redis_server.url, prefix=namespace).enqueue("builtins:print", "wake up")
-    assert wait_replicas(cluster, namespace, "zero", 1, 3) < 2.5
+    wait_replicas(cluster, namespace, "zero", 1, 3)  # within one poll and a margin
     # A job scheduled for later is no demand; one already due is.
     purge(redis_server.url, namespace)
     wait_replicas(cluster, namespace, "zero", 0, 8)
