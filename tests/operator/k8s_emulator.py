@@ -15,7 +15,7 @@ assert on ``emu.objects[...]``), and adds:
 - PUT (replace, with a resourceVersion conflict check), merge patch, JSON patch (a failed
   ``test`` answers 422), a small strategic merge patch (lists of named items merged by
   name) and server-side apply per field manager (fields dropped from a manager's last apply
-  are removed unless another manager's last apply still has them);
+  are removed unless another manager's last apply, or a merge patch, still holds them);
 - label and field selectors on list and watch;
 - watch: ``application/json``, events after the given resourceVersion only,
   ``timeoutSeconds``, BOOKMARKs (including the initial-events-end one of watch-list);
@@ -327,6 +327,7 @@ class ConveyorEmulator(kmock.KubernetesEmulator):
                 raise ApiStatus(422, "Invalid", f"the server rejected our request: {exc}") from None
         elif ctype == "application/strategic-merge-patch+json":
             new = strategic_merge_patch(old, body)
+            self._owns_update(key, request, body, sub)
         elif ctype == "application/apply-patch+yaml":
             mkey = (*key, request.params.get("fieldManager", ""))
             others = [cfg for k, cfg in self._applied.items() if k[:3] == key and k != mkey]
@@ -334,7 +335,15 @@ class ConveyorEmulator(kmock.KubernetesEmulator):
             self._applied[mkey] = copy.deepcopy(body)
         else:
             new = merge_patch(old, body)
+            self._owns_update(key, request, body, sub)
         return self._update(key, old, new, status_only=sub == "status")
+
+    def _owns_update(self, key: Any, request: kmock.Request, body: Any, sub: str | None) -> None:
+        """A patch's fields are owned by its writer too (managedFields of an Update operation), so
+        an apply that stops sending a field another client wrote leaves it (e.g. an HPA's replicas)."""
+        if sub != "status" and isinstance(body, dict):
+            mkey = (*key, "update:" + request.params.get("fieldManager", ""))
+            self._applied[mkey] = merge_patch(self._applied.get(mkey) or {}, body)
 
     def _body(self, request: kmock.Request) -> Any:
         try:
