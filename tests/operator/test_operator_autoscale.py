@@ -149,6 +149,13 @@ def test_idle_pods_get_the_lowest_deletion_cost_before_a_scale_down(
     costs = {p: ((cluster.get(pods_path(namespace, p)) or {})["metadata"].get("annotations") or {}).get(DELETION_COST)
              for p in ("cost-busy", "cost-idle", "cost-some")}
     assert costs == {"cost-busy": "7", "cost-idle": "0", "cost-some": "2"}
+    # Set before the replicas were lowered (the emulator's write log, in resourceVersion order).
+    log = list(cluster.emu._log)
+    annotated = [rv for rv, r, _, o in log if r.plural == "pods" and o["metadata"].get("namespace") == namespace
+                 and DELETION_COST in (o["metadata"].get("annotations") or {})]
+    lowered = next(rv for rv, r, _, o in log if r.plural == "deployments" and o["metadata"].get("namespace") == namespace
+                   and o["spec"].get("replicas") == 1 and rv > min(annotated))
+    assert len(annotated) == 3 and max(annotated) < lowered
 
 
 def test_an_hpa_on_the_deployment_makes_the_operator_stand_back(
