@@ -181,3 +181,19 @@ def test_release_by_id_from_the_cli_and_an_unknown_worker_or_pod_is_one_clear_li
     out = cli(redis_url, "worker", "release")
     assert out.returncode == 2 and "give either a WORKER_ID or --pod POD" in out.stderr
     assert queue.count == 1  # nothing else moved
+
+
+def test_inflight_by_pod_counts_the_jobs_each_pods_workers_hold(
+        queue: Queue, conn: redis.Redis, spawn_worker, tmp_path: Path) -> None:
+    """What the operator ranks worker pods by before a scale-down (pod-deletion-cost)."""
+    from conveyor.admin import inflight_by_pod
+
+    busy = spawn_worker(*LEASE, "--concurrency", "2", env={"POD_NAME": "conveyor-x-busy"})
+    path = tmp_path / "runs"
+    for tag in ("a", "b"):
+        queue.enqueue("jobs_faults:record", str(path), tag, 30.0)  # records, then runs 30 s
+    wait_until(lambda: sorted(runs(path)) == [("a", busy.pid), ("b", busy.pid)], 10, "both jobs running on busy")
+    spawn_worker(*LEASE, env={"POD_NAME": "conveyor-x-idle"})
+    # Each registration says what its worker holds as of its last round (every few seconds).
+    wait_until(lambda: inflight_by_pod(conn) == {"conveyor-x-busy": 2, "conveyor-x-idle": 0}, 15,
+               "the in-flight counts by pod")

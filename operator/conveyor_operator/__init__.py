@@ -8,10 +8,12 @@ Modules:
     builders    pure functions: JobQueue -> Deployment, ConfigMap, Service, PDB, ServiceMonitor
     k8s         the one module that talks to the API (server-side apply, status, Secrets)
     status      metav1.Condition bookkeeping and queue depth read from Redis
+    autoscale   pure: demand samples + time + spec -> desired replicas and reason
+    scaler      the autoscaler's I/O: demand polled, replicas applied, pods ranked, HPAs respected
     tlsfiles    private files for the TLS Secrets the operator reads queue depth with
     reconcile   one reconcile pass, shared by every handler
     handlers    thin kopf handlers (create/update/resume, the JobQueue index, cleanup on deletion)
-    resync      the operator-level resync loop (no per-JobQueue timer, so no finalizer)
+    resync      the operator-level resync and autoscaling loops (no per-JobQueue timer, so no finalizer)
     settings    settings from the environment
     __main__    ``python -m conveyor_operator``: ``kopf run`` with kopf's liveness endpoint
 

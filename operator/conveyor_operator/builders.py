@@ -2,7 +2,8 @@
 
 Nothing here talks to the API. Every builder returns a complete object to apply with
 server-side apply; fields the operator does not want to own (the Deployment's
-``replicas`` while autoscaling is enabled) are left out, never set to a guess.
+``replicas`` while autoscaling is enabled or another autoscaler targets the Deployment)
+are left out, never set to a guess.
 
 The worker contract is the ``conveyor worker`` command line; the Redis URL reaches the
 container only through ``CONVEYOR_REDIS_URL``, the TLS files (from Secrets, in one
@@ -166,7 +167,12 @@ def checksum(spec: dict[str, Any], image: str, redis_digest: str = "") -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str = "") -> dict[str, Any]:
+FROM_SPEC = -1  # deployment(replicas=...): spec.workers.replicas, or none while autoscaling
+
+
+def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str = "",
+               replicas: int | None = FROM_SPEC) -> dict[str, Any]:
+    """``replicas``: None leaves them out (an autoscaler owns them), else the number to set."""
     w = spec["workers"]
     port = spec["metrics"]["port"]
     labels = common_labels(owner.name)
@@ -223,8 +229,10 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
         "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod},
     }
-    if not spec["autoscaling"]["enabled"]:
-        dep_spec = {"replicas": w["replicas"], **dep_spec}
+    if replicas == FROM_SPEC:
+        replicas = None if spec["autoscaling"]["enabled"] else w["replicas"]
+    if replicas is not None:
+        dep_spec = {"replicas": replicas, **dep_spec}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, names(owner.name)["deployment"]),
             "spec": dep_spec}
 

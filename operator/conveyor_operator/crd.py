@@ -147,7 +147,8 @@ WORKERS = {
     "default": {},
     "description": "The worker Deployment.",
     "properties": {
-        "replicas": integer(0, 1000, 1, "Worker pods (ignored while autoscaling is enabled)."),
+        "replicas": integer(0, 1000, 1, "Worker pods. While autoscaling is enabled the operator sets them from "
+                                        "the queue depth, and this field (the scale subresource) cannot change."),
         "image": string("Worker image with conveyor installed; defaults to the operator's default image.", max_length=1024),
         "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
         "concurrency": integer(1, 10000, 10, "Jobs each worker runs at once (--concurrency)."),
@@ -216,21 +217,33 @@ METRICS = {
 AUTOSCALING = {
     "type": "object",
     "default": {},
-    "description": "Queue-depth autoscaling. The schema is accepted now; the behaviour comes later. "
-                   "While enabled the operator never sets the Deployment's replicas.",
+    "description": "Queue-depth autoscaling by the operator. Every pollSeconds it reads the demand from Redis "
+                   "(jobs ready, held by a worker and scheduled-and-due, over spec.queues) and sets the worker "
+                   "Deployment's replicas to ceil(demand / targetJobsPerWorker) within [minReplicas, maxReplicas]: "
+                   "up at once, down only to the highest recommendation of the last "
+                   "scaleDownStabilizationSeconds. Turning it on starts from the current replicas, turning it off "
+                   "returns to spec.workers.replicas. An HPA or KEDA ScaledObject on the worker Deployment takes "
+                   "precedence (condition Autoscaling=False, ExternalAutoscaler).",
     "properties": {
         "enabled": {"type": "boolean", "default": False},
-        "minReplicas": integer(0, 1000, 1),
-        "maxReplicas": integer(1, 1000, 10),
-        "targetJobsPerWorker": integer(1, 1000000, 20, "Waiting jobs per worker to aim for."),
-        "pollSeconds": integer(1, 3600, 15, "How often to read the queue depth."),
-        "scaleDownStabilizationSeconds": integer(0, 86400, 300, "Wait this long below target before scaling down."),
+        "minReplicas": integer(0, 1000, 1, "Fewest workers; 0 scales to zero when there is nothing to do "
+                                           "(the first job wakes the fleet within one poll)."),
+        "maxReplicas": integer(1, 1000, 10, "Most workers."),
+        "targetJobsPerWorker": integer(1, 1000000, 20, "Jobs (ready + running + prefetched + due) per worker "
+                                                       "to aim for."),
+        "pollSeconds": integer(1, 3600, 5, "How often to read the demand."),
+        "scaleDownStabilizationSeconds": integer(0, 86400, 300, "Scale down only to the highest recommendation "
+                                                                "of this many seconds (no flapping after a dip)."),
     },
     "x-kubernetes-validations": [
         rule("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
               "FieldValueInvalid"),
     ],
 }
+
+REPLICAS_WHILE_AUTOSCALING = ("spec.workers.replicas cannot change while spec.autoscaling.enabled (the operator "
+                              "sets the workers from the queue depth): change autoscaling.minReplicas or "
+                              "maxReplicas, or set autoscaling.enabled: false first")
 
 SPEC = {
     "type": "object",
@@ -259,6 +272,12 @@ SPEC = {
         "metrics": METRICS,
         "autoscaling": AUTOSCALING,
     },
+    "x-kubernetes-validations": [
+        # A transition rule (runs on updates, the scale subresource's too): kubectl scale while the
+        # operator autoscales would otherwise be accepted and silently ignored.
+        rule("!(oldSelf.autoscaling.enabled && self.autoscaling.enabled) || "
+             "self.workers.replicas == oldSelf.workers.replicas", REPLICAS_WHILE_AUTOSCALING, "FieldValueForbidden"),
+    ],
 }
 
 CONDITION = {
@@ -282,7 +301,7 @@ STATUS = {
         "readyReplicas": integer(0),
         "updatedReplicas": integer(0),
         "selector": string("Label selector of the worker pods (for the scale subresource).", max_length=1024),
-        "depth": integer(0, desc="Jobs waiting (ready + scheduled) across all queues."),
+        "depth": integer(0, desc="Jobs not finished (ready + running or prefetched + scheduled) across all queues."),
         "depthObservedAt": {"type": "string", "format": "date-time"},
         "queues": {
             "type": "array",
@@ -291,7 +310,20 @@ STATUS = {
                 "type": "object",
                 "required": ["name"],
                 "properties": {"name": string(max_length=100), "ready": integer(0), "scheduled": integer(0),
-                               "claimed": integer(0), "failed": integer(0)},
+                               "due": integer(0, desc="Scheduled jobs already due."),
+                               "claimed": integer(0, desc="Held by a worker: prefetched or running."),
+                               "failed": integer(0)},
+            },
+        },
+        "autoscaling": {
+            "type": "object",
+            "description": "The operator's autoscaler, while spec.autoscaling.enabled.",
+            "properties": {
+                "desiredReplicas": integer(0),
+                "currentReplicas": integer(0),
+                "demand": integer(0, desc="Jobs ready + held by a worker + scheduled and due, at the last poll."),
+                "lastScaleTime": {"type": "string", "format": "date-time"},
+                "reason": string("ScaleUp, ScaleDown, Stabilizing or Steady.", max_length=64),
             },
         },
         "conditions": {
@@ -324,7 +356,7 @@ PRINTER_COLUMNS = [
     {"name": "Queues", "type": "string", "jsonPath": ".spec.queues", "description": "Queues served, in order."},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-    {"name": "Depth", "type": "integer", "jsonPath": ".status.depth", "description": "Jobs waiting (ready + scheduled)."},
+    {"name": "Depth", "type": "integer", "jsonPath": ".status.depth", "description": "Jobs not finished (ready + running + scheduled)."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

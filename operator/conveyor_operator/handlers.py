@@ -4,7 +4,8 @@ Run with ``python -m conveyor_operator`` (or ``kopf run -m conveyor_operator.han
 
 No handler needs a finalizer (no timers or daemons, the delete handler is optional), so
 deleting a JobQueue never waits for the operator, running or not; the periodic resync is
-one operator-level loop (conveyor_operator.resync) over a kopf index of the JobQueues.
+one operator-level loop (conveyor_operator.resync) over a kopf index of the JobQueues, and
+the autoscaler's polls a second one over the same index.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import Any
 import kopf
 
 from . import crd, pods, resync
+from .autoscale import Policy
 from .k8s import Api
 from .reconcile import LEGACY_FINALIZERS, Reconciler
 from .settings import Settings
+from .spec import defaulted
 
 SETTINGS = Settings.from_env()
 _reconciler: Reconciler | None = None
-_resync: tuple[asyncio.Task[None], concurrent.futures.ThreadPoolExecutor] | None = None
+_resync: tuple[list[asyncio.Task[None]], concurrent.futures.ThreadPoolExecutor] | None = None
 _pod_watcher: pods.PodWatcher | None = None
 
 
@@ -100,8 +103,17 @@ async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]], logger: loggi
     def reconcile(body: dict[str, Any]) -> None:
         reconciler().reconcile(body, _events(body))
 
-    task = asyncio.create_task(resync.run(bodies, reconcile, SETTINGS.resync_seconds, executor, logger))
-    _resync = (task, executor)
+    def autoscale(body: dict[str, Any]) -> None:
+        reconciler().autoscale(body, _events(body))
+
+    def poll_seconds(body: dict[str, Any]) -> float | None:
+        spec = defaulted(body.get("spec"))
+        return Policy.of(spec).poll_seconds if (spec.get("autoscaling") or {}).get("enabled") else None
+
+    tasks = [asyncio.create_task(resync.run(bodies, reconcile, SETTINGS.resync_seconds, executor, logger)),
+             # Autoscaled JobQueues polled every pollSeconds (>= 1): same index, no finalizer.
+             asyncio.create_task(resync.run_polled(bodies, autoscale, poll_seconds, executor, logger))]
+    _resync = (tasks, executor)
 
 
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
@@ -137,9 +149,10 @@ def worker_pod(event: kopf.RawEvent, logger: logging.Logger, **_: Any) -> None:
 async def cleanup(**_: Any) -> None:
     """Stop the resync loop; remove the private TLS files (they would go at exit anyway)."""
     if _resync is not None:
-        task, executor = _resync
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        tasks, executor = _resync
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         executor.shutdown(wait=False, cancel_futures=True)
     if _reconciler is not None:
         _reconciler.close()

@@ -3,7 +3,8 @@
 Owned objects are written with server-side apply (field manager ``conveyor-operator``,
 force): applying the same desired object twice is a no-op on the server, a field the
 operator stops sending is removed, and fields it never sends (``replicas`` while
-autoscaling is enabled, whatever other controllers add) are left alone.
+autoscaling is enabled, whatever other controllers add) are left alone. The autoscaler
+applies a Deployment's ``replicas`` alone under its own manager (``conveyor-autoscaler``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ PLURALS = {
     "JobQueue": "jobqueues",
     "CustomResourceDefinition": "customresourcedefinitions",
     "Event": "events",
+    "Pod": "pods",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ScaledObject": "scaledobjects",
 }
 
 
@@ -95,11 +99,24 @@ class Api:
         except NotFound:
             return None
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def list_objects(self, api_version: str, kind: str, namespace: str | None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        return list((self.request("GET", path(api_version, kind, namespace), query=query) or {}).get("items") or [])
+
+    def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply as ``manager`` (the autoscaler applies only a Deployment's replicas,
+        under its own manager, so the operator's full apply never touches them)."""
         meta = obj["metadata"]
         return self.request("PATCH", path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
-                            body=obj, query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                            body=obj, query={"fieldManager": manager, "force": "true"},
                             content_type="application/apply-patch+yaml")
+
+    def annotate(self, api_version: str, kind: str, namespace: str | None, name: str,
+                 annotations: dict[str, str]) -> None:
+        """Merge ``annotations`` into the object's (a merge patch: nothing else changes)."""
+        self.request("PATCH", path(api_version, kind, namespace, name),
+                     body={"metadata": {"annotations": annotations}}, content_type="application/merge-patch+json")
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         try:

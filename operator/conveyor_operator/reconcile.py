@@ -22,9 +22,10 @@ from conveyor.keys import DEFAULT_PREFIX
 from . import builders, crd
 from .builders import Owner
 from .k8s import Api, ApiError, NotFound
+from .scaler import Scaler
 from .settings import Settings
 from .spec import defaulted, problems
-from .status import DEGRADED, conditions_for, deployment_problem, merge_conditions, now, queue_depth
+from .status import DEGRADED, conditions_for, set_condition, deployment_problem, merge_conditions, now, queue_depth, total_depth
 from .tlsfiles import TlsFileStore
 
 # The field naming each TLS file's Secret key, for messages.
@@ -57,6 +58,7 @@ class Reconciler:
         # JobQueues deleted (by uid, never reused): a resync pass still holding one's old body
         # must not re-create its objects or TLS files. A few dozen bytes per deletion.
         self._gone: set[str] = set()
+        self.scaler = Scaler(api)
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -69,6 +71,7 @@ class Reconciler:
             self.tls_files.forget(uid)
         with self._locks_guard:
             self._locks.pop(uid, None)
+        self.scaler.forget(uid)
 
     def release(self, body: dict[str, Any]) -> None:
         """Remove the LEGACY_FINALIZERS from a JobQueue (someone else's stay). A concurrent
@@ -95,10 +98,13 @@ class Reconciler:
         spec = defaulted(body.get("spec"))
         if problems(spec, owner.name):
             return None, DEFAULT_PREFIX, ("InvalidSpec", "the JobQueue's spec is invalid")
-        prefix = spec["redis"].get("prefix") or DEFAULT_PREFIX
         with self._lock(owner.uid or owner.name):
-            url, problem = self._redis_url(owner, spec)
-            tls, tls_problem = self._tls_files(owner, spec)
+            return self._redis_client(owner, spec)
+
+    def _redis_client(self, owner: Owner, spec: dict[str, Any]) -> tuple[Any | None, str, tuple[str, str] | None]:
+        prefix = spec["redis"].get("prefix") or DEFAULT_PREFIX
+        url, problem = self._redis_url(owner, spec)
+        tls, tls_problem = self._tls_files(owner, spec)
         if url is None or tls is None:
             return None, prefix, problem or tls_problem
         t = self.settings.redis_timeout
@@ -106,6 +112,40 @@ class Reconciler:
             return RedisTarget.parse(url, tls).client(socket_connect_timeout=t, socket_timeout=t), prefix, None
         except ConfigError as exc:
             return None, prefix, ("RedisConfigInvalid", str(exc))
+
+    def autoscale(self, body: dict[str, Any], event: EventFn | None = None) -> None:
+        """One autoscaling poll (the operator's autoscale loop calls it every pollSeconds)."""
+        owner = Owner.of(body)
+        spec = defaulted(body.get("spec"))
+        uid = owner.uid or owner.name
+        if problems(spec, owner.name) or not spec["autoscaling"]["enabled"]:
+            return
+        with self._lock(uid):
+            if uid in self._gone:
+                return
+            client, prefix, problem = self._redis_client(owner, spec)
+            try:
+                changed = self.scaler.poll(owner, spec, client, prefix, problem, event or (lambda *_: None))
+            finally:
+                if client is not None:
+                    client.close()
+            if changed:
+                self._write_autoscaling(owner, spec)
+
+    def _write_autoscaling(self, owner: Owner, spec: dict[str, Any]) -> None:
+        current = self.api.get(crd.API_VERSION, crd.KIND, owner.namespace, owner.name)
+        if current is None:
+            return
+        auto, cond = self.scaler.report(owner.uid or owner.name, spec)
+        old = current.get("status") or {}
+        status: dict[str, Any] = {"autoscaling": auto}
+        if cond is not None:
+            gen = int(old.get("observedGeneration") or current["metadata"].get("generation") or 0)
+            status["conditions"] = set_condition(old.get("conditions"), cond, gen)
+        try:
+            self.api.patch_status(crd.API_VERSION, crd.KIND, owner.namespace, owner.name, status)
+        except NotFound:
+            pass
 
     def reconcile(self, body: dict[str, Any], event: EventFn | None = None) -> Outcome:
         owner = Owner.of(body)
@@ -131,7 +171,12 @@ class Reconciler:
         digest = hashlib.sha256(url.encode()).hexdigest() if url and "secretRef" in spec["redis"] else ""
         desired = [builders.configmap(owner, spec), builders.service(owner, spec), builders.pdb(owner, spec)]
         if image:
-            desired.append(builders.deployment(owner, spec, image, digest))
+            try:
+                replicas = self.scaler.prepare(owner, spec)
+            except ApiError as exc:
+                return self._finish(body, owner, spec, ("ApplyFailed", f"could not set the worker replicas: {exc}"),
+                                    None, None, event, generation=generation)
+            desired.append(builders.deployment(owner, spec, image, digest, replicas))
         else:
             problem = ("ImageMissing", "spec.workers.image is empty and the operator has no default image "
                                        "(set CONVEYOR_OPERATOR_DEFAULT_IMAGE)")
@@ -259,9 +304,13 @@ class Reconciler:
                 generation: int | None = None, permanent: bool = False) -> Outcome:
         old = body.get("status") or {}
         gen = int(body["metadata"].get("generation") or 0) if generation is None else generation
-        desired = None if spec.get("autoscaling", {}).get("enabled") else spec.get("workers", {}).get("replicas")
+        auto, auto_cond = self.scaler.report(owner.uid or owner.name, spec) if spec.get("autoscaling") else (None, None)
+        external = auto_cond is not None and auto_cond.reason == "ExternalAutoscaler"
+        desired = None if spec.get("autoscaling", {}).get("enabled") or external \
+            else spec.get("workers", {}).get("replicas")
         conds = merge_conditions(old.get("conditions"), conditions_for(problem=problem, desired=desired,
-                                                                       deployment=deployment), gen)
+                                                                       deployment=deployment)
+                                 + ([auto_cond] if auto_cond else []), gen)
         dstatus = (deployment or {}).get("status") or {}
         status: dict[str, Any] = {
             "observedGeneration": gen,
@@ -270,10 +319,11 @@ class Reconciler:
             "updatedReplicas": int(dstatus.get("updatedReplicas") or 0),
             "selector": builders.selector_string(owner.name),
             "conditions": conds,
+            "autoscaling": auto,
         }
         if depth is not None:
             status["queues"] = depth
-            status["depth"] = sum(q["ready"] + q["scheduled"] for q in depth)
+            status["depth"] = total_depth(depth)
             status["depthObservedAt"] = now()
         changed = {k: v for k, v in status.items() if k != "depthObservedAt" and old.get(k) != v}
         if changed:

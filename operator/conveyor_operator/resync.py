@@ -6,6 +6,9 @@ per JobQueue: kopf puts a finalizer on every object that has a timer or daemon, 
 deleting a JobQueue (or its namespace) waited for a running operator and hung for good
 without one (``helm uninstall`` keeps the CRD and the JobQueues). The JobQueues come from a
 kopf index, filled from the operator's own watch: no extra API calls, no finalizer.
+
+The autoscaler polls the same way, from a second loop (:func:`run_polled`): each autoscaled
+JobQueue every its own ``pollSeconds``, the others never.
 """
 
 from __future__ import annotations
@@ -33,19 +36,49 @@ def _uid(body: dict[str, Any]) -> str:
     return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
 
 
+def _safely(act: Reconcile, logger: logging.Logger, what: str) -> Reconcile:
+    def call(body: dict[str, Any]) -> None:
+        try:
+            act(body)
+        except Exception as exc:  # the next tick tries again
+            logger.warning("%s of %s/%s failed: %s", what, body["metadata"].get("namespace"),
+                           body["metadata"].get("name"), exc)
+    return call
+
+
+async def run_polled(bodies: Callable[[], list[dict[str, Any]]], act: Reconcile,
+                     period: Callable[[dict[str, Any]], float | None], executor: concurrent.futures.Executor,
+                     logger: logging.Logger, tick: float = 0.1) -> None:
+    """Until cancelled: ``act`` on each of ``bodies()`` whose ``period(body)`` (seconds; None:
+    never) has passed since its last start and whose previous call has finished."""
+    loop = asyncio.get_running_loop()
+    in_flight: dict[str, asyncio.Future[None]] = {}
+    started: dict[str, float] = {}
+    safely = _safely(act, logger, "autoscaling poll")
+    while True:
+        now = loop.time()
+        in_flight = {uid: f for uid, f in in_flight.items() if not f.done()}
+        seen = set()
+        for body in due(bodies(), in_flight):
+            uid = _uid(body)
+            seen.add(uid)
+            every = period(body)
+            if every is None or now - started.get(uid, -1e18) < every:
+                continue
+            started[uid] = now
+            ctx = contextvars.copy_context()
+            in_flight[uid] = loop.run_in_executor(executor, ctx.run, safely, body)
+        started = {uid: t for uid, t in started.items() if uid in seen or uid in in_flight}
+        await asyncio.sleep(tick)
+
+
 async def run(bodies: Callable[[], list[dict[str, Any]]], reconcile: Reconcile, interval: float,
               executor: concurrent.futures.Executor, logger: logging.Logger) -> None:
     """Until cancelled: every ``interval`` seconds, ``reconcile`` each of ``bodies()`` due, in
     ``executor`` threads (it blocks on the API and on Redis)."""
     loop = asyncio.get_running_loop()
     in_flight: dict[str, asyncio.Future[None]] = {}
-
-    def safely(body: dict[str, Any]) -> None:
-        try:
-            reconcile(body)
-        except Exception as exc:  # the next tick tries again
-            logger.warning("resync of %s/%s failed: %s", body["metadata"].get("namespace"),
-                           body["metadata"].get("name"), exc)
+    safely = _safely(reconcile, logger, "resync")
 
     while True:
         await asyncio.sleep(interval)

@@ -27,6 +27,12 @@ class Cond:
     message: str
 
 
+def set_condition(old: list[dict[str, Any]] | None, cond: Cond, generation: int) -> list[dict[str, Any]]:
+    """``old`` with the condition of ``cond``'s type set (the others kept as they are)."""
+    merged = merge_conditions([c for c in old or [] if c.get("type") == cond.type], [cond], generation)
+    return [c for c in old or [] if c.get("type") != cond.type] + merged
+
+
 def merge_conditions(old: list[dict[str, Any]] | None, new: list[Cond], generation: int,
                      at: str | None = None) -> list[dict[str, Any]]:
     """metav1.Condition list: lastTransitionTime only moves when the status flips."""
@@ -97,22 +103,41 @@ def deployment_problem(deployment: dict[str, Any] | None) -> tuple[str, str] | N
 
 def queue_depth(url: str, queues: list[str], timeout: float = 2.0, prefix: str | None = None,
                 tls: TlsFiles | None = None) -> list[dict[str, Any]]:
-    """Per queue: ready (waiting: ready and recovered lists), scheduled, claimed (held by a worker:
-    prefetched and started) and failed (still kept). One round trip (per Cluster node).
+    """Per queue: ready (waiting: ready and recovered lists), scheduled (due of them: due now),
+    claimed (held by a worker: prefetched and started) and failed (still kept). One round trip
+    (per Cluster node).
 
     ``url`` takes every form the workers take (Sentinel, Cluster, TLS with the CA and client
     files of ``tls``, else of CONVEYOR_REDIS_CA_FILE / _CERT_FILE / _KEY_FILE)."""
-    space = Keyspace.of(prefix)
     client = RedisTarget.parse(url, tls).client(socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
-        now_s = time.time()
-        replies = scripts.execute(client, lambda pipe: [depth.queue(pipe, space.queue(q), now_s) for q in queues])
+        return read_depth(client, queues, prefix)
     finally:
         client.close()
+
+
+def read_depth(client: Any, queues: list[str], prefix: str | None = None) -> list[dict[str, Any]]:
+    """queue_depth() through a client the caller holds (the autoscaler's poll)."""
+    space = Keyspace.of(prefix)
+    now_s = time.time()
+    replies = scripts.execute(client, lambda pipe: [(depth.queue(pipe, space.queue(q), now_s),
+                                                     depth.due(pipe, space.queue(q), now_s)) for q in queues])
     out = []
-    n = len(depth.STATES)
+    n = len(depth.STATES) + 1
     for i, q in enumerate(queues):
-        c = {state: v or 0 for state, v in depth.counts(replies[n * i:n * (i + 1)]).items()}
-        out.append({"name": q, "ready": c["ready"] + c["recovered"], "scheduled": c["scheduled"],
+        row = replies[n * i:n * (i + 1)]
+        c = {state: v or 0 for state, v in depth.counts(row).items()}
+        due = 0 if isinstance(row[-1], Exception) else int(row[-1])
+        out.append({"name": q, "ready": c["ready"] + c["recovered"], "scheduled": c["scheduled"], "due": due,
                     "claimed": c["prefetched"] + c["started"], "failed": c["failed"]})
     return out
+
+
+def total_depth(queues: list[dict[str, Any]]) -> int:
+    """status.depth: every job not finished, across the queues (waiting, running, scheduled)."""
+    return sum(q["ready"] + q["claimed"] + q["scheduled"] for q in queues)
+
+
+def demand(queues: list[dict[str, Any]]) -> int:
+    """What the workers have to do now: ready, held (prefetched or running) and due jobs."""
+    return sum(q["ready"] + q["claimed"] + q.get("due", 0) for q in queues)

@@ -193,6 +193,23 @@ def workers_on_pod(connection: Any, pod: str, prefix: str | None = None,
     return sorted(out)
 
 
+def inflight_by_pod(connection: Any, prefix: str | None = None) -> dict[str, int]:
+    """Pod name (POD_NAME) -> jobs its registered workers hold (their ``inflight``: running and
+    prefetched, as of each worker's last round), for every live worker that names a pod."""
+    conn, space = _client(connection), keys.Keyspace.of(prefix)
+    ids = [w.decode() for w in conn.zrangebyscore(space.workers, time.time(), "+inf")]
+    regs = scripts.execute(conn, lambda p: [p.hmget(space.worker(wid), "pod", "inflight") for wid in ids])
+    out: dict[str, int] = {}
+    for pod, inflight in regs:
+        if pod:
+            try:
+                n = int(inflight or 0)
+            except ValueError:
+                n = 0
+            out[pod.decode()] = out.get(pod.decode(), 0) + n
+    return out
+
+
 def release_worker(connection: Any, worker_id: str, reason: str, prefix: str | None = None,
                    max_deliveries: int = 3, failure_ttl: int = 7 * 24 * 3600) -> list[Released]:
     """Take back now every job a lost worker held (release_worker.lua, once per queue) and

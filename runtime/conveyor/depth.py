@@ -21,6 +21,12 @@ def queue(pipe: Any, k: QueueKeys, now: float) -> None:
     pipe.zcount(k.failed, now, "+inf")
 
 
+def due(pipe: Any, k: QueueKeys, now: float) -> None:
+    """Queue one command: how many scheduled jobs are already due at `now` (seconds; the
+    scheduled zset scores are due times in ms): work waiting for the scheduler's next move."""
+    pipe.zcount(k.scheduled, "-inf", int(now * 1000))
+
+
 def counts(replies: Sequence[Any]) -> dict[str, int | None]:
     """The replies of queue(), by state; None where Redis refused (a key of the wrong type)."""
     return {state: None if isinstance(r, Exception) else int(r) for state, r in zip(STATES, replies)}

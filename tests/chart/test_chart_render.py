@@ -183,7 +183,8 @@ NAMESPACED = {
     ("", "services"): {"get", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
     ("", "secrets"): {"get"},
-    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list", "watch", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list"},
     ("", "events"): {"create", "patch"},
 }
 CRDS_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
@@ -216,6 +217,12 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
         assert b["roleRef"]["kind"] == "Role" and b["subjects"][0]["namespace"] == "conveyor-system"
     # Cluster-wide: reads of CRDs and namespaces only (kopf's observation), nothing namespaced.
     assert rules(one(docs, "ClusterRole")) == {**CRDS_READ, ("", "namespaces"): {"list", "watch"}}
+
+
+def test_keda_scaledobjects_are_read_only_where_keda_is_installed() -> None:
+    # `helm template` offline knows no keda.sh API (helm install asks the cluster).
+    for role in by_kind(render()[0], "ClusterRole"):
+        assert ("keda.sh", "scaledobjects") not in rules(role)
 
 
 @pytest.mark.parametrize("name", ["monitoring", "namespaced-monitoring"])

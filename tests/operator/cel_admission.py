@@ -47,11 +47,21 @@ def to_cel_value(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
-def own_rule_failures(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
+MISSING = object()
+
+
+def own_rule_failures(schema: dict[str, Any], value: Any, where: str = "", old: Any = MISSING) -> list[str]:
+    """The rules at this node. Transition rules (naming oldSelf) run only on an update where
+    the old object has a value here, as on the API server."""
     out = []
     for rule in schema.get("x-kubernetes-validations", []):
+        activation = {"self": celpy.json_to_cel(to_cel_value(schema, value))}
+        if "oldSelf" in rule["rule"]:
+            if old is MISSING:
+                continue
+            activation["oldSelf"] = celpy.json_to_cel(to_cel_value(schema, old))
         program = CEL.program(CEL.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(to_cel_value(schema, value))})
+        result = program.evaluate(activation)
         if not isinstance(result, celpy.celtypes.BoolType):
             raise AssertionError(f"rule {rule['rule']!r} at {where or '<root>'} did not give a bool: {result!r}")
         if not result:
@@ -59,21 +69,23 @@ def own_rule_failures(schema: dict[str, Any], value: Any, where: str = "") -> li
     return out
 
 
-def cel_failures(schema: dict[str, Any], value: Any, where: str = "") -> list[str]:
+def cel_failures(schema: dict[str, Any], value: Any, where: str = "", old: Any = MISSING) -> list[str]:
     """Evaluate every x-kubernetes-validations rule where the object has a value, like the API server."""
-    out = own_rule_failures(schema, value, where)
+    out = own_rule_failures(schema, value, where, old)
     if isinstance(value, dict):
         for k, sub in schema.get("properties", {}).items():
             if k in value:
-                out += cel_failures(sub, value[k], f"{where}.{k}")
+                sub_old = old.get(k, MISSING) if isinstance(old, dict) else MISSING
+                out += cel_failures(sub, value[k], f"{where}.{k}", sub_old)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, v in enumerate(value):
             out += cel_failures(schema["items"], v, f"{where}[{i}]")
     return out
 
 
-def admission(doc: dict[str, Any]) -> list[str]:
-    """What the API server would say: default, then schema, then CEL."""
+def admission(doc: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """What the API server would say: default, then schema, then CEL (with ``old``: an update)."""
     obj = apply_defaults(crd.SCHEMA, copy.deepcopy(doc))
     errors = [f"schema: {e.json_path}: {e.message}" for e in VALIDATOR.iter_errors(obj)]
-    return errors or cel_failures(crd.SCHEMA, obj)
+    before = MISSING if old is None else apply_defaults(crd.SCHEMA, copy.deepcopy(old))
+    return errors or cel_failures(crd.SCHEMA, obj, old=before)

@@ -14,7 +14,8 @@ assert on ``emu.objects[...]``), and adds:
   ``/scale`` subresource driven by a CRD's scale paths;
 - PUT (replace, with a resourceVersion conflict check), merge patch, JSON patch (a failed
   ``test`` answers 422), a small strategic merge patch (lists of named items merged by
-  name) and server-side apply (fields dropped from a manager's last apply are removed);
+  name) and server-side apply per field manager (fields dropped from a manager's last apply
+  are removed unless another manager's last apply, or a merge patch, still holds them);
 - label and field selectors on list and watch;
 - watch: ``application/json``, events after the given resourceVersion only,
   ``timeoutSeconds``, BOOKMARKs (including the initial-events-end one of watch-list);
@@ -73,13 +74,15 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     return merge_patch(target, patch, by_name=True)
 
 
-def apply_patch(last: Any, new: Any) -> Any:
+def apply_patch(last: Any, new: Any, others: list[Any] | tuple[Any, ...] = ()) -> Any:
     """Server-side apply as a merge patch: what a manager applied before and no longer
-    applies is removed; lists are atomic."""
+    applies is removed, unless another manager's apply still holds it (shared ownership);
+    lists are atomic."""
     if not isinstance(new, dict) or not isinstance(last, dict):
         return new
-    out = {k: apply_patch(last.get(k), v) for k, v in new.items()}
-    out.update({k: None for k in last if k not in new})
+    others = [o for o in others if isinstance(o, dict)]
+    out = {k: apply_patch(last.get(k), v, [o[k] for o in others if k in o]) for k, v in new.items()}
+    out.update({k: None for k in last if k not in new and not any(k in o for o in others)})
     return out
 
 
@@ -324,13 +327,23 @@ class ConveyorEmulator(kmock.KubernetesEmulator):
                 raise ApiStatus(422, "Invalid", f"the server rejected our request: {exc}") from None
         elif ctype == "application/strategic-merge-patch+json":
             new = strategic_merge_patch(old, body)
+            self._owns_update(key, request, body, sub)
         elif ctype == "application/apply-patch+yaml":
             mkey = (*key, request.params.get("fieldManager", ""))
-            new = merge_patch(old, apply_patch(self._applied.get(mkey), body))
+            others = [cfg for k, cfg in self._applied.items() if k[:3] == key and k != mkey]
+            new = merge_patch(old, apply_patch(self._applied.get(mkey), body, others))
             self._applied[mkey] = copy.deepcopy(body)
         else:
             new = merge_patch(old, body)
+            self._owns_update(key, request, body, sub)
         return self._update(key, old, new, status_only=sub == "status")
+
+    def _owns_update(self, key: Any, request: kmock.Request, body: Any, sub: str | None) -> None:
+        """A patch's fields are owned by its writer too (managedFields of an Update operation), so
+        an apply that stops sending a field another client wrote leaves it (e.g. an HPA's replicas)."""
+        if sub != "status" and isinstance(body, dict):
+            mkey = (*key, "update:" + request.params.get("fieldManager", ""))
+            self._applied[mkey] = merge_patch(self._applied.get(mkey) or {}, body)
 
     def _body(self, request: kmock.Request) -> Any:
         try:

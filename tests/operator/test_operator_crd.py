@@ -47,7 +47,9 @@ def test_crd_shape() -> None:
     status = schema["properties"]["status"]["properties"]
     assert {"observedGeneration", "replicas", "readyReplicas", "queues", "conditions", "depth", "selector"} <= set(status)
     assert status["conditions"]["items"]["required"] == ["type", "status", "lastTransitionTime", "reason", "message"]
-    assert set(status["queues"]["items"]["properties"]) == {"name", "ready", "scheduled", "claimed", "failed"}
+    assert set(status["queues"]["items"]["properties"]) == {"name", "ready", "scheduled", "due", "claimed", "failed"}
+    assert set(status["autoscaling"]["properties"]) == {"desiredReplicas", "currentReplicas", "demand",
+                                                        "lastScaleTime", "reason"}
     rules = [r["rule"] for r in _all_rules(schema)]
     assert any("minReplicas <= self.maxReplicas" in r for r in rules)
     assert any("exists_one" in r for r in rules)
@@ -334,3 +336,19 @@ def test_flags_the_operator_owns_are_refused_by_cel_and_operator(args: list[str]
 def test_other_worker_flags_stay_allowed(args: list[str]) -> None:
     doc = spec_doc({"url": "redis://r"}, workers={"args": args})
     assert admission(doc) == [] and problems(defaulted(doc["spec"])) == []
+
+
+def test_replicas_cannot_change_while_autoscaling() -> None:
+    """A transition rule: `kubectl scale jq` (the scale subresource writes spec.workers.replicas)
+    is refused with a clear message while the operator autoscales, not silently ignored."""
+    base = {"apiVersion": "conveyor.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": "a"},
+            "spec": {"redis": {"url": "redis://r:6379/0"}, "queues": ["q"], "workers": {"replicas": 2},
+                     "autoscaling": {"enabled": True}}}
+    scaled = {**base, "spec": {**base["spec"], "workers": {"replicas": 5}}}
+    assert admission(scaled) == []  # a create has no old object
+    (error,) = admission(scaled, old=base)
+    assert "spec.workers.replicas cannot change while spec.autoscaling.enabled" in error
+    assert admission(base, old=base) == []
+    # Turning autoscaling on or off may come with a new replicas value.
+    off = {**base, "spec": {**scaled["spec"], "autoscaling": {"enabled": False}}}
+    assert admission(off, old=base) == [] and admission(base, old=off) == []

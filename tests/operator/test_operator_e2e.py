@@ -161,22 +161,6 @@ def test_drift_is_repaired(cluster: Cluster, kubectl: Kubectl, namespace: str, r
     wait_for(lambda: cluster.get(cm_path(namespace, "drift")), what="the ConfigMap to come back")
 
 
-def test_autoscaling_enabled_never_fights_over_replicas(cluster: Cluster, kubectl: Kubectl, namespace: str,
-                                                         redis_server: Any, operator: OperatorProcess) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue(
-        "auto", redis={"url": redis_server.url}, queues=["q"], workers={"replicas": 2},
-        autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5}))
-    dep = wait_for(lambda: cluster.get(dep_path(namespace, "auto")), what="the Deployment")
-    assert "replicas" not in dep["spec"]
-    cluster.request("PATCH", dep_path(namespace, "auto"), {"spec": {"replicas": 3}})  # an autoscaler's write
-    path = dep_path(namespace, "auto")
-    mark = len(cluster.emu._requests)
-    # Let the resync timer apply the Deployment twice more, then check it left replicas alone.
-    wait_for(lambda: sum(1 for r in list(cluster.emu._requests)[mark:]
-                         if r.method == "PATCH" and r.url.path == path) >= 2, what="two resyncs")
-    assert cluster.get(path)["spec"]["replicas"] == 3
-
-
 def test_scale_subresource_drives_the_deployment(cluster: Cluster, kubectl: Kubectl, namespace: str,
                                                  redis_server: Any) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("sc", redis={"url": redis_server.url}, queues=["q"]))
@@ -186,7 +170,7 @@ def test_scale_subresource_drives_the_deployment(cluster: Cluster, kubectl: Kube
 
 
 def test_deleting_the_jobqueue_cleans_up(cluster: Cluster, kubectl: Kubectl, namespace: str) -> None:
-    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "autoscaling-disabled.yaml"))
+    kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "autoscaling.yaml"))
     paths = [dep_path(namespace, "reports"), cm_path(namespace, "reports"),
              f"/api/v1/namespaces/{namespace}/services/reports-metrics",
              f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/reports-worker"]
@@ -269,8 +253,8 @@ def test_status_reads_real_queue_depth(cluster: Cluster, kubectl: Kubectl, names
         a.enqueue("builtins:print", i)
     b.enqueue_in(3600, "builtins:print", "later")
     kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("depth", redis={"url": redis_server.url}, queues=[qa, qb]))
-    expected = [{"name": qa, "ready": 3, "scheduled": 0, "claimed": 0, "failed": 0},
-                {"name": qb, "ready": 0, "scheduled": 1, "claimed": 0, "failed": 0}]
+    expected = [{"name": qa, "ready": 3, "scheduled": 0, "due": 0, "claimed": 0, "failed": 0},
+                {"name": qb, "ready": 0, "scheduled": 1, "due": 0, "claimed": 0, "failed": 0}]
     jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "depth"))) and (j.get("status") or {}).get("queues") == expected and j,
                   what="the queue depth in status")
     assert jq["status"]["depth"] == 4

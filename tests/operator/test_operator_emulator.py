@@ -100,6 +100,27 @@ def test_server_side_apply_and_strategic_merge(cluster: Cluster, namespace: str)
     assert obj["spec"]["template"]["spec"]["containers"] == [{"name": "w", "image": "i:1", "imagePullPolicy": "Always"}]
 
 
+def test_server_side_apply_keeps_fields_another_manager_holds(cluster: Cluster, namespace: str) -> None:
+    """Shared ownership: a field one manager stops applying stays while another manager's apply
+    (or another client's patch) still holds it; else it is removed."""
+    url = f"/apis/apps/v1/namespaces/{namespace}/deployments/shared"
+    full = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shared"},
+            "spec": {"replicas": 3, "paused": True}}
+    apply = lambda body, manager: cluster.request("PATCH", f"{url}?fieldManager={manager}&force=true", body,
+                                                  "application/apply-patch+yaml")[1]
+    apply(full, "main")
+    apply({**full, "spec": {"replicas": 3}}, "scaler")  # takes replicas over (same value)
+    obj = apply({**full, "spec": {"paused": True}}, "main")
+    assert obj["spec"] == {"replicas": 3, "paused": True}
+    assert apply({**full, "spec": {"replicas": 7}}, "scaler")["spec"]["replicas"] == 7
+    # Without a co-owner the field goes.
+    obj = apply({**full, "spec": {}}, "main")
+    assert obj["spec"] == {"replicas": 7}
+    cluster.request("PATCH", url, {"spec": {"paused": False}})  # an update by another client
+    apply({**full, "spec": {"paused": True}}, "main")
+    assert apply({**full, "spec": {}}, "main")["spec"] == {"replicas": 7, "paused": True}
+
+
 def test_selectors(cluster: Cluster, namespace: str) -> None:
     base = f"/api/v1/namespaces/{namespace}/configmaps"
     for n in ("s1", "s2"):

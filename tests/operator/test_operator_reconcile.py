@@ -27,7 +27,7 @@ class FakeApi:
         self.fail_apply = fail_apply
         self.finalizers: list[str] | None = None
 
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: dict[str, Any], manager: str = "conveyor-operator") -> dict[str, Any]:
         if self.fail_apply:
             raise ApiError(403, "Forbidden", "deployments.apps is forbidden")
         self.applied[obj["kind"]] = obj
@@ -38,6 +38,9 @@ class FakeApi:
 
     def delete(self, *args: Any) -> bool:
         return True
+
+    def list_objects(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return []  # no HorizontalPodAutoscalers, no pods
 
     def crd_exists(self, name: str) -> bool:
         return False

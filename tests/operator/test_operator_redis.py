@@ -57,7 +57,7 @@ def test_tls_redis_requiring_client_certificates_reports_depth(
                  f"--key={tls_redis.key_file}")
     kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("mtls", redis=mtls_redis_spec(tls_redis), queues=[q]))
 
-    jq = wait_for(depth_is(cluster, namespace, "mtls", [{"name": q, "ready": 2, "scheduled": 0, "claimed": 0, "failed": 0}]),
+    jq = wait_for(depth_is(cluster, namespace, "mtls", [{"name": q, "ready": 2, "scheduled": 0, "due": 0, "claimed": 0, "failed": 0}]),
                   what="the queue depth read over mutual TLS")
     assert jq["status"]["depth"] == 2
     assert (cond(jq, "Degraded")["status"], cond(jq, "Degraded")["reason"]) == ("False", "AsExpected")
@@ -124,14 +124,14 @@ def test_depth_counts_only_the_jobqueues_prefix(cluster: Cluster, kubectl: Kubec
     kubectl("apply", "-n", namespace, "-f", "-",
             input=jobqueue("billing", redis={"url": redis_server.url, "prefix": "billing"}, queues=[q]))
     kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("plain", redis={"url": redis_server.url}, queues=[q]))
-    wait_for(depth_is(cluster, namespace, "billing", [{"name": q, "ready": 2, "scheduled": 0, "claimed": 0, "failed": 0}]),
+    wait_for(depth_is(cluster, namespace, "billing", [{"name": q, "ready": 2, "scheduled": 0, "due": 0, "claimed": 0, "failed": 0}]),
              what="depth 2 under prefix billing")
-    wait_for(depth_is(cluster, namespace, "plain", [{"name": q, "ready": 3, "scheduled": 0, "claimed": 0, "failed": 0}]),
+    wait_for(depth_is(cluster, namespace, "plain", [{"name": q, "ready": 3, "scheduled": 0, "due": 0, "claimed": 0, "failed": 0}]),
              what="depth 3 under the default prefix")
     args = cluster.get(dep_path(namespace, "billing"))["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--prefix") + 1] == "billing"
     assert "--prefix" not in cluster.get(dep_path(namespace, "plain"))["spec"]["template"]["spec"]["containers"][0]["args"]
     # A new prefix: the pods roll (new args) and the depth follows.
     kubectl("patch", "jq", "billing", "-n", namespace, "--type", "merge", "-p", '{"spec": {"redis": {"prefix": "billing:v2"}}}')
-    wait_for(depth_is(cluster, namespace, "billing", [{"name": q, "ready": 4, "scheduled": 0, "claimed": 0, "failed": 0}]),
+    wait_for(depth_is(cluster, namespace, "billing", [{"name": q, "ready": 4, "scheduled": 0, "due": 0, "claimed": 0, "failed": 0}]),
              what="depth 4 under prefix billing:v2")

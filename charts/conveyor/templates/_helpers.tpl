@@ -90,10 +90,21 @@ Role (a list of namespaces). Keep in step with examples/README.md ("RBAC it need
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Worker pods: read only; watched so a lost pod's jobs are released at once (pods.py).
+# Worker pods: watched so a lost pod's jobs are released at once (pods.py); patched only to set
+# controller.kubernetes.io/pod-deletion-cost before an autoscaler scale-down (idle pods go first).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
+# Autoscaling: an HPA (or a KEDA ScaledObject) on a worker Deployment makes the operator leave
+# its replicas alone; listed, never written.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["list"]
+{{- if .Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject" }}
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["list"]
+{{- end }}
 # Events on JobQueues (kopf and the operator post them).
 - apiGroups: [""]
   resources: ["events"]
