@@ -55,7 +55,6 @@ class Runner:
         self.lingering = 0  # timed-out threads that still hold a slot
         self.avg_duration: float | None = None
         self.accepting = True  # False once the worker stops: nothing new starts
-        self.handing_back = False  # True once the shutdown timeout is reached: nothing starts at all
         self._filling = False
         self._async_funcs: dict[Any, bool] = {}
         self._threads: JobThreads | None = None
@@ -120,12 +119,12 @@ class Runner:
         for job in jobs:
             if job.suspect:
                 self.suspect = job
-            if job.recorded_start and not self.handing_back:
-                # Redis already shows it started: it runs, like any running job on a stop
-                # (within the shutdown timeout), rather than flicker back to queued.
-                self._start(job)
-            elif not self.accepting:
+            if not self.accepting:
+                # A claim that was in flight when the stop came: its jobs go back un-run, not
+                # charged (even one Redis already marked started): a stop starts nothing new.
                 self.release.append(job)
+            elif job.recorded_start:
+                self._start(job)
             else:
                 self.buffer.append(job)
         self.fill()
@@ -370,7 +369,6 @@ class Runner:
 
     def give_up(self) -> None:
         """Shutdown timeout reached: every unfinished job goes back to its queue."""
-        self.handing_back = True
         for job in list(self.running.values()):
             self._forget(job)
             if job.task is not None:
