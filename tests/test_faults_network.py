@@ -100,9 +100,7 @@ def test_reset_connections_are_replaced_quietly(server, proxy, http_worker, tmp_
     conn = redis.Redis.from_url(server.url)
     q = Queue("default", connection=conn)
     path = str(tmp_path / "runs")
-    # Lease 12 s: a 2 s reply timeout (silence budget 4 s), so a loaded machine's slow reply
-    # is not taken for a lost Redis; resets still hit the pool on every job's outcome.
-    w, port = http_worker("--lease-seconds", "12", url=proxy.url())
+    w, port = http_worker("--lease-seconds", "1.5", url=proxy.url())
     seen: list[int | None] = []
     for round_ in range(3):
         busy = [q.enqueue("jobs_faults:record", path, f"r{round_}-{i}", 0.3) for i in range(3)]
