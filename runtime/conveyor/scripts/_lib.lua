@@ -243,3 +243,36 @@ local function settle(key, id, vals, failed_key, default_ttl, corrupt_key, now, 
   end
   return nil
 end
+
+-- A job whose worker is gone (lease expired, or its pod released) goes back to the recovered
+-- list as a suspect: its code may have killed the worker, so it runs one per worker. A started
+-- job is charged (orphaned + 1, an attempt "WorkerLost" with attempt_msg) and fails as
+-- Abandoned once lost max_deliveries times (why: a few words for that message); a prefetched
+-- one never started and is not charged. f is the HMGET of status, worker, max_deliveries,
+-- failure_ttl, unique_lock, orphaned. No execution owns the job afterwards, so a late outcome
+-- from the lost worker reads as STALE. Returns 'requeued' or 'abandoned'.
+local function lose(key, id, f, started, attempt_msg, why, default_max, failed_key, default_ttl,
+                    recovered_key, now, now_str)
+  if started then
+    local lost = (int(f[6]) or 0) + 1
+    redis.call('HSET', key, 'orphaned', lost)
+    record_attempt(key, 'WorkerLost', attempt_msg, now_str)  -- reads the lost execution ID: clear it after
+    redis.call('HDEL', key, 'worker', 'execution_id')
+    local max = int(f[3])
+    if max == nil or max < 1 then max = int(default_max) or 3 end
+    if lost >= max then
+      redis.call('HSET', key, 'status', 'failed', 'exc_type', 'Abandoned', 'exc_traceback', '',
+        'exc_message', 'abandoned ' .. lost .. ' times: its worker was lost each time (' .. why .. ')',
+        'ended_at', now_str)
+      redis.call('HDEL', key, 'suspect')
+      local score = retire(key, id, f[4], default_ttl, f[5], now)
+      register(failed_key, score and {score, id} or {}, now)
+      return 'abandoned'
+    end
+  else
+    redis.call('HDEL', key, 'worker', 'execution_id')
+  end
+  redis.call('HSET', key, 'status', 'queued', 'suspect', '1')
+  redis.call('RPUSH', recovered_key, id)
+  return 'requeued'
+end
