@@ -276,3 +276,38 @@ local function lose(key, id, f, started, attempt_msg, why, default_max, failed_k
   redis.call('RPUSH', recovered_key, id)
   return 'requeued'
 end
+
+-- Hand leased jobs ({id, execution ID} pairs) back to the head of their queue: not a failure
+-- and not a delivery (a started job gets back the delivery its start charged). A suspect goes
+-- back to the recovered list. Returns one code per job: OK, STALE (another execution owns it
+-- now) or MISSING.
+local function hand_back(jobs, prefix, worker, ready_key, recovered_key, prefetched_key, leases_key, claimed_key,
+                         wake_key)
+  local codes = {}
+  local back, suspects = {}, {}
+  for _, pair in ipairs(jobs) do
+    local id, exec = pair[1], pair[2]
+    local key = prefix .. id
+    local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'worker', 'suspect', 'deliveries')
+    if f.err then f = {} end
+    local code = owner_code(f[1], f[2], exec)
+    if code == OK then
+      unlease(id, prefetched_key, leases_key, nil)
+      if f[1] == 'started' then
+        redis.call('HSET', key, 'deliveries', math.max(0, (int(f[5]) or 1) - 1))
+      end
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HDEL', key, 'worker', 'started_at', 'execution_id')
+      if f[4] == '1' then suspects[#suspects + 1] = id else back[#back + 1] = id end
+    elseif code == DUPLICATE then
+      code = STALE  -- it ended already; nothing to hand back
+    end
+    unclaim(claimed_key, id, code == OK and 'queued' or f[1], f[3], worker)
+    codes[#codes + 1] = code
+  end
+  -- LPUSH reverses its arguments: push the last first so the first ends up at the head.
+  for i = #back, 1, -1 do redis.call('LPUSH', ready_key, back[i]) end
+  for i = #suspects, 1, -1 do redis.call('LPUSH', recovered_key, suspects[i]) end
+  if #back + #suspects > 0 then wake(wake_key) end
+  return codes
+end
