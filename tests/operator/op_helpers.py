@@ -50,6 +50,16 @@ def wait_for(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.0
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
+             "versions": [{"name": "v1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
 def jq_path(ns: str, name: str = "") -> str:
     return f"/apis/conveyor.dev/v1alpha1/namespaces/{ns}/jobqueues" + (f"/{name}" if name else "")
 
@@ -118,11 +128,13 @@ class Cluster:
         code, body = self.request("GET", path)
         return body if code == 200 else None
 
-    def write_kubeconfig(self, path: Path) -> Path:
+    def write_kubeconfig(self, path: Path, token: str = "dummy-token") -> Path:
+        """A kubeconfig for the emulator; its bearer token tells this client's requests apart
+        (api_audit.by_token)."""
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "dummy-token"}}],
+            "users": [{"name": "tester", "user": {"token": token}}],
             "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester",
                                                           "namespace": "default"}}],
         }))

@@ -12,8 +12,8 @@ import pytest
 from conveyor import Queue
 from conveyor_operator import builders
 
-from op_helpers import (DEFAULT_IMAGE, EXAMPLES, Cluster, Kubectl, OperatorProcess, SlowRelay, cond, dep_path, jobqueue,
-                        jq_path, wait_for)
+from op_helpers import (DEFAULT_IMAGE, EXAMPLES, SERVICE_MONITOR_CRD, Cluster, Kubectl, OperatorProcess, SlowRelay, cond,
+                        dep_path, jobqueue, jq_path, wait_for)
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -260,16 +260,6 @@ def test_status_reads_real_queue_depth(cluster: Cluster, kubectl: Kubectl, names
     assert jq["status"]["depth"] == 4
     a.enqueue("builtins:print", 99)  # the timer keeps it fresh
     wait_for(lambda: cluster.get(jq_path(namespace, "depth"))["status"]["queues"][0]["ready"] == 4, what="depth 4")
-
-
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
 
 
 def test_service_monitor_follows_the_spec(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:
