@@ -5,9 +5,8 @@
   closed: packets are "dropped", the client hears silence (a silent partition);
 - ``heal()``: forward again (connections that were black-holed stay dead, as after a real
   partition: they are closed so the client reconnects);
-- ``lose_reply_to(needle)``: the next request that contains ``needle`` reaches Redis, and its
-  connection is reset when the reply comes, before the client reads it (Redis did the work,
-  the client cannot know).
+- ``lose_reply_with(needle)``: the next reply that contains ``needle`` is never delivered and
+  its connection is reset (Redis did the work, the client cannot know).
 
 It runs in a daemon thread with one selector; tests start one per scenario.
 """
@@ -34,7 +33,6 @@ class Proxy:
         self._dropping = False
         self._needle: bytes | None = None
         self._upstreams: set[socket.socket] = set()
-        self._doomed: set[socket.socket] = set()  # upstream sockets whose next reply is lost
         self.replies_lost = 0
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="test-proxy", daemon=True)
@@ -57,7 +55,7 @@ class Proxy:
         with self._lock:
             self._dropping = True
 
-    def lose_reply_to(self, needle: bytes) -> None:
+    def lose_reply_with(self, needle: bytes) -> None:
         with self._lock:
             self._needle = needle
 
@@ -79,7 +77,6 @@ class Proxy:
                 continue
             self._peers.pop(sock, None)
             self._upstreams.discard(sock)
-            self._doomed.discard(sock)
             try:
                 self._sel.unregister(sock)
             except (KeyError, ValueError):
@@ -130,14 +127,11 @@ class Proxy:
         if not data:
             self._close(sock)
             return
-        if sock in self._doomed:  # the reply to the marked request: never delivered
-            self._doomed.discard(sock)
+        if self._needle is not None and sock in self._upstreams and self._needle in data:
+            self._needle = None
             self.replies_lost += 1
             self._close(sock)
             return
-        if self._needle is not None and sock not in self._upstreams and self._needle in data:
-            self._needle = None
-            self._doomed.add(self._peers[sock])
         try:
             self._peers[sock].sendall(data)
         except OSError:

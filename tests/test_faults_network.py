@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Iterator
@@ -99,15 +100,14 @@ def test_a_claim_whose_reply_is_lost_hands_its_jobs_back_at_once(server, proxy, 
     """Redis ran the claim, the connection died before the worker read the reply: the jobs it
     leased are handed back on the next round trip and run once each, long before their lease
     (30 s) would have brought them back."""
-    from conveyor import scripts
-
     conn = redis.Redis.from_url(server.url)
     q = Queue("default", connection=conn)
     path = str(tmp_path / "runs")
     w = spawn_worker("--lease-seconds", "30", "--concurrency", "2", url=proxy.url())
     worker_id(w)
-    proxy.lose_reply_to(scripts.claim.sha.encode())
-    jobs = [q.enqueue("jobs_faults:record", path, f"j{i}", 0) for i in range(3)]
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    proxy.lose_reply_with(ids[0].encode())  # only a claim's reply carries job IDs
+    jobs = [q.enqueue("jobs_faults:record", path, f"j{i}", 0, job_id=ids[i]) for i in range(3)]
     wait_until(lambda: proxy.replies_lost == 1, 10, "a claim's reply to be lost")
     wait_until(lambda: all(fetch(conn, j).status is JobStatus.FINISHED for j in jobs), 10, "the jobs to finish")
     assert executions(path) == {f"j{i}": 1 for i in range(3)}
