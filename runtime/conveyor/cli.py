@@ -16,14 +16,19 @@ import redis
 from . import __version__, keys, logs
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
-from .settings import POOLS, WorkerSettings
+from .settings import DEFAULT_METRICS_PORT, POOLS, WorkerSettings
 from .cli_options import REDIS_OPTIONS, Group, Where, allow_modules_option, queues_option, redis_options
+from .cli_commands import enqueue, info
 
 
 @click.group(cls=Group)
 @click.version_option(__version__, prog_name="conveyor")
 def main() -> None:
     """Conveyor: a lease-based Redis job queue."""
+
+
+main.add_command(enqueue)
+main.add_command(info)
 
 
 # A group that runs the worker itself when no subcommand follows (``conveyor worker -q a``).
@@ -67,8 +72,8 @@ def main() -> None:
               help="JSON policy for jobs without their own: retry, result_ttl, failure_ttl (the operator's ConfigMap).")
 @click.option("--require-noeviction", is_flag=True, envvar="CONVEYOR_REQUIRE_NOEVICTION", show_envvar=True,
               help="Refuse to start when Redis's maxmemory-policy is not noeviction (an evicting Redis loses jobs).")
-@click.option("--metrics-port", type=int, default=9100, show_default=True, envvar="CONVEYOR_METRICS_PORT", show_envvar=True,
-              help="Port for /metrics, /healthz and /readyz (0 disables).")
+@click.option("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, show_default=True, envvar="CONVEYOR_METRICS_PORT", show_envvar=True,
+              help="Port for /metrics, /healthz and /readyz (0 disables; the default keeps clear of node_exporter's 9100).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, envvar="CONVEYOR_METRICS_HOST")
 @click.option("--name", envvar="CONVEYOR_NAME", show_envvar=True, help="Worker ID (default host.pid.random).")
 @click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", show_envvar=True, type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
@@ -142,36 +147,6 @@ def _ago(ts: float | None) -> str:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-@main.command()
-@redis_options
-@json_option
-@click.option("-q", "--queue", help="Only this queue.")
-def info(where: Where, as_json: bool, queue: str | None) -> None:
-    """Queues with counts per state, live workers and their current jobs, scheduler leaders."""
-    from .admin import fleet_info
-
-    try:
-        data = fleet_info(where.connect(), queue, where.space)
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    warning = data["redis"].get("warning")
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
-    q_rows = [[q["name"], q["ready"], q["recovered"], q["scheduled"], q["prefetched"], q["started"], q["finished"],
-               q["failed"], q["canceled"], q["scheduler_leader"] or "none"] for q in data["queues"]]
-    click.echo(_table(q_rows, ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "PREFETCHED", "STARTED", "FINISHED",
-                               "FAILED", "CANCELED", "SCHEDULER"]))
-    click.echo("")
-    w_rows = [[w["id"], ",".join(w["queues"]), w["pool"], w["concurrency"], w["state"], _ago(w["last_seen"]),
-               ", ".join(w["current_jobs"][:5]) + (f" (+{len(w['current_jobs']) - 5})" if len(w["current_jobs"]) > 5 else "")]
-              for w in data["workers"]]
-    click.echo(_table(w_rows, ["WORKER", "QUEUES", "POOL", "CONC", "STATE", "SEEN", "CURRENT JOBS"]) if w_rows
-               else "no live workers")
 
 
 @main.group()
@@ -278,7 +253,8 @@ def requeue(job_ids: tuple[str, ...], where: Where, queue: str | None, all_faile
     from .queue import Queue
 
     if bool(job_ids) == all_failed:
-        raise click.UsageError("give job IDs or --all-failed (with --queue), not both")
+        raise click.UsageError("give the IDs of the failed jobs to requeue, or --all-failed --queue Q"
+                               if not job_ids else "give job IDs or --all-failed, not both")
     if all_failed and not queue:
         raise click.UsageError("--all-failed needs --queue")
     try:

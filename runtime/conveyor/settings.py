@@ -16,6 +16,12 @@ from .validation import check_module_names, check_queue_name, check_ttl
 POOLS = ("thread", "process", "async")
 
 
+# /metrics, /healthz and /readyz. Not 9100: that is node_exporter's port, and a worker run
+# on a host (or with hostNetwork) beside one would fail to bind or be scraped as the wrong
+# exporter. 9750 is clear of the exporters usually found next to a worker (node 9100,
+# redis 9121, process 9256, celery 9808); --metrics-port 9100 still works.
+DEFAULT_METRICS_PORT = 9750
+
 @dataclass(frozen=True)
 class WorkerSettings:
     redis_url: str
@@ -50,7 +56,7 @@ class WorkerSettings:
     # Refuse to start when Redis may evict keys (maxmemory-policy other than noeviction):
     # an evicting Redis silently deletes queued jobs.
     require_noeviction: bool = False
-    metrics_port: int = 9100  # /metrics, /healthz, /readyz; 0 disables
+    metrics_port: int = DEFAULT_METRICS_PORT  # /metrics, /healthz, /readyz; 0 disables
     metrics_host: str = "0.0.0.0"
     cron_files: tuple[str, ...] = ()
     cron_modules: tuple[str, ...] = ()

@@ -62,7 +62,7 @@ class Worker:
         self.stats: collections.Counter[str] = collections.Counter()
         self.phase = Phase.STARTING
         self.metrics = WorkerMetrics(worker_id=self.id, version=__version__, pool=settings.pool,
-                                     concurrency=settings.concurrency)
+                                     concurrency=settings.concurrency, queues=settings.queues)
         self.heartbeat = Heartbeat(stale_after=30.0)
         self.scheduler: Scheduler | None = None
 
@@ -355,11 +355,15 @@ class Worker:
 
     def _log_summary(self) -> None:
         s = self.stats
-        done = s["finished"] + s["failed"]
+        # Every attempt that ran counts: a burst that only ran an attempt to be retried, or a
+        # stopped one, did run a job, and "0 jobs" would say it did nothing.
+        done = s["finished"] + s["failed"] + s["retried"] + s["stopped"]
+        parts = f"{s['finished']} finished, {s['failed']} failed" + "".join(
+            f", {s[k]} {k}" for k in ("retried", "stopped") if s[k])
         log.info(
-            "worker %s stopped: %d jobs (%d finished, %d failed), %d Redis round trips (%.3f per job), "
+            "worker %s stopped: %d job%s (%s), %d Redis round trips (%.3f per job), "
             "%d handed back, %d stale completions",
-            self.id, done, s["finished"], s["failed"], s["redis_roundtrips"],
+            self.id, done, "" if done == 1 else "s", parts, s["redis_roundtrips"],
             s["redis_roundtrips"] / done if done else 0.0, s["released"], s["stale_completions"],
         )
 
