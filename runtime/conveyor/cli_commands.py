@@ -179,14 +179,13 @@ def _watch(conn: Any, queue: str | None, where: Where, interval: float) -> None:
                 if warning and not warned:
                     click.echo(f"warning: {warning}", err=True)
                     warned = True
-            except ConveyorError as exc:
-                text = f"error: {exc}"
+            except ConveyorError as exc:  # e.g. -q names a queue that does not exist yet
+                text = logs.printable(f"error: {exc}")
             except redis.RedisError as exc:  # Redis away for a moment: say so and keep watching
-                text = f"error: {describe(exc, where.target)}"
+                text = logs.printable(f"error: {describe(exc, where.target)}")
             stamp = dt.datetime.now().isoformat(sep=" ", timespec="seconds")
-            header = f"Every {interval:g}s: conveyor info{f' -q {queue}' if queue else ''}    {stamp}"
-            click.echo(f"{_CLEAR if tty else ''}{header}\n\n{logs.printable(text) if text.startswith('error') else text}"
-                       + ("" if tty else "\n"))
+            header = logs.printable(f"Every {interval:g}s: conveyor info{f' -q {queue}' if queue else ''}    {stamp}")
+            click.echo(f"{_CLEAR if tty else ''}{header}\n\n{text}" + ("" if tty else "\n"))
             time.sleep(interval)
     except KeyboardInterrupt:
         # Ctrl-C is how one leaves a watch: not a failure, so exit 0 without "Aborted!".
