@@ -178,17 +178,17 @@ NAMESPACED = {
     ("conveyor.dev", "jobqueues"): {"get", "list", "watch", "patch"},
     ("conveyor.dev", "jobqueues/status"): {"get", "patch"},
     ("conveyor.dev", "jobqueues/finalizers"): {"update"},
-    ("apps", "deployments"): {"get", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "create", "patch", "delete"},
-    ("", "services"): {"get", "create", "patch", "delete"},
-    ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "pods"): {"get", "list", "watch", "patch"},
-    ("autoscaling", "horizontalpodautoscalers"): {"list"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list", "watch"},
     ("", "events"): {"create", "patch"},
 }
 CRDS_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-SERVICEMONITORS = {("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"}}
+SERVICEMONITORS = {("monitoring.coreos.com", "servicemonitors"): {"get", "list", "watch", "create", "patch", "delete"}}
 
 
 def test_cluster_rbac_by_default_is_exactly_what_the_operator_uses() -> None:

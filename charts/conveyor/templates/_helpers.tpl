@@ -70,20 +70,21 @@ Role (a list of namespaces). Keep in step with examples/README.md ("RBAC it need
 - apiGroups: ["conveyor.dev"]
   resources: ["jobqueues/finalizers"]
   verbs: ["update"]
-# The objects each JobQueue owns, written with server-side apply.
+# The objects each JobQueue owns, written with server-side apply; listed and watched (kopf,
+# by the operator's labels) so a change or deletion reconciles their JobQueue at once.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- if .Values.monitoring.serviceMonitors.enabled }}
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 # spec.redis.secretRef (the Redis URL) and spec.redis.tls.caSecretRef / clientCertSecretRef
 # (the CA and the client certificate), read to report queue depth. Read only.
@@ -96,14 +97,14 @@ Role (a list of namespaces). Keep in step with examples/README.md ("RBAC it need
   resources: ["pods"]
   verbs: ["get", "list", "watch", "patch"]
 # Autoscaling: an HPA (or a KEDA ScaledObject) on a worker Deployment makes the operator leave
-# its replicas alone; listed, never written.
+# its replicas alone; listed and watched (kopf indexes them), never written.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- if .Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject" }}
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- end }}
 # Events on JobQueues (kopf and the operator post them).
 - apiGroups: [""]
