@@ -60,6 +60,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
+    watch.configure(settings)
     reconciler()  # fail fast on bad credentials
     logger.info("conveyor operator: namespaces=%s default image=%r resync=%ss",
                 ",".join(SETTINGS.namespaces) or "*", SETTINGS.default_image, SETTINGS.resync_seconds)

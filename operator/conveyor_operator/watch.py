@@ -30,6 +30,8 @@ import kopf
 from . import builders, crd
 
 OWNED_LABELS = {"app.kubernetes.io/managed-by": builders.MANAGED_BY, "app.kubernetes.io/name": "conveyor-worker"}
+OWNED_RESOURCES = (("apps/v1", "deployments"), ("v1", "configmaps"), ("v1", "services"),
+                   ("policy/v1", "poddisruptionbudgets"), ("monitoring.coreos.com/v1", "servicemonitors"))
 DEBOUNCE_SECONDS = 0.2
 _WORKER_SUFFIX = "-worker"  # builders.names(): the Deployment is "<jobqueue>-worker"
 
@@ -107,11 +109,6 @@ def owner_uid(obj: Body) -> str | None:
     return None
 
 
-@kopf.on.event("apps/v1", "deployments", labels=OWNED_LABELS)
-@kopf.on.event("v1", "configmaps", labels=OWNED_LABELS)
-@kopf.on.event("v1", "services", labels=OWNED_LABELS)
-@kopf.on.event("policy/v1", "poddisruptionbudgets", labels=OWNED_LABELS)
-@kopf.on.event("monitoring.coreos.com/v1", "servicemonitors", labels=OWNED_LABELS)
 async def owned_changed(event: kopf.RawEvent, **_: Any) -> None:
     """An owned object modified (by hand, or its status by a controller) or deleted."""
     kind = event.get("type")
@@ -120,6 +117,18 @@ async def owned_changed(event: kopf.RawEvent, **_: Any) -> None:
     uid = owner_uid(dict(event.get("object") or {}))
     if uid is not None:
         _trigger.wake(uid, confirm=kind == "DELETED")
+
+
+for _gv, _plural in OWNED_RESOURCES:
+    kopf.on.event(_gv, _plural, labels=OWNED_LABELS)(owned_changed)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Filter the owned kinds' watch streams on the server: the handlers' label filter alone
+    is applied by kopf after every ConfigMap and Service in the cluster crossed the wire."""
+    selector = ",".join(f"{k}={v}" for k, v in OWNED_LABELS.items())
+    for gv, plural in OWNED_RESOURCES:
+        settings.watching.label_selectors[gv, plural] = selector
 
 
 # --- other autoscalers ---------------------------------------------------------------------------

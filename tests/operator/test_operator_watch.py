@@ -51,6 +51,11 @@ def test_owned_objects_deleted_or_edited_by_hand_come_back_at_once(
         hour_resync: tuple[Cluster, Kubectl, OperatorProcess], redis_server: Any) -> None:
     cluster, kubectl, op = hour_resync
     ns = "watch"
+    # Only the operator's objects cross the wire: the label filter goes to the server.
+    watches = wait_for(lambda: [r for r in list(cluster.emu._requests) if r.params.get("watch") == "true"
+                                and r.resource is not None and r.resource.plural in ("configmaps", "deployments")],
+                       what="the watches on owned kinds")
+    assert all("app.kubernetes.io/managed-by=conveyor-operator" in r.params.get("labelSelector", "") for r in watches)
     kubectl("apply", "-n", ns, "-f", "-", input=jobqueue("w", redis={"url": redis_server.url}, queues=["q"],
                                                           workers={"replicas": 2}))
     wait_for(reconciled(cluster, ns, "w"), what="the JobQueue reconciled")
