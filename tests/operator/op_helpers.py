@@ -60,6 +60,32 @@ SERVICE_MONITOR_CRD = {
 }
 
 
+def method(request: Any) -> str:
+    """A recorded request's HTTP method, as text."""
+    return str(getattr(request.method, "value", request.method)).upper()
+
+
+def api_calls(cluster: "Cluster", since: int = 0) -> list[Any]:
+    """The requests the emulator served after the first ``since`` (a len() of its log taken
+    earlier) to a known resource, watch streams left out: what clients asked of the API."""
+    return [r for r in list(cluster.emu._requests)[since:]
+            if r.resource is not None and r.params.get("watch") not in ("true", "1")]
+
+
+def quiet(cluster: "Cluster", seconds: float) -> Callable[[], bool]:
+    """For wait_for: true once no request (but watch streams) reached the emulator for
+    ``seconds`` in a row; a loop of writes never lets it become true."""
+    seen = {"n": len(cluster.emu._requests), "since": time.monotonic()}
+
+    def check() -> bool:
+        n = len(cluster.emu._requests)
+        if api_calls(cluster, seen["n"]):
+            seen["since"] = time.monotonic()
+        seen["n"] = n
+        return time.monotonic() - seen["since"] >= seconds
+    return check
+
+
 def jq_path(ns: str, name: str = "") -> str:
     return f"/apis/conveyor.dev/v1alpha1/namespaces/{ns}/jobqueues" + (f"/{name}" if name else "")
 
@@ -200,12 +226,16 @@ class OperatorProcess:
 
 
 class SlowRelay:
-    """A TCP relay to a local Redis that holds every new connection ``delay`` seconds before
-    connecting it through (a slow network); ``connected`` is set as each connection arrives."""
+    """A TCP relay to a local Redis that holds every new connection, and every request sent
+    through it, ``delay`` seconds (a slow network); ``connected`` is set as each connection
+    arrives, ``requested`` as each request does (the operator keeps its connections open);
+    ``connections`` and ``requests`` count them."""
 
     def __init__(self, target_port: int, delay: float) -> None:
         self.target_port, self.delay = target_port, delay
         self.connected = threading.Event()
+        self.requested = threading.Event()
+        self.connections = self.requests = 0
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._sockets: list[socket.socket] = []
@@ -221,6 +251,7 @@ class SlowRelay:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            self.connections += 1
             self.connected.set()
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
@@ -233,12 +264,15 @@ class SlowRelay:
             return
         self._sockets += [client, upstream]
         threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-        self._pipe(client, upstream)
+        self._pipe(client, upstream, slow=True)
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, slow: bool = False) -> None:
         try:
             while data := src.recv(65536):
+                if slow:
+                    self.requests += 1
+                    self.requested.set()
+                    time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass
