@@ -19,18 +19,12 @@ import argparse
 import collections
 import json
 import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "operator"), str(ROOT / "tests")]
+import redis
 
-import redis  # noqa: E402
-
-from conveyor.embedded import EmbeddedRedis  # noqa: E402
-from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, cond, jobqueue, jq_path, wait_for  # noqa: E402
+from _operator_bench import operator_bench
+from op_helpers import cond, jobqueue, jq_path, wait_for
 
 NS = "bench"
 RESYNC_SECONDS = 10.0  # the operator's default (conveyor_operator.settings)
@@ -43,19 +37,11 @@ def main() -> None:
     parser.add_argument("--autoscaled", action="store_true", help="JobQueues with autoscaling on (pollSeconds 5)")
     parser.add_argument("--pythonpath", default="", help="put this first on the operator's PYTHONPATH")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="api-requests-"))
-    cluster = Cluster().start()
-    redis_server = EmbeddedRedis().start()
-    operator = None
-    try:
-        kubectl = Kubectl(cluster.write_kubeconfig(tmp / "kubeconfig"))
-        kubectl("apply", "-f", str(CRD_FILE))
-        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the CRD in discovery")
-        env = {"TMPDIR": str(tmp), "CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS)}
-        if args.pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join([args.pythonpath, os.environ.get("PYTHONPATH", "")])
-        operator = OperatorProcess(tmp / "kubeconfig", tmp / "operator.log", cluster, **env)
-        wait_for(operator.watching, timeout=20, what="the operator")
+    env = {"CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS)}
+    if args.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([args.pythonpath, os.environ.get("PYTHONPATH", "")])
+    with operator_bench("api-requests", **env) as bench:
+        cluster, kubectl, redis_server = bench.cluster, bench.kubectl, bench.redis_server
         names = [f"jq{i}" for i in range(args.jobqueues)]
         extra = {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}} if args.autoscaled else {}
         for name in names:
@@ -82,11 +68,6 @@ def main() -> None:
                           "requests_per_jobqueue_per_minute": round(per_minute, 1),
                           "redis_connections_per_jobqueue_per_minute":
                               round(max(0, connections) / args.jobqueues / (args.seconds / 60), 1)}))
-    finally:
-        if operator is not None:
-            operator.stop()
-        redis_server.stop()
-        cluster.stop()
 
 
 if __name__ == "__main__":

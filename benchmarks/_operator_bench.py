@@ -1,0 +1,51 @@
+"""What the operator benchmarks share: an API emulator with the JobQueue CRD served, a private
+redis-server and a real operator process (``kopf run``) against them, all stopped at the end.
+
+    with operator_bench("pod-loss", CONVEYOR_OPERATOR_RESYNC_SECONDS="10") as bench:
+        bench.kubectl("apply", ...); bench.cluster.get(...); bench.redis_server.url
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests" / "operator"), str(ROOT / "tests")]
+
+from conveyor.embedded import EmbeddedRedis  # noqa: E402
+from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, wait_for  # noqa: E402
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    cluster: Cluster
+    redis_server: EmbeddedRedis
+    kubectl: Kubectl
+    operator: OperatorProcess
+
+
+@contextlib.contextmanager
+def operator_bench(name: str, **env: str) -> Iterator[Bench]:
+    """The emulator, Redis and operator up (``env`` for the operator's environment)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    cluster = Cluster().start()
+    redis_server = EmbeddedRedis().start()
+    operator = None
+    try:
+        kubectl = Kubectl(cluster.write_kubeconfig(tmp / "kubeconfig"))
+        kubectl("apply", "-f", str(CRD_FILE))
+        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the CRD in discovery")
+        operator = OperatorProcess(tmp / "kubeconfig", tmp / "operator.log", cluster, **{"TMPDIR": str(tmp), **env})
+        wait_for(operator.watching, timeout=20, what="the operator")
+        yield Bench(tmp, cluster, redis_server, kubectl, operator)
+    finally:
+        if operator is not None:
+            operator.stop()
+        redis_server.stop()
+        cluster.stop()
