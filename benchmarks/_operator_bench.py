@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "operator"), str(ROOT / "tests")]
 
 from conveyor.embedded import EmbeddedRedis  # noqa: E402
-from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, wait_for  # noqa: E402
+from op_helpers import Cluster, Kubectl, OperatorProcess, served_cluster  # noqa: E402
 
 
 @dataclass
@@ -34,18 +34,10 @@ class Bench:
 def operator_bench(name: str, **env: str) -> Iterator[Bench]:
     """The emulator, Redis and operator up (``env`` for the operator's environment)."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    cluster = Cluster().start()
     redis_server = EmbeddedRedis().start()
-    operator = None
     try:
-        kubectl = Kubectl(cluster.write_kubeconfig(tmp / "kubeconfig"))
-        kubectl("apply", "-f", str(CRD_FILE))
-        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the CRD in discovery")
-        operator = OperatorProcess(tmp / "kubeconfig", tmp / "operator.log", cluster, **{"TMPDIR": str(tmp), **env})
-        wait_for(operator.watching, timeout=20, what="the operator")
-        yield Bench(tmp, cluster, redis_server, kubectl, operator)
+        with served_cluster(tmp, **{"CONVEYOR_OPERATOR_RESYNC_SECONDS": "10", **env}) as (cluster, kubectl, op):
+            assert op is not None
+            yield Bench(tmp, cluster, redis_server, kubectl, op)
     finally:
-        if operator is not None:
-            operator.stop()
         redis_server.stop()
-        cluster.stop()

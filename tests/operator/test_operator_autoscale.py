@@ -15,7 +15,8 @@ from conveyor import Queue, admin
 from conveyor.keys import Keyspace
 from conveyor_operator.scaler import DELETION_COST
 from pod_helpers import create_pod, pods_path
-from op_helpers import Cluster, Kubectl, OperatorProcess, api_calls, cond, dep_path, jobqueue, jq_path, method, wait_for
+from op_helpers import (Cluster, Kubectl, OperatorProcess, api_calls, cond, crd_stub, dep_path, jobqueue, jq_path, method,
+                        wait_for)
 
 FAST = {"pollSeconds": 1, "scaleDownStabilizationSeconds": 2, "targetJobsPerWorker": 10}
 
@@ -194,14 +195,7 @@ def stands_back_then_takes_over(cluster: Cluster, ns: str, name: str, url: str, 
              what="the Autoscaling condition back to the operator's")
 
 
-KEDA_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "scaledobjects.keda.sh"},
-    "spec": {"group": "keda.sh", "scope": "Namespaced",
-             "names": {"kind": "ScaledObject", "plural": "scaledobjects", "singular": "scaledobject"},
-             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
+KEDA_CRD = crd_stub("keda.sh", "ScaledObject", "scaledobjects", "v1alpha1")
 
 
 def test_a_keda_scaled_object_makes_the_operator_stand_back(

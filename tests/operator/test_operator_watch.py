@@ -13,28 +13,16 @@ from typing import Any
 import pytest
 
 from conveyor import Queue
-from op_helpers import (CRD_FILE, Cluster, Kubectl, OperatorProcess, SlowRelay, api_calls, cond, dep_path, jobqueue,
-                        jq_path, method, quiet, wait_for)
+from op_helpers import (Cluster, Kubectl, OperatorProcess, SlowRelay, api_calls, cond, dep_path, jobqueue, jq_path,
+                        method, quiet, served_cluster, wait_for)
 
 REPAIR_SECONDS = 3.0  # "promptly": the resync below would take an hour
 
 
 @pytest.fixture
 def hour_resync(tmp_path: Path) -> Any:
-    cluster = Cluster().start()
-    op = None
-    try:
-        kubectl = Kubectl(cluster.write_kubeconfig(tmp_path / "config"))
-        kubectl("apply", "-f", str(CRD_FILE))
-        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the JobQueue CRD in discovery")
-        op = OperatorProcess(Path(kubectl.env["KUBECONFIG"]), tmp_path / "operator.log", cluster,
-                             TMPDIR=str(tmp_path), CONVEYOR_OPERATOR_RESYNC_SECONDS="3600")
-        wait_for(op.watching, timeout=20, what="the operator to watch JobQueues")
+    with served_cluster(tmp_path, CONVEYOR_OPERATOR_RESYNC_SECONDS="3600") as (cluster, kubectl, op):
         yield cluster, kubectl, op
-    finally:
-        if op is not None:
-            op.stop()
-        cluster.stop()
 
 
 def owned_paths(ns: str, jq: str) -> dict[str, str]:
