@@ -1,5 +1,7 @@
 #!lua flags=allow-oom
--- requeue: put failed jobs back on their queue with a fresh retry budget.
+-- requeue: put failed jobs back on their queue with a fresh retry budget. Their last error
+-- (exc_type, exc_message, exc_traceback) is cleared: it no longer describes the job, and
+-- its history stays in attempts.
 -- KEYS[1] ready list   KEYS[2] failed zset   KEYS[3] wake list
 -- (Allowed on a full Redis: it moves a job, it does not add one.)
 -- ARGV[1] job key prefix, then job IDs
@@ -31,7 +33,7 @@ for i = 2, #ARGV do
         redis.call('SET', u[1], id, 'EX', (ttl and ttl > 0) and ttl or 3600)
       end
     end
-    redis.call('HDEL', key, 'ended_at', 'worker')
+    redis.call('HDEL', key, 'ended_at', 'worker', 'exc_type', 'exc_message', 'exc_traceback')
     redis.call('RPUSH', KEYS[1], id)
     moved = moved + 1
     codes[#codes + 1] = OK
