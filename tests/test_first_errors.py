@@ -201,3 +201,23 @@ def test_args_that_cannot_be_shown_do_not_stop_the_job(queue: Queue, conn: redis
         assert f"job {job.id} started: jobs:identity (args not shown) (execution " in started_line(log, job.id)
         assert fetch(conn, job).status is JobStatus.FINISHED
     assert "pickled-secret" not in log and "y" * 30 not in log
+
+
+def test_a_requeue_keeps_an_error_no_attempt_recorded(queue: Queue, conn: redis.Redis, redis_url: str,
+                                                      run_burst) -> None:
+    job = queue.enqueue("jobs:add", 1, 2)
+    conn.hset(queue.keys.job(job.id), "timeout", "soon")  # hand-edited: failed as malformed, never run
+    run_burst()
+    failed = fetch(conn, job)
+    assert failed.status is JobStatus.FAILED and failed.exc_info.type == "MalformedJob" and failed.attempts == []
+
+    assert cli(redis_url, "requeue", job.id).returncode == 0
+    conn.hset(queue.keys.job(job.id), "timeout", "5")
+    requeued = fetch(conn, job)
+    assert requeued.exc_info is None
+    assert [(a.exc_type, a.exc_message) for a in requeued.attempts] == [("MalformedJob", failed.exc_info.message)]
+
+    run_burst()
+    done = fetch(conn, job)
+    assert done.status is JobStatus.FINISHED and done.exc_info is None
+    assert [a.exc_type for a in done.attempts] == ["MalformedJob"]
