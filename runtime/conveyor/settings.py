@@ -61,6 +61,10 @@ class WorkerSettings:
     # Completions wait up to this long for company, so one round trip records several.
     flush_linger: float = 0.002
     max_batch: int = 200
+    # The traceback of a failed job on its WARNING line (else on a DEBUG line of its own).
+    log_tracebacks: bool = True
+    # The call's arguments (shortened) on "job ... started" lines; off keeps them out of logs.
+    log_args: bool = True
 
     def __post_init__(self) -> None:
         keys.check_prefix(self.prefix)
