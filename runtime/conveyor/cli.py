@@ -17,7 +17,8 @@ from . import __version__, keys, logs
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import POOLS, WorkerSettings
-from .cli_options import REDIS_OPTIONS, Group, Where, allow_modules_option, queues_option, redis_options
+from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
+from .cli_worker import check_cron_options, connect_timeout, import_paths, worker_start_options
 
 
 @click.group(cls=Group)
@@ -74,11 +75,15 @@ def main() -> None:
 @click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", show_envvar=True, type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", show_envvar=True, type=click.Choice(["text", "json"]),
               default="text", show_default=True, help="json: one object per line, with job_id, execution_id, queue, duration.")
+@worker_start_options
 def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_format: str, **options: object) -> None:
     """Run a worker (``conveyor worker release`` gives back a lost worker's jobs)."""
     if click.get_current_context().invoked_subcommand:
         return
+    check_cron_options(bool(options["with_scheduler"]), options["cron_files"], options["cron_modules"])  # type: ignore[arg-type]
+    options["connect_timeout"] = connect_timeout(options["connect_timeout"], bool(options["burst"]))  # type: ignore[arg-type]
     logs.setup(log_level, log_format)
+    import_paths(options.pop("paths"))  # type: ignore[arg-type]
     try:
         policy_file = options.pop("policy_file")
         policy = WorkerSettings.read_policy(policy_file) if policy_file else {}  # type: ignore[arg-type]
@@ -89,7 +94,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
         options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
         settings = WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
     except ConveyorError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise UsageLine(str(exc)) from None
     from .worker import Worker
 
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.

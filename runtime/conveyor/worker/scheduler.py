@@ -87,8 +87,20 @@ class Scheduler:
                     await self._drop(pubsub)
                     pubsub = None
         finally:
-            await self._release_all()
+            await self.release_all()
             await self._drop(pubsub)
+
+    async def promote_now(self) -> int:
+        """One election and one step, now; returns how many due jobs moved to their queues.
+
+        For a burst worker about to exit: jobs already due run before it does (as RQ's
+        burst scheduler does), instead of waiting for a scheduler that will not come.
+        A burst worker calls it instead of run(), so every promotion is counted here.
+        """
+        before = self.stats["promoted"]
+        await self._elect()
+        await self._tick()
+        return self.stats["promoted"] - before
 
     @staticmethod
     async def _drop(pubsub: Any) -> None:
@@ -196,7 +208,7 @@ class Scheduler:
             self.stats["cron_enqueued"] += 1
             log.info("cron %s: enqueued tick %d as job %s", entry.name, tick, entry.job_id(tick))
 
-    async def _release_all(self) -> None:
+    async def release_all(self) -> None:
         # Every queue, not only those in self.leading: a stop can land after Redis granted
         # a lock and before its reply was read. The release is token-checked, so a lock
         # held by another worker is never touched.
