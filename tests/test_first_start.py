@@ -71,6 +71,16 @@ def test_worker_imports_jobs_from_the_folder_it_is_started_in(tmp_path: Path, qu
     assert "other" in failed.exc_info.message and "myapp" in failed.exc_info.message
 
 
+def test_cron_module_is_imported_from_the_folder_the_worker_starts_in(tmp_path: Path, redis_url: str) -> None:
+    root = project(tmp_path / "proj")
+    (root / "myapp" / "schedules.py").write_text(
+        "import conveyor\nconveyor.cron('30 4 * * *', 'myapp.tasks:shout', name='morning', args=('hi',))\n")
+    res = run("worker", "--redis-url", redis_url, "--burst", "--with-scheduler", "--cron-module", "myapp.schedules",
+              cwd=root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "cron morning: schedule '30 4 * * *' on queue default, next tick " in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("how", ["--path", "CONVEYOR_PATH"])
 def test_path_and_env_add_folders_to_import_from(tmp_path: Path, queue: Queue, conn, redis_url, how: str) -> None:
     root = project(tmp_path / "proj")

@@ -18,7 +18,7 @@ from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import POOLS, WorkerSettings
 from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
-from .cli_worker import check_cron_options, connect_timeout, import_paths, worker_start_options
+from .cli_worker import start_up, worker_start_options
 
 
 @click.group(cls=Group)
@@ -80,10 +80,8 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
     """Run a worker (``conveyor worker release`` gives back a lost worker's jobs)."""
     if click.get_current_context().invoked_subcommand:
         return
-    check_cron_options(bool(options["with_scheduler"]), options["cron_files"], options["cron_modules"])  # type: ignore[arg-type]
-    options["connect_timeout"] = connect_timeout(options["connect_timeout"], bool(options["burst"]))  # type: ignore[arg-type]
+    start_up(options)  # --path, --connect-timeout, cron options that need the scheduler
     logs.setup(log_level, log_format)
-    import_paths(options.pop("paths"))  # type: ignore[arg-type]
     try:
         policy_file = options.pop("policy_file")
         policy = WorkerSettings.read_policy(policy_file) if policy_file else {}  # type: ignore[arg-type]

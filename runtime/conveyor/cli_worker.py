@@ -67,3 +67,10 @@ def connect_timeout(value: float | None, burst: bool) -> float | None:
     if value < 0:
         raise UsageLine(f"--connect-timeout must be >= 0 seconds, got {value:g}")
     return value or None
+
+
+def start_up(options: dict[str, Any]) -> None:
+    """Check and apply the worker command's start-up options (in place, before WorkerSettings)."""
+    check_cron_options(bool(options["with_scheduler"]), options["cron_files"], options["cron_modules"])
+    options["connect_timeout"] = connect_timeout(options["connect_timeout"], bool(options["burst"]))
+    import_paths(options.pop("paths"))
