@@ -24,6 +24,9 @@ from conveyor.keys import QueueKeys
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")  # the console script a user runs
 DOWN = "redis://127.0.0.1:1/0"  # port 1: nothing listens, the connection is refused at once
 ENV = {k: v for k, v in WORKER_ENV.items() if k not in ("CONVEYOR_REDIS_URL", "CONVEYOR_PATH", "CONVEYOR_PREFIX")}
+# WORKER_ENV's PYTHONPATH may end in an empty entry, which Python reads as the current
+# folder: it would hide the very thing item 1 is about.
+ENV["PYTHONPATH"] = os.pathsep.join(p for p in ENV["PYTHONPATH"].split(os.pathsep) if p)
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -57,7 +60,7 @@ def project(root: Path) -> Path:
 def test_worker_imports_jobs_from_the_folder_it_is_started_in(tmp_path: Path, queue: Queue, conn, redis_url,
                                                               pool: str) -> None:
     root = project(tmp_path / "proj")
-    assert str(root) not in ENV["PYTHONPATH"]
+    assert str(root) not in ENV["PYTHONPATH"] and "" not in ENV["PYTHONPATH"].split(os.pathsep)
     ok = queue.enqueue("myapp.tasks:shout", "ada")
     refused = queue.enqueue("other:ping")
     res = run("worker", "--redis-url", redis_url, "-q", "default", "--burst", "--pool", pool, "--concurrency", "2",
