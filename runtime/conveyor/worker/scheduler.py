@@ -55,6 +55,9 @@ class Scheduler:
         self._cron_done: dict[tuple[str, str], int] = {}  # last tick written (or found written)
         self._expected: dict[str, float] = {}  # the next due time per queue, as last seen
         self.refusals = RefusalLog("scheduler")
+        # One step at a time: promote_now() must count every promotion run() made before it.
+        self._step = asyncio.Lock()
+        self._reported = 0  # promotions promote_now() has already reported
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,9 +71,10 @@ class Scheduler:
                     if pubsub is None:
                         pubsub = self.link.pubsub()
                         await pubsub.subscribe(*(k.schedule_channel for k in self.keys.values()))
-                    if loop.time() >= next_election:
-                        next_election = loop.time() + await self._elect()
-                    wake_at = await self._tick()
+                    async with self._step:
+                        if loop.time() >= next_election:
+                            next_election = loop.time() + await self._elect()
+                        wake_at = await self._tick()
                 except (LinkDown, RedisError, OSError):
                     # The link logs an outage once; a broken subscription is made anew.
                     await self._drop(pubsub)
@@ -87,7 +91,7 @@ class Scheduler:
                     await self._drop(pubsub)
                     pubsub = None
         finally:
-            await self.release_all()
+            await self._release_all()
             await self._drop(pubsub)
 
     async def promote_now(self) -> int:
@@ -95,12 +99,14 @@ class Scheduler:
 
         For a burst worker about to exit: jobs already due run before it does (as RQ's
         burst scheduler does), instead of waiting for a scheduler that will not come.
-        A burst worker calls it instead of run(), so every promotion is counted here.
+        Counts what run() moved since the last call too: the burst worker may have found
+        its queues empty just before run() filled them.
         """
-        before = self.stats["promoted"]
-        await self._elect()
-        await self._tick()
-        return self.stats["promoted"] - before
+        async with self._step:
+            await self._elect()
+            await self._tick()
+        moved, self._reported = self.stats["promoted"] - self._reported, self.stats["promoted"]
+        return moved
 
     @staticmethod
     async def _drop(pubsub: Any) -> None:
@@ -208,7 +214,7 @@ class Scheduler:
             self.stats["cron_enqueued"] += 1
             log.info("cron %s: enqueued tick %d as job %s", entry.name, tick, entry.job_id(tick))
 
-    async def release_all(self) -> None:
+    async def _release_all(self) -> None:
         # Every queue, not only those in self.leading: a stop can land after Redis granted
         # a lock and before its reply was read. The release is token-checked, so a lock
         # held by another worker is never touched.

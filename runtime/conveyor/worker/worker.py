@@ -126,10 +126,7 @@ class Worker:
                 self.scheduler = Scheduler(self.link, self.space, s.queues, self.id, lock_seconds=s.scheduler_lock_seconds,
                                            cron_jobs=cron_jobs, max_deliveries=s.max_deliveries,
                                            failure_ttl=s.failure_ttl, metrics=self.metrics)
-                if not s.burst:
-                    # A burst worker's scheduler steps only when the worker would exit
-                    # (_promoted_before_exit): a second stepper could move jobs unseen.
-                    helpers.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+                helpers.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
             await self._loop()
         finally:
             # The event, not only the cancel, ends the helpers: redis-py can swallow a
@@ -140,8 +137,6 @@ class Worker:
             for task in helpers:
                 task.cancel()
             await self._end_helpers(helpers)
-            if self.scheduler is not None and s.burst:
-                await self.scheduler.release_all()
             self.runner.close()
             health.stop()
             await self.housekeeping.unregister()
