@@ -16,7 +16,8 @@ from . import __version__, keys, logs
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import POOLS, WorkerSettings
-from .cli_options import REDIS_OPTIONS, Group, Where, allow_modules_option, queues_option, redis_options
+from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
+from .cli_worker import start_up, worker_start_options
 
 
 @click.group(cls=Group)
@@ -77,10 +78,12 @@ def main() -> None:
               show_default=True, help="Log a failed job's traceback on its WARNING line (off: on a DEBUG line).")
 @click.option("--log-args/--no-log-args", envvar="CONVEYOR_LOG_ARGS", show_envvar=True, default=None,
               help="Show each job's arguments (shortened) on its 'started' line (default: on for text logs, off for json).")
+@worker_start_options
 def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_format: str, **options: object) -> None:
     """Run a worker (``conveyor worker release`` gives back a lost worker's jobs)."""
     if click.get_current_context().invoked_subcommand:
         return
+    start_up(options)  # --path, --connect-timeout, cron options that need the scheduler
     logs.setup(log_level, log_format)
     try:
         policy_file = options.pop("policy_file")
@@ -94,7 +97,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
             options["log_args"] = log_format == "text"
         settings = WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
     except ConveyorError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise UsageLine(str(exc)) from None
     from .worker import Worker
 
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
