@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import faulthandler
 import signal
 import json
@@ -17,7 +16,8 @@ from . import __version__, keys, logs
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import DEFAULT_METRICS_PORT, POOLS, WorkerSettings
-from .cli_options import REDIS_OPTIONS, Group, Where, allow_modules_option, queues_option, redis_options
+from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
+from .cli_worker import start_up, worker_start_options
 from .cli_commands import enqueue, info
 
 
@@ -79,10 +79,16 @@ main.add_command(info)
 @click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", show_envvar=True, type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", show_envvar=True, type=click.Choice(["text", "json"]),
               default="text", show_default=True, help="json: one object per line, with job_id, execution_id, queue, duration.")
+@click.option("--log-tracebacks/--no-log-tracebacks", envvar="CONVEYOR_LOG_TRACEBACKS", show_envvar=True, default=True,
+              show_default=True, help="Log a failed job's traceback on its WARNING line (off: on a DEBUG line).")
+@click.option("--log-args/--no-log-args", envvar="CONVEYOR_LOG_ARGS", show_envvar=True, default=None,
+              help="Show each job's arguments (shortened) on its 'started' line (default: on for text logs, off for json).")
+@worker_start_options
 def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_format: str, **options: object) -> None:
     """Run a worker (``conveyor worker release`` gives back a lost worker's jobs)."""
     if click.get_current_context().invoked_subcommand:
         return
+    start_up(options)  # --path, --connect-timeout, cron options that need the scheduler
     logs.setup(log_level, log_format)
     try:
         policy_file = options.pop("policy_file")
@@ -92,9 +98,11 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
             if options[key] is None:
                 options.pop(key)
         options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
+        if options["log_args"] is None:  # JSON logs feed pipelines that keep them: arguments only if asked
+            options["log_args"] = log_format == "text"
         settings = WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
     except ConveyorError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise UsageLine(str(exc)) from None
     from .worker import Worker
 
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
@@ -180,12 +188,10 @@ def job_show(job_id: str, queue: str | None, where: Where, as_json: bool, allow_
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
+    from .show import lines
+
     attempts = data.pop("attempts")
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        if key.endswith("_at") and value:
-            value = f"{dt.datetime.fromtimestamp(value).isoformat(sep=' ', timespec='milliseconds')} ({_ago(value)})"
-        click.echo(f"{key.ljust(width)}  {'-' if value is None else logs.printable(str(value))}")
+    click.echo("\n".join(lines(data, _ago)))
     if attempts:
         click.echo("")
         click.echo(_table([[a["number"], a["execution_id"], a["exc_type"] or "ok", a["exc_message"] or ""]

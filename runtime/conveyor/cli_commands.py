@@ -14,7 +14,7 @@ import click
 import redis
 
 from . import logs
-from .cli_options import Where, redis_options
+from .cli_options import UsageLine, Where, redis_options
 from .connection import describe
 from .errors import ConveyorError
 from .validation import function_path
@@ -31,7 +31,7 @@ def _json(text: str, what: str) -> Any:
     except ValueError:
         # The common slip: a bare word meant as a string. Say how to write it rather than
         # guess, because guessing makes `1` and `"1"` ambiguous.
-        raise click.UsageError(f"{what} {text!r} is not a JSON value; write a string as '\"{text}\"' "
+        raise UsageLine(f"{what} {text!r} is not a JSON value; write a string as '\"{text}\"' "
                                f"(numbers, true/false/null, lists and objects as in JSON)") from None
 
 
@@ -41,7 +41,7 @@ def parse_call(values: tuple[str, ...], kwargs_json: str | None) -> tuple[list[A
     if kwargs_json is not None:
         parsed = _json(kwargs_json, "--kwargs")
         if not isinstance(parsed, dict):
-            raise click.UsageError(f"--kwargs must be a JSON object such as '{{\"x\": 1}}', got {kwargs_json!r}")
+            raise UsageLine(f"--kwargs must be a JSON object such as '{{\"x\": 1}}', got {kwargs_json!r}")
         kwargs.update(parsed)
     args: list[Any] = []
     keyword_seen = False
@@ -49,11 +49,11 @@ def parse_call(values: tuple[str, ...], kwargs_json: str | None) -> tuple[list[A
         m = _KEYWORD.fullmatch(value)
         if m:
             if m.group(1) in kwargs:
-                raise click.UsageError(f"keyword argument {m.group(1)!r} given twice")
+                raise UsageLine(f"keyword argument {m.group(1)!r} given twice")
             kwargs[m.group(1)] = _json(m.group(2), f"the value of {m.group(1)}=")
             keyword_seen = True
         elif keyword_seen:  # as in Python: f(x=1, 2) would be a syntax error
-            raise click.UsageError(f"positional argument {value!r} follows a keyword argument")
+            raise UsageLine(f"positional argument {value!r} follows a keyword argument")
         else:
             args.append(_json(value, "argument"))
     return args, kwargs
@@ -86,13 +86,13 @@ def enqueue(func: str, arguments: tuple[str, ...], queue: str, kwargs_json: str 
     from .queue import Queue
 
     if delay is not None and at is not None:
-        raise click.UsageError("give --delay or --at, not both")
+        raise UsageLine("give --delay or --at, not both")
     if delay is not None and delay < 0:
-        raise click.UsageError(f"--delay must be seconds >= 0, got {delay:g}")
+        raise UsageLine(f"--delay must be seconds >= 0, got {delay:g}")
     try:
         function_path(func)  # a bad path is a usage error, said before any connection attempt
     except ConveyorError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise UsageLine(str(exc)) from None
     args, kwargs = parse_call(arguments, kwargs_json)
     options: dict[str, Any] = {k: v for k, v in (("job_id", job_id), ("timeout", timeout)) if v is not None}
     try:
@@ -106,7 +106,7 @@ def enqueue(func: str, arguments: tuple[str, ...], queue: str, kwargs_json: str 
     except ConveyorError as exc:
         raise click.ClickException(str(exc)) from None
     except TypeError as exc:  # a keyword that clashes with an option of enqueue_in/enqueue_at
-        raise click.UsageError(str(exc)) from None
+        raise UsageLine(str(exc)) from None
     click.echo(job.id)
 
 
@@ -150,7 +150,7 @@ def info(where: Where, as_json: bool, queue: str | None, interval: float | None)
     from .admin import fleet_info
 
     if interval is not None and as_json:
-        raise click.UsageError("--watch shows the table; for JSON, run `conveyor info --json` on a timer")
+        raise UsageLine("--watch shows the table; for JSON, run `conveyor info --json` on a timer")
     conn = where.connect()
     if interval is None:
         try:

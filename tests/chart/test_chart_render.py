@@ -174,7 +174,7 @@ def test_watched_namespaces_reach_the_operator_settings() -> None:
 
 # Which rules: tests/operator/test_operator_rbac.py derives them from the requests the operator
 # makes and compares both modes' rendered rules with them. Here: where they go, and how bound.
-SERVICEMONITORS = {("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"}}
+SERVICEMONITORS = {("monitoring.coreos.com", "servicemonitors"): {"get", "list", "watch", "create", "patch", "delete"}}
 
 
 def test_cluster_rbac_by_default_is_one_bound_cluster_role() -> None:

@@ -184,13 +184,13 @@ def test_deleting_while_a_resync_reads_redis_is_prompt(cluster: Cluster, kubectl
                                                       redis_server: Any) -> None:
     """kopf lets a JobQueue go only once its resync timer has exited; one caught inside a pass
     that changes nothing (no write to wake kopf) was re-checked only after kopf's default 60 s."""
-    relay = SlowRelay(redis_server.port, delay=0.3)  # each depth read waits 0.3 s (< the 0.5 s timeout)
+    relay = SlowRelay(redis_server.port, delay=0.2)  # each depth read waits 0.2 s (< the 0.5 s timeout)
     try:
         kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("slow", redis={"url": relay.url}, queues=["q"]))
         wait_for(lambda: (cluster.get(jq_path(namespace, "slow")) or {}).get("status", {}).get("depth") == 0,
                  what="a healthy JobQueue")
-        relay.connected.clear()
-        assert relay.connected.wait(5)  # a resync is inside its depth read now
+        relay.requested.clear()
+        assert relay.requested.wait(5)  # a resync is inside its depth read now
         started = time.monotonic()
         assert cluster.request("DELETE", jq_path(namespace, "slow"))[0] == 200
         wait_for(lambda: cluster.get(jq_path(namespace, "slow")) is None, timeout=20, what="the JobQueue to go")

@@ -74,22 +74,23 @@ step with examples/README.md ("RBAC it needs").
   resources: ["jobqueues/finalizers"]
   verbs: ["update"]
 # The objects each JobQueue owns, written with server-side apply (patch, and create when the
-# apply creates one). No delete: the garbage collector removes them with their JobQueue.
-# Deployments are also read (rollout problems in status, the autoscaler's current replicas).
+# apply creates one), listed and watched (kopf, by the operator's labels) so a change or
+# deletion reconciles their JobQueue at once. No delete: the garbage collector removes them
+# with their JobQueue. Deployments are also read (the autoscaler's current replicas).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 {{- if .Values.monitoring.serviceMonitors.enabled }}
 # Read and deleted too: when a JobQueue stops asking for one, the operator removes its own.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 # spec.redis.secretRef (the Redis URL) and spec.redis.tls.caSecretRef / clientCertSecretRef
 # (the CA and the client certificate), each read by name in the JobQueue's namespace (so
@@ -104,14 +105,14 @@ step with examples/README.md ("RBAC it needs").
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]
 # Autoscaling: an HPA (or a KEDA ScaledObject) on a worker Deployment makes the operator leave
-# its replicas alone; listed, never written.
+# its replicas alone; listed and watched (kopf indexes them), never written.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- if .Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject" }}
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- end }}
 # Events on JobQueues: kopf and the operator post new ones, never update them.
 - apiGroups: [""]
