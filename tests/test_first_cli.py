@@ -126,6 +126,18 @@ def test_enqueue_command_says_how_to_write_a_string(redis_url: str, conn: redis.
     assert conn.keys("*") == []  # nothing was written
 
 
+@pytest.mark.parametrize("args", [("enqueue", "jobs:add", "1"), ("info", "--watch")], ids=" ".join)
+@pytest.mark.parametrize("url", ["localhost:6379", "redis://127.0.0.1:1/0"], ids=["no scheme", "redis down"])
+def test_new_commands_fail_in_one_line(args: tuple[str, ...], url: str) -> None:
+    res = cli(url, *args, timeout=60)
+    assert res.returncode != 0
+    lines = (res.stdout + res.stderr).splitlines()
+    assert len(lines) == 1, res.stdout + res.stderr
+    expected = ("Error: unsupported Redis URL localhost:6379: expected redis://" if "//" not in url
+                else "Error: cannot reach Redis at redis://127.0.0.1:1/0")
+    assert lines[0].startswith(expected), lines[0]
+
+
 # -- conveyor info ------------------------------------------------------------------------------
 
 
