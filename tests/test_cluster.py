@@ -120,7 +120,9 @@ def test_the_whole_surface_on_queues_spread_over_the_masters(cluster, client, pr
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     depth = queue_depth(cluster.url(), names, prefix=prefix)
     assert [d["name"] for d in depth] == names and all(d["failed"] == 0 for d in depth)
-    assert "Traceback" not in w.log() and "ERROR" not in w.log()
+    # The planned failures log their tracebacks (under their WARNING lines); anything else is a crash.
+    crashes = [part for part in w.log().split("Traceback (most recent call last):")[1:] if "ValueError: attempt" not in part]
+    assert not crashes and "ERROR" not in w.log(), w.log()
 
 
 def test_purge_and_requeue_from_the_cli(cluster, client, prefix, tmp_path) -> None:
