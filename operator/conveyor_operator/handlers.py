@@ -18,9 +18,10 @@ from typing import Any
 
 import kopf
 
-from . import crd, pods, resync
+from . import crd, fleet, metrics, pods, resync
 from .autoscale import Policy
 from .k8s import Api
+from .leader import LEADERSHIP
 from .reconcile import LEGACY_FINALIZERS, Reconciler
 from .settings import Settings
 from .spec import defaulted
@@ -60,6 +61,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
     reconciler()  # fail fast on bad credentials
+    fleet.configure(SETTINGS, settings, logger)
     logger.info("conveyor operator: namespaces=%s default image=%r resync=%ss",
                 ",".join(SETTINGS.namespaces) or "*", SETTINGS.default_image, SETTINGS.resync_seconds)
 
@@ -77,7 +79,7 @@ def _events(body: Any):
 @kopf.on.create(crd.GROUP, crd.VERSION, crd.PLURAL)
 @kopf.on.update(crd.GROUP, crd.VERSION, crd.PLURAL)
 def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
-    outcome = reconciler().reconcile(dict(body), _events(body))
+    outcome = metrics.reconciled(reconciler().reconcile, dict(body), _events(body))
     if outcome.problem:
         reason, message = outcome.problem
         if outcome.permanent:
@@ -97,19 +99,20 @@ async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]], logger: loggi
     # Its own threads: JobQueues with a slow Redis must not hold up kopf's handlers.
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="conveyor-resync")
 
-    def bodies() -> list[dict[str, Any]]:
-        return [body for store in list(jobqueues.values()) for body in store]
+    def bodies() -> list[dict[str, Any]]:  # none while another replica leads: kopf pauses only its own watchers
+        return [body for store in list(jobqueues.values()) for body in store] if LEADERSHIP.active else []
 
     def reconcile(body: dict[str, Any]) -> None:
-        reconciler().reconcile(body, _events(body))
+        metrics.reconciled(reconciler().reconcile, body, _events(body))
 
     def autoscale(body: dict[str, Any]) -> None:
-        reconciler().autoscale(body, _events(body))
+        metrics.counted("autoscale", reconciler().autoscale, body, _events(body))
 
     def poll_seconds(body: dict[str, Any]) -> float | None:
         spec = defaulted(body.get("spec"))
         return Policy.of(spec).poll_seconds if (spec.get("autoscaling") or {}).get("enabled") else None
 
+    metrics.JOBQUEUES.set_function(lambda: sum(len(store) for store in list(jobqueues.values())))
     tasks = [asyncio.create_task(resync.run(bodies, reconcile, SETTINGS.resync_seconds, executor, logger)),
              # Autoscaled JobQueues polled every pollSeconds (>= 1): same index, no finalizer.
              asyncio.create_task(resync.run_polled(bodies, autoscale, poll_seconds, executor, logger))]
@@ -142,6 +145,7 @@ def worker_pod(event: kopf.RawEvent, logger: logging.Logger, **_: Any) -> None:
     try:
         pod_watcher().handle(str(event.get("type") or ""), dict(event.get("object") or {}))
     except Exception as exc:  # event handlers are not retried: the lease still recovers the jobs
+        metrics.ERRORS.labels("pod_recovery").inc()
         logger.warning("pod recovery failed: %s", exc)
 
 

@@ -52,6 +52,20 @@ def operator(crd_installed: None, kubeconfig: Path, cluster: Cluster,
 
 
 @pytest.fixture
+def own_cluster(tmp_path: Path) -> Any:
+    """An emulator of its own with the JobQueue CRD, for tests that count everything an operator
+    does (the session's cluster holds every other test's JobQueues)."""
+    c = Cluster().start()
+    try:
+        kubectl = Kubectl(c.write_kubeconfig(tmp_path / "own-kubeconfig"))
+        kubectl("apply", "-f", str(CRD_FILE))
+        wait_for(lambda: c.get("/apis/conveyor.dev/v1alpha1"), what="the JobQueue CRD in discovery")
+        yield c, kubectl
+    finally:
+        c.stop()
+
+
+@pytest.fixture
 def namespace() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
 
