@@ -94,7 +94,8 @@ _server: tuple[WSGIServer, threading.Thread] | None = None
 
 
 def serve(port: int) -> None:
-    """Serve /metrics on ``port`` (0: not at all) from a daemon thread, once per process."""
+    """Serve /metrics on ``port`` (0: not at all) from a daemon thread, once per process; a port
+    that cannot be bound is logged, and the operator runs on without metrics."""
     global _server
     if port <= 0 or _server is not None:
         return
@@ -105,7 +106,13 @@ def serve(port: int) -> None:
         ERRORS.labels(step)
     for direction in ("up", "down"):
         SCALE_DECISIONS.labels(direction)
-    _server = start_http_server(port, registry=REGISTRY)
+    try:
+        _server = start_http_server(port, registry=REGISTRY)
+    except OSError as exc:
+        # Reconciling matters more than its metrics: a taken port is an error line, not a
+        # crash loop (a failed kopf startup handler would stop the operator).
+        log.error("cannot serve the operator metrics on port %d (CONVEYOR_OPERATOR_METRICS_PORT): %s", port, exc)
+        return
     log.info("operator metrics on :%d/metrics", port)
 
 

@@ -4,6 +4,7 @@ Redis read latency, JobQueues known, scale decisions."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,21 @@ def test_metrics_count_reconciles_reads_and_scale_decisions(
     last = wait_for(lambda: (m := op.metrics())[DEGRADED] >= 1 and m, timeout=15, what="a degraded reconcile")
     assert last["conveyor_operator_jobqueues"] == 2
     assert last['conveyor_operator_errors_total{step="reconcile"}'] == 0  # reported, not raised
+
+
+def test_a_taken_metrics_port_is_an_error_line_not_a_stopped_operator(
+        own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, namespace: str, redis_server: Any) -> None:
+    cluster, kubectl = own_cluster
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        op = OperatorProcess(Path(kubectl.env["KUBECONFIG"]), tmp_path / "operator.log", cluster,
+                             CONVEYOR_OPERATOR_METRICS_PORT=str(port))
+        try:
+            kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("still", redis={"url": redis_server.url},
+                                                                         queues=["q"]))
+            wait_for(lambda: cluster.get(dep_path(namespace, "still")), timeout=20, what="a reconcile all the same")
+            assert f"cannot serve the operator metrics on port {port}" in op.log_path.read_text(errors="replace")
+        finally:
+            op.stop()
