@@ -121,11 +121,13 @@ def test_peering_crd_is_the_crds_file_plus_labels_and_keep() -> None:
     assert crd["spec"] == source["spec"] and crd["metadata"]["name"] == "clusterkopfpeerings.kopf.dev"
     assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-    # Left out where another kopf operator installed it, or with every CRD.
+    assert "clusterkopfpeerings.kopf.dev.yaml" not in render(VALUE_SETS["fleet"])[1]
+    # Left out where another kopf operator installed it, or with every CRD; the notes say to apply it.
     for values in ({"crds": {"kopfPeering": False}}, {"crds": {"enabled": False}}):
-        names = [c["metadata"]["name"] for c in by_kind(render({**VALUE_SETS["fleet"], **values})[0],
-                                                        "CustomResourceDefinition")]
-        assert "clusterkopfpeerings.kopf.dev" not in names
+        docs, notes = render({**VALUE_SETS["fleet"], **values})
+        crds = [c["metadata"]["name"] for c in by_kind(docs, "CustomResourceDefinition")]
+        assert "clusterkopfpeerings.kopf.dev" not in crds
+        assert "kubectl apply -f crds/clusterkopfpeerings.kopf.dev.yaml" in notes
 
 
 @pytest.mark.parametrize("name", ["fleet", "namespaced-fleet"])

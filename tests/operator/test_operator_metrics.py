@@ -14,7 +14,8 @@ from conveyor import Queue
 from conveyor.embedded import free_port
 from op_helpers import Cluster, Kubectl, OperatorProcess, dep_path, jobqueue, wait_for
 
-OK, DEGRADED = 'conveyor_operator_reconciles_total{outcome="ok"}', 'conveyor_operator_reconciles_total{outcome="degraded"}'
+OK = 'conveyor_operator_reconciles_total{outcome="ok"}'
+DEGRADED = 'conveyor_operator_reconciles_total{outcome="degraded"}'
 UP = 'conveyor_operator_scale_decisions_total{direction="up"}'
 DEPTH_READS = 'conveyor_operator_redis_read_seconds_count{read="depth"}'
 DEMAND_READS = 'conveyor_operator_redis_read_seconds_count{read="demand"}'

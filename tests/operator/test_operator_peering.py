@@ -82,7 +82,8 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_dies(
     leader.proc.send_signal(signal.SIGKILL)
     leader.proc.wait(5)
     t0 = time.monotonic()
-    kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("second", redis={"url": redis_server.url}, queues=["q"]))
+    kubectl("apply", "-n", namespace, "-f", "-",
+            input=jobqueue("second", redis={"url": redis_server.url}, queues=["q"]))
     wait_for(lambda: cluster.get(dep_path(namespace, "second")), timeout=LIFETIME + 8, interval=0.05,
              what="the surviving replica to take over and reconcile the new JobQueue")
     failover = time.monotonic() - t0
