@@ -18,20 +18,14 @@ import argparse
 import json
 import random
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "operator"), str(ROOT / "tests")]
+import redis
 
-import redis  # noqa: E402
-
-from conveyor import Queue, admin  # noqa: E402
-from conveyor.embedded import EmbeddedRedis  # noqa: E402
-from conveyor.keys import Keyspace  # noqa: E402
-from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, dep_path, jobqueue, wait_for  # noqa: E402
+from _operator_bench import operator_bench
+from conveyor import Queue, admin
+from conveyor.keys import Keyspace
+from op_helpers import dep_path, jobqueue, wait_for
 
 NS = "bench"
 BURST, TARGET = 50, 10
@@ -41,17 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     rounds = parser.parse_args().rounds
-    tmp = Path(tempfile.mkdtemp(prefix="autoscale-"))
-    cluster = Cluster().start()
-    redis_server = EmbeddedRedis().start()
-    operator = None
-    try:
-        kubectl = Kubectl(cluster.write_kubeconfig(tmp / "kubeconfig"))
-        kubectl("apply", "-f", str(CRD_FILE))
-        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the CRD in discovery")
-        operator = OperatorProcess(tmp / "kubeconfig", tmp / "operator.log", cluster, TMPDIR=str(tmp),
-                                   CONVEYOR_OPERATOR_RESYNC_SECONDS="10")
-        wait_for(operator.watching, timeout=20, what="the operator")
+    with operator_bench("autoscale", CONVEYOR_OPERATOR_RESYNC_SECONDS="10") as bench:
+        cluster, kubectl, redis_server = bench.cluster, bench.kubectl, bench.redis_server
         kubectl("apply", "-n", NS, "-f", "-", input=jobqueue(
             "bench", redis={"url": redis_server.url}, queues=["bench"],
             autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 10, "targetJobsPerWorker": TARGET,
@@ -76,11 +61,6 @@ def main() -> None:
         print(json.dumps({"rounds": rounds, "poll_seconds": 1, "burst": BURST,
                           "median_ms": round(statistics.median(figures) * 1000),
                           "max_ms": round(max(figures) * 1000)}))
-    finally:
-        if operator is not None:
-            operator.stop()
-        redis_server.stop()
-        cluster.stop()
 
 
 if __name__ == "__main__":

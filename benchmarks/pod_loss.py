@@ -18,20 +18,14 @@ import argparse
 import json
 import signal
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "operator"), str(ROOT / "tests")]
-
-from conveyor import Job, Queue  # noqa: E402
-from conveyor.keys import Keyspace  # noqa: E402
-from conveyor.embedded import EmbeddedRedis  # noqa: E402
-from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, jobqueue, wait_for  # noqa: E402
-from pod_helpers import create_pod, delete_pod, watching_pods  # noqa: E402
-from support import WorkerProcess, worker_id  # noqa: E402
+from _operator_bench import Bench, operator_bench
+from conveyor import Job, Queue
+from conveyor.keys import Keyspace
+from op_helpers import jobqueue, wait_for
+from pod_helpers import create_pod, delete_pod, watching_pods
+from support import WorkerProcess, worker_id
 
 LEASE = "15"
 NS = "bench"
@@ -41,63 +35,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     rounds = parser.parse_args().rounds
-    tmp = Path(tempfile.mkdtemp(prefix="pod-loss-"))
-    cluster = Cluster().start()
-    redis_server = EmbeddedRedis().start()
     workers: list[WorkerProcess] = []
-    operator = None
-    try:
-        kubectl = Kubectl(cluster.write_kubeconfig(tmp / "kubeconfig"))
-        kubectl("apply", "-f", str(CRD_FILE))
-        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the CRD in discovery")
-        operator = OperatorProcess(tmp / "kubeconfig", tmp / "operator.log", cluster, TMPDIR=str(tmp))
-        wait_for(operator.watching, timeout=20, what="the operator")
-        wait_for(lambda: watching_pods(cluster), timeout=20, what="the operator to watch pods")
-        kubectl("apply", "-n", NS, "-f", "-", input=jobqueue(
-            "bench", redis={"url": redis_server.url}, queues=["bench"], leaseSeconds=int(LEASE)))
-        queue = Queue("bench", redis_url=redis_server.url)
-        record = tmp / "runs"
+    with operator_bench("pod-loss") as bench:
+        try:
+            measure(bench, rounds, workers)
+        finally:
+            for w in workers:
+                w.stop()
 
-        def spawn(n: int) -> tuple[WorkerProcess, str]:
-            w = WorkerProcess(redis_server.url, ("-q", "bench", "--lease-seconds", LEASE, "--concurrency", "2"),
-                              tmp / f"worker-{n}.log", {"POD_NAME": f"bench-worker-{n}"})
-            workers.append(w)
-            return w, worker_id(w)
 
-        def runs(tag: str) -> int:
-            text = record.read_text() if record.exists() else ""
-            return sum(1 for line in text.splitlines() if line.split()[0] == tag)
+def measure(bench: Bench, rounds: int, workers: list[WorkerProcess]) -> None:
+    cluster, kubectl, redis_server, tmp = bench.cluster, bench.kubectl, bench.redis_server, bench.tmp
+    wait_for(lambda: watching_pods(cluster), timeout=20, what="the operator to watch pods")
+    kubectl("apply", "-n", NS, "-f", "-", input=jobqueue(
+        "bench", redis={"url": redis_server.url}, queues=["bench"], leaseSeconds=int(LEASE)))
+    queue = Queue("bench", redis_url=redis_server.url)
+    record = tmp / "runs"
 
-        holder, holder_id = spawn(0)
-        figures = []
-        for n in range(rounds):
-            tag = f"job{n}"
-            job = queue.enqueue("jobs_faults:until_lease_lost", str(record), tag)
-            wait_for(lambda: Job.fetch(job.id, connection=queue.connection, queue="bench").worker == holder_id
-                     and runs(tag) == 1, timeout=15, what=f"{tag} to run on worker {n}")
-            wait_for(lambda: queue.connection.hget(Keyspace().worker(holder_id), "pod"),
-                     what=f"worker {n}'s registration")
-            create_pod(cluster, NS, "bench", f"bench-worker-{n}")
-            standby, standby_id = spawn(n + 1)
-            holder.signal(signal.SIGKILL)
-            holder.wait(5)
-            started = time.monotonic()
-            delete_pod(cluster, NS, f"bench-worker-{n}")
-            wait_for(lambda: runs(tag) == 2, timeout=20, interval=0.002, what=f"{tag} to run again")
-            figures.append(time.monotonic() - started)
-            print(f"round {n + 1}: pod deleted -> job restarted on another worker: {figures[-1] * 1000:.0f} ms",
-                  flush=True)
-            holder, holder_id = standby, standby_id
-        print(json.dumps({"rounds": rounds, "lease_seconds": int(LEASE),
-                          "median_ms": round(statistics.median(figures) * 1000),
-                          "max_ms": round(max(figures) * 1000)}))
-    finally:
-        for w in workers:
-            w.stop()
-        if operator is not None:
-            operator.stop()
-        redis_server.stop()
-        cluster.stop()
+    def spawn(n: int) -> tuple[WorkerProcess, str]:
+        w = WorkerProcess(redis_server.url, ("-q", "bench", "--lease-seconds", LEASE, "--concurrency", "2"),
+                          tmp / f"worker-{n}.log", {"POD_NAME": f"bench-worker-{n}"})
+        workers.append(w)
+        return w, worker_id(w)
+
+    def runs(tag: str) -> int:
+        text = record.read_text() if record.exists() else ""
+        return sum(1 for line in text.splitlines() if line.split()[0] == tag)
+
+    holder, holder_id = spawn(0)
+    figures = []
+    for n in range(rounds):
+        tag = f"job{n}"
+        job = queue.enqueue("jobs_faults:until_lease_lost", str(record), tag)
+        wait_for(lambda: Job.fetch(job.id, connection=queue.connection, queue="bench").worker == holder_id
+                 and runs(tag) == 1, timeout=15, what=f"{tag} to run on worker {n}")
+        wait_for(lambda: queue.connection.hget(Keyspace().worker(holder_id), "pod"),
+                 what=f"worker {n}'s registration")
+        create_pod(cluster, NS, "bench", f"bench-worker-{n}")
+        standby, standby_id = spawn(n + 1)
+        holder.signal(signal.SIGKILL)
+        holder.wait(5)
+        started = time.monotonic()
+        delete_pod(cluster, NS, f"bench-worker-{n}")
+        wait_for(lambda: runs(tag) == 2, timeout=20, interval=0.002, what=f"{tag} to run again")
+        figures.append(time.monotonic() - started)
+        print(f"round {n + 1}: pod deleted -> job restarted on another worker: {figures[-1] * 1000:.0f} ms",
+              flush=True)
+        holder, holder_id = standby, standby_id
+    print(json.dumps({"rounds": rounds, "lease_seconds": int(LEASE),
+                      "median_ms": round(statistics.median(figures) * 1000),
+                      "max_ms": round(max(figures) * 1000)}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 - ``blackhole()``: from now on nothing is forwarded in either direction and nothing is
   closed: packets are "dropped", the client hears silence (a silent partition);
 - ``heal()``: forward again (connections that were black-holed stay dead, as after a real
-  partition: they are closed so the client reconnects).
+  partition: they are closed so the client reconnects);
+- ``lose_reply_with(needle)``: the next reply that contains ``needle`` is never delivered and
+  its connection is reset (Redis did the work, the client cannot know).
 
 It runs in a daemon thread with one selector; tests start one per scenario.
 """
@@ -29,6 +31,9 @@ class Proxy:
         self._peers: dict[socket.socket, socket.socket] = {}
         self._lock = threading.Lock()
         self._dropping = False
+        self._needle: bytes | None = None
+        self._upstreams: set[socket.socket] = set()
+        self.replies_lost = 0
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="test-proxy", daemon=True)
         self._thread.start()
@@ -50,6 +55,10 @@ class Proxy:
         with self._lock:
             self._dropping = True
 
+    def lose_reply_with(self, needle: bytes) -> None:
+        with self._lock:
+            self._needle = needle
+
     def heal(self) -> None:
         with self._lock:
             self._dropping = False
@@ -67,6 +76,7 @@ class Proxy:
             if sock is None:
                 continue
             self._peers.pop(sock, None)
+            self._upstreams.discard(sock)
             try:
                 self._sel.unregister(sock)
             except (KeyError, ValueError):
@@ -105,6 +115,7 @@ class Proxy:
             s.setblocking(False)
             self._sel.register(s, selectors.EVENT_READ)
         self._peers[client], self._peers[upstream] = upstream, client
+        self._upstreams.add(upstream)
 
     def _forward(self, sock: socket.socket) -> None:
         try:
@@ -114,6 +125,11 @@ class Proxy:
         except OSError:
             data = b""
         if not data:
+            self._close(sock)
+            return
+        if self._needle is not None and sock in self._upstreams and self._needle in data:
+            self._needle = None
+            self.replies_lost += 1
             self._close(sock)
             return
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Iterator
@@ -95,12 +96,35 @@ def test_a_silent_redis_is_noticed_within_the_silence_budget(server, proxy, http
     conn.close()
 
 
+def test_a_claim_whose_reply_is_lost_hands_its_jobs_back_at_once(server, proxy, spawn_worker, tmp_path) -> None:
+    """Redis ran the claim, the connection died before the worker read the reply: the jobs it
+    leased are handed back on the next round trip and run once each, long before their lease
+    (30 s) would have brought them back."""
+    conn = redis.Redis.from_url(server.url)
+    q = Queue("default", connection=conn)
+    path = str(tmp_path / "runs")
+    w = spawn_worker("--lease-seconds", "30", "--concurrency", "2", url=proxy.url())
+    worker_id(w)
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    proxy.lose_reply_with(ids[0].encode())  # only a claim's reply carries job IDs
+    jobs = [q.enqueue("jobs_faults:record", path, f"j{i}", 0, job_id=ids[i]) for i in range(3)]
+    wait_until(lambda: proxy.replies_lost == 1, 10, "a claim's reply to be lost")
+    wait_until(lambda: all(fetch(conn, j).status is JobStatus.FINISHED for j in jobs), 10, "the jobs to finish")
+    assert executions(path) == {f"j{i}": 1 for i in range(3)}
+    assert all(fetch(conn, j).deliveries == 1 for j in jobs)  # a handed-back start is not a delivery
+    wait_until(lambda: "handed back: Redis leased them to this worker but the reply was lost" in w.log(), 5,
+               "the hand-back to be logged")
+    w.signal(signal.SIGTERM)
+    assert w.wait(15) == 0
+    conn.close()
+
+
 def test_reset_connections_are_replaced_quietly(server, proxy, http_worker, tmp_path) -> None:
     """A pooled connection that died (reset) is replaced without an ERROR line or a readiness blip."""
     conn = redis.Redis.from_url(server.url)
     q = Queue("default", connection=conn)
     path = str(tmp_path / "runs")
-    w, port = http_worker("--lease-seconds", "1.5", url=proxy.url())
+    w, port = http_worker("--lease-seconds", "12", url=proxy.url())
     seen: list[int | None] = []
     for round_ in range(3):
         busy = [q.enqueue("jobs_faults:record", path, f"r{round_}-{i}", 0.3) for i in range(3)]

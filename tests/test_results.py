@@ -239,6 +239,9 @@ def test_started_registry_and_executions_while_running(queue: Queue, conn: redis
     assert now < e.lease_deadline <= now + 16  # default lease 15 s
     assert queue.worker_job_ids("w-results") == ["long-one"]
     assert queue.worker_job_ids("someone-else") == []
+    # Redis marks it started before the claim's reply reaches the worker; a stop before that
+    # hands it back un-run (a stop starts nothing new): wait until the worker runs it.
+    wait_until(lambda: "job long-one started" in w.log(), 15, "the worker to run the job")
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
     done = Job.fetch("long-one", conn)

@@ -11,9 +11,11 @@ Modules:
     autoscale   pure: demand samples + time + spec -> desired replicas and reason
     scaler      the autoscaler's I/O: demand polled, replicas applied, pods ranked, HPAs respected
     tlsfiles    private files for the TLS Secrets the operator reads queue depth with
-    reconcile   one reconcile pass, shared by every handler
+    redis_access  a JobQueue's Redis URL and TLS files from its Secrets, and its kept Redis client
+    reconcile   one reconcile pass, shared by every handler; the resync's cheap refresh
     handlers    thin kopf handlers (create/update/resume, the JobQueue index, cleanup on deletion)
-    resync      the operator-level resync and autoscaling loops (no per-JobQueue timer, so no finalizer)
+    watch       owned objects and other autoscalers watched: a change reconciles its JobQueue
+    resync      the operator-level resync (Redis only) and autoscaling loops (no per-JobQueue timer, so no finalizer)
     settings    settings from the environment
     __main__    ``python -m conveyor_operator``: ``kopf run`` with kopf's liveness endpoint
 

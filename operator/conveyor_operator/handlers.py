@@ -5,7 +5,8 @@ Run with ``python -m conveyor_operator`` (or ``kopf run -m conveyor_operator.han
 No handler needs a finalizer (no timers or daemons, the delete handler is optional), so
 deleting a JobQueue never waits for the operator, running or not; the periodic resync is
 one operator-level loop (conveyor_operator.resync) over a kopf index of the JobQueues, and
-the autoscaler's polls a second one over the same index.
+the autoscaler's polls a second one over the same index. Changes to the objects a JobQueue
+owns reconcile it through conveyor_operator.watch (event handlers: no finalizer either).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from . import crd, fleet, metrics, pods, resync
+from . import crd, fleet, metrics, pods, resync, watch
 from .autoscale import Policy
 from .k8s import Api
 from .leader import LEADERSHIP
@@ -60,6 +61,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 16
+    watch.configure(settings)
     reconciler()  # fail fast on bad credentials
     fleet.configure(SETTINGS, settings, logger)
     logger.info("conveyor operator: namespaces=%s default image=%r resync=%ss",
@@ -94,15 +96,34 @@ def jobqueues(body: kopf.Body, uid: str, **_: Any) -> dict[str, dict[str, Any]]:
 
 
 @kopf.on.startup()
-async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]], logger: logging.Logger, **_: Any) -> None:
+async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]],
+                       hpa_targets: kopf.Index[tuple[str, str], str], keda_targets: kopf.Index[tuple[str, str], str],
+                       logger: logging.Logger, **_: Any) -> None:
     global _resync
     # Its own threads: JobQueues with a slow Redis must not hold up kopf's handlers.
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="conveyor-resync")
+    reconciler().scaler.autoscalers = watch.autoscalers(hpa_targets, keda_targets)
 
     def bodies() -> list[dict[str, Any]]:  # none while another replica leads: kopf pauses only its own watchers
         return [body for store in list(jobqueues.values()) for body in store] if LEADERSHIP.active else []
 
-    def reconcile(body: dict[str, Any]) -> None:
+    def lookup(uid: str) -> dict[str, Any] | None:
+        return next(iter(list(jobqueues.get(uid, []))), None)
+
+    def find(namespace: str, name: str) -> str | None:
+        return next((b["metadata"].get("uid") for b in bodies()
+                     if b["metadata"].get("namespace") == namespace and b["metadata"].get("name") == name), None)
+
+    def refresh(body: dict[str, Any]) -> None:
+        metrics.resynced(reconciler().refresh, body, _events(body))
+
+    def repair(body: dict[str, Any], confirm: bool) -> None:
+        if confirm:  # an owned object deleted: maybe by the garbage collector, its JobQueue gone
+            meta = body["metadata"]
+            body = reconciler().api.get(crd.API_VERSION, crd.KIND, meta.get("namespace"), meta["name"]) or {}
+            fresh = body.get("metadata") or {}
+            if fresh.get("uid") != meta.get("uid") or fresh.get("deletionTimestamp"):
+                return
         metrics.reconciled(reconciler().reconcile, body, _events(body))
 
     def autoscale(body: dict[str, Any]) -> None:
@@ -112,8 +133,9 @@ async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]], logger: loggi
         spec = defaulted(body.get("spec"))
         return Policy.of(spec).poll_seconds if (spec.get("autoscaling") or {}).get("enabled") else None
 
+    watch.start(watch.Trigger(lookup, find, repair, executor, logger))
     metrics.JOBQUEUES.set_function(lambda: sum(len(store) for store in list(jobqueues.values())))
-    tasks = [asyncio.create_task(resync.run(bodies, reconcile, SETTINGS.resync_seconds, executor, logger)),
+    tasks = [asyncio.create_task(resync.run(bodies, refresh, SETTINGS.resync_seconds, executor, logger)),
              # Autoscaled JobQueues polled every pollSeconds (>= 1): same index, no finalizer.
              asyncio.create_task(resync.run_polled(bodies, autoscale, poll_seconds, executor, logger))]
     _resync = (tasks, executor)
@@ -151,7 +173,9 @@ def worker_pod(event: kopf.RawEvent, logger: logging.Logger, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    """Stop the resync loop; remove the private TLS files (they would go at exit anyway)."""
+    """Stop the resync loop and the watch's pending passes; close the Redis clients; remove
+    the private TLS files (they would go at exit anyway)."""
+    await watch.stop()
     if _resync is not None:
         tasks, executor = _resync
         for task in tasks:

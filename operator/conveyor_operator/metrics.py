@@ -9,7 +9,6 @@ stays readable without the metrics.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 import time
@@ -29,8 +28,10 @@ ProcessCollector(registry=REGISTRY)
 RECONCILES = Counter("conveyor_operator_reconciles", "Reconcile passes of JobQueues, by outcome: ok, "
                      "degraded (a problem reported in the Degraded condition) or error (the pass raised)",
                      ["outcome"], registry=REGISTRY)
+RESYNCS = Counter("conveyor_operator_resyncs", "Resync passes of JobQueues (queue depth read, status "
+                  "refreshed; a full reconcile only when something changed)", registry=REGISTRY)
 ERRORS = Counter("conveyor_operator_errors", "Operator steps that failed with an exception, by step "
-                 "(reconcile, autoscale, pod_recovery)", ["step"], registry=REGISTRY)
+                 "(reconcile, resync, autoscale, pod_recovery)", ["step"], registry=REGISTRY)
 SCALE_DECISIONS = Counter("conveyor_operator_scale_decisions", "Replica changes the autoscaler applied to "
                           "worker Deployments, by direction (up, down)", ["direction"], registry=REGISTRY)
 # Buckets around the operator's Redis timeout (2 s by default): a read near it is about to fail.
@@ -60,6 +61,12 @@ def reconciled(fn: Callable[..., T], *args: Any) -> T:
     return outcome
 
 
+def resynced(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` (a Reconciler.refresh) counted as a resync pass, its exceptions as errors."""
+    RESYNCS.inc()
+    return counted("resync", fn, *args)
+
+
 def counted(step: str, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)``, its exceptions counted in ERRORS under ``step``."""
     try:
@@ -79,17 +86,6 @@ def redis_read(read: str) -> Iterator[None]:
         REDIS_READS.labels(read).observe(time.perf_counter() - start)
 
 
-def timed_read(read: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """A decorator: every call of the function is a Redis read, timed as ``read``."""
-    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> T:
-            with redis_read(read):
-                return fn(*args, **kwargs)
-        return call
-    return wrap
-
-
 _server: tuple[WSGIServer, threading.Thread] | None = None
 
 
@@ -102,7 +98,7 @@ def serve(port: int) -> None:
     # Counters at 0 from the start, so rate() has a baseline before the first event of a kind.
     for outcome in ("ok", "degraded", "error"):
         RECONCILES.labels(outcome)
-    for step in ("reconcile", "autoscale", "pod_recovery"):
+    for step in ("reconcile", "resync", "autoscale", "pod_recovery"):
         ERRORS.labels(step)
     for direction in ("up", "down"):
         SCALE_DECISIONS.labels(direction)

@@ -169,6 +169,4 @@ class PodWatcher:
                 released += 1
         except (redis.RedisError, OSError) as exc:
             raise RuntimeError(f"releasing the workers of pod {lost.namespace}/{lost.pod}: {describe(exc)}") from exc
-        finally:
-            client.close()
-        return released
+        return released  # the client is the JobQueue's kept one: not closed here

@@ -1,9 +1,13 @@
 """One reconcile pass for a JobQueue: desired objects applied, problems found, status written.
 
-Used by every kopf handler (create, update, resume) and the resync loop, so the same
-code repairs drift and refreshes status. It never raises for what a user can fix
-(missing Secret, unreachable Redis, no image): it reports it as ``Outcome.problem``,
-which sets Degraded and lets the caller retry with backoff.
+Used by every kopf handler (create, update, resume) and by the watch on the objects a
+JobQueue owns (watch.py), so the same code creates, updates and repairs. It never raises for
+what a user can fix (missing Secret, unreachable Redis, no image): it reports it as
+``Outcome.problem``, which sets Degraded and lets the caller retry with backoff.
+
+The resync loop calls :meth:`Reconciler.refresh` instead: queue depth read through the kept
+Redis client and written only when it changed, and a full pass only when something the
+watch cannot see moved (the Redis URL in a Secret, a Redis problem appearing or clearing).
 """
 
 from __future__ import annotations
@@ -13,25 +17,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import redis
-
-from conveyor.connection import RedisTarget, TlsFiles, describe
-from conveyor.errors import ConfigError
 from conveyor.keys import DEFAULT_PREFIX
 
 from . import builders, crd
 from .builders import Owner
 from .k8s import Api, ApiError, NotFound
+from .redis_access import REDIS_PROBLEMS, RedisAccess
 from .scaler import Scaler
 from .settings import Settings
 from .spec import defaulted, problems
-from .status import DEGRADED, conditions_for, set_condition, deployment_problem, merge_conditions, now, queue_depth, total_depth
+from .status import DEGRADED, conditions_for, set_condition, deployment_problem, merge_conditions, now, total_depth
 from .tlsfiles import TlsFileStore
-
-# The field naming each TLS file's Secret key, for messages.
-TLS_FIELDS = {builders.TLS_CA_FILE: "spec.redis.tls.caSecretRef.key",
-              builders.TLS_CERT_FILE: "spec.redis.tls.clientCertSecretRef.certKey",
-              builders.TLS_KEY_FILE: "spec.redis.tls.clientCertSecretRef.keyKey"}
 
 EventFn = Callable[[str, str, str], None]  # (type, reason, message)
 
@@ -39,6 +35,15 @@ EventFn = Callable[[str, str, str], None]  # (type, reason, message)
 # removed from every JobQueue the operator sees, since nothing would ever remove them once
 # the operator is uninstalled and deleting the JobQueue (or its namespace) would hang.
 LEGACY_FINALIZERS = (f"{crd.GROUP}/finalizer", "kopf.zalando.org/KopfFinalizerMarker")
+
+
+@dataclass
+class Seen:
+    """What the last full pass of a JobQueue found, for the resync's cheap check."""
+
+    digest: str                              # fingerprint of a URL read from a Secret ("" otherwise)
+    problem: str | None                      # the Degraded reason, None when healthy
+    queues: list[dict[str, Any]] | None      # status.queues as written
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Reconciler:
         # JobQueues deleted (by uid, never reused): a resync pass still holding one's old body
         # must not re-create its objects or TLS files. A few dozen bytes per deletion.
         self._gone: set[str] = set()
+        self._seen: dict[str, Seen] = {}
+        self.redis = RedisAccess(api, settings, self.tls_files)
         self.scaler = Scaler(api)
 
     def _lock(self, uid: str) -> threading.Lock:
@@ -68,6 +75,8 @@ class Reconciler:
         """The JobQueue is gone: its lock and its private TLS files (after any pass in flight)."""
         with self._lock(uid):
             self._gone.add(uid)
+            self._seen.pop(uid, None)
+            self.redis.drop(uid)
             self.tls_files.forget(uid)
         with self._locks_guard:
             self._locks.pop(uid, None)
@@ -89,11 +98,12 @@ class Reconciler:
                     raise
 
     def close(self) -> None:
+        self.redis.close()
         self.tls_files.close()
 
     def redis_client(self, body: dict[str, Any]) -> tuple[Any | None, str, tuple[str, str] | None]:
-        """A client for the JobQueue's Redis, its key prefix, and the problem when there is none:
-        the URL, TLS files and prefix the depth read uses (pod recovery reaches the same Redis)."""
+        """The JobQueue's kept Redis client (shared: never close it), its key prefix, and the
+        problem when there is none: the same client the depth read and the autoscaler use."""
         owner = Owner.of(body)
         spec = defaulted(body.get("spec"))
         if problems(spec, owner.name):
@@ -103,15 +113,20 @@ class Reconciler:
 
     def _redis_client(self, owner: Owner, spec: dict[str, Any]) -> tuple[Any | None, str, tuple[str, str] | None]:
         prefix = spec["redis"].get("prefix") or DEFAULT_PREFIX
-        url, problem = self._redis_url(owner, spec)
-        tls, tls_problem = self._tls_files(owner, spec)
-        if url is None or tls is None:
-            return None, prefix, problem or tls_problem
-        t = self.settings.redis_timeout
-        try:
-            return RedisTarget.parse(url, tls).client(socket_connect_timeout=t, socket_timeout=t), prefix, None
-        except ConfigError as exc:
-            return None, prefix, ("RedisConfigInvalid", str(exc))
+        kept = self.redis.cached(owner.uid or owner.name)
+        url: str | None
+        if "url" in spec["redis"]:
+            url, problem = spec["redis"]["url"], None
+        elif kept is not None:
+            # The resync re-reads a Secret's URL and replaces the client when it moved; a poll
+            # every second must not read the Secret too.
+            url, problem = kept.key[0], None
+        else:
+            url, problem = self.redis.url(owner, spec)
+        if url is None:
+            return None, prefix, problem
+        conn, problem = self.redis.conn(owner, spec, url)
+        return (conn.client if conn else None), prefix, problem
 
     def autoscale(self, body: dict[str, Any], event: EventFn | None = None) -> None:
         """One autoscaling poll (the operator's autoscale loop calls it every pollSeconds)."""
@@ -124,11 +139,7 @@ class Reconciler:
             if uid in self._gone:
                 return
             client, prefix, problem = self._redis_client(owner, spec)
-            try:
-                changed = self.scaler.poll(owner, spec, client, prefix, problem, event or (lambda *_: None))
-            finally:
-                if client is not None:
-                    client.close()
+            changed = self.scaler.poll(owner, spec, client, prefix, problem, event or (lambda *_: None))
             if changed:
                 self._write_autoscaling(owner, spec)
 
@@ -166,9 +177,9 @@ class Reconciler:
 
         image = spec["workers"].get("image") or self.settings.default_image
         problem: tuple[str, str] | None = None
-        url, redis_problem = self._redis_url(owner, spec)
+        url, redis_problem = self.redis.url(owner, spec)
         # A URL from a Secret is fingerprinted into the pods' checksum: rotating it rolls them.
-        digest = hashlib.sha256(url.encode()).hexdigest() if url and "secretRef" in spec["redis"] else ""
+        digest = _fingerprint(url, spec)
         desired = [builders.configmap(owner, spec), builders.service(owner, spec), builders.pdb(owner, spec)]
         if image:
             try:
@@ -187,17 +198,53 @@ class Reconciler:
         except ApiError as exc:
             problem = problem or ("ApplyFailed", f"could not apply the worker objects: {exc}")
 
-        tls, tls_problem = self._tls_files(owner, spec)
+        tls, tls_problem = self.redis.tls(owner, spec)
         problem = problem or redis_problem or tls_problem
         depth = None
         if url is not None and tls is not None:
-            depth, depth_problem = self._depth(url, spec, tls)
+            depth, depth_problem = self.redis.depth(owner, spec, url, tls)
             problem = problem or depth_problem
         deployment = self.api.get("apps/v1", "Deployment", owner.namespace, builders.names(owner.name)["deployment"])
         # What the operator found first (the likelier cause: an unreachable Redis also stalls
         # rollouts), then what the Deployment controller reports.
         problem = problem or deployment_problem(deployment)
-        return self._finish(body, owner, spec, problem, deployment, depth, event, generation=generation)
+        outcome = self._finish(body, owner, spec, problem, deployment, depth, event, generation=generation)
+        self._seen[owner.uid or owner.name] = Seen(digest, problem[0] if problem else None, depth)
+        return outcome
+
+    # --- the resync --------------------------------------------------------------------------
+
+    def refresh(self, body: dict[str, Any], event: EventFn | None = None) -> None:
+        """The resync's pass: queue depth read through the kept client, written only when it
+        changed. A full pass only when the last one found a problem the watch cannot see clear
+        (anything but a Redis-side one), the URL in a Secret rotated (the pods roll), or a
+        Redis-side problem appeared or cleared (Degraded and its Event follow)."""
+        owner = Owner.of(body)
+        uid = owner.uid or owner.name
+        spec = defaulted(body.get("spec"))
+        if problems(spec, owner.name):
+            return  # only a spec change helps, and it comes with its own event
+        with self._lock(uid):
+            if uid in self._gone:
+                return
+            seen = self._seen.get(uid)
+            if seen is None or (seen.problem is not None and seen.problem not in REDIS_PROBLEMS):
+                self._reconcile(body, owner, event or (lambda *_: None))
+                return
+            url, problem = self.redis.url(owner, spec)
+            depth = None
+            if url is not None and _fingerprint(url, spec) == seen.digest:
+                depth, problem = self.redis.depth(owner, spec, url)
+            if _fingerprint(url, spec) != seen.digest or (problem[0] if problem else None) != seen.problem:
+                self._reconcile(body, owner, event or (lambda *_: None))
+                return
+            if depth is not None and depth != seen.queues:
+                try:
+                    self.api.patch_status(crd.API_VERSION, crd.KIND, owner.namespace, owner.name,
+                                          {"queues": depth, "depth": total_depth(depth), "depthObservedAt": now()})
+                except NotFound:
+                    return
+                seen.queues = depth
 
     def _service_monitor(self, owner: Owner, spec: dict[str, Any], event: EventFn) -> tuple[str, str] | None:
         sm = builders.service_monitor(owner, spec)
@@ -218,86 +265,6 @@ class Reconciler:
         if current and any(r.get("uid") == owner.uid for r in current["metadata"].get("ownerReferences") or []):
             self.api.delete(sm["apiVersion"], "ServiceMonitor", owner.namespace, name)
         return None
-
-    def _redis_url(self, owner: Owner, spec: dict[str, Any]) -> tuple[str | None, tuple[str, str] | None]:
-        redis_spec = spec["redis"]
-        if "url" in redis_spec:
-            return redis_spec["url"], None
-        ref = redis_spec["secretRef"]
-        key = ref.get("key", "url")
-        try:
-            return self.api.secret_value(owner.namespace, ref["name"], key), None
-        except NotFound:
-            return None, ("SecretMissing", f'Secret "{ref["name"]}" (spec.redis.secretRef) was not found in namespace '
-                                           f'"{owner.namespace}"; workers cannot start until it exists')
-        except KeyError:
-            return None, ("SecretKeyMissing", f'Secret "{ref["name"]}" has no key "{key}" (spec.redis.secretRef.key)')
-        except ApiError as exc:
-            return None, ("SecretUnreadable", f'cannot read Secret "{ref["name"]}": {exc}')
-
-    def _tls_files(self, owner: Owner, spec: dict[str, Any]) -> tuple[TlsFiles | None, tuple[str, str] | None]:
-        """The JobQueue's TLS Secrets as private files (the workers get the same keys mounted);
-        None and the problem when a Secret or key is missing."""
-        sources = builders.tls_sources(spec)
-        wanted: dict[str, set[str]] = {}
-        for secret, key in sources.values():
-            wanted.setdefault(secret, set()).add(key)
-        values: dict[str, dict[str, str]] = {}
-        for secret, keys in wanted.items():
-            refs = sorted({TLS_FIELDS[f].rsplit(".", 1)[0] for f, (s, _) in sources.items() if s == secret})
-            try:
-                values[secret] = self.api.secret_values(owner.namespace, secret, sorted(keys))
-            except NotFound:
-                return None, ("TLSSecretMissing", f'Secret "{secret}" ({", ".join(refs)}) was not found in namespace '
-                                                  f'"{owner.namespace}"; workers cannot start until it exists')
-            except KeyError as exc:
-                key = exc.args[0]
-                fields = ", ".join(TLS_FIELDS[f] for f, (s, k) in sources.items() if (s, k) == (secret, key))
-                return None, ("TLSSecretKeyMissing", f'Secret "{secret}" has no key "{key}" ({fields})')
-            except ApiError as exc:
-                return None, ("TLSSecretUnreadable", f'cannot read Secret "{secret}" ({", ".join(refs)}): {exc}')
-            except ValueError:  # not UTF-8: DER, or not a certificate at all
-                return None, ("TLSSecretUnreadable", f'Secret "{secret}" ({", ".join(refs)}) holds binary data '
-                                                     f'where PEM text was expected')
-        contents = {file: values[secret][key] for file, (secret, key) in sources.items()}
-        try:
-            return self.tls_files.files(owner.uid or owner.name, contents), None
-        except OSError as exc:
-            return None, ("TLSFilesUnwritable", f"the operator cannot write the TLS files to read queue depth "
-                                                f"(its /tmp): {exc}")
-
-    def _depth(self, url: str, spec: dict[str, Any], tls: TlsFiles,
-               ) -> tuple[list[dict[str, Any]] | None, tuple[str, str] | None]:
-        target: RedisTarget | str = url
-        try:
-            target = RedisTarget.parse(url, tls)
-            return queue_depth(url, list(spec["queues"]), timeout=self.settings.redis_timeout,
-                               prefix=spec["redis"].get("prefix") or DEFAULT_PREFIX, tls=tls), None
-        except ConfigError as exc:
-            return None, ("RedisConfigInvalid", str(exc))
-        except (redis.RedisError, OSError, ValueError) as exc:
-            uses_tls = isinstance(target, RedisTarget) and target.tls
-            return None, ("RedisUnreachable", self._in_spec_terms(describe(exc, target), spec, tls, uses_tls))
-
-    @staticmethod
-    def _in_spec_terms(message: str, spec: dict[str, Any], tls: TlsFiles, uses_tls: bool) -> str:
-        """A runtime error line, with the operator's private file paths named as the Secret keys
-        they come from, and the TLS hints given as JobQueue fields. A Redis that requires client
-        certificates closes the connection after the handshake: the client sees its alert, an
-        EOF or a reset, depending on timing."""
-        sources = builders.tls_sources(spec)
-        for file, path in ((builders.TLS_CA_FILE, tls.ca_file), (builders.TLS_CERT_FILE, tls.cert_file),
-                           (builders.TLS_KEY_FILE, tls.key_file)):
-            if path and file in sources:
-                message = message.replace(path, 'Secret "{}" key "{}"'.format(*sources[file]))
-        message = message.replace("set ssl_ca_certs or CONVEYOR_REDIS_CA_FILE", "set spec.redis.tls.caSecretRef")
-        low = message.lower().replace("_", " ")
-        if uses_tls and not tls.cert_file and any(
-                sign in low for sign in ("certificate required", "eof occurred in violation of protocol",
-                                         "connection reset by peer")):
-            message += ("; if Redis requires client certificates (tls-auth-clients), give one with "
-                        "spec.redis.tls.clientCertSecretRef")
-        return message
 
     def _finish(self, body: dict[str, Any], owner: Owner, spec: dict[str, Any], problem: tuple[str, str] | None,
                 deployment: dict[str, Any] | None, depth: list[dict[str, Any]] | None, event: EventFn,
@@ -337,3 +304,8 @@ class Reconciler:
         elif not problem and old_degraded.get("status") == "True":
             event("Normal", "Recovered", f"no longer degraded ({old_degraded.get('reason')})")
         return Outcome(problem=problem, permanent=permanent, status=status)
+
+
+def _fingerprint(url: str | None, spec: dict[str, Any]) -> str:
+    """A URL read from a Secret, hashed for the pods' checksum ("" for a URL in the spec)."""
+    return hashlib.sha256(url.encode()).hexdigest() if url and "secretRef" in spec["redis"] else ""

@@ -1,11 +1,16 @@
-"""The operator-level resync loop: every JobQueue reconciled again every resync interval.
+"""The operator-level resync loop: every JobQueue refreshed every resync interval.
 
-It repairs drift in the owned objects (no JobQueue event announces a deleted ConfigMap),
-and refreshes status and queue depth. One loop for the whole operator, not a kopf timer
-per JobQueue: kopf puts a finalizer on every object that has a timer or daemon, so that
-deleting a JobQueue (or its namespace) waited for a running operator and hung for good
-without one (``helm uninstall`` keeps the CRD and the JobQueues). The JobQueues come from a
-kopf index, filled from the operator's own watch: no extra API calls, no finalizer.
+A refresh reads the queue depth through the JobQueue's kept Redis client and writes status
+only when it changed (Reconciler.refresh); it re-applies nothing. Drift in the owned objects
+is repaired by the watch on them (watch.py). The refresh also re-reads a Redis URL kept in a
+Secret, so rotating it still rolls the pods, and runs a full pass when a Redis-side problem
+appears or clears, or while the last pass found another problem.
+
+One loop for the whole operator, not a kopf timer per JobQueue: kopf puts a finalizer on
+every object that has a timer or daemon, so that deleting a JobQueue (or its namespace)
+waited for a running operator and hung for good without one (``helm uninstall`` keeps the
+CRD and the JobQueues). The JobQueues come from a kopf index, filled from the operator's own
+watch: no extra API calls, no finalizer.
 
 The autoscaler polls the same way, from a second loop (:func:`run_polled`): each autoscaled
 JobQueue every its own ``pollSeconds``, the others never.
@@ -74,8 +79,8 @@ async def run_polled(bodies: Callable[[], list[dict[str, Any]]], act: Reconcile,
 
 async def run(bodies: Callable[[], list[dict[str, Any]]], reconcile: Reconcile, interval: float,
               executor: concurrent.futures.Executor, logger: logging.Logger) -> None:
-    """Until cancelled: every ``interval`` seconds, ``reconcile`` each of ``bodies()`` due, in
-    ``executor`` threads (it blocks on the API and on Redis)."""
+    """Until cancelled: every ``interval`` seconds, ``reconcile`` (the refresh) each of
+    ``bodies()`` due, in ``executor`` threads (it blocks on Redis, sometimes on the API)."""
     loop = asyncio.get_running_loop()
     in_flight: dict[str, asyncio.Future[None]] = {}
     safely = _safely(reconcile, logger, "resync")

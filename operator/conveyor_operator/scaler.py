@@ -10,7 +10,8 @@ full apply set ``spec.workers.replicas`` again (forced, it takes the field back)
 
 Another autoscaler (an autoscaling/v2 HorizontalPodAutoscaler, or a KEDA ScaledObject, on
 the worker Deployment) wins: the operator then leaves replicas alone, whether or not its
-own autoscaling is on, and says so in the ``Autoscaling`` condition.
+own autoscaling is on, and says so in the ``Autoscaling`` condition. Which ones target a
+Deployment comes from kopf indexes of them (watch.py), never from a list per poll.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ log = logging.getLogger("conveyor_operator.scaler")
 MANAGER = "conveyor-autoscaler"
 CONDITION = "Autoscaling"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-KEDA_CRD = "scaledobjects.keda.sh"
-_CRD_RECHECK_SECONDS = 60.0
 
 EventFn = Callable[[str, str, str], None]
+Autoscalers = Callable[[str, str], list[str]]
 
 
 @dataclass
@@ -65,18 +65,14 @@ def replicas_object(owner: builders.Owner, name: str, replicas: int) -> dict[str
             "spec": {"replicas": replicas}}
 
 
-def targets(ref: dict[str, Any] | None, deployment: str) -> bool:
-    ref = ref or {}
-    return ref.get("name") == deployment and ref.get("kind", "Deployment") == "Deployment" and \
-        str(ref.get("apiVersion", "apps/v1")).startswith("apps/")
-
-
 class Scaler:
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Api, autoscalers: Autoscalers | None = None) -> None:
         self.api = api
+        # (namespace, Deployment name) -> the other autoscalers targeting it; none known
+        # without the operator's watch (a Reconciler used on its own).
+        self.autoscalers: Autoscalers = autoscalers or (lambda namespace, deployment: [])
         self._tracks: dict[str, Track] = {}
         self._guard = threading.Lock()
-        self._keda: tuple[float, bool] = (-_CRD_RECHECK_SECONDS, False)
         self._external: dict[str, list[str]] = {}
 
     def forget(self, uid: str) -> None:
@@ -87,29 +83,9 @@ class Scaler:
     # --- other autoscalers -----------------------------------------------------------------
 
     def external(self, namespace: str, deployment: str) -> list[str]:
-        """The HPAs and KEDA ScaledObjects that target the Deployment, as 'Kind/name'."""
-        found: list[str] = []
-        try:
-            found += [f'HorizontalPodAutoscaler/{h["metadata"]["name"]}'
-                      for h in self.api.list_objects("autoscaling/v2", "HorizontalPodAutoscaler", namespace)
-                      if targets((h.get("spec") or {}).get("scaleTargetRef"), deployment)]
-        except ApiError as exc:
-            log.warning("cannot list HorizontalPodAutoscalers in %s: %s", namespace, exc)
-        checked, present = self._keda
-        if time.monotonic() - checked > _CRD_RECHECK_SECONDS:
-            try:
-                present = self.api.crd_exists(KEDA_CRD)
-            except ApiError:
-                present = False
-            self._keda = (time.monotonic(), present)
-        if present:
-            try:
-                found += [f'ScaledObject/{s["metadata"]["name"]}'
-                          for s in self.api.list_objects("keda.sh/v1alpha1", "ScaledObject", namespace)
-                          if targets((s.get("spec") or {}).get("scaleTargetRef"), deployment)]
-            except ApiError as exc:
-                log.warning("cannot list KEDA ScaledObjects in %s: %s", namespace, exc)
-        return found
+        """The HPAs and KEDA ScaledObjects that target the Deployment, as 'Kind/name': from the
+        operator's watch of them (watch.py), so no API call per poll or pass."""
+        return sorted(self.autoscalers(namespace, deployment))
 
     # --- called by every reconcile pass ------------------------------------------------------
 

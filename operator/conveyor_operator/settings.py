@@ -11,7 +11,7 @@ from typing import Mapping
 class Settings:
     namespaces: tuple[str, ...] = ()       # empty: watch every namespace
     default_image: str = ""                # for JobQueues that name no image
-    resync_seconds: float = 10.0           # resync loop: repair drift, refresh status and depth
+    resync_seconds: float = 10.0           # resync loop: queue depth from Redis (drift: the watch)
     redis_timeout: float = 2.0             # connecting to a JobQueue's Redis for its depth
     liveness_port: int = 8080              # kopf's /healthz
     retry_cap_seconds: float = 300.0       # backoff cap for Degraded JobQueues

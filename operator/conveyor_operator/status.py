@@ -12,8 +12,6 @@ from conveyor import depth, scripts
 from conveyor.connection import RedisTarget, TlsFiles
 from conveyor.keys import Keyspace
 
-from . import metrics
-
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 
 
@@ -103,7 +101,6 @@ def deployment_problem(deployment: dict[str, Any] | None) -> tuple[str, str] | N
     return None
 
 
-@metrics.timed_read("depth")
 def queue_depth(url: str, queues: list[str], timeout: float = 2.0, prefix: str | None = None,
                 tls: TlsFiles | None = None) -> list[dict[str, Any]]:
     """Per queue: ready (waiting: ready and recovered lists), scheduled (due of them: due now),

@@ -64,6 +64,12 @@ def release(pipe: Any, k: QueueKeys, worker: str, jobs: Iterable[tuple[str, str]
     return scripts.release(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake], args)
 
 
+def disown(pipe: Any, k: QueueKeys, worker: str, exec_prefix: str, first_seq: int, n: int) -> Any:
+    """The jobs a claim (sent with ``first_seq`` and ``n``) leased, back now: its reply was lost."""
+    return scripts.disown(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake],
+                          [k.job_prefix, worker, exec_prefix, first_seq, n])
+
+
 def renew(pipe: Any, k: QueueKeys, lease_ms: int, jobs: Iterable[tuple[str, str]]) -> Any:
     args: list[Any] = [k.job_prefix, lease_ms]
     for pair in jobs:

@@ -60,9 +60,10 @@ class ChartEmulator(ConveyorEmulator):
 
     - /version reports a current Kubernetes: the chart's kubeVersion needs >= 1.28, and
       kmock 0.8 answers v1.26;
-    - GET /api/v1/namespaces, which kmock 0.8 cannot parse (it answers 500, and kopf, when
-      told to watch a list of namespaces, lists and watches them, retrying for ever): the
-      list is every namespace that holds an object; a watch stays open and quiet.
+    - GET /api/v1/namespaces as every namespace that holds an object (a watch stays open and
+      quiet): Helm installs into namespaces that have no Namespace object here, and kopf, when
+      told to watch a list of namespaces, serves only those it lists (the base emulator serves
+      Namespace objects themselves, k8s_namespaces.py, but none exist unless created).
     """
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:

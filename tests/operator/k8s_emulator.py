@@ -22,7 +22,11 @@ assert on ``emu.objects[...]``), and adds:
 - standard error bodies (NotFound, AlreadyExists, Conflict, Invalid);
 - finalizers, deletionTimestamp, and ownerReference cascade deletion (the garbage collector,
   which also removes an object created after all its owners were deleted);
-- a created CustomResourceDefinition is registered in discovery.
+- a created CustomResourceDefinition is registered in discovery;
+- Namespace objects at ``/api/v1/namespaces[/<name>]`` (k8s_namespaces.py).
+
+Every request served stays in kmock's ``_requests`` (method, URL, query, headers with the
+bearer token): api_audit.py maps one client's requests to the RBAC permissions they need.
 
 Not emulated: admission (schema/CEL), RBAC, controllers, Table output, protobuf.
 """
@@ -45,6 +49,10 @@ import attrs
 import jsonpatch
 import kmock
 import yaml
+
+import k8s_namespaces
+
+k8s_namespaces.install()
 
 SERVER_META = ("uid", "resourceVersion", "creationTimestamp", "generation", "deletionTimestamp", "managedFields")
 

@@ -6,6 +6,7 @@ real ``python -m conveyor_operator`` (kopf run) process. Kept out of conftest.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import kmock
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,6 +50,49 @@ def wait_for(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.0
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def crd_stub(group: str, kind: str, plural: str, version: str) -> dict[str, Any]:
+    """A CustomResourceDefinition that accepts any object: another project's CRD (Prometheus
+    Operator's, KEDA's) as far as the operator needs it to exist."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                 "versions": [{"name": version, "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                                              "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+SERVICE_MONITOR_CRD = crd_stub("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", "v1")
+
+
+def method(request: Any) -> str:
+    """A recorded request's HTTP method, as text."""
+    return str(getattr(request.method, "value", request.method)).upper()
+
+
+def api_calls(cluster: "Cluster", since: int = 0) -> list[Any]:
+    """The requests the emulator served after the first ``since`` (a len() of its log taken
+    earlier) to a known resource, watch streams left out: what clients asked of the API."""
+    return [r for r in list(cluster.emu._requests)[since:]
+            if r.resource is not None and r.params.get("watch") not in ("true", "1")]
+
+
+def quiet(cluster: "Cluster", seconds: float) -> Callable[[], bool]:
+    """For wait_for: true once no request (but watch streams) reached the emulator for
+    ``seconds`` in a row; a loop of writes never lets it become true."""
+    seen = {"n": len(cluster.emu._requests), "since": time.monotonic()}
+
+    def check() -> bool:
+        n = len(cluster.emu._requests)
+        if api_calls(cluster, seen["n"]):
+            seen["since"] = time.monotonic()
+        seen["n"] = n
+        return time.monotonic() - seen["since"] >= seconds
+    return check
 
 
 def jq_path(ns: str, name: str = "") -> str:
@@ -119,11 +163,13 @@ class Cluster:
         code, body = self.request("GET", path)
         return body if code == 200 else None
 
-    def write_kubeconfig(self, path: Path) -> Path:
+    def write_kubeconfig(self, path: Path, token: str = "dummy-token") -> Path:
+        """A kubeconfig for the emulator; its bearer token tells this client's requests apart
+        (api_audit.by_token)."""
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "dummy-token"}}],
+            "users": [{"name": "tester", "user": {"token": token}}],
             "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester",
                                                           "namespace": "default"}}],
         }))
@@ -205,12 +251,16 @@ class OperatorProcess:
 
 
 class SlowRelay:
-    """A TCP relay to a local Redis that holds every new connection ``delay`` seconds before
-    connecting it through (a slow network); ``connected`` is set as each connection arrives."""
+    """A TCP relay to a local Redis that holds every new connection, and every request sent
+    through it, ``delay`` seconds (a slow network); ``connected`` is set as each connection
+    arrives, ``requested`` as each request does (the operator keeps its connections open);
+    ``connections`` and ``requests`` count them."""
 
     def __init__(self, target_port: int, delay: float) -> None:
         self.target_port, self.delay = target_port, delay
         self.connected = threading.Event()
+        self.requested = threading.Event()
+        self.connections = self.requests = 0
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._sockets: list[socket.socket] = []
@@ -226,6 +276,7 @@ class SlowRelay:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            self.connections += 1
             self.connected.set()
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
@@ -238,12 +289,15 @@ class SlowRelay:
             return
         self._sockets += [client, upstream]
         threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-        self._pipe(client, upstream)
+        self._pipe(client, upstream, slow=True)
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, slow: bool = False) -> None:
         try:
             while data := src.recv(65536):
+                if slow:
+                    self.requests += 1
+                    self.requested.set()
+                    time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass
@@ -258,3 +312,23 @@ class SlowRelay:
         self._server.close()
         for s in self._sockets:
             s.close()
+
+
+@contextlib.contextmanager
+def served_cluster(tmp: Path, **operator_env: str) -> Iterator[tuple[Cluster, Kubectl, OperatorProcess | None]]:
+    """An emulator of its own with the JobQueue CRD served, and a kubeconfig for it in ``tmp``;
+    with ``operator_env``, an operator process too (that environment, TMPDIR ``tmp``), watching."""
+    cluster = Cluster().start()
+    op = None
+    try:
+        kubectl = Kubectl(cluster.write_kubeconfig(tmp / "config"))
+        kubectl("apply", "-f", str(CRD_FILE))
+        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the JobQueue CRD in discovery")
+        if operator_env:
+            op = OperatorProcess(tmp / "config", tmp / "operator.log", cluster, **{"TMPDIR": str(tmp), **operator_env})
+            wait_for(op.watching, timeout=20, what="the operator to watch JobQueues")
+        yield cluster, kubectl, op
+    finally:
+        if op is not None:
+            op.stop()
+        cluster.stop()

@@ -15,7 +15,8 @@ from conveyor import Queue, admin
 from conveyor.keys import Keyspace
 from conveyor_operator.scaler import DELETION_COST
 from pod_helpers import create_pod, pods_path
-from op_helpers import Cluster, Kubectl, OperatorProcess, cond, dep_path, jobqueue, jq_path, wait_for
+from op_helpers import (Cluster, Kubectl, OperatorProcess, api_calls, cond, crd_stub, dep_path, jobqueue, jq_path, method,
+                        wait_for)
 
 FAST = {"pollSeconds": 1, "scaleDownStabilizationSeconds": 2, "targetJobsPerWorker": 10}
 
@@ -170,14 +171,47 @@ def test_an_hpa_on_the_deployment_makes_the_operator_stand_back(
                   cond(j, "Autoscaling").get("reason") == "ExternalAutoscaler" and j, what="the ExternalAutoscaler condition")
     assert cond(jq, "Autoscaling")["status"] == "False"
     assert "HorizontalPodAutoscaler/cpu" in cond(jq, "Autoscaling")["message"]
-    cluster.request("PATCH", dep_path(namespace, "ext"), {"spec": {"replicas": 2}})  # the HPA's write
-    burst(redis_server.url, namespace, 40)
-    # Several polls and resyncs later the HPA's value stands.
+    stands_back_then_takes_over(cluster, namespace, "ext", redis_server.url,
+                                f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/cpu")
+
+
+def stands_back_then_takes_over(cluster: Cluster, ns: str, name: str, url: str, other: str) -> None:
+    """The other autoscaler's replicas stand through polls that see demand for more; once it is
+    deleted (``other``: its path), the operator scales again. It never lists autoscalers: the
+    operator watches them."""
+    cluster.request("PATCH", dep_path(ns, name), {"spec": {"replicas": 2}})  # the other autoscaler's write
+    burst(url, ns, 40)
     mark = len(cluster.emu._requests)
-    wait_for(lambda: sum(1 for r in list(cluster.emu._requests)[mark:] if r.resource is not None
-                         and r.resource.plural == "horizontalpodautoscalers") >= 4, what="four more looks at the HPAs")
-    assert replicas(cluster, namespace, "ext") == 2
-    # The HPA gone, the operator takes over again.
-    # (by its autoscaling/v2 path: the emulator keeps each API version's objects apart)
-    assert cluster.request("DELETE", f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/cpu")[0] == 200
-    wait_replicas(cluster, namespace, "ext", 4, 5)
+    # Each poll reads the Deployment once (a pass twice): polls later the other value stands.
+    wait_for(lambda: len([r for r in api_calls(cluster, mark) if r.resource.plural == "deployments"
+                          and r.name == f"{name}-worker" and method(r) == "GET"]) >= 6, what="a few more polls")
+    assert replicas(cluster, ns, name) == 2
+    assert not [r for r in api_calls(cluster, mark)
+                if r.resource.plural in ("horizontalpodautoscalers", "scaledobjects", "customresourcedefinitions")]
+    # (by its own API version's path: the emulator keeps each version's objects apart)
+    assert cluster.request("DELETE", other)[0] == 200
+    wait_replicas(cluster, ns, name, 4, 5)
+    wait_for(lambda: cond(cluster.get(jq_path(ns, name)), "Autoscaling").get("reason") in ("ScaleUp", "Steady"),
+             what="the Autoscaling condition back to the operator's")
+
+
+KEDA_CRD = crd_stub("keda.sh", "ScaledObject", "scaledobjects", "v1alpha1")
+
+
+def test_a_keda_scaled_object_makes_the_operator_stand_back(
+        cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any, operator: OperatorProcess) -> None:
+    # KEDA installed while the operator runs: kopf sees the CRD appear and starts watching.
+    kubectl("apply", "-f", "-", input=json.dumps(KEDA_CRD))
+    wait_for(lambda: cluster.get("/apis/keda.sh/v1alpha1/scaledobjects") is not None, what="the ScaledObject CRD")
+    apply(kubectl, namespace, "keda", redis_server.url,
+          autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5, **FAST})
+    wait_replicas(cluster, namespace, "keda", 1, 10)
+    so = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "list-length"},
+          "spec": {"scaleTargetRef": {"name": "keda-worker"}, "minReplicaCount": 2, "maxReplicaCount": 4,
+                   "triggers": [{"type": "redis", "metadata": {"listName": "q", "listLength": "5"}}]}}
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(so))
+    c = wait_for(lambda: (c := cond(cluster.get(jq_path(namespace, "keda")), "Autoscaling"))
+                 and c.get("reason") == "ExternalAutoscaler" and c, what="the ExternalAutoscaler condition")
+    assert c["status"] == "False" and "ScaledObject/list-length" in c["message"]
+    stands_back_then_takes_over(cluster, namespace, "keda", redis_server.url,
+                                f"/apis/keda.sh/v1alpha1/namespaces/{namespace}/scaledobjects/list-length")

@@ -12,8 +12,8 @@ import pytest
 from conveyor import Queue
 from conveyor_operator import builders
 
-from op_helpers import (DEFAULT_IMAGE, EXAMPLES, Cluster, Kubectl, OperatorProcess, SlowRelay, cond, dep_path, jobqueue,
-                        jq_path, wait_for)
+from op_helpers import (DEFAULT_IMAGE, EXAMPLES, SERVICE_MONITOR_CRD, Cluster, Kubectl, OperatorProcess, SlowRelay, cond,
+                        dep_path, jobqueue, jq_path, wait_for)
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -184,13 +184,13 @@ def test_deleting_while_a_resync_reads_redis_is_prompt(cluster: Cluster, kubectl
                                                       redis_server: Any) -> None:
     """kopf lets a JobQueue go only once its resync timer has exited; one caught inside a pass
     that changes nothing (no write to wake kopf) was re-checked only after kopf's default 60 s."""
-    relay = SlowRelay(redis_server.port, delay=0.3)  # each depth read waits 0.3 s (< the 0.5 s timeout)
+    relay = SlowRelay(redis_server.port, delay=0.2)  # each depth read waits 0.2 s (< the 0.5 s timeout)
     try:
         kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("slow", redis={"url": relay.url}, queues=["q"]))
         wait_for(lambda: (cluster.get(jq_path(namespace, "slow")) or {}).get("status", {}).get("depth") == 0,
                  what="a healthy JobQueue")
-        relay.connected.clear()
-        assert relay.connected.wait(5)  # a resync is inside its depth read now
+        relay.requested.clear()
+        assert relay.requested.wait(5)  # a resync is inside its depth read now
         started = time.monotonic()
         assert cluster.request("DELETE", jq_path(namespace, "slow"))[0] == 200
         wait_for(lambda: cluster.get(jq_path(namespace, "slow")) is None, timeout=20, what="the JobQueue to go")
@@ -260,16 +260,6 @@ def test_status_reads_real_queue_depth(cluster: Cluster, kubectl: Kubectl, names
     assert jq["status"]["depth"] == 4
     a.enqueue("builtins:print", 99)  # the timer keeps it fresh
     wait_for(lambda: cluster.get(jq_path(namespace, "depth"))["status"]["queues"][0]["ready"] == 4, what="depth 4")
-
-
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
 
 
 def test_service_monitor_follows_the_spec(cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any) -> None:

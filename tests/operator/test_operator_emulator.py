@@ -183,3 +183,14 @@ def test_crd_registration_and_scale(cluster: Cluster, kubectl: Kubectl, crd_inst
     assert cluster.get(f"{base}/s/scale")["spec"]["replicas"] == 4
     kubectl("delete", "jq", "s", "-n", namespace)  # kubectl waits on a field-selected watch
     wait_for(lambda: cluster.get(f"{base}/s") is None, what="deletion")
+
+
+def test_namespaces_are_cluster_scoped_objects(cluster: Cluster, kubectl: Kubectl) -> None:
+    # kopf lists and watches them when given namespaces to serve (kmock alone answers 500).
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns-obj"}}))
+    ns = cluster.get("/api/v1/namespaces/ns-obj")
+    assert ns is not None and ns["kind"] == "Namespace" and "namespace" not in ns["metadata"]
+    assert "ns-obj" in {n["metadata"]["name"] for n in (cluster.get("/api/v1/namespaces") or {})["items"]}
+    # Paths below a namespace still address the objects in it.
+    code, _ = cluster.request("POST", "/api/v1/namespaces/ns-obj/configmaps", cm("inside"), "application/json")
+    assert code == 200 and cluster.get("/api/v1/namespaces/ns-obj/configmaps/inside")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, cond, dep_path, jobqueue, jq_path, wait_for
+from op_helpers import Cluster, Kubectl, OperatorProcess, cond, dep_path, jobqueue, jq_path, served_cluster, wait_for
 
 LEGACY = ["conveyor.dev/finalizer", "kopf.zalando.org/KopfFinalizerMarker"]
 OTHERS = "example.com/backup"  # someone else's: never the operator's to remove
@@ -21,14 +21,8 @@ OTHERS = "example.com/backup"  # someone else's: never the operator's to remove
 
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Any:
-    cluster = Cluster().start()
-    try:
-        kubectl = Kubectl(cluster.write_kubeconfig(tmp_path / "config"))
-        kubectl("apply", "-f", str(CRD_FILE))
-        wait_for(lambda: cluster.get("/apis/conveyor.dev/v1alpha1"), what="the JobQueue CRD in discovery")
+    with served_cluster(tmp_path) as (cluster, kubectl, _):
         yield cluster, kubectl
-    finally:
-        cluster.stop()
 
 
 def finalizers(cluster: Cluster, ns: str, name: str) -> list[str]:
@@ -56,10 +50,10 @@ def test_jobqueues_carry_no_finalizer_and_delete_without_the_operator(
         # On resume the old finalizers go; someone else's stays.
         wait_for(lambda: finalizers(cluster, ns, "upgraded") == [], what="the legacy finalizers removed")
         wait_for(lambda: finalizers(cluster, ns, "shared") == [OTHERS], what="only the other finalizer left")
-        # Resync passes (0.5 s apart) repair drift, and still add no finalizer.
+        # The watch on owned objects repairs drift, and adds no finalizer to either side.
         cluster.request("DELETE", f"/api/v1/namespaces/{ns}/configmaps/fresh-policy")
-        wait_for(lambda: cluster.get(f"/api/v1/namespaces/{ns}/configmaps/fresh-policy"), what="the resync to repair")
-        assert finalizers(cluster, ns, "fresh") == []
+        cm = wait_for(lambda: cluster.get(f"/api/v1/namespaces/{ns}/configmaps/fresh-policy"), what="the repair")
+        assert finalizers(cluster, ns, "fresh") == [] and not cm["metadata"].get("finalizers")
     finally:
         op.stop()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conveyor import Queue
+from conveyor.embedded import EmbeddedRedis
 from conveyor_operator.k8s import ApiError, NotFound, path
 from conveyor_operator.reconcile import Reconciler
 from conveyor_operator.settings import Settings
@@ -227,3 +228,51 @@ def test_the_operators_own_env_never_changes_a_jobqueues_redis(monkeypatch: pyte
     out = Reconciler(FakeApi(), Settings(default_image="img:1", redis_timeout=1)).reconcile(
         body(redis={"url": redis_server.url}, queues=[q]))
     assert out.problem is None and out.status["depth"] == 1
+
+
+def test_the_resync_refresh_reads_depth_through_one_client_and_passes_fully_only_on_change() -> None:
+    """Reconciler.refresh, the resync's pass: no object applied and no status written while
+    nothing changed; the depth written alone when it moved; a full pass (objects applied,
+    Degraded and its Event) when the Secret's URL rotates or Redis goes and comes back."""
+    server = EmbeddedRedis().start()
+    try:
+        api = FakeApi(secrets={"r": {"url": server.url}})
+        events: list[tuple[str, str, str]] = []
+        reconciler = Reconciler(api, Settings(default_image="img:1", redis_timeout=0.5))
+        jq = body(redis={"secretRef": {"name": "r"}})
+        assert reconciler.reconcile(jq).problem is None
+        client = reconciler.redis.cached("u1").client  # type: ignore[union-attr]
+
+        def refresh() -> tuple[set[str], dict[str, Any] | None]:
+            api.applied, api.status = {}, None
+            reconciler.refresh(jq, lambda *e: events.append(e))
+            jq["status"] = {**(jq.get("status") or {}), **(api.status or {})}  # as the index sees it next
+            return set(api.applied), api.status
+
+        assert refresh() == (set(), None)
+        Queue("q", redis_url=server.url).enqueue("builtins:print", 1)
+        applied, status = refresh()
+        assert applied == set() and status is not None and set(status) == {"queues", "depth", "depthObservedAt"}
+        assert status["depth"] == 1 and reconciler.redis.cached("u1").client is client  # type: ignore[union-attr]
+        # The Secret's URL rotated (db 1): a full pass, the pods' checksum moves, a new client.
+        dep = api.get("apps/v1", "Deployment", "ns", "jq-worker")
+        api.secrets["r"]["url"] = server.url[:-1] + "1"
+        applied, status = refresh()
+        assert "Deployment" in applied and api.applied["Deployment"] != dep
+        assert reconciler.redis.cached("u1").client is not client  # type: ignore[union-attr]
+        assert refresh() == (set(), None)
+        # Redis gone: one full pass says so (Degraded, an Event); while it stays gone, nothing more.
+        server.stop()
+        applied, status = refresh()
+        assert "ConfigMap" in applied and status is not None
+        assert next(c for c in status["conditions"] if c["type"] == "Degraded")["reason"] == "RedisUnreachable"
+        assert events[-1][1] == "RedisUnreachable"
+        assert refresh() == (set(), None)
+        # Back: one full pass clears it.
+        server = EmbeddedRedis(port=server.port).start()
+        applied, status = refresh()
+        assert "ConfigMap" in applied and status is not None and events[-1][1] == "Recovered"
+        reconciler.forget("u1")
+        assert reconciler.redis.cached("u1") is None
+    finally:
+        server.stop()

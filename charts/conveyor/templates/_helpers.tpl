@@ -61,59 +61,68 @@ app.kubernetes.io/component: operator
 
 {{/*
 The operator's namespaced rules: the same in the ClusterRole (all namespaces) and in each
-Role (a list of namespaces). Keep in step with examples/README.md ("RBAC it needs").
+Role (a list of namespaces). Exactly the requests it makes: tests/operator/test_operator_rbac.py
+derives them from a run of the operator and fails on any grant missing or extra. Keep in
+step with examples/README.md ("RBAC it needs").
 */}}
 {{- define "conveyor.namespacedRules" -}}
-# JobQueues: kopf lists and watches them, and patches their finalizers and its annotations.
+# JobQueues: kopf lists and watches them and patches its annotations and the legacy
+# finalizers away; the operator reads one when a worker pod is lost.
 - apiGroups: ["conveyor.dev"]
   resources: ["jobqueues"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["conveyor.dev"]
   resources: ["jobqueues/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # Owned objects carry blockOwnerDeletion: setting it needs update on the owner's finalizers.
 - apiGroups: ["conveyor.dev"]
   resources: ["jobqueues/finalizers"]
   verbs: ["update"]
-# The objects each JobQueue owns, written with server-side apply.
+# The objects each JobQueue owns, written with server-side apply (patch, and create when the
+# apply creates one), listed and watched (kopf, by the operator's labels) so a change or
+# deletion reconciles their JobQueue at once. No delete: the garbage collector removes them
+# with their JobQueue. Deployments are also read (the autoscaler's current replicas).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 {{- if .Values.monitoring.serviceMonitors.enabled }}
+# Read and deleted too: when a JobQueue stops asking for one, the operator removes its own.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
 # spec.redis.secretRef (the Redis URL) and spec.redis.tls.caSecretRef / clientCertSecretRef
-# (the CA and the client certificate), read to report queue depth. Read only.
+# (the CA and the client certificate), each read by name in the JobQueue's namespace (so
+# cluster-wide when every namespace is watched). Never listed or written.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Worker pods: watched so a lost pod's jobs are released at once (pods.py); patched only to set
-# controller.kubernetes.io/pod-deletion-cost before an autoscaler scale-down (idle pods go first).
+# Worker pods: listed and watched so a lost pod's jobs are released at once (pods.py), and
+# listed by the autoscaler; patched only to set controller.kubernetes.io/pod-deletion-cost
+# before a scale-down (idle pods go first).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Autoscaling: an HPA (or a KEDA ScaledObject) on a worker Deployment makes the operator leave
-# its replicas alone; listed, never written.
+# its replicas alone; listed and watched (kopf indexes them), never written.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- if .Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject" }}
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- end }}
-# Events on JobQueues (kopf and the operator post them).
+# Events on JobQueues: kopf and the operator post new ones, never update them.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Cluster-scoped reads: kopf observes CRDs (and the operator checks for the ServiceMonitor CRD). */}}

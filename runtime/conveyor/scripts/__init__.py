@@ -63,14 +63,15 @@ release = Script("release")
 retry = Script("retry")
 reap = Script("reap")
 release_worker = Script("release_worker")  # a worker known lost: its jobs back now
+disown = Script("disown")  # the jobs of a claim whose reply was lost
 promote = Script("promote")
 requeue = Script("requeue")
 purge = Script("purge")
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
 repair = Script("repair")  # conveyor doctor --fix
-ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, release_worker, promote, requeue,
-       purge, lock_renew, lock_release, repair)
+ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, release_worker, disown, promote,
+       requeue, purge, lock_renew, lock_release, repair)
 
 
 def _load_stack() -> list[routing.Command]:

@@ -243,3 +243,71 @@ local function settle(key, id, vals, failed_key, default_ttl, corrupt_key, now, 
   end
   return nil
 end
+
+-- A job whose worker is gone (lease expired, or its pod released) goes back to the recovered
+-- list as a suspect: its code may have killed the worker, so it runs one per worker. A started
+-- job is charged (orphaned + 1, an attempt "WorkerLost" with attempt_msg) and fails as
+-- Abandoned once lost max_deliveries times (why: a few words for that message); a prefetched
+-- one never started and is not charged. f is the HMGET of status, worker, max_deliveries,
+-- failure_ttl, unique_lock, orphaned. No execution owns the job afterwards, so a late outcome
+-- from the lost worker reads as STALE. Returns 'requeued' or 'abandoned'.
+local function lose(key, id, f, started, attempt_msg, why, default_max, failed_key, default_ttl,
+                    recovered_key, now, now_str)
+  if started then
+    local lost = (int(f[6]) or 0) + 1
+    redis.call('HSET', key, 'orphaned', lost)
+    record_attempt(key, 'WorkerLost', attempt_msg, now_str)  -- reads the lost execution ID: clear it after
+    redis.call('HDEL', key, 'worker', 'execution_id')
+    local max = int(f[3])
+    if max == nil or max < 1 then max = int(default_max) or 3 end
+    if lost >= max then
+      redis.call('HSET', key, 'status', 'failed', 'exc_type', 'Abandoned', 'exc_traceback', '',
+        'exc_message', 'abandoned ' .. lost .. ' times: its worker was lost each time (' .. why .. ')',
+        'ended_at', now_str)
+      redis.call('HDEL', key, 'suspect')
+      local score = retire(key, id, f[4], default_ttl, f[5], now)
+      register(failed_key, score and {score, id} or {}, now)
+      return 'abandoned'
+    end
+  else
+    redis.call('HDEL', key, 'worker', 'execution_id')
+  end
+  redis.call('HSET', key, 'status', 'queued', 'suspect', '1')
+  redis.call('RPUSH', recovered_key, id)
+  return 'requeued'
+end
+
+-- Hand leased jobs ({id, execution ID} pairs) back to the head of their queue: not a failure
+-- and not a delivery (a started job gets back the delivery its start charged). A suspect goes
+-- back to the recovered list. Returns one code per job: OK, STALE (another execution owns it
+-- now) or MISSING.
+local function hand_back(jobs, prefix, worker, ready_key, recovered_key, prefetched_key, leases_key, claimed_key,
+                         wake_key)
+  local codes = {}
+  local back, suspects = {}, {}
+  for _, pair in ipairs(jobs) do
+    local id, exec = pair[1], pair[2]
+    local key = prefix .. id
+    local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'worker', 'suspect', 'deliveries')
+    if f.err then f = {} end
+    local code = owner_code(f[1], f[2], exec)
+    if code == OK then
+      unlease(id, prefetched_key, leases_key, nil)
+      if f[1] == 'started' then
+        redis.call('HSET', key, 'deliveries', math.max(0, (int(f[5]) or 1) - 1))
+      end
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HDEL', key, 'worker', 'started_at', 'execution_id')
+      if f[4] == '1' then suspects[#suspects + 1] = id else back[#back + 1] = id end
+    elseif code == DUPLICATE then
+      code = STALE  -- it ended already; nothing to hand back
+    end
+    unclaim(claimed_key, id, code == OK and 'queued' or f[1], f[3], worker)
+    codes[#codes + 1] = code
+  end
+  -- LPUSH reverses its arguments: push the last first so the first ends up at the head.
+  for i = #back, 1, -1 do redis.call('LPUSH', ready_key, back[i]) end
+  for i = #suspects, 1, -1 do redis.call('LPUSH', recovered_key, suspects[i]) end
+  if #back + #suspects > 0 then wake(wake_key) end
+  return codes
+end

@@ -1,8 +1,6 @@
 #!lua flags=allow-oom
--- reap: jobs whose lease expired (their worker died, hung or lost Redis) go to the recovered
--- list, as suspects: their code may have crashed the worker, so they run one per worker.
--- A started job is charged (orphaned + 1, an attempt "WorkerLost") and fails as Abandoned
--- once it was lost max_deliveries times; a prefetched one never started and is not charged.
+-- reap: jobs whose lease expired (their worker died, hung or lost Redis) are lost (_lib's
+-- lose: back as suspects, a started one charged, Abandoned at max_deliveries).
 -- KEYS[1] leases zset   KEYS[2] prefetched zset   KEYS[3] recovered list   KEYS[4] failed zset
 -- KEYS[5] wake list   KEYS[6] stats hash
 -- ARGV[1] job key prefix   ARGV[2] claimed-set prefix (+ worker ID)   ARGV[3] at most this many jobs
@@ -23,33 +21,9 @@ local function recover(id, started)
   if settle(key, id, f, KEYS[4], ARGV[5], ARGV[6] .. id, now, now_str) then return end
   if f[1] ~= (started and 'started' or 'prefetched') then return end  -- it moved on: a stale entry
   if f[2] then redis.pcall('SREM', claimed_prefix .. f[2], id) end
-  -- No execution owns it now: a late outcome from the lost worker must read as STALE.
-  if not started then
-    redis.call('HDEL', key, 'worker', 'execution_id')
-    redis.call('HSET', key, 'status', 'queued', 'suspect', '1')
-    redis.call('RPUSH', KEYS[3], id)
-    requeued[#requeued + 1] = id
-    return
-  end
-  local lost = (int(f[6]) or 0) + 1
-  redis.call('HSET', key, 'orphaned', lost)
-  record_attempt(key, 'WorkerLost', 'lease expired: the worker running it was lost', now_str)
-  redis.call('HDEL', key, 'worker', 'execution_id')
-  local max = int(f[3])
-  if max == nil or max < 1 then max = int(ARGV[4]) or 3 end
-  if lost >= max then
-    redis.call('HSET', key, 'status', 'failed', 'exc_type', 'Abandoned', 'exc_traceback', '',
-      'exc_message', 'abandoned ' .. lost .. ' times: its worker was lost each time (lease expired)',
-      'ended_at', now_str)
-    redis.call('HDEL', key, 'suspect')
-    local score = retire(key, id, f[4], ARGV[5], f[5], now)
-    register(KEYS[4], score and {score, id} or {}, now)
-    abandoned[#abandoned + 1] = id
-  else
-    redis.call('HSET', key, 'status', 'queued', 'suspect', '1')
-    redis.call('RPUSH', KEYS[3], id)
-    requeued[#requeued + 1] = id
-  end
+  local outcome = lose(key, id, f, started, 'lease expired: the worker running it was lost', 'lease expired',
+    ARGV[4], KEYS[4], ARGV[5], KEYS[3], now, now_str)
+  if outcome == 'abandoned' then abandoned[#abandoned + 1] = id else requeued[#requeued + 1] = id end
 end
 
 for _, started in ipairs({true, false}) do

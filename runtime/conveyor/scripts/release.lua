@@ -10,31 +10,6 @@
 local err = expect_types({KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'zset',
   KEYS[5], 'set', KEYS[6], 'list'})
 if err then return err end
-local prefix, worker = ARGV[1], ARGV[2]
-local codes = {}
-local back, suspects = {}, {}
-for i = 3, #ARGV, 2 do
-  local id, exec = ARGV[i], ARGV[i + 1]
-  local key = prefix .. id
-  local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'worker', 'suspect', 'deliveries')
-  if f.err then f = {} end
-  local code = owner_code(f[1], f[2], exec)
-  if code == OK then
-    unlease(id, KEYS[3], KEYS[4], nil)
-    if f[1] == 'started' then
-      redis.call('HSET', key, 'deliveries', math.max(0, (int(f[5]) or 1) - 1))
-    end
-    redis.call('HSET', key, 'status', 'queued')
-    redis.call('HDEL', key, 'worker', 'started_at', 'execution_id')
-    if f[4] == '1' then suspects[#suspects + 1] = id else back[#back + 1] = id end
-  elseif code == DUPLICATE then
-    code = STALE  -- it ended already; nothing to hand back
-  end
-  unclaim(KEYS[5], id, code == OK and 'queued' or f[1], f[3], worker)
-  codes[#codes + 1] = code
-end
--- LPUSH reverses its arguments: push the last first so the first ends up at the head.
-for i = #back, 1, -1 do redis.call('LPUSH', KEYS[1], back[i]) end
-for i = #suspects, 1, -1 do redis.call('LPUSH', KEYS[2], suspects[i]) end
-if #back + #suspects > 0 then wake(KEYS[6]) end
-return codes
+local pairs_ = {}
+for i = 3, #ARGV, 2 do pairs_[#pairs_ + 1] = {ARGV[i], ARGV[i + 1]} end
+return hand_back(pairs_, ARGV[1], ARGV[2], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])

@@ -81,12 +81,15 @@ class Flow:
         self._suspect_freed = False
         self._exec_prefix = f"{secrets.token_hex(8)}-"  # execution IDs: unique across restarts and wipes
         self._exec_seq = 0
+        # Claims whose reply was lost (queue, first number, how many): Redis may have run them,
+        # leasing jobs this worker does not know it holds. Handed back on the next step.
+        self._unsure: list[tuple[str, int, int]] = []
 
     # -- one step ------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
         r = self.runner
-        if r.starting or r.release or r.cancels:
+        if r.starting or r.release or r.cancels or self._unsure:
             return True
         now = time.monotonic()
         if any(e.not_before <= now for e in r.ended):
@@ -115,14 +118,21 @@ class Flow:
         parts = self._parts(starting, ready, release, cancels)
         sent = time.monotonic()
         claim_args = self._claim_args(first, want) if first else None
+        unsure, self._unsure = self._unsure, []
         try:
-            replies = await self.link.roundtrip(lambda p: self._build(p, parts, first, claim_args))
+            replies = await self.link.roundtrip(lambda p: self._build(p, unsure, parts, first, claim_args))
         except LinkDown:
             r.starting[:0] = starting
             r.ended[:0] = ready
             r.release[:0] = release
             r.cancels[:0] = cancels
+            self._unsure[:0] = unsure
+            if first and claim_args:
+                self._lost_claim(first, claim_args)
             return False
+        for (queue, _, _), reply in zip(unsure, replies):
+            self._disowned(queue, reply)
+        replies = replies[len(unsure):]
         for (kind, queue, items), reply in zip(parts, replies):
             self._settle(kind, queue, items, reply)
         claimed = self._claimed(first, replies[-1], sent) if first else []
@@ -137,6 +147,7 @@ class Flow:
             try:
                 reply = (await self.link.roundtrip(lambda p, q=queue, a=args: self._claim_cmd(p, q, a)))[0]
             except LinkDown:
+                self._lost_claim(queue, args)
                 break
             claimed += self._claimed(queue, reply, sent)
         if want and len(claimed) < want and not self.claim_left:
@@ -159,9 +170,11 @@ class Flow:
         parts = [(kind, queue, items) for (kind, queue), items in groups.items()]
         return parts + [("cancel", job.queue, [job]) for job in cancels]  # cancel.lua takes one job
 
-    def _build(self, pipe: Any, parts: list[tuple[str, str, list[Any]]], first: str | None,
-               claim_args: list[Any] | None) -> None:
+    def _build(self, pipe: Any, unsure: list[tuple[str, int, int]], parts: list[tuple[str, str, list[Any]]],
+               first: str | None, claim_args: list[Any] | None) -> None:
         s = self.settings
+        for queue, seq, n in unsure:  # first: the jobs handed back may be claimed again below
+            calls.disown(pipe, self.keys[queue], self.id, self._exec_prefix, seq, n)
         for kind, queue, items in parts:
             k = self.keys[queue]
             if kind == "start":
@@ -247,6 +260,23 @@ class Flow:
         jobs = parse_claim(queue, reply, self.settings.default_timeout, sent + self.settings.lease_seconds)
         self.runner.accept(jobs)
         return jobs
+
+    def _lost_claim(self, queue: str, args: list[Any]) -> None:
+        n, seq = args[0], args[3]
+        last = self._unsure[-1] if self._unsure else None
+        if last and last[0] == queue and last[1] + last[2] == seq:  # the one before it, also lost
+            self._unsure[-1] = (queue, last[1], last[2] + n)
+        else:
+            self._unsure.append((queue, seq, n))
+
+    def _disowned(self, queue: str, reply: Any) -> None:
+        if isinstance(reply, ResponseError):  # a key of the wrong type: the leases recover them
+            log.warning("could not hand back the jobs of a claim whose reply was lost (queue %s): %s; "
+                        "they run again when their leases expire", queue, cause(reply))
+        elif reply:
+            log.info("%d job(s) of queue %s handed back: Redis leased them to this worker but the reply "
+                     "was lost", len(reply), queue, extra={"queue": queue, "event": "release"})
+            self.want_claim = True
 
     def _done_with(self, job: Claimed) -> None:
         if self.runner.done_with(job):
