@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from chart_helpers import ROOT, by_kind, one, render
-from test_chart_render import CRDS_READ, NAMESPACED, VALUE_SETS, env_of, rules
+from test_chart_render import VALUE_SETS, env_of, rules
 
 PEERING_CRD = ROOT / "crds" / "clusterkopfpeerings.kopf.dev.yaml"
 PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch", "create"}}
@@ -132,11 +132,10 @@ def test_peering_crd_is_the_crds_file_plus_labels_and_keep() -> None:
 
 @pytest.mark.parametrize("name", ["fleet", "namespaced-fleet"])
 def test_peering_rbac_is_cluster_wide_and_only_with_replicas(name: str) -> None:
-    docs, _ = render(VALUE_SETS[name])
-    cluster_role = one(docs, "ClusterRole")
-    if name == "fleet":
-        assert rules(cluster_role) == {**NAMESPACED, **CRDS_READ, **PEERING_RULES}
-    else:  # the peering is cluster-wide also when the operator watches a list of namespaces
-        assert rules(cluster_role) == {**CRDS_READ, ("", "namespaces"): {"list", "watch"}, **PEERING_RULES}
-        assert all(rules(role) == NAMESPACED for role in by_kind(docs, "Role"))
-    assert ("kopf.dev", "clusterkopfpeerings") not in rules(one(render()[0], "ClusterRole"))
+    # What the operator needs is derived from its requests (tests/operator/test_operator_rbac.py);
+    # here: the peering adds exactly its rules, to the ClusterRole, in both modes.
+    one_replica = {**VALUE_SETS[name], "operator": {**VALUE_SETS[name]["operator"], "replicas": 1}}
+    docs, single = render(VALUE_SETS[name])[0], render(one_replica)[0]
+    assert rules(one(docs, "ClusterRole")) == {**rules(one(single, "ClusterRole")), **PEERING_RULES}
+    assert [rules(r) for r in by_kind(docs, "Role")] == [rules(r) for r in by_kind(single, "Role")]
+    assert ("kopf.dev", "clusterkopfpeerings") not in rules(one(single, "ClusterRole"))

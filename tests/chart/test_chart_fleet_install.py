@@ -19,7 +19,7 @@ from op_helpers import wait_for
 
 NS, WATCHED = "fleet-system", "team-x"
 PEERING = f"{NS}-fleet-conveyor-operator"
-OK = 'conveyor_operator_reconciles_total{outcome="ok"}'
+RESYNCS = "conveyor_operator_resyncs_total"
 
 
 def as_pod(deployment: dict[str, Any], pod: str) -> dict[str, Any]:
@@ -70,11 +70,11 @@ def test_two_installed_replicas_elect_one_through_the_charts_peering(cluster: Ch
             wait_for(lambda: cluster.get(f"/apis/apps/v1/namespaces/{WATCHED}/deployments/jobs-worker"),
                      what="the JobQueue reconciled")
             # A pass the follower began before it paused may still end: let those finish first.
-            passes = leader.metrics()[OK]
-            wait_for(lambda: leader.metrics()[OK] >= passes + 3, what="the leader's resync passes")
-            before, passes = follower.metrics()[OK], leader.metrics()[OK]
-            wait_for(lambda: leader.metrics()[OK] >= passes + 3, what="the leader's resync passes")
-            assert follower.metrics()[OK] == before  # the paused replica's resync loop waits too
+            passes = leader.metrics()[RESYNCS]
+            wait_for(lambda: leader.metrics()[RESYNCS] >= passes + 3, what="the leader's resync passes")
+            before, passes = follower.metrics()[RESYNCS], leader.metrics()[RESYNCS]
+            wait_for(lambda: leader.metrics()[RESYNCS] >= passes + 3, what="the leader's resync passes")
+            assert follower.metrics()[RESYNCS] == before  # the paused replica's resync loop waits too
         except BaseException:
             for op in ops:
                 print(op.log())

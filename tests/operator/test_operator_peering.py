@@ -17,6 +17,7 @@ PEERING_CRD = ROOT / "crds" / "clusterkopfpeerings.kopf.dev.yaml"
 LIFETIME = 4  # seconds: kopf then keeps alive every second, and a dead leader is dropped after 4
 PEERING = "conveyor-test"
 OK = 'conveyor_operator_reconciles_total{outcome="ok"}'
+RESYNCS = "conveyor_operator_resyncs_total"
 
 
 def peers(cluster: Cluster) -> dict[str, Any]:
@@ -74,9 +75,10 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_dies(
     wait_for(lambda: cond(cluster.get(f"/apis/conveyor.dev/v1alpha1/namespaces/{namespace}/jobqueues/first"),
                           "Degraded").get("status") == "False", timeout=10, what="the JobQueue reconciled")
     # Several resync passes (every 0.5 s) by the leader; none by the paused one, handlers or loop.
-    passes = leader.metrics()[OK]
-    wait_for(lambda: leader.metrics()[OK] >= passes + 3, what="the leader's resync passes")
-    assert follower.metrics()[OK] == 0 and "first" not in follower.log_path.read_text(errors="replace")
+    passes = leader.metrics()[RESYNCS]
+    wait_for(lambda: leader.metrics()[RESYNCS] >= passes + 3, what="the leader's resync passes")
+    assert follower.metrics()[OK] == follower.metrics()[RESYNCS] == 0
+    assert "first" not in follower.log_path.read_text(errors="replace")
     assert leaders(ops) == ([1, 0] if leader is ops[0] else [0, 1])  # and still the same one
 
     leader.proc.send_signal(signal.SIGKILL)
