@@ -1,8 +1,7 @@
 """The operator's own Prometheus metrics, served on ``/metrics`` (CONVEYOR_OPERATOR_METRICS_PORT).
 
 A registry of its own, not prometheus_client's global one: the page holds the series below
-and the process' own (memory, CPU, open files), whatever else the imported code registers
-globally. The other modules only increment: each hook is one line, so the operator's logic
+and the process' own (memory, CPU, open files), never what imported code registers globally. The other modules only increment: each hook is one line, so the operator's logic
 stays readable without the metrics.
 """
 
@@ -111,12 +110,3 @@ def serve(port: int) -> None:
         return
     log.info("operator metrics on :%d/metrics", port)
 
-
-def stop() -> None:
-    global _server
-    if _server is not None:
-        server, thread = _server
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        _server = None

@@ -54,6 +54,7 @@ def test_metrics_count_reconciles_reads_and_scale_decisions(
     seen = wait_for(lambda: (m := op.metrics())[OK] >= 1 and m[DEPTH_READS] >= 1 and m[DEMAND_READS] >= 1 and m,
                     timeout=15, what="a reconcile, a depth read and a demand read counted")
     assert seen["conveyor_operator_jobqueues"] == 1 and seen[DEGRADED] == 0
+    wait_for(lambda: op.metrics()["conveyor_operator_resyncs_total"] >= 2, what="resync passes counted")
     assert seen['conveyor_operator_redis_read_seconds_bucket{le="+Inf",read="depth"}'] == seen[DEPTH_READS]
     assert 0 < seen['conveyor_operator_redis_read_seconds_sum{read="depth"}'] < seen[DEPTH_READS] * 0.5
 
