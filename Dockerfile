@@ -46,6 +46,6 @@ ENV PATH=/opt/conveyor/bin:$PATH \
     HOME=/tmp
 WORKDIR /app
 USER 10001:10001
-# 9100: a worker's /metrics, /healthz, /readyz; 8080: the operator's /healthz.
-EXPOSE 9100 8080
+# 9750: a worker's /metrics, /healthz, /readyz; 8080: the operator's /healthz.
+EXPOSE 9750 8080
 CMD ["conveyor", "worker"]

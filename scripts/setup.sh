@@ -38,6 +38,13 @@ if ! .venv/bin/python -c "import conveyor, pytest, xdist, rq, msgpack" >/dev/nul
   touch .venv/.conveyor-installed
 fi
 
+# The editable install finds `conveyor` through an import hook that Python asks only after
+# sys.path: run from the folder that holds this clone (named conveyor/), a script would import
+# the clone's folder as an empty namespace package ("cannot import name 'Queue' from 'conveyor'
+# (unknown location)"). The source folders on sys.path make the real package win.
+SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+printf '%s\n' "$PWD/runtime" "$PWD/operator" > "$SITE/conveyor-sources.pth"
+
 # Compile our own sources once: where PYTHONDONTWRITEBYTECODE is set (common in containers
 # and CI images) every worker and CLI process would otherwise compile them again at start-up.
 .venv/bin/python -m compileall -q runtime operator tests >/dev/null

@@ -147,7 +147,8 @@ def test_job_show_json(queue: Queue, conn, redis_url, run_burst) -> None:
 
     b = json.loads(ok(redis_url, "job", "show", bad.id, "--json"))
     assert b["status"] == "failed" and b["result"] is None
-    assert b["error"] == {"type": "ValueError", "message": "kaput"}
+    assert b["error"] == {"type": "ValueError", "message": "kaput", "traceback": fetch(conn, bad).exc_info.traceback}
+    assert b["error"]["traceback"].rstrip("\n").endswith("ValueError: kaput")
     assert b["retries"] == 1
     assert [a["exc_type"] for a in b["attempts"]] == ["ValueError", "ValueError"]
     assert [a["number"] for a in b["attempts"]] == [1, 2]

@@ -200,7 +200,8 @@ METRICS = {
     "default": {},
     "description": "The workers' /metrics, /healthz and /readyz port, a metrics Service, and a ServiceMonitor.",
     "properties": {
-        "port": integer(1024, 65535, 9100, "Container port for /metrics, /healthz and /readyz."),
+        # The worker's own default (conveyor.settings.DEFAULT_METRICS_PORT; not node_exporter's 9100).
+        "port": integer(1024, 65535, 9750, "Container port for /metrics, /healthz and /readyz."),
         "serviceMonitor": {
             "type": "object",
             "default": {},

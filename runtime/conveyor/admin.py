@@ -111,7 +111,8 @@ def job_details(job: Job) -> dict[str, Any]:
         "due_at": job.due_at, "started_at": job.started_at, "ended_at": job.ended_at, "timeout": job.timeout,
         "suspect": job.suspect,
         "result": decoded(lambda: job.result) if job.status_text == JobStatus.FINISHED.value else None,
-        "error": {"type": job.exc_info.type, "message": job.exc_info.message} if job.exc_info else None,
+        "error": {"type": job.exc_info.type, "message": job.exc_info.message,
+                  "traceback": job.exc_info.traceback} if job.exc_info else None,
         "ttl": job.ttl,
         "attempts": [a.__dict__ for a in job.attempts],
     }

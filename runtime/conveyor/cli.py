@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import faulthandler
 import signal
 import json
@@ -16,14 +15,20 @@ import redis
 from . import __version__, keys, logs
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
-from .settings import POOLS, WorkerSettings
-from .cli_options import REDIS_OPTIONS, Group, Where, allow_modules_option, queues_option, redis_options
+from .settings import DEFAULT_METRICS_PORT, POOLS, WorkerSettings
+from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
+from .cli_worker import start_up, worker_start_options
+from .cli_commands import enqueue, info
 
 
 @click.group(cls=Group)
 @click.version_option(__version__, prog_name="conveyor")
 def main() -> None:
     """Conveyor: a lease-based Redis job queue."""
+
+
+main.add_command(enqueue)
+main.add_command(info)
 
 
 # A group that runs the worker itself when no subcommand follows (``conveyor worker -q a``).
@@ -67,17 +72,23 @@ def main() -> None:
               help="JSON policy for jobs without their own: retry, result_ttl, failure_ttl (the operator's ConfigMap).")
 @click.option("--require-noeviction", is_flag=True, envvar="CONVEYOR_REQUIRE_NOEVICTION", show_envvar=True,
               help="Refuse to start when Redis's maxmemory-policy is not noeviction (an evicting Redis loses jobs).")
-@click.option("--metrics-port", type=int, default=9100, show_default=True, envvar="CONVEYOR_METRICS_PORT", show_envvar=True,
-              help="Port for /metrics, /healthz and /readyz (0 disables).")
+@click.option("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, show_default=True, envvar="CONVEYOR_METRICS_PORT", show_envvar=True,
+              help="Port for /metrics, /healthz and /readyz (0 disables; the default keeps clear of node_exporter's 9100).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, envvar="CONVEYOR_METRICS_HOST")
 @click.option("--name", envvar="CONVEYOR_NAME", show_envvar=True, help="Worker ID (default host.pid.random).")
 @click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", show_envvar=True, type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", show_envvar=True, type=click.Choice(["text", "json"]),
               default="text", show_default=True, help="json: one object per line, with job_id, execution_id, queue, duration.")
+@click.option("--log-tracebacks/--no-log-tracebacks", envvar="CONVEYOR_LOG_TRACEBACKS", show_envvar=True, default=True,
+              show_default=True, help="Log a failed job's traceback on its WARNING line (off: on a DEBUG line).")
+@click.option("--log-args/--no-log-args", envvar="CONVEYOR_LOG_ARGS", show_envvar=True, default=None,
+              help="Show each job's arguments (shortened) on its 'started' line (default: on for text logs, off for json).")
+@worker_start_options
 def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_format: str, **options: object) -> None:
     """Run a worker (``conveyor worker release`` gives back a lost worker's jobs)."""
     if click.get_current_context().invoked_subcommand:
         return
+    start_up(options)  # --path, --connect-timeout, cron options that need the scheduler
     logs.setup(log_level, log_format)
     try:
         policy_file = options.pop("policy_file")
@@ -87,9 +98,11 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
             if options[key] is None:
                 options.pop(key)
         options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
+        if options["log_args"] is None:  # JSON logs feed pipelines that keep them: arguments only if asked
+            options["log_args"] = log_format == "text"
         settings = WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
     except ConveyorError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise UsageLine(str(exc)) from None
     from .worker import Worker
 
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
@@ -144,36 +157,6 @@ def _ago(ts: float | None) -> str:
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-@main.command()
-@redis_options
-@json_option
-@click.option("-q", "--queue", help="Only this queue.")
-def info(where: Where, as_json: bool, queue: str | None) -> None:
-    """Queues with counts per state, live workers and their current jobs, scheduler leaders."""
-    from .admin import fleet_info
-
-    try:
-        data = fleet_info(where.connect(), queue, where.space)
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    warning = data["redis"].get("warning")
-    if warning:
-        click.echo(f"warning: {warning}", err=True)
-    q_rows = [[q["name"], q["ready"], q["recovered"], q["scheduled"], q["prefetched"], q["started"], q["finished"],
-               q["failed"], q["canceled"], q["scheduler_leader"] or "none"] for q in data["queues"]]
-    click.echo(_table(q_rows, ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "PREFETCHED", "STARTED", "FINISHED",
-                               "FAILED", "CANCELED", "SCHEDULER"]))
-    click.echo("")
-    w_rows = [[w["id"], ",".join(w["queues"]), w["pool"], w["concurrency"], w["state"], _ago(w["last_seen"]),
-               ", ".join(w["current_jobs"][:5]) + (f" (+{len(w['current_jobs']) - 5})" if len(w["current_jobs"]) > 5 else "")]
-              for w in data["workers"]]
-    click.echo(_table(w_rows, ["WORKER", "QUEUES", "POOL", "CONC", "STATE", "SEEN", "CURRENT JOBS"]) if w_rows
-               else "no live workers")
-
-
 @main.group()
 def job() -> None:
     """Look at or steer one job by its plain job ID."""
@@ -205,12 +188,10 @@ def job_show(job_id: str, queue: str | None, where: Where, as_json: bool, allow_
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
+    from .show import lines
+
     attempts = data.pop("attempts")
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        if key.endswith("_at") and value:
-            value = f"{dt.datetime.fromtimestamp(value).isoformat(sep=' ', timespec='milliseconds')} ({_ago(value)})"
-        click.echo(f"{key.ljust(width)}  {'-' if value is None else logs.printable(str(value))}")
+    click.echo("\n".join(lines(data, _ago)))
     if attempts:
         click.echo("")
         click.echo(_table([[a["number"], a["execution_id"], a["exc_type"] or "ok", a["exc_message"] or ""]
@@ -278,7 +259,8 @@ def requeue(job_ids: tuple[str, ...], where: Where, queue: str | None, all_faile
     from .queue import Queue
 
     if bool(job_ids) == all_failed:
-        raise click.UsageError("give job IDs or --all-failed (with --queue), not both")
+        raise click.UsageError("give the IDs of the failed jobs to requeue, or --all-failed --queue Q"
+                               if not job_ids else "give job IDs or --all-failed, not both")
     if all_failed and not queue:
         raise click.UsageError("--all-failed needs --queue")
     try:

@@ -34,6 +34,12 @@ def allow_modules_option(ctx: click.Context, param: click.Parameter, value: tupl
     return tuple(n.strip() for v in value for n in v.split(",") if n.strip())
 
 
+class UsageLine(click.ClickException):
+    """A usage mistake as one line and exit code 2, without click's usage banner."""
+
+    exit_code = 2
+
+
 class Group(click.Group):
     """Any Redis error a command did not handle is one line naming its cause, not a traceback."""
 
@@ -84,7 +90,7 @@ def redis_options(f: Callable[..., Any]) -> Callable[..., Any]:
                                                                               redis_key_file)),
                           keys.Keyspace.of(prefix))
         except ConveyorError as exc:
-            raise click.UsageError(str(exc)) from None
+            raise UsageLine(str(exc)) from None  # one line: the usage banner would bury the cause
         click.get_current_context().meta["conveyor.target"] = where.target
         return f(*args, where=where, **kwargs)
 

@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Any
 
-JOB_FIELDS = ("job_id", "execution_id", "queue", "duration", "event", "worker")
+JOB_FIELDS = ("job_id", "execution_id", "queue", "duration", "event", "worker", "func", "traceback")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -40,7 +40,19 @@ def _escape(ch: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+def indented(text: str, prefix: str = "    ") -> str:
+    """``text`` escaped line by line and indented: each of its lines reads as the
+    continuation of the record above, so a newline inside it cannot forge a log line."""
+    return "\n".join(prefix + line for line in printable(text.rstrip("\n"), keep_newlines=True).split("\n"))
+
+
 class TextFormatter(logging.Formatter):
+    # A job's traceback (extra={"traceback": ...}) follows its record as an indented block.
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        tb = record.__dict__.get("traceback")
+        return f"{text}\n{indented(tb)}" if isinstance(tb, str) and tb else text
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         return printable(super().formatMessage(record))
 

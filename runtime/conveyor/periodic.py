@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib
+import logging
 import math
 import re
 import tomllib
@@ -41,6 +42,8 @@ from croniter import croniter
 
 from .errors import ConveyorError, InvalidArgument
 from .validation import check_queue_name, check_timeout, function_path
+
+log = logging.getLogger("conveyor.scheduler")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
 
@@ -146,3 +149,15 @@ def load_file(path: str | Path) -> list[CronJob]:
             raise ConveyorError(f"cron file {path}, entry {n}: schedule name {out[-1].name!r} is used twice "
                                 f"for queue {out[-1].queue!r}")
     return out
+
+
+def log_schedules(jobs: list[CronJob], queues: tuple[str, ...], now: float) -> None:
+    """One line per loaded schedule, so a typo in a schedule shows at start, not at 3 a.m."""
+    for entry in jobs:
+        if entry.queue not in queues:
+            log.warning("cron %s (%s) is for queue %s, which this worker does not serve: not run by it",
+                        entry.name, entry.schedule, entry.queue)
+            continue
+        tick = dt.datetime.fromtimestamp(entry.next_tick(now), dt.timezone.utc)
+        log.info("cron %s: schedule '%s' on queue %s, next tick %s UTC", entry.name, entry.schedule, entry.queue,
+                 tick.strftime("%Y-%m-%d %H:%M:%S"))

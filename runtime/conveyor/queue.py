@@ -18,8 +18,8 @@ from .job import ENQUEUE_FIELDS, Job, requeue_jobs
 from .registry import Registry
 from .retry import Retry
 from .serializers import Serializer, get_serializer
-from .validation import (check_allow_pickle, check_job_id, check_queue_name, check_replicas, check_timeout,
-                         check_ttl, function_path)
+from .validation import (check_allow_pickle, check_args, check_job_id, check_keywords, check_kwargs,
+                         check_queue_name, check_replicas, check_timeout, check_ttl, function_path)
 
 DEFAULT_UNIQUE_TTL = 3600
 IF_EXISTS = ("error", "ignore")
@@ -126,7 +126,7 @@ class Queue:
         unique_key: str | None = None,
         unique_ttl: int | None = None,
     ) -> EnqueueData:
-        return EnqueueData(func, tuple(args), dict(kwargs or {}), job_id, timeout, result_ttl, failure_ttl,
+        return EnqueueData(func, check_args(args), check_kwargs(kwargs), job_id, timeout, result_ttl, failure_ttl,
                            retry, max_deliveries, unique_key, unique_ttl)
 
     def enqueue(
@@ -273,6 +273,8 @@ class Queue:
     def _row(self, item: EnqueueData, index: int, generated: Iterator[str]) -> list[Any]:
         """The values of ENQUEUE_FIELDS for one job; raises before anything is written."""
         job_id = check_job_id(item.job_id) if item.job_id is not None else next(generated)
+        if item.kwargs:
+            check_keywords(item.func, item.kwargs, _OPTION_NAMES + ("if_exists",))
         payload = self._payload(item, index)
         if item[4:] == _NO_OPTIONS:
             return [job_id, function_path(item.func), payload, *self._default_options]

@@ -16,6 +16,12 @@ from .validation import check_module_names, check_queue_name, check_ttl
 POOLS = ("thread", "process", "async")
 
 
+# /metrics, /healthz and /readyz. Not 9100: that is node_exporter's port, and a worker run
+# on a host (or with hostNetwork) beside one would fail to bind or be scraped as the wrong
+# exporter. 9750 is clear of the exporters usually found next to a worker (node 9100,
+# redis 9121, process 9256, celery 9808); --metrics-port 9100 still works.
+DEFAULT_METRICS_PORT = 9750
+
 @dataclass(frozen=True)
 class WorkerSettings:
     redis_url: str
@@ -50,8 +56,11 @@ class WorkerSettings:
     # Refuse to start when Redis may evict keys (maxmemory-policy other than noeviction):
     # an evicting Redis silently deletes queued jobs.
     require_noeviction: bool = False
-    metrics_port: int = 9100  # /metrics, /healthz, /readyz; 0 disables
+    metrics_port: int = DEFAULT_METRICS_PORT  # /metrics, /healthz, /readyz; 0 disables
     metrics_host: str = "0.0.0.0"
+    # Seconds to wait for Redis at start before exiting with code 1; None: wait for ever
+    # (the CLI gives --burst a default of 10 s, so a CI job fails instead of hanging).
+    connect_timeout: float | None = None
     cron_files: tuple[str, ...] = ()
     cron_modules: tuple[str, ...] = ()
     # Jobs claimed beyond the running ones; None adapts: about 50 ms of work while
@@ -61,6 +70,10 @@ class WorkerSettings:
     # Completions wait up to this long for company, so one round trip records several.
     flush_linger: float = 0.002
     max_batch: int = 200
+    # The traceback of a failed job on its WARNING line (else on a DEBUG line of its own).
+    log_tracebacks: bool = True
+    # The call's arguments (shortened) on "job ... started" lines; off keeps them out of logs.
+    log_args: bool = True
 
     def __post_init__(self) -> None:
         keys.check_prefix(self.prefix)
@@ -83,6 +96,8 @@ class WorkerSettings:
         _positive("max_batch", self.max_batch, integer=True)
         if not isinstance(self.flush_linger, (int, float)) or self.flush_linger < 0:
             raise InvalidArgument(f"flush_linger must be >= 0 seconds, got {self.flush_linger!r}")
+        if self.connect_timeout is not None:
+            _positive("connect_timeout", self.connect_timeout)
         if self.prefetch is not None and self.prefetch < 0:
             raise InvalidArgument(f"prefetch must be >= 0, got {self.prefetch}")
         check_ttl("result_ttl", self.result_ttl)
@@ -155,7 +170,7 @@ def _parse(name: str, typ: Any, raw: str) -> Any:
             return raw.lower() in ("1", "true", "yes")
         if typ in ("int", "int | None"):
             return int(raw)
-        if typ == "float":
+        if typ in ("float", "float | None"):
             return float(raw)
         return raw
     except ValueError as exc:

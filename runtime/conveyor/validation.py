@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
@@ -211,3 +212,71 @@ def check_replicas(min_replicas: Any, timeout: Any) -> tuple[int, float]:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise InvalidArgument(f"replica_timeout must be seconds > 0, got {timeout!r}")
     return min_replicas, float(timeout)
+
+
+def check_args(args: Any) -> tuple[Any, ...]:
+    """The positional arguments as a tuple. Only a tuple or list: any other iterable would be
+    spread silently, and the string 'abc' would become the three arguments 'a', 'b', 'c'."""
+    if isinstance(args, tuple):
+        return args
+    if isinstance(args, list):
+        return tuple(args)
+    hint = f" (one argument: args=({args!r},))" if isinstance(args, (str, bytes)) else ""
+    raise InvalidArgument(f"args must be a tuple or list of the function's arguments, "
+                          f"got {type(args).__name__} {args!r:.60}{hint}")
+
+
+def check_kwargs(kwargs: Any) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise InvalidArgument(f"kwargs must be a dict of keyword arguments, got {type(kwargs).__name__} {kwargs!r:.60}")
+    return dict(kwargs)
+
+
+def _local_function(func: "Callable[..., Any] | str") -> Callable[..., Any] | None:
+    """The function itself when this process has it without importing anything: enqueueing
+    must not run a module's import-time code (or pay for a failed import) just to check."""
+    if not isinstance(func, str):
+        return func
+    module_name, _, qualname = (func if ":" in func else _dotted_to_colon(func)).partition(":")
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj if callable(obj) else None
+
+
+@functools.lru_cache(maxsize=512)
+def _keywords(func: Callable[..., Any]) -> tuple[frozenset[str], bool] | None:
+    """(names accepted by keyword, whether it takes **kwargs); None when there is no signature."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # some builtins and C callables have none
+        return None
+    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_keywords(func: "Callable[..., Any] | str", kwargs: dict[str, Any], options: Iterable[str] = ()) -> None:
+    """Refuse, at enqueue, a keyword the function cannot take: the worker would only fail the
+    job with a TypeError later, and a misspelt enqueue option (timout=5) would go unnoticed.
+    No check when the function is not at hand here (a path to a module this process has not
+    imported) or takes **kwargs."""
+    target = _local_function(func)
+    if target is None:
+        return
+    try:
+        accepted = _keywords(target)
+    except TypeError:  # unhashable callable: not worth a signature without the cache
+        return
+    if accepted is None or accepted[1]:
+        return
+    for name in kwargs:
+        if name in accepted[0]:
+            continue
+        option = difflib.get_close_matches(name, list(options), n=1)
+        param = difflib.get_close_matches(name, sorted(accepted[0]), n=1)
+        hint = (f" (did you mean {option[0]}= as an enqueue option?)" if option
+                else f" (did you mean {param[0]}=?)" if param else "")
+        label = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+        raise InvalidArgument(f"{label}() got an unexpected keyword argument {name!r}{hint}")

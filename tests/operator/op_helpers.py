@@ -81,14 +81,14 @@ def api_calls(cluster: "Cluster", since: int = 0) -> list[Any]:
             if r.resource is not None and r.params.get("watch") not in ("true", "1")]
 
 
-def quiet(cluster: "Cluster", seconds: float) -> Callable[[], bool]:
-    """For wait_for: true once no request (but watch streams) reached the emulator for
-    ``seconds`` in a row; a loop of writes never lets it become true."""
+def quiet(cluster: "Cluster", seconds: float, namespace: str | None = None) -> Callable[[], bool]:
+    """For wait_for: true once no request (but watch streams; in ``namespace`` if given)
+    reached the emulator for ``seconds`` in a row; a loop of writes never lets it become true."""
     seen = {"n": len(cluster.emu._requests), "since": time.monotonic()}
 
     def check() -> bool:
         n = len(cluster.emu._requests)
-        if api_calls(cluster, seen["n"]):
+        if [r for r in api_calls(cluster, seen["n"]) if namespace is None or r.namespace == namespace]:
             seen["since"] = time.monotonic()
         seen["n"] = n
         return time.monotonic() - seen["since"] >= seconds

@@ -41,7 +41,7 @@ def test_worker_command_line_is_the_agreed_contract() -> None:
     assert c["command"] == ["conveyor"]
     assert c["args"] == ["worker", "-q", "high,default", "--concurrency", "10", "--pool", "thread",
                          "--lease-seconds", "15", "--shutdown-timeout", "25", "--with-scheduler",
-                         "--metrics-port", "9100", "--policy-file", "/etc/conveyor/policy.json", "--log-format", "json"]
+                         "--metrics-port", "9750", "--policy-file", "/etc/conveyor/policy.json", "--log-format", "json"]
     full = container(builders.deployment(OWNER, full_example(), IMAGE))
     assert full["args"][:9] == ["worker", "-q", "billing-high,billing,billing-low", "--concurrency", "16",
                                 "--pool", "process", "--lease-seconds", "15"]
@@ -79,7 +79,7 @@ def test_probes_security_and_grace_period() -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert c["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9750, "protocol": "TCP"}]
     assert pod["terminationGracePeriodSeconds"] == 60 + builders.GRACE_MARGIN_SECONDS
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
@@ -168,7 +168,7 @@ def test_service_pdb_and_service_monitor() -> None:
     svc = builders.service(OWNER, s)
     assert svc["metadata"]["name"] == "billing-metrics"
     assert svc["spec"]["selector"] == builders.selector_labels("billing")
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9750, "targetPort": "metrics", "protocol": "TCP"}]
     pdb = builders.pdb(OWNER, s)
     assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == builders.selector_labels("billing")

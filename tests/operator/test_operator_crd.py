@@ -200,7 +200,7 @@ def test_defaults_match_the_runtime() -> None:
                                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                                              "limits": {"memory": "512Mi"}}}
     assert spec["scheduler"] == {"enabled": True}
-    assert spec["metrics"] == {"port": 9100, "serviceMonitor": {"enabled": False, "interval": "30s"}}
+    assert spec["metrics"] == {"port": 9750, "serviceMonitor": {"enabled": False, "interval": "30s"}}
     assert spec["autoscaling"]["enabled"] is False
     assert "retry" not in spec
 

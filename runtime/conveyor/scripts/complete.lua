@@ -1,5 +1,6 @@
 #!lua flags=allow-oom
--- complete: record successful executions, if they still own their jobs.
+-- complete: record successful executions, if they still own their jobs. The error of an
+-- earlier attempt (exc_type, exc_message, exc_traceback) is cleared; attempts keeps it.
 -- KEYS[1] leases zset   KEYS[2] prefetched zset   KEYS[3] the worker's claimed set   KEYS[4] finished zset
 -- ARGV[1] job key prefix   ARGV[2] worker ID   ARGV[3] result TTL for jobs without their own
 -- then per job three values: id, execution ID, serialized result
@@ -21,7 +22,7 @@ for i = 4, #ARGV, 3 do
     -- Jobs that failed or lost a worker before keep a history; the success ends it.
     if (int(f[5]) or 0) > 0 or (int(f[6]) or 0) > 0 then record_attempt(key, '', '', now_str) end
     redis.call('HSET', key, 'status', 'finished', 'result', result, 'ended_at', now_str)
-    redis.call('HDEL', key, 'suspect')
+    redis.call('HDEL', key, 'suspect', 'exc_type', 'exc_message', 'exc_traceback')
     local score = retire(key, id, f[3], default_ttl, f[4], now)
     if score then
       entries[#entries + 1] = score

@@ -1,5 +1,8 @@
 #!lua flags=allow-oom
--- requeue: put failed jobs back on their queue with a fresh retry budget.
+-- requeue: put failed jobs back on their queue with a fresh retry budget. Their last error
+-- (exc_type, exc_message, exc_traceback) is cleared: it no longer describes the job. Its
+-- history stays in attempts, where this adds the error if it is not there yet (a job failed
+-- as malformed before it ran has no attempt).
 -- KEYS[1] ready list   KEYS[2] failed zset   KEYS[3] wake list
 -- (Allowed on a full Redis: it moves a job, it does not add one.)
 -- ARGV[1] job key prefix, then job IDs
@@ -18,6 +21,13 @@ for i = 2, #ARGV do
   elseif status ~= 'failed' then
     codes[#codes + 1] = WRONG_STATE
   else
+    -- fail.lua and a lost worker record the attempt that ended the job, ending when it did.
+    local e = redis.call('HMGET', key, 'exc_type', 'exc_message', 'ended_at', 'attempts')
+    if e[1] and e[1] ~= '' then
+      local list = decode_list(e[4])
+      local last = list and list[#list]
+      if not (last and last.ended_at == e[3]) then record_attempt(key, e[1], e[2] or '', e[3] or '') end
+    end
     redis.call('ZREM', KEYS[2], id)
     redis.call('PERSIST', key)
     redis.call('HSET', key, 'status', 'queued', 'retries', 0, 'orphaned', 0)
@@ -31,7 +41,7 @@ for i = 2, #ARGV do
         redis.call('SET', u[1], id, 'EX', (ttl and ttl > 0) and ttl or 3600)
       end
     end
-    redis.call('HDEL', key, 'ended_at', 'worker')
+    redis.call('HDEL', key, 'ended_at', 'worker', 'exc_type', 'exc_message', 'exc_traceback')
     redis.call('RPUSH', KEYS[1], id)
     moved = moved + 1
     codes[#codes + 1] = OK

@@ -147,7 +147,10 @@ def encode_result(serializer: Serializer, value: Any) -> Outcome:
     try:
         return Outcome(True, serializer.dumps(value))
     except Exception as exc:
-        return failure("ResultNotSerializable", f"the job returned a {type(value).__name__} that {serializer.name} cannot store: {exc}")
+        kind = type(value).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        return failure("ResultNotSerializable",
+                       f"the job returned {article} {kind} that {serializer.name} cannot store: {exc}")
 
 
 def call_sync(func: Callable[..., Any], ser: str, payload: bytes | None, allow_pickle: bool,

@@ -299,13 +299,16 @@ class Flow:
             elif kind == "retry":
                 log.warning("job %s failed (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
                             job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
-                            job.retries + 1, e.retry_in, extra=extra)
+                            job.retries + 1, e.retry_in, extra=self._with_traceback(extra, o.traceback))
+                self._debug_traceback(extra, o.traceback)
             elif kind == "stop":
                 log.warning("job %s stopped on request (execution %s, queue %s, %.3fs)", job.id,
                             job.execution_id, job.queue, e.duration, extra=extra)
             else:
                 log.warning("job %s failed (execution %s, queue %s, %.3fs): %s: %s", job.id, job.execution_id,
-                            job.queue, e.duration, o.exc_type, o.exc_message, extra=extra)
+                            job.queue, e.duration, o.exc_type, o.exc_message,
+                            extra=self._with_traceback(extra, o.traceback))
+                self._debug_traceback(extra, o.traceback)
         elif code == errors.STALE:
             self.stats["stale_completions"] += 1
             self.metrics.stale.inc()
@@ -314,6 +317,16 @@ class Flow:
         else:
             self.stats["vanished"] += 1
             log.warning("job %s vanished from queue %s while it ran (deleted?); outcome dropped", job.id, job.queue)
+
+    def _with_traceback(self, extra: dict[str, Any], tb: str) -> dict[str, Any]:
+        """The failure line's fields, with the traceback under --log-tracebacks (the default)."""
+        return {**extra, "traceback": tb} if tb and self.settings.log_tracebacks else extra
+
+    def _debug_traceback(self, extra: dict[str, Any], tb: str) -> None:
+        # Under --no-log-tracebacks the traceback still reaches a DEBUG line of its own.
+        if tb and not self.settings.log_tracebacks and log.isEnabledFor(logging.DEBUG):
+            log.debug("job %s traceback (execution %s)", extra["job_id"], extra["execution_id"],
+                      extra={**extra, "event": "traceback", "traceback": tb})
 
     def _released(self, job: Claimed, code: int) -> None:
         self._done_with(job)

@@ -44,7 +44,9 @@ class HealthServer:
             log.error("cannot serve metrics and health on %s:%d (%s); continuing without them "
                       "(choose another --metrics-port, or 0 to disable)", host, port, exc)
             return None
-        threading.Thread(target=self._server.serve_forever, name="conveyor-http", daemon=True).start()
+        # shutdown() waits for the loop's next poll: at the default 0.5 s, every exit took that long.
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="conveyor-http",
+                         daemon=True).start()
         return self._server.server_address[1]
 
     def stop(self) -> None:

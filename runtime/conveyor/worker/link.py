@@ -46,6 +46,10 @@ CONNECT_TIMEOUT = 5.0  # seconds to open a connection to Redis
 IDLE_BLOCK = 5.0  # seconds an idle worker blocks in BLPOP before re-checking its queues anyway
 
 
+class RedisUnreachable(Exception):
+    """Redis did not answer within the worker's --connect-timeout."""
+
+
 class LinkDown(Exception):
     """Redis did not answer; the link has taken note and reconnects."""
 
@@ -254,20 +258,32 @@ class RedisLink:
 
     # -- start and end ----------------------------------------------------------------------
 
-    async def connect(self, stopping: asyncio.Event) -> bool:
-        """Wait for Redis with backoff; one message when it is unreachable, one when it is back."""
+    async def connect(self, stopping: asyncio.Event, timeout: float | None = None) -> bool:
+        """Wait for Redis with backoff; one message when it is unreachable, one when it is back.
+
+        With a timeout (a burst worker's default), give up after it: a CI job must fail,
+        not hang, when Redis never comes. Raises :class:`RedisUnreachable` then.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         delay, complained = 0.1, False
         while not stopping.is_set():
             try:
-                await scripts.aload(self.redis)
-                await routing.aping(self.blocking)  # connect now: the first BLPOP must not do the handshake
+                await self._first_contact(deadline)
                 break
-            except (*DOWN_ERRORS, RedisError) as exc:
+            except (*DOWN_ERRORS, RedisError, asyncio.TimeoutError) as exc:
+                if deadline is not None and loop.time() >= deadline:
+                    raise RedisUnreachable(f"gave up after {timeout:g}s (--connect-timeout): "
+                                           f"{describe(exc, self.target)}") from None
                 if not complained:
-                    log.error("%s; retrying with backoff", describe(exc, self.target))
+                    # With a deadline, the give-up line is the one ERROR: this one only says why we wait.
+                    how = "with backoff" if deadline is None else f"for up to {timeout:g}s (--connect-timeout)"
+                    log.log(logging.ERROR if deadline is None else logging.WARNING, "%s; retrying %s",
+                            describe(exc, self.target), how)
                     complained = True
+                nap = delay if deadline is None else max(0.0, min(delay, deadline - loop.time()))
                 try:
-                    await asyncio.wait_for(stopping.wait(), delay)
+                    await asyncio.wait_for(stopping.wait(), nap)
                 except asyncio.TimeoutError:
                     pass
                 delay = min(delay * 2, 10.0)
@@ -290,6 +306,17 @@ class RedisLink:
         uptime = min(float(i.get("uptime_in_seconds", 1e9)) for i in infos)
         self.back_at = time.monotonic() - min(uptime, self.lease_seconds + self.retry_cap)
         return True
+
+    async def _first_contact(self, deadline: float | None) -> None:
+        async def contact() -> None:
+            await scripts.aload(self.redis)
+            await routing.aping(self.blocking)  # connect now: the first BLPOP must not do the handshake
+
+        if deadline is None:
+            await contact()
+            return
+        # A black-holed host would hold one attempt past the deadline; a second's grace at least.
+        await asyncio.wait_for(contact(), max(1.0, deadline - asyncio.get_running_loop().time()))
 
     async def nap(self, seconds: float) -> None:
         """Sleep, but wake at once when the worker closes."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
+                               ProcessCollector, disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -45,11 +46,14 @@ class _Sampled(Collector):
         for (queue, state), value in sorted(self.depth.items()):
             depth.add_metric([queue, state], value)
         yield depth
+        # A field Redis has never incremented is 0 fleet-wide: shown as 0 for every sampled
+        # queue, so rate() sees it. A queue not sampled yet has no series at all rather than
+        # a 0 that would read as a reset (and a false spike) once the real count arrives.
+        sampled = sorted({q for q, _ in self.depth} | {q for q, _ in self.fleet})
         for field, (name, doc) in FLEET_COUNTERS.items():
             family = CounterMetricFamily(name, doc, labels=["queue"])
-            for (queue, f), value in sorted(self.fleet.items()):
-                if f == field:
-                    family.add_metric([queue], value)
+            for queue in sampled:
+                family.add_metric([queue], self.fleet.get((queue, field), 0.0))
             yield family
 
 
@@ -64,11 +68,21 @@ class QueueMetrics:
         self.stopped = m.stopped.labels(queue)
         self.wait_time = m.wait_time.labels(queue)
         self.run_time = {o: m.run_time.labels(queue, o) for o in ("succeeded", "failed", "retried", "stopped")}
+        # Resolving a child is what makes its series exist (at 0): these are here so that a
+        # served queue's counters are scraped before their first event, not only after.
+        self.released = m.released.labels(queue)
+        self.reaped = m.reaped.labels(queue)
 
 
 class WorkerMetrics:
-    def __init__(self, *, worker_id: str, version: str, pool: str, concurrency: int) -> None:
+    def __init__(self, *, worker_id: str, version: str, pool: str, concurrency: int,
+                 queues: Iterable[str] = ()) -> None:
         r = self.registry = CollectorRegistry()
+        # process_* (CPU, memory, open fds) and python_* (version, GC): the worker's registry is
+        # its own, so the collectors the default registry carries must be added by hand.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.started = Counter("conveyor_jobs_started", "Jobs this worker started", ["queue"], registry=r)
         self.succeeded = Counter("conveyor_jobs_succeeded", "Jobs that finished successfully", ["queue"], registry=r)
         self.failed = Counter("conveyor_jobs_failed", "Jobs that failed for good", ["queue"], registry=r)
@@ -103,6 +117,10 @@ class WorkerMetrics:
         self.sampled = _Sampled()
         r.register(self.sampled)
         self._queues: dict[str, QueueMetrics] = {}
+        # Every counter and histogram of a served queue exists at 0 from the first scrape:
+        # rate() over a series that does not exist yet is "no data", which alerts miss.
+        for queue in queues:
+            self.of(queue)
 
     def of(self, queue: str) -> QueueMetrics:
         q = self._queues.get(queue)

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from multiprocessing.connection import Connection
 
 from ..context import JobContext
@@ -20,7 +21,10 @@ from .execution import JobTimeout, Outcome, call_path, failure
 log = logging.getLogger("conveyor.worker")
 
 
-def _child_main(conn: Connection, allow_pickle: bool, allow_modules: tuple[str, ...]) -> None:
+def _child_main(conn: Connection, allow_pickle: bool, allow_modules: tuple[str, ...], sys_path: list[str]) -> None:
+    # A child imports job functions as the parent would: the forkserver may have started
+    # before the worker put the user's folders (--path, the current folder) on sys.path.
+    sys.path[:] = sys_path + [p for p in sys.path if p not in sys_path]
     # The parent handles SIGTERM/SIGINT and decides when children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -39,7 +43,8 @@ class _Child:
     def __init__(self, ctx: multiprocessing.context.BaseContext, allow_pickle: bool,
                  allow_modules: tuple[str, ...]) -> None:
         self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_child_main, args=(child_conn, allow_pickle, allow_modules), daemon=True)
+        self.proc = ctx.Process(target=_child_main, args=(child_conn, allow_pickle, allow_modules, list(sys.path)),
+                                daemon=True)
         self.proc.start()
         child_conn.close()
         self.jobs = 0

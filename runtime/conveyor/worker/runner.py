@@ -25,6 +25,7 @@ from ..errors import ConveyorError, InvalidFunction
 from ..retry import Retry, retry_delay
 from ..settings import WorkerSettings
 from . import execution
+from .calltext import call_text
 from .claimed import Claimed, Ended
 from .execution import STOPPED, JobStopped, JobTimeout, Outcome, ThreadCall, failure
 from .metrics import WorkerMetrics
@@ -158,8 +159,10 @@ class Runner:
         if ready_at:
             m.wait_time.observe(max(0.0, time.time() - ready_at))
         if log.isEnabledFor(logging.INFO):
-            log.info("job %s started (execution %s, queue %s)", job.id, job.execution_id, job.queue,
-                     extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue, "event": "start"})
+            log.info("job %s started: %s (execution %s, queue %s)", job.id,
+                     call_text(job.func, job.ser, job.payload, self.settings.log_args), job.execution_id, job.queue,
+                     extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue, "event": "start",
+                            "func": job.func})
         if job.malformed or job.func is None:
             return self.end(job, failure("MalformedJob", job.malformed or "job has no func field", retryable=False))
         try:

@@ -55,6 +55,9 @@ class Scheduler:
         self._cron_done: dict[tuple[str, str], int] = {}  # last tick written (or found written)
         self._expected: dict[str, float] = {}  # the next due time per queue, as last seen
         self.refusals = RefusalLog("scheduler")
+        # One step at a time: promote_now() must count every promotion run() made before it.
+        self._step = asyncio.Lock()
+        self._reported = 0  # promotions promote_now() has already reported
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,9 +71,10 @@ class Scheduler:
                     if pubsub is None:
                         pubsub = self.link.pubsub()
                         await pubsub.subscribe(*(k.schedule_channel for k in self.keys.values()))
-                    if loop.time() >= next_election:
-                        next_election = loop.time() + await self._elect()
-                    wake_at = await self._tick()
+                    async with self._step:
+                        if loop.time() >= next_election:
+                            next_election = loop.time() + await self._elect()
+                        wake_at = await self._tick()
                 except (LinkDown, RedisError, OSError):
                     # The link logs an outage once; a broken subscription is made anew.
                     await self._drop(pubsub)
@@ -89,6 +93,20 @@ class Scheduler:
         finally:
             await self._release_all()
             await self._drop(pubsub)
+
+    async def promote_now(self) -> int:
+        """One election and one step, now; returns how many due jobs moved to their queues.
+
+        For a burst worker about to exit: jobs already due run before it does (as RQ's
+        burst scheduler does), instead of waiting for a scheduler that will not come.
+        Counts what run() moved since the last call too: the burst worker may have found
+        its queues empty just before run() filled them.
+        """
+        async with self._step:
+            await self._elect()
+            await self._tick()
+        moved, self._reported = self.stats["promoted"] - self._reported, self.stats["promoted"]
+        return moved
 
     @staticmethod
     async def _drop(pubsub: Any) -> None:

@@ -35,7 +35,7 @@ from ..settings import WorkerSettings
 from .fleet import Commands, Housekeeping
 from .flow import Flow
 from .health import HealthServer, Heartbeat
-from .link import IDLE_BLOCK, LinkDown, RedisLink
+from .link import IDLE_BLOCK, LinkDown, RedisLink, RedisUnreachable
 from .metrics import WorkerMetrics
 from .runner import Runner
 from .scheduler import Scheduler
@@ -62,7 +62,7 @@ class Worker:
         self.stats: collections.Counter[str] = collections.Counter()
         self.phase = Phase.STARTING
         self.metrics = WorkerMetrics(worker_id=self.id, version=__version__, pool=settings.pool,
-                                     concurrency=settings.concurrency)
+                                     concurrency=settings.concurrency, queues=settings.queues)
         self.heartbeat = Heartbeat(stale_after=30.0)
         self.scheduler: Scheduler | None = None
 
@@ -86,6 +86,7 @@ class Worker:
         except ConveyorError as exc:
             log.error("%s", exc)
             return 2
+        periodic.log_schedules(cron_jobs, s.queues, time.time())
         self.space = keys.Keyspace(s.prefix)
         self.link = RedisLink(s.target(), lease_seconds=s.lease_seconds, metrics=self.metrics,
                               closing=self._closing, stats=self.stats)
@@ -102,8 +103,13 @@ class Worker:
                 log.info("serving /metrics, /healthz and /readyz on %s:%d", s.metrics_host, port)
         code = 0
         try:
-            if not await self.link.connect(self._stopping):
-                return 0
+            try:
+                if not await self.link.connect(self._stopping, s.connect_timeout):
+                    return 0
+            except RedisUnreachable as exc:
+                log.error("worker %s: %s", self.id, exc)
+                code = 1  # the error above is the last line: no summary of a worker that never started
+                return code
             if not self._policy_ok():
                 code = 2
                 return code
@@ -136,7 +142,8 @@ class Worker:
             await self.housekeeping.unregister()
             await self.link.close()
             self.phase = Phase.CLOSED
-            self._log_summary()
+            if code != 1:
+                self._log_summary()
         return code
 
     def _policy_ok(self) -> bool:
@@ -263,11 +270,27 @@ class Worker:
                 if self.phase is not Phase.RUNNING:
                     return
                 if self.settings.burst and not flow.want_claim:
+                    if await self._promoted_before_exit():
+                        continue
                     return
             if not worked:
                 if not flow.want_claim and r.room():
                     self._idle.set()
                 await self._wait(self._retry_in())
+
+    async def _promoted_before_exit(self) -> bool:
+        """A burst worker with the scheduler moves what is due and runs it before exiting."""
+        if self.scheduler is None or self.phase is not Phase.RUNNING:
+            return False
+        try:
+            moved = await self.scheduler.promote_now()
+        except (LinkDown, RedisError) as exc:
+            log.warning("burst: could not move due scheduled jobs before exiting: %s", cause(exc))
+            return False
+        if moved:
+            log.info("burst: moved %d due scheduled jobs to their queues; running them before exiting", moved)
+            self.flow.want_claim = True
+        return bool(moved)
 
     def _retry_in(self) -> float | None:
         """Seconds until something Redis refused may be tried again (None: nothing waits)."""
@@ -355,11 +378,15 @@ class Worker:
 
     def _log_summary(self) -> None:
         s = self.stats
-        done = s["finished"] + s["failed"]
+        # Every attempt that ran counts: a burst that only ran an attempt to be retried, or a
+        # stopped one, did run a job, and "0 jobs" would say it did nothing.
+        done = s["finished"] + s["failed"] + s["retried"] + s["stopped"]
+        parts = f"{s['finished']} finished, {s['failed']} failed" + "".join(
+            f", {s[k]} {k}" for k in ("retried", "stopped") if s[k])
         log.info(
-            "worker %s stopped: %d jobs (%d finished, %d failed), %d Redis round trips (%.3f per job), "
+            "worker %s stopped: %d job%s (%s), %d Redis round trips (%.3f per job), "
             "%d handed back, %d stale completions",
-            self.id, done, s["finished"], s["failed"], s["redis_roundtrips"],
+            self.id, done, "" if done == 1 else "s", parts, s["redis_roundtrips"],
             s["redis_roundtrips"] / done if done else 0.0, s["released"], s["stale_completions"],
         )
 
