@@ -2,6 +2,7 @@
 """Copy the files the Helm chart ships from their one source of truth into charts/conveyor/files/.
 
     crds/jobqueues.conveyor.dev.yaml   -> charts/conveyor/files/crds/jobqueues.conveyor.dev.yaml
+    crds/clusterkopfpeerings.kopf.dev.yaml -> charts/conveyor/files/crds/clusterkopfpeerings.kopf.dev.yaml
     dashboards/conveyor-grafana.json   -> charts/conveyor/files/dashboards/conveyor-grafana.json
 
 The copies are byte-for-byte; the chart's templates read them with .Files.Get.
@@ -10,7 +11,7 @@ The copies are byte-for-byte; the chart's templates read them with .Files.Get.
     python scripts/sync-chart-files.py --check   # exit 1, naming the stale copies, if any differ
 
 tests/chart runs the check, so a CRD or dashboard change without a sync fails the tests.
-(The CRD itself is generated: python -m conveyor_operator.crd > crds/jobqueues.conveyor.dev.yaml.)
+(The JobQueue CRD is generated: python -m conveyor_operator.crd > crds/jobqueues.conveyor.dev.yaml.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHART_FILES = ROOT / "charts" / "conveyor" / "files"
 COPIES = {
     ROOT / "crds" / "jobqueues.conveyor.dev.yaml": CHART_FILES / "crds" / "jobqueues.conveyor.dev.yaml",
+    ROOT / "crds" / "clusterkopfpeerings.kopf.dev.yaml": CHART_FILES / "crds" / "clusterkopfpeerings.kopf.dev.yaml",
     ROOT / "dashboards" / "conveyor-grafana.json": CHART_FILES / "dashboards" / "conveyor-grafana.json",
 }
 

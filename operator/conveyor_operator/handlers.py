@@ -19,9 +19,10 @@ from typing import Any
 
 import kopf
 
-from . import crd, pods, resync, watch
+from . import crd, fleet, metrics, pods, resync, watch
 from .autoscale import Policy
 from .k8s import Api
+from .leader import LEADERSHIP
 from .reconcile import LEGACY_FINALIZERS, Reconciler
 from .settings import Settings
 from .spec import defaulted
@@ -62,6 +63,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.execution.max_workers = 16
     watch.configure(settings)
     reconciler()  # fail fast on bad credentials
+    fleet.configure(SETTINGS, settings, logger)
     logger.info("conveyor operator: namespaces=%s default image=%r resync=%ss",
                 ",".join(SETTINGS.namespaces) or "*", SETTINGS.default_image, SETTINGS.resync_seconds)
 
@@ -79,7 +81,7 @@ def _events(body: Any):
 @kopf.on.create(crd.GROUP, crd.VERSION, crd.PLURAL)
 @kopf.on.update(crd.GROUP, crd.VERSION, crd.PLURAL)
 def reconcile(body: kopf.Body, retry: int, **_: Any) -> None:
-    outcome = reconciler().reconcile(dict(body), _events(body))
+    outcome = metrics.reconciled(reconciler().reconcile, dict(body), _events(body))
     if outcome.problem:
         reason, message = outcome.problem
         if outcome.permanent:
@@ -102,8 +104,8 @@ async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]],
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="conveyor-resync")
     reconciler().scaler.autoscalers = watch.autoscalers(hpa_targets, keda_targets)
 
-    def bodies() -> list[dict[str, Any]]:
-        return [body for store in list(jobqueues.values()) for body in store]
+    def bodies() -> list[dict[str, Any]]:  # none while another replica leads: kopf pauses only its own watchers
+        return [body for store in list(jobqueues.values()) for body in store] if LEADERSHIP.active else []
 
     def lookup(uid: str) -> dict[str, Any] | None:
         return next(iter(list(jobqueues.get(uid, []))), None)
@@ -113,7 +115,7 @@ async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]],
                      if b["metadata"].get("namespace") == namespace and b["metadata"].get("name") == name), None)
 
     def refresh(body: dict[str, Any]) -> None:
-        reconciler().refresh(body, _events(body))
+        metrics.resynced(reconciler().refresh, body, _events(body))
 
     def repair(body: dict[str, Any], confirm: bool) -> None:
         if confirm:  # an owned object deleted: maybe by the garbage collector, its JobQueue gone
@@ -122,16 +124,17 @@ async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]],
             fresh = body.get("metadata") or {}
             if fresh.get("uid") != meta.get("uid") or fresh.get("deletionTimestamp"):
                 return
-        reconciler().reconcile(body, _events(body))
+        metrics.reconciled(reconciler().reconcile, body, _events(body))
 
     def autoscale(body: dict[str, Any]) -> None:
-        reconciler().autoscale(body, _events(body))
+        metrics.counted("autoscale", reconciler().autoscale, body, _events(body))
 
     def poll_seconds(body: dict[str, Any]) -> float | None:
         spec = defaulted(body.get("spec"))
         return Policy.of(spec).poll_seconds if (spec.get("autoscaling") or {}).get("enabled") else None
 
     watch.start(watch.Trigger(lookup, find, repair, executor, logger))
+    metrics.JOBQUEUES.set_function(lambda: sum(len(store) for store in list(jobqueues.values())))
     tasks = [asyncio.create_task(resync.run(bodies, refresh, SETTINGS.resync_seconds, executor, logger)),
              # Autoscaled JobQueues polled every pollSeconds (>= 1): same index, no finalizer.
              asyncio.create_task(resync.run_polled(bodies, autoscale, poll_seconds, executor, logger))]
@@ -164,6 +167,7 @@ def worker_pod(event: kopf.RawEvent, logger: logging.Logger, **_: Any) -> None:
     try:
         pod_watcher().handle(str(event.get("type") or ""), dict(event.get("object") or {}))
     except Exception as exc:  # event handlers are not retried: the lease still recovers the jobs
+        metrics.ERRORS.labels("pod_recovery").inc()
         logger.warning("pod recovery failed: %s", exc)
 
 

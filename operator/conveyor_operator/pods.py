@@ -29,7 +29,7 @@ from conveyor import admin
 from conveyor.connection import describe
 from conveyor.errors import ConveyorError
 
-from . import builders, crd
+from . import builders, crd, metrics
 from .k8s import Api
 from .reconcile import EventFn, Reconciler
 from .spec import defaulted
@@ -158,6 +158,8 @@ class PodWatcher:
                 except ConveyorError:
                     continue  # released meanwhile (another event of the same pod)
                 jobs = sum(len(r.requeued) + len(r.abandoned) for r in done)
+                metrics.RELEASED_WORKERS.inc()
+                metrics.RELEASED_JOBS.inc(jobs)
                 abandoned = sum(len(r.abandoned) for r in done)
                 message = f"Released {jobs} jobs of worker {wid}: pod {lost.pod} {lost.reason}"
                 if abandoned:

@@ -22,7 +22,7 @@ from conveyor.connection import RedisTarget, TlsFiles, describe
 from conveyor.errors import ConfigError
 from conveyor.keys import DEFAULT_PREFIX
 
-from . import builders
+from . import builders, metrics
 from .builders import Owner
 from .k8s import Api, ApiError, NotFound
 from .settings import Settings
@@ -156,7 +156,8 @@ class RedisAccess:
         if conn is None:
             return None, problem
         try:
-            return read_depth(conn.client, list(spec["queues"]), conn.prefix), None
+            with metrics.redis_read("depth"):
+                return read_depth(conn.client, list(spec["queues"]), conn.prefix), None
         except (redis.RedisError, OSError, ValueError) as exc:
             self.drop(owner.uid or owner.name, conn)
             return None, ("RedisUnreachable", self._in_spec_terms(describe(exc, conn.target), spec, conn.tls,

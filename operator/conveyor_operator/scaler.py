@@ -28,7 +28,7 @@ import redis
 from conveyor import admin
 from conveyor.connection import describe
 
-from . import builders
+from . import builders, metrics
 from .autoscale import Policy, Sample, clamp, decide, window
 from .k8s import Api, ApiError
 from .status import Cond, demand as demand_of, read_depth
@@ -150,7 +150,8 @@ class Scaler:
         queues = None
         if client is not None:
             try:
-                queues = read_depth(client, list(spec["queues"]), prefix)
+                with metrics.redis_read("demand"):
+                    queues = read_depth(client, list(spec["queues"]), prefix)
             except (redis.RedisError, OSError) as exc:
                 problem = ("RedisUnreachable", describe(exc))
         if queues is None:
@@ -166,6 +167,7 @@ class Scaler:
             if decision.desired < current:
                 self._rank_pods(owner, client, prefix)
             self.api.apply(replicas_object(owner, name, decision.desired), manager=MANAGER)
+            metrics.SCALE_DECISIONS.labels("up" if decision.desired > current else "down").inc()
             last = _stamp()
             event("Normal", decision.reason, f"Scaled workers from {current} to {decision.desired}: {decision.message}")
             current = decision.desired

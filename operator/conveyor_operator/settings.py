@@ -15,6 +15,9 @@ class Settings:
     redis_timeout: float = 2.0             # connecting to a JobQueue's Redis for its depth
     liveness_port: int = 8080              # kopf's /healthz
     retry_cap_seconds: float = 300.0       # backoff cap for Degraded JobQueues
+    metrics_port: int = 8081               # the operator's own /metrics; 0: not served
+    peering: str = ""                      # a ClusterKopfPeering to elect a leader in; "": standalone
+    peering_lifetime: int = 15             # seconds a silent leader is trusted: bounds the failover
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -27,6 +30,9 @@ class Settings:
             redis_timeout=float(env.get("CONVEYOR_OPERATOR_REDIS_TIMEOUT", "2")),
             liveness_port=int(env.get("CONVEYOR_OPERATOR_LIVENESS_PORT", "8080")),
             retry_cap_seconds=float(env.get("CONVEYOR_OPERATOR_RETRY_CAP_SECONDS", "300")),
+            metrics_port=int(env.get("CONVEYOR_OPERATOR_METRICS_PORT", "8081")),
+            peering=env.get("CONVEYOR_OPERATOR_PEERING", "").strip(),
+            peering_lifetime=max(2, int(env.get("CONVEYOR_OPERATOR_PEERING_LIFETIME", "15"))),
         )
 
     def backoff(self, retry: int) -> float:

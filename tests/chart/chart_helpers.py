@@ -126,6 +126,7 @@ class InstalledOperator(OperatorProcess):
         env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
         self.log_path, self.cluster = log, cluster
         self.liveness_port = int(env["CONVEYOR_OPERATOR_LIVENESS_PORT"])
+        self.metrics_port = int(env["CONVEYOR_OPERATOR_METRICS_PORT"])
         self.argv = [str(Path(sys.executable).parent / container["command"][0]), *container.get("args", [])]
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(self.argv, env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},

@@ -42,7 +42,8 @@ def test_helm_install_then_the_installed_operator_reconciles_a_jobqueue(
     kubeconfig = cluster.write_kubeconfig(tmp_path / "config")
     values: dict[str, Any] = {
         "image": {"repository": IMAGE.split(":")[0], "tag": "test"},
-        "operator": {"livenessPort": free_port(), "resyncSeconds": 0.5, "redisTimeoutSeconds": 0.5},
+        "operator": {"livenessPort": free_port(), "resyncSeconds": 0.5, "redisTimeoutSeconds": 0.5,
+                     "metrics": {"port": free_port()}},
     }
     example = {"enabled": True, "name": "demo", "queues": ["demo-high", "demo"], "redisUrl": redis_server.url}
     # The CRD must exist before Helm can map a JobQueue, so the example comes with an upgrade
@@ -61,7 +62,8 @@ def test_helm_install_then_the_installed_operator_reconciles_a_jobqueue(
     assert cluster.get("/apis/conveyor.dev/v1alpha1"), "the CRD Helm created is not served"
     for path in (f"/api/v1/namespaces/{NS}/serviceaccounts/conveyor-operator",
                  f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{NS}-conveyor-operator",
-                 f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{NS}-conveyor-operator"):
+                 f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{NS}-conveyor-operator",
+                 f"/api/v1/namespaces/{NS}/services/conveyor-operator-metrics"):
         assert cluster.get(path), f"helm did not create {path}"
     deployment = cluster.get(f"/apis/apps/v1/namespaces/{NS}/deployments/conveyor-operator")
     assert deployment and deployment["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
@@ -91,6 +93,11 @@ def test_helm_install_then_the_installed_operator_reconciles_a_jobqueue(
         assert cond(jq, "Degraded")["status"] == "False"
         assert [q["name"] for q in jq["status"]["queues"]] == ["demo-high", "demo"]
         assert jq["status"]["queues"][1]["ready"] == 3
+        # The operator's own metrics, on the port the chart gave it.
+        scrape = wait_for(lambda: (m := op.metrics()).get('conveyor_operator_reconciles_total{outcome="ok"}') and m,
+                          what="reconciles on the installed operator's /metrics")
+        assert scrape['conveyor_operator_redis_read_seconds_count{read="depth"}'] >= 1
+        assert scrape["conveyor_operator_leader"] == 1  # standalone: always the active one
     except BaseException:
         print(op.log())
         raise
@@ -109,7 +116,7 @@ def test_namespaced_install_watches_only_the_listed_namespaces(
     (release,) = helm(kubeconfig, {"action": "install", "chart": str(CHART), "name": "scoped", "namespace": "ops",
                                    "values": {"crds": {"enabled": not crd_there},
                                               "operator": {"watchNamespaces": ["team-a"], "livenessPort": free_port(),
-                                                           "resyncSeconds": 0.5}}})
+                                                           "resyncSeconds": 0.5, "metrics": {"port": free_port()}}}})
     assert release["status"] == "deployed" and "watching JobQueues in: team-a" in release["notes"]
     assert cluster.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles/scoped-conveyor-operator")
     assert cluster.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings/scoped-conveyor-operator")

@@ -27,6 +27,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "namespaced-monitoring": {"operator": {"watchNamespaces": ["team-a"]},
                               "monitoring": {"serviceMonitors": {"enabled": True}, "podMonitor": {"enabled": True}}},
     "no-crds": {"crds": {"enabled": False}},
+    "fleet": {"operator": {"replicas": 2, "metrics": {"serviceMonitor": {"enabled": True,
+                                                                        "labels": {"release": "prometheus"}}}}},
+    "namespaced-fleet": {"operator": {"replicas": 2, "watchNamespaces": ["team-a"]}},
     "dashboard": {"dashboard": {"enabled": True, "namespace": "monitoring",
                                 "annotations": {"grafana_folder": "Conveyor"}}},
     "everything": {
@@ -45,7 +48,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 CRD_SOURCE = ROOT / "crds" / "jobqueues.conveyor.dev.yaml"
-CHART_KINDS_WITHOUT_K8S_SCHEMA = {"JobQueue", "PodMonitor"}  # custom resources: checked separately
+CHART_KINDS_WITHOUT_K8S_SCHEMA = {"JobQueue", "PodMonitor", "ServiceMonitor"}  # custom resources: checked separately
 
 
 def rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -65,8 +68,9 @@ def env_of(dep: dict[str, Any]) -> dict[str, str]:
 # --- lint, validity -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [{}, VALUE_SETS["everything"], VALUE_SETS["namespaced-monitoring"]],
-                         ids=["defaults", "everything", "namespaced-monitoring"])
+@pytest.mark.parametrize("values", [{}, VALUE_SETS["everything"], VALUE_SETS["namespaced-monitoring"],
+                                    VALUE_SETS["fleet"]],
+                         ids=["defaults", "everything", "namespaced-monitoring", "fleet"])
 def test_lint_strict_passes(values: dict[str, Any]) -> None:
     report = helm_python.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
     assert report["errors"] == []
@@ -120,7 +124,8 @@ def test_operator_deployment_defaults() -> None:
     assert c["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     assert env_of(dep) == {"CONVEYOR_OPERATOR_NAMESPACES": "", "CONVEYOR_OPERATOR_DEFAULT_IMAGE": c["image"],
                            "CONVEYOR_OPERATOR_RESYNC_SECONDS": "10", "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "2",
-                           "CONVEYOR_OPERATOR_RETRY_CAP_SECONDS": "300", "CONVEYOR_OPERATOR_LIVENESS_PORT": "8080"}
+                           "CONVEYOR_OPERATOR_RETRY_CAP_SECONDS": "300", "CONVEYOR_OPERATOR_LIVENESS_PORT": "8080",
+                           "CONVEYOR_OPERATOR_METRICS_PORT": "8081"}
     # Pod Security Standards "restricted".
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -223,7 +228,7 @@ def test_servicemonitors_are_granted_only_when_enabled(name: str) -> None:
 
 def test_rbac_and_service_account_can_be_left_out() -> None:
     docs, _ = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}})
-    assert {d["kind"] for d in docs} == {"Deployment", "CustomResourceDefinition"}
+    assert {d["kind"] for d in docs} == {"Deployment", "CustomResourceDefinition", "Service"}  # the metrics one
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
     with pytest.raises(helm_python.HelmError, match="serviceAccount.name is required"):
         render({"serviceAccount": {"create": False}})

