@@ -76,6 +76,7 @@ class Flow:
         self.keys = {q: keys.Keyspace(settings.prefix).queue(q) for q in settings.queues}
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.want_claim = True
+        self._wakes = 0  # bumped by wake(): a step that began before it must not clear want_claim
         self.claim_left = 0  # IDs the last claim left that this worker could take
         self.refusals = Refusals()
         self._suspect_freed = False
@@ -84,6 +85,13 @@ class Flow:
         # Claims whose reply was lost (queue, first number, how many): Redis may have run them,
         # leasing jobs this worker does not know it holds. Handed back on the next step.
         self._unsure: list[tuple[str, int, int]] = []
+
+    def wake(self) -> None:
+        """Work may be waiting (a wake token, a reap, a stop): claim on the next step, even if a
+        step already in flight comes back with nothing (its claim may have run before the work
+        arrived)."""
+        self.want_claim = True
+        self._wakes += 1
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -114,6 +122,7 @@ class Flow:
         release, r.release = r.release, []
         cancels, r.cancels = r.cancels, []
         want = r.room()
+        wakes = self._wakes
         first = self._claimable() if want else None
         parts = self._parts(starting, ready, release, cancels)
         sent = time.monotonic()
@@ -150,7 +159,7 @@ class Flow:
                 self._lost_claim(queue, args)
                 break
             claimed += self._claimed(queue, reply, sent)
-        if want and len(claimed) < want and not self.claim_left:
+        if want and len(claimed) < want and not self.claim_left and self._wakes == wakes:
             self.want_claim = False
         if self._suspect_freed:
             self.want_claim, self._suspect_freed = True, False
@@ -276,7 +285,7 @@ class Flow:
         elif reply:
             log.info("%d job(s) of queue %s handed back: Redis leased them to this worker but the reply "
                      "was lost", len(reply), queue, extra={"queue": queue, "event": "release"})
-            self.want_claim = True
+            self.wake()
 
     def _done_with(self, job: Claimed) -> None:
         if self.runner.done_with(job):

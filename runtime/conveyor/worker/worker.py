@@ -289,7 +289,7 @@ class Worker:
             return False
         if moved:
             log.info("burst: moved %d due scheduled jobs to their queues; running them before exiting", moved)
-            self.flow.want_claim = True
+            self.flow.wake()
         return bool(moved)
 
     def _retry_in(self) -> float | None:
@@ -329,7 +329,7 @@ class Worker:
                 return
 
     def _work_found(self) -> None:
-        self.flow.want_claim = True
+        self.flow.wake()
         self._wakeup.set()
 
     def _wake_groups(self) -> list[list[str]]:
@@ -366,7 +366,7 @@ class Worker:
                     complained = True
                 await self._nap(1.0)
             self._idle.clear()
-            self.flow.want_claim = True
+            self.flow.wake()
             self._wakeup.set()
 
     async def _nap(self, seconds: float) -> None:
