@@ -28,7 +28,6 @@ import logging
 import time
 from typing import Any, Callable
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
