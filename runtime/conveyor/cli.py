@@ -91,16 +91,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
     start_up(options)  # --path, --connect-timeout, cron options that need the scheduler
     logs.setup(log_level, log_format)
     try:
-        policy_file = options.pop("policy_file")
-        policy = WorkerSettings.read_policy(policy_file) if policy_file else {}  # type: ignore[arg-type]
-        # A flag given on the command line wins over the policy file, which wins over defaults.
-        for key in ("result_ttl", "failure_ttl"):
-            if options[key] is None:
-                options.pop(key)
-        options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
-        if options["log_args"] is None:  # JSON logs feed pipelines that keep them: arguments only if asked
-            options["log_args"] = log_format == "text"
-        settings = WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
+        settings = worker_settings(redis_url, queues, log_format, options)
     except ConveyorError as exc:
         raise UsageLine(str(exc)) from None
     from .worker import Worker
@@ -108,6 +99,23 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     sys.exit(Worker(settings).run())
+
+
+def worker_settings(redis_url: str | None, queues: tuple[str, ...], log_format: str,
+                    options: dict[str, object]) -> WorkerSettings:
+    """The worker command's parsed options as WorkerSettings (tests parse the operator's worker
+    arguments through here, so the CRD's defaults are checked against the runtime's)."""
+    options = dict(options)
+    policy_file = options.pop("policy_file")
+    policy = WorkerSettings.read_policy(policy_file) if policy_file else {}  # type: ignore[arg-type]
+    # A flag given on the command line wins over the policy file, which wins over defaults.
+    for key in ("result_ttl", "failure_ttl"):
+        if options[key] is None:
+            options.pop(key)
+    options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
+    if options["log_args"] is None:  # JSON logs feed pipelines that keep them: arguments only if asked
+        options["log_args"] = log_format == "text"
+    return WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
 
 
 @worker.command("release")
