@@ -47,38 +47,86 @@ def merge_conditions(old: list[dict[str, Any]] | None, new: list[Cond], generati
     return out
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """Where the worker Deployment stands, judged as ``kubectl rollout status`` judges it:
+    the controller has seen the current generation, every desired pod runs the current
+    template, no pod of an older one is left, and every desired pod is ready and available."""
+
+    want: int        # desired replicas: the operator's, else the Deployment's spec.replicas
+    seen: bool       # the Deployment controller has observed the current generation
+    updated: int
+    ready: int
+    available: int
+    old: int         # pods of an older template still counted in status.replicas
+
+    @classmethod
+    def of(cls, deployment: dict[str, Any], desired: int | None) -> "Rollout":
+        meta, dstatus = deployment.get("metadata") or {}, deployment.get("status") or {}
+        # The API server defaults spec.replicas to 1; an autoscaler may own the value.
+        want = desired if desired is not None else int((deployment.get("spec") or {}).get("replicas", 1))
+        updated = int(dstatus.get("updatedReplicas") or 0)
+        return cls(want=want,
+                   seen=int(dstatus.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
+                   updated=updated, ready=int(dstatus.get("readyReplicas") or 0),
+                   available=int(dstatus.get("availableReplicas") or 0),
+                   old=max(0, int(dstatus.get("replicas") or 0) - updated))
+
+    @property
+    def current(self) -> bool:
+        """Every worker runs the current template (what Progressing=False says)."""
+        return self.seen and self.updated >= self.want and self.old == 0
+
+    @property
+    def done(self) -> bool:
+        return self.current and self.ready >= self.want and self.available >= self.want
+
+    def describe(self) -> str:
+        if not self.seen:
+            return "the Deployment controller has not observed the current worker template yet"
+        text = f"{self.updated} of {self.want} updated, {self.ready} ready"
+        if self.available < min(self.ready, self.want):  # not yet past minReadySeconds
+            text += f", {self.available} available"
+        if self.old:
+            text += f", {self.old} old pending termination"
+        return text
+
+
 def conditions_for(*, problem: tuple[str, str] | None, desired: int | None, deployment: dict[str, Any] | None,
                    ) -> list[Cond]:
     """Ready / Progressing / Degraded from what reconcile saw.
 
     ``problem`` is (reason, message) of what the schema cannot catch (missing Secret,
     unreachable Redis, no image); ``desired`` the replicas the operator asked for (None
-    while autoscaling owns them); ``deployment`` the worker Deployment as the API has it.
-    """
-    dstatus = (deployment or {}).get("status") or {}
-    want = desired if desired is not None else ((deployment or {}).get("spec") or {}).get("replicas", 0)
-    ready = int(dstatus.get("readyReplicas") or 0)
-    updated = int(dstatus.get("updatedReplicas") or 0)
-    generation = (deployment or {}).get("metadata", {}).get("generation", 0)
-    seen = dstatus.get("observedGeneration", 0)
+    while an autoscaler owns them); ``deployment`` the worker Deployment as the API has it,
+    read after this pass applied it: a template change has just moved its generation past
+    its observedGeneration, so the pass that applies a change already writes Ready=False and
+    ``kubectl wait --for=condition=Ready`` right after ``kubectl apply`` waits for the rollout.
 
+    Ready=True means the rollout is done (Rollout.done) and nothing is wrong; 0 of 0 wanted
+    (scaled to zero) is Ready once the controller has seen that. Reasons when False:
+    NoDeployment; the problem's; RollingOut (some worker does not run the current template
+    yet, Progressing=True too); WorkersNotReady (all do, some are not ready or available).
+    """
     degraded = Cond(DEGRADED, True, *problem) if problem else Cond(DEGRADED, False, "AsExpected", "no problems found")
     if deployment is None:
-        progressing = Cond(PROGRESSING, False, "NoDeployment", "the worker Deployment does not exist")
-    elif seen < generation or updated < want:
-        progressing = Cond(PROGRESSING, True, "RollingOut", f"{updated} of {want} workers run the current configuration")
+        missing = "the worker Deployment does not exist"
+        return [Cond(READY, False, "NoDeployment", missing), Cond(PROGRESSING, False, "NoDeployment", missing), degraded]
+    r = Rollout.of(deployment, desired)
+    if r.current:
+        progressing = Cond(PROGRESSING, False, "RolledOut", f"all {r.want} workers run the current configuration")
     else:
-        progressing = Cond(PROGRESSING, False, "RolledOut", f"all {want} workers run the current configuration")
-    if deployment is None:
-        ready_c = Cond(READY, False, "NoDeployment", "the worker Deployment does not exist")
-    elif want == 0:
-        ready_c = Cond(READY, not problem, "ScaledToZero", "0 workers wanted")
-    elif ready >= want and not problem:
-        ready_c = Cond(READY, True, "WorkersReady", f"{ready} of {want} workers ready")
-    elif ready >= want:
-        ready_c = Cond(READY, False, problem[0], f"{ready} of {want} workers ready, but {problem[1]}")  # type: ignore[index]
+        progressing = Cond(PROGRESSING, True, "RollingOut", r.describe())
+    if problem:
+        ready_c = Cond(READY, False, problem[0], f"{r.describe()}, but {problem[1]}")
+    elif not r.current:
+        ready_c = Cond(READY, False, "RollingOut", r.describe())
+    elif not r.done:
+        ready_c = Cond(READY, False, "WorkersNotReady", r.describe())
+    elif r.want == 0:
+        ready_c = Cond(READY, True, "ScaledToZero", "0 workers wanted")
     else:
-        ready_c = Cond(READY, False, "WorkersNotReady", f"{ready} of {want} workers ready")
+        ready_c = Cond(READY, True, "WorkersReady", r.describe())
     return [ready_c, progressing, degraded]
 
 

@@ -107,6 +107,20 @@ def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
+def roll_out(cluster: "Cluster", ns: str, jq: str, **status: int) -> dict[str, Any]:
+    """Play the Deployment controller (there is none here): report the worker Deployment's
+    current generation rolled out, every desired replica updated, ready and available, as a
+    real controller's status would; ``status`` overrides fields (e.g. ``readyReplicas=1`` for
+    a rollout caught midway). Returns the Deployment as patched."""
+    dep = wait_for(lambda: cluster.get(dep_path(ns, jq)), what=f"the Deployment of {ns}/{jq}")
+    want = int(dep["spec"].get("replicas", 1))
+    code, body = cluster.request("PATCH", dep_path(ns, jq) + "/status", {"status": {
+        "observedGeneration": dep["metadata"]["generation"], "replicas": want, "updatedReplicas": want,
+        "readyReplicas": want, "availableReplicas": want, **status}})
+    assert code == 200, body
+    return body
+
+
 def jobqueue(name: str, **spec: Any) -> str:
     return json.dumps({"apiVersion": "conveyor.dev/v1alpha1", "kind": "JobQueue", "metadata": {"name": name},
                        "spec": spec})

@@ -16,7 +16,7 @@ from conveyor.keys import Keyspace
 from conveyor_operator.scaler import DELETION_COST
 from pod_helpers import create_pod, pods_path
 from op_helpers import (Cluster, Kubectl, OperatorProcess, api_calls, cond, crd_stub, dep_path, jobqueue, jq_path, method,
-                        wait_for)
+                        roll_out, wait_for)
 
 FAST = {"pollSeconds": 1, "scaleDownStabilizationSeconds": 2, "targetJobsPerWorker": 10}
 
@@ -91,6 +91,8 @@ def test_scale_to_zero_and_the_first_job_wakes_the_fleet(
     apply(kubectl, namespace, "zero", redis_server.url,
           autoscaling={"enabled": True, "minReplicas": 0, "maxReplicas": 3, **FAST})
     wait_replicas(cluster, namespace, "zero", 0, 10)
+    # Ready once the (played) Deployment controller reports 0 of 0 rolled out.
+    roll_out(cluster, namespace, "zero")
     wait_for(lambda: cond(cluster.get(jq_path(namespace, "zero")), "Ready").get("reason") == "ScaledToZero",
              what="Ready: ScaledToZero")
     Queue("q", redis_url=redis_server.url, prefix=namespace).enqueue("builtins:print", "wake up")

@@ -3,7 +3,9 @@ against the API emulator over HTTP, JobQueues applied with the real kubectl."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -13,7 +15,7 @@ from conveyor import Queue
 from conveyor_operator import builders
 
 from op_helpers import (DEFAULT_IMAGE, EXAMPLES, SERVICE_MONITOR_CRD, Cluster, Kubectl, OperatorProcess, SlowRelay, cond,
-                        dep_path, jobqueue, jq_path, wait_for)
+                        dep_path, jobqueue, jq_path, roll_out, wait_for)
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -84,10 +86,8 @@ def test_spec_change_patches_the_deployment_rolls_the_checksum_and_moves_status(
     first = checksum(dep)
     jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "roll"))) and cond(j, "Degraded").get("status") == "False" and j,
                   what="Degraded=False")
-    assert cond(jq, "Ready")["status"] == "False" and cond(jq, "Ready")["reason"] == "WorkersNotReady"
-    # No controllers here: play the Deployment controller and report the pod ready.
-    cluster.request("PATCH", dep_path(namespace, "roll") + "/status", {"status": {
-        "observedGeneration": dep["metadata"]["generation"], "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}})
+    assert cond(jq, "Ready")["status"] == "False" and cond(jq, "Ready")["reason"] == "RollingOut"
+    roll_out(cluster, namespace, "roll")  # no controllers here: report the rollout done
     jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "roll"))) and cond(j, "Ready").get("status") == "True" and j,
                   what="Ready=True")
     assert cond(jq, "Progressing")["status"] == "False"
@@ -108,7 +108,9 @@ def test_spec_change_patches_the_deployment_rolls_the_checksum_and_moves_status(
     assert jq["metadata"]["generation"] == 2
     assert cond(jq, "Progressing")["status"] == "True" and cond(jq, "Progressing")["reason"] == "RollingOut"
     assert all(c["observedGeneration"] == 2 for c in jq["status"]["conditions"])
-    assert cond(jq, "Ready")["lastTransitionTime"] == ready_since  # Ready did not flip
+    # The new template is not rolled out yet: Ready flipped (test_ready_means_the_rollout_is_done).
+    assert (cond(jq, "Ready")["status"], cond(jq, "Ready")["reason"]) == ("False", "RollingOut")
+    assert cond(jq, "Ready")["lastTransitionTime"] >= ready_since
 
     # A policy-only change (TTL) rolls the pods too: the checksum covers the mounted policy.
     kubectl("patch", "jq", "roll", "-n", namespace, "--type", "merge", "-p", '{"spec": {"resultTTLSeconds": 60}}')
@@ -116,6 +118,98 @@ def test_spec_change_patches_the_deployment_rolls_the_checksum_and_moves_status(
     dep = wait_for(lambda: (d := cluster.get(dep_path(namespace, "roll"))) and checksum(d) != second and d,
                    what="the checksum to roll on a policy change")
     assert args_of(dep) == args_of(cluster.get(dep_path(namespace, "roll")))
+
+
+def test_ready_means_the_rollout_is_done(cluster: Cluster, kubectl: Kubectl, namespace: str,
+                                        redis_server: Any) -> None:
+    """`kubectl wait --for=condition=Ready` right after `kubectl apply` waits for the new
+    template's rollout (issue 17): the pass that applies it writes Ready=False at once, and
+    the Deployment controller's status reporting it done flips Ready through the watch."""
+    def manifest(run: str) -> str:
+        return jobqueue("ro", redis={"url": redis_server.url}, queues=[f"{namespace}-q"],
+                        workers={"replicas": 3, "env": [{"name": "RUN_ID", "value": run}]})
+
+    def ready() -> dict[str, Any]:
+        return cond(cluster.get(jq_path(namespace, "ro")), "Ready")
+
+    def wait_ready(timeout: str) -> subprocess.CompletedProcess[str]:
+        return kubectl("wait", "--for=condition=Ready", "jq/ro", "-n", namespace, f"--timeout={timeout}", check=False)
+
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest("1"))
+    wait_for(lambda: ready().get("reason") == "RollingOut", what="Ready=False RollingOut on a new JobQueue")
+    # Midway (no controllers here: the test plays the Deployment controller): 2 of 3 pods run
+    # the template, 1 is ready; then all 3 run it, 1 ready.
+    roll_out(cluster, namespace, "ro", updatedReplicas=2, readyReplicas=1, availableReplicas=1)
+    c = wait_for(lambda: (c := ready()) and c["message"].startswith("2 of 3") and c, what="the rollout midway")
+    assert (c["status"], c["reason"], c["message"]) == ("False", "RollingOut",
+                                                        "2 of 3 updated, 1 ready, 1 old pending termination")
+    roll_out(cluster, namespace, "ro", readyReplicas=1, availableReplicas=1)
+    c = wait_for(lambda: (c := ready()) and c["reason"] == "WorkersNotReady" and c, what="Ready=False WorkersNotReady")
+    assert (c["status"], c["message"]) == ("False", "3 of 3 updated, 1 ready")
+    assert wait_ready("1s").returncode != 0
+    roll_out(cluster, namespace, "ro")
+    c = wait_for(lambda: (c := ready()) and c["status"] == "True" and c, what="Ready=True")
+    assert (c["reason"], c["message"], c["observedGeneration"]) == ("WorkersReady", "3 of 3 updated, 3 ready", 1)
+    assert wait_ready("5s").returncode == 0
+
+    # A spec change: kubectl wait right after the apply must not return on the old Ready=True,
+    # neither before the operator's pass (kubectl skips a condition whose observedGeneration
+    # is behind metadata.generation) nor after it (Ready=False, the Deployment's new
+    # generation not yet observed).
+    generation = cluster.get(dep_path(namespace, "ro"))["metadata"]["generation"]
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest("2"))
+    waited = wait_ready("1s")
+    assert waited.returncode != 0, waited.stdout
+    jq = wait_for(lambda: (j := cluster.get(jq_path(namespace, "ro"))) and j["status"]["observedGeneration"] == 2 and j,
+                  what="the operator to observe generation 2")
+    c = cond(jq, "Ready")
+    assert (c["status"], c["reason"], c["observedGeneration"]) == ("False", "RollingOut", 2)
+    assert cond(jq, "Progressing")["status"] == "True"
+    dep = cluster.get(dep_path(namespace, "ro"))
+    assert dep["metadata"]["generation"] > generation
+    assert {"name": "RUN_ID", "value": "2"} in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+
+    # A kubectl wait started now returns once the Deployment reports the new generation done.
+    since = len(cluster.emu._requests)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(wait_ready, "20s")
+        wait_for(lambda: any(r.params.get("watch") in ("true", "1") and r.resource is not None
+                             and r.resource.plural == "jobqueues" and "metadata.name=ro" in r.params.get("fieldSelector", "")
+                             for r in list(cluster.emu._requests)[since:]), what="kubectl wait to watch the JobQueue")
+        assert not waiting.done(), waiting.result()  # still blocked: the rollout is not done
+        roll_out(cluster, namespace, "ro")
+        started = time.monotonic()
+        done = waiting.result(timeout=30)
+    assert done.returncode == 0, done.stderr
+    # The watch on the Deployment brings it: the resync's cheap check reads Redis only.
+    assert time.monotonic() - started < 5
+    assert (ready()["status"], ready()["observedGeneration"]) == ("True", 2)
+
+
+def test_kubectl_wait_skips_a_ready_condition_of_an_older_generation(own_cluster: tuple[Cluster, Kubectl]) -> None:
+    """What covers the moment between `kubectl apply` and the operator's pass: kubectl wait
+    ignores a condition whose observedGeneration is behind metadata.generation (no operator
+    runs on this cluster: the test writes the status)."""
+    cluster, kubectl = own_cluster
+    kubectl("apply", "-f", "-", input=jobqueue("gen", redis={"url": "redis://r:6379/0"}, queues=["q"]))
+
+    def report_ready(generation: int) -> None:
+        ready = {"type": "Ready", "status": "True", "observedGeneration": generation, "reason": "WorkersReady",
+                 "message": "1 of 1 updated, 1 ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        code, body = cluster.request("PATCH", jq_path("default", "gen") + "/status",
+                                     {"status": {"observedGeneration": generation, "conditions": [ready]}})
+        assert code == 200, body
+
+    def wait() -> int:
+        return kubectl("wait", "--for=condition=Ready", "jq/gen", "--timeout=1s", check=False).returncode
+
+    report_ready(1)
+    assert wait() == 0
+    kubectl("patch", "jq", "gen", "--type", "merge", "-p", '{"spec": {"workers": {"concurrency": 2}}}')
+    assert cluster.get(jq_path("default", "gen"))["metadata"]["generation"] == 2
+    assert wait() != 0
+    report_ready(2)
+    assert wait() == 0
 
 
 def test_a_stuck_deployment_makes_the_jobqueue_degraded(cluster: Cluster, kubectl: Kubectl, namespace: str,

@@ -102,18 +102,77 @@ def test_invalid_spec_is_permanent() -> None:
 
 def test_conditions_and_transition_times() -> None:
     dep = {"metadata": {"generation": 2}, "spec": {"replicas": 2},
-           "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2, "replicas": 2}}
+           "status": {"observedGeneration": 2, "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2,
+                      "replicas": 2}}
     conds = {c.type: c for c in conditions_for(problem=None, desired=2, deployment=dep)}
     assert conds["Ready"].status and not conds["Progressing"].status and not conds["Degraded"].status
     conds = {c.type: c for c in conditions_for(problem=("SecretMissing", "m"), desired=2, deployment=dep)}
     assert not conds["Ready"].status and conds["Degraded"].reason == "SecretMissing"
+    assert conds["Ready"].reason == "SecretMissing" and conds["Ready"].message == "2 of 2 updated, 2 ready, but m"
     conds = {c.type: c for c in conditions_for(problem=None, desired=3, deployment=dep)}
-    assert conds["Progressing"].status and conds["Ready"].reason == "WorkersNotReady"
+    assert conds["Progressing"].status and conds["Ready"].reason == "RollingOut"
     first = merge_conditions(None, [Cond("Ready", False, "A", "a")], 1, at="2020-01-01T00:00:00Z")
     same = merge_conditions(first, [Cond("Ready", False, "B", "b")], 2, at="2021-01-01T00:00:00Z")
     assert same[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and same[0]["observedGeneration"] == 2
     flipped = merge_conditions(same, [Cond("Ready", True, "C", "c")], 2, at="2022-01-01T00:00:00Z")
     assert flipped[0]["lastTransitionTime"] == "2022-01-01T00:00:00Z" and flipped[0]["status"] == "True"
+
+
+def deployment(generation: int = 2, want: int | None = 3, **status: int) -> dict[str, Any]:
+    """A worker Deployment as the API has it (spec.replicas ``want``, None: unset); its status
+    a finished rollout unless ``status`` says otherwise."""
+    n = 1 if want is None else want
+    return {"metadata": {"generation": generation}, "spec": {} if want is None else {"replicas": want},
+            "status": {"observedGeneration": generation, "replicas": n, "updatedReplicas": n,
+                       "readyReplicas": n, "availableReplicas": n, **status}}
+
+
+def ready(desired: int | None, dep: dict[str, Any] | None,
+          problem: tuple[str, str] | None = None) -> tuple[str, str, str, bool]:
+    """(Ready's status and reason and message, Progressing's status) for that Deployment."""
+    conds = {c.type: c for c in conditions_for(problem=problem, desired=desired, deployment=dep)}
+    r = conds["Ready"]
+    return "True" if r.status else "False", r.reason, r.message, conds["Progressing"].status
+
+
+def test_ready_means_the_rollout_is_done() -> None:
+    assert ready(3, deployment()) == ("True", "WorkersReady", "3 of 3 updated, 3 ready", False)
+    # A template just applied: the controller has not seen it, so the old counts mean nothing.
+    stale = deployment(generation=3, observedGeneration=2)
+    assert ready(3, stale)[:2] == ("False", "RollingOut") and ready(3, stale)[3]
+    assert "not observed" in ready(3, stale)[2]
+    # Midway: fewer pods run the new template; then all do but not all are ready yet.
+    assert ready(3, deployment(updatedReplicas=2, readyReplicas=1, availableReplicas=1)) == (
+        "False", "RollingOut", "2 of 3 updated, 1 ready, 1 old pending termination", True)
+    assert ready(3, deployment(readyReplicas=1, availableReplicas=1)) == (
+        "False", "WorkersNotReady", "3 of 3 updated, 1 ready", False)
+    # Old pods still counted (surge): not done, although 3 new ones are ready.
+    assert ready(3, deployment(replicas=4))[:2] == ("False", "RollingOut")
+    # Ready but not yet available (minReadySeconds), as kubectl rollout status counts it.
+    assert ready(3, deployment(availableReplicas=2)) == ("False", "WorkersNotReady",
+                                                         "3 of 3 updated, 3 ready, 2 available", False)
+    # More updated than wanted (a scale-down in flight) is done, as for kubectl.
+    assert ready(1, deployment())[:2] == ("True", "WorkersReady")
+    # The operator's replicas win over a Deployment not yet re-applied; without them (an
+    # autoscaler owns them) the Deployment's, or the API's default of 1.
+    assert ready(5, deployment())[:2] == ("False", "RollingOut")
+    assert ready(None, deployment(want=None))[:2] == ("True", "WorkersReady")
+    assert ready(None, deployment(readyReplicas=2))[:2] == ("False", "WorkersNotReady")
+
+
+def test_ready_when_scaled_to_zero_or_missing_or_degraded() -> None:
+    # 0 of 0 is Ready once the controller has seen the scale-down and no pod is left.
+    zero = deployment(want=0)
+    assert ready(None, zero) == ("True", "ScaledToZero", "0 workers wanted", False)
+    assert ready(0, zero)[:2] == ("True", "ScaledToZero")
+    assert ready(None, deployment(want=0, generation=4, observedGeneration=3))[:2] == ("False", "RollingOut")
+    draining = deployment(want=0, replicas=2, readyReplicas=2, availableReplicas=2)
+    assert ready(None, draining)[:2] == ("False", "RollingOut") and "2 old pending termination" in ready(None, draining)[2]
+    assert ready(None, zero, ("RedisUnreachable", "cannot reach Redis"))[:2] == ("False", "RedisUnreachable")
+    # No Deployment (no image, or deleted and not yet re-created): never Ready.
+    assert ready(3, None) == ("False", "NoDeployment", "the worker Deployment does not exist", False)
+    # A problem wins over a finished rollout.
+    assert ready(3, deployment(), ("ProgressDeadlineExceeded", "timed out"))[:2] == ("False", "ProgressDeadlineExceeded")
 
 
 def test_a_stuck_deployment_is_a_problem_with_its_own_reason_and_message() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from conveyor import Queue
 from op_helpers import (Cluster, Kubectl, OperatorProcess, SlowRelay, api_calls, cond, dep_path, jobqueue, jq_path,
-                        method, quiet, served_cluster, wait_for)
+                        method, quiet, roll_out, served_cluster, wait_for)
 
 REPAIR_SECONDS = 3.0  # "promptly": the resync below would take an hour
 
@@ -58,9 +58,7 @@ def test_owned_objects_deleted_or_edited_by_hand_come_back_at_once(
     wait_for(lambda: cluster.get(dep_path(ns, "w"))["spec"]["replicas"] == 2, timeout=REPAIR_SECONDS,
              what="the edited replicas back to 2")
     # The Deployment controller's status reaches the JobQueue's without a resync.
-    cluster.request("PATCH", dep_path(ns, "w") + "/status", {"status": {
-        "observedGeneration": cluster.get(dep_path(ns, "w"))["metadata"]["generation"],
-        "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}})
+    roll_out(cluster, ns, "w")
     wait_for(lambda: cond(cluster.get(jq_path(ns, "w")), "Ready").get("status") == "True", timeout=REPAIR_SECONDS,
              what="Ready=True from the Deployment's status")
     assert not cluster.get(jq_path(ns, "w"))["metadata"].get("finalizers")
