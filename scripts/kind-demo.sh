@@ -13,7 +13,7 @@
 # a run ID of its own and waits for those jobs only. Every wait has a timeout; on failure the
 # script prints what to look at and exits non-zero.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CLUSTER="${CLUSTER:-conveyor}"           # must match metadata "name" in kind-config.yaml
 CONTEXT="kind-${CLUSTER}"
@@ -25,6 +25,8 @@ JQ=demo                                  # metadata.name in examples/kind/jobque
 JOBS="${JOBS:-20}"
 TIMEOUT_SECONDS="${TIMEOUT_SECONDS:-180}"
 RUN_ID="${RUN_ID:-run$(date +%s)-$$}"
+POD_WAIT_SECONDS="${POD_WAIT_SECONDS:-60}"  # for a Running worker pod to exec into
+EXEC_TRIES="${EXEC_TRIES:-4}"                # kubectl exec attempts, each on a freshly picked pod
 DRY_RUN=0
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -43,19 +45,6 @@ render_manifests() {
   printf -- '---\n'
   render_jobqueue
 }
-
-while [ "$#" -gt 0 ]; do
-  case "$1" in
-    --dry-run) DRY_RUN=1 ;;
-    --print-manifests) render_manifests; exit 0 ;;
-    -h|--help) usage; exit 0 ;;
-    *) die "unknown argument '$1' (try --help)" ;;
-  esac
-  shift
-done
-[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "JOBS must be a positive integer, got '${JOBS}'"
-[[ "$TIMEOUT_SECONDS" =~ ^[1-9][0-9]*$ ]] || die "TIMEOUT_SECONDS must be a positive integer, got '${TIMEOUT_SECONDS}'"
-[[ "$NAMESPACE" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || die "NAMESPACE '${NAMESPACE}' is not a valid namespace name"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 # run CMD...: run it, or under --dry-run print it (shell-quoted, one line) and succeed.
@@ -78,16 +67,18 @@ diagnose() {
   echo "kind-demo: $* -- what the cluster says:" >&2
   {
     set +e
+    # Diagnostics never hang: each call bounded (logs of a deployment otherwise waits 20s for a pod).
+    local kd=(kubectl --context "$CONTEXT" --request-timeout=15s)
     echo "--- kubectl -n ${OPERATOR_NAMESPACE} logs deploy/${RELEASE}-operator --tail=40"
-    kubectl --context "$CONTEXT" -n "$OPERATOR_NAMESPACE" logs "deploy/${RELEASE}-operator" --tail=40
+    "${kd[@]}" -n "$OPERATOR_NAMESPACE" logs "deploy/${RELEASE}-operator" --tail=40 --pod-running-timeout=3s
     echo "--- kubectl -n ${NAMESPACE} describe jq ${JQ}"
-    kubectl --context "$CONTEXT" -n "$NAMESPACE" describe jq "$JQ"
+    "${kd[@]}" -n "$NAMESPACE" describe jq "$JQ"
     echo "--- kubectl -n ${NAMESPACE} get pods -o wide"
-    kubectl --context "$CONTEXT" -n "$NAMESPACE" get pods -o wide
+    "${kd[@]}" -n "$NAMESPACE" get pods -o wide
     echo "--- kubectl -n ${NAMESPACE} get events --sort-by=.lastTimestamp (last 25)"
-    kubectl --context "$CONTEXT" -n "$NAMESPACE" get events --sort-by=.lastTimestamp | tail -n 25
+    "${kd[@]}" -n "$NAMESPACE" get events --sort-by=.lastTimestamp | tail -n 25
     echo "--- kubectl -n ${NAMESPACE} logs deploy/${JQ}-worker -c worker --tail=30"
-    kubectl --context "$CONTEXT" -n "$NAMESPACE" logs "deploy/${JQ}-worker" -c worker --tail=30
+    "${kd[@]}" -n "$NAMESPACE" logs "deploy/${JQ}-worker" -c worker --tail=30 --pod-running-timeout=3s
   } >&2 2>&1
   cat >&2 <<HINT
 kind-demo: FAILED: $*. Look further with:
@@ -102,7 +93,7 @@ HINT
 # A worker pod that is Running and not being deleted (a rollout restart leaves terminating
 # pods behind for a while: an exec into one of them fails).
 worker_pod() {
-  local deadline=$((SECONDS + 60)) pod
+  local deadline=$((SECONDS + POD_WAIT_SECONDS)) pod
   while :; do
     pod="$(kubectl --context "$CONTEXT" -n "$NAMESPACE" get pods -l "app.kubernetes.io/instance=${JQ}" \
       -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name}{" "}{.metadata.deletionTimestamp}{"\n"}{end}' \
@@ -114,22 +105,22 @@ worker_pod() {
 }
 
 # exec_worker CMD...: run CMD in a live worker pod's "worker" container, retried on a
-# fresh pod (up to 4 tries) when the pod goes away under it.
+# fresh pod (EXEC_TRIES times) when the pod goes away under it.
 exec_worker() {
   if [ "$DRY_RUN" -eq 1 ]; then
     k exec "POD" -c worker -- "$@"
     return 0
   fi
   local try pod
-  for try in 1 2 3 4; do
-    pod="$(worker_pod)" || diagnose "no Running worker pod of JobQueue ${JQ} within 60s"
+  for ((try = 1; try <= EXEC_TRIES; try++)); do
+    pod="$(worker_pod)" || diagnose "no Running worker pod of JobQueue ${JQ} within ${POD_WAIT_SECONDS}s"
     if kubectl --context "$CONTEXT" -n "$NAMESPACE" exec "$pod" -c worker -- "$@"; then
       return 0
     fi
-    echo "kind-demo: exec into ${pod} failed (try ${try}/4); picking a live pod again" >&2
-    sleep "$try"
+    echo "kind-demo: exec into ${pod} failed (try ${try}/${EXEC_TRIES}); picking a live pod again" >&2
+    [ "$try" -eq "$EXEC_TRIES" ] || sleep "$try"
   done
-  diagnose "kubectl exec into a worker pod failed 4 times"
+  diagnose "kubectl exec into a worker pod failed ${EXEC_TRIES} times"
 }
 
 # kind load docker-image fails on Docker's containerd image store (Docker 29, Docker Desktop):
@@ -149,18 +140,40 @@ load_image() {
   echo "kind-demo: 'kind load docker-image' failed (Docker's containerd image store? kubernetes-sigs/kind#3795);" \
     "falling back to docker image save + kind load image-archive" >&2
   local platform archive_dir
-  platform="$(docker version -f '{{.Server.Os}}/{{.Server.Arch}}')"
+  platform="$(docker version -f '{{.Server.Os}}/{{.Server.Arch}}' 2>/dev/null)" || platform=""
   archive_dir="$(mktemp -d)"
   # shellcheck disable=SC2064  # expand archive_dir now: it is local to this function
   trap "rm -rf '${archive_dir}'" EXIT
-  docker image save --platform "$platform" -o "${archive_dir}/image.tar" "$IMAGE" \
-    || docker image save -o "${archive_dir}/image.tar" "$IMAGE" \
-    || die "docker image save ${IMAGE} failed"
+  # One platform only (the engine's): the attestation manifests a containerd-store build adds
+  # are what "content digest ... not found" is about. Docker < 28 has no --platform on save.
+  if [ -z "$platform" ] || ! docker image save --platform "$platform" -o "${archive_dir}/image.tar" "$IMAGE"; then
+    docker image save -o "${archive_dir}/image.tar" "$IMAGE" || die "docker image save ${IMAGE} failed"
+  fi
   kind load image-archive "${archive_dir}/image.tar" --name "$CLUSTER" \
     || die "kind load image-archive failed too; see kubernetes-sigs/kind#3795 (or disable Docker's containerd image store)"
   rm -rf "$archive_dir"
   trap - EXIT
 }
+
+# Sourced (tests/chart/test_kind_flow.py runs worker_pod and diagnose against the API
+# emulator): the functions only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --print-manifests) render_manifests; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument '$1' (try --help)" ;;
+  esac
+  shift
+done
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "JOBS must be a positive integer, got '${JOBS}'"
+[[ "$TIMEOUT_SECONDS" =~ ^[1-9][0-9]*$ ]] || die "TIMEOUT_SECONDS must be a positive integer, got '${TIMEOUT_SECONDS}'"
+for var in POD_WAIT_SECONDS EXEC_TRIES; do
+  [[ "${!var}" =~ ^[1-9][0-9]*$ ]] || die "${var} must be a positive integer, got '${!var}'"
+done
+[[ "$NAMESPACE" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || die "NAMESPACE '${NAMESPACE}' is not a valid namespace name"
 
 if [ "$DRY_RUN" -eq 0 ]; then
   need docker "https://docs.docker.com/engine/install/"

@@ -258,3 +258,72 @@ def test_chart_with_the_kind_values_installs_and_reconciles_the_demo_jobqueue(
         raise
     finally:
         op.stop()
+
+
+# --- the script's own functions, with real kubectl against the API emulator ------------------
+
+
+def kind_kubeconfig(cluster: ChartCluster, tmp_path: Path) -> Path:
+    """A kubeconfig whose context has the name the script uses (kind-conveyor)."""
+    path = cluster.write_kubeconfig(tmp_path / "kind-config")
+    config = yaml.safe_load(path.read_text())
+    config["contexts"][0]["name"] = config["current-context"] = "kind-conveyor"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def source_and_run(kubeconfig: Path, namespace: str, call: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Source scripts/kind-demo.sh (functions only) and run one of them."""
+    full = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(kubeconfig.parent),
+            "KUBECONFIG": str(kubeconfig), "NAMESPACE": namespace, **env}
+    return subprocess.run(["bash", "-c", f'source "$1"; {call}', "kind-demo", str(SCRIPT)],
+                          capture_output=True, text=True, env=full, timeout=30)
+
+
+def make_pod(cluster: ChartCluster, ns: str, name: str, phase: str, instance: str = "demo",
+             deleting: bool = False) -> None:
+    """A pod as the API server holds it: status written through /status; a terminating one
+    deleted while a finalizer keeps it (it gets its deletionTimestamp, as during a rollout)."""
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/instance": instance}}
+    if deleting:
+        meta["finalizers"] = ["test.conveyor.dev/keep"]
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "worker", "image": "conveyor:kind"}]}}
+    path = f"/api/v1/namespaces/{ns}/pods"
+    code, answer = cluster.request("POST", path, body, content_type="application/json")
+    assert code in (200, 201), answer
+    code, answer = cluster.request("PATCH", f"{path}/{name}/status", {"status": {"phase": phase}})
+    assert code == 200, answer
+    if deleting:
+        assert cluster.request("DELETE", f"{path}/{name}")[0] == 200
+        pod = cluster.get(f"{path}/{name}")
+        assert pod and pod["metadata"].get("deletionTimestamp") and pod["status"]["phase"] == phase
+
+
+def test_worker_pod_is_running_and_not_being_deleted(cluster: ChartCluster, tmp_path: Path) -> None:
+    kubeconfig, ns = kind_kubeconfig(cluster, tmp_path), "pick-pods"
+    make_pod(cluster, ns, "a-terminating", "Running", deleting=True)
+    make_pod(cluster, ns, "b-pending", "Pending")
+    make_pod(cluster, ns, "c-other-jobqueue", "Running", instance="other")
+    # Only a terminating pod and a pending one: no pod within the deadline, and a non-zero status.
+    proc = source_and_run(kubeconfig, ns, "worker_pod", POD_WAIT_SECONDS="1")
+    assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+    make_pod(cluster, ns, "d-live", "Running")
+    proc = source_and_run(kubeconfig, ns, "worker_pod", POD_WAIT_SECONDS="1")
+    assert (proc.returncode, proc.stdout) == (0, "d-live\n"), proc.stderr
+
+
+def test_a_failing_exec_is_retried_then_ends_with_diagnostics(cluster: ChartCluster, tmp_path: Path) -> None:
+    """The emulator cannot exec: every try fails, each on a freshly picked live pod, and the
+    script ends with exit 1 and what to look at, not a bare kubectl error."""
+    kubeconfig, ns = kind_kubeconfig(cluster, tmp_path), "exec-fails"
+    make_pod(cluster, ns, "live", "Running")
+    proc = source_and_run(kubeconfig, ns, "exec_worker true; echo NOT REACHED", EXEC_TRIES="2", POD_WAIT_SECONDS="1")
+    assert proc.returncode == 1 and "NOT REACHED" not in proc.stdout
+    err = proc.stderr
+    assert "exec into live failed (try 1/2)" in err and "exec into live failed (try 2/2)" in err
+    assert "FAILED: kubectl exec into a worker pod failed 2 times" in err
+    for hint in ("-n conveyor-system logs deploy/conveyor-operator", f"-n {ns} describe jq demo",
+                 f"-n {ns} get events", f"--- kubectl -n {ns} get pods -o wide"):
+        assert hint in err, hint
+    assert "live" in err.split(f"--- kubectl -n {ns} get pods -o wide", 1)[1]  # the pods, as the cluster lists them
