@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -253,6 +254,27 @@ def test_chart_with_the_kind_values_installs_and_reconciles_the_demo_jobqueue(
         assert workers["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
         env = {e["name"]: e.get("value") for e in worker.get("env", [])}
         assert env["CONVEYOR_REDIS_URL"] == jq["spec"]["redis"]["url"]
+
+        # The script's own kubectl lines (from --dry-run), run as printed with real kubectl:
+        # `get` finds the JobQueue and its workers; `wait` knows jq/demo and gives up at its
+        # timeout (Ready cannot come here: no pod ever becomes ready) with a non-zero status.
+        printed = [shlex.split(line) for line in run_script("--dry-run", NAMESPACE=ns).stdout.splitlines()
+                   if line.strip() and not line.startswith("#")]
+        kube_env = {**os.environ, "KUBECONFIG": str(kind_kubeconfig(cluster, tmp_path)), "HOME": str(tmp_path)}
+        kubectl_bin = str(Path(sys.executable).parent / "kubectl")
+
+        def as_printed(words: list[str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([kubectl_bin, *words[1:]], capture_output=True, text=True, env=kube_env, timeout=30)
+
+        gets = [as_printed(w) for w in printed if command_name(w) == "kubectl get"]
+        assert all(p.returncode == 0 for p in gets), [p.stderr for p in gets]
+        assert "demo" in gets[0].stdout.split() and "demo-worker" in gets[1].stdout.split()
+        (wait,) = [w for w in printed if command_name(w) == "kubectl wait"]
+        assert "jq/demo" in wait and "--timeout=3m" in wait
+        started = time.monotonic()
+        waited = as_printed([w if w != "--timeout=3m" else "--timeout=2s" for w in wait])
+        assert waited.returncode != 0 and "timed out" in waited.stderr, waited.stderr
+        assert time.monotonic() - started < 8
     except BaseException:
         print(op.log())
         raise
