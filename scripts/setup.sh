@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Sets up everything Conveyor needs on a fresh machine, idempotently:
-# redis-server, redis-cli and openssl (installed with apt-get when missing) and .venv
-# with conveyor[dev].
+# redis-server, redis-cli, openssl and shellcheck (installed with apt-get when missing) and
+# .venv with conveyor[dev].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages, by the command the tests run: redis-server; redis-cli (package
 # redis-tools), which tests/deployments.py uses to create a cluster; openssl, which it
-# uses to make the TLS certificates.
+# uses to make the TLS certificates; shellcheck, which tests/chart/test_kind_flow.py runs on
+# every script in scripts/.
 MISSING=()
 command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || MISSING+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+command -v shellcheck >/dev/null 2>&1 || MISSING+=(shellcheck)
 if [ "${#MISSING[@]}" -gt 0 ]; then
   echo "setup: installing missing packages with apt-get: ${MISSING[*]}"
   SUDO=""

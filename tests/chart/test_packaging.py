@@ -30,9 +30,17 @@ def instructions() -> list[tuple[str, str]]:
 
 
 def script_var(name: str) -> str:
-    m = re.search(rf"^{name}=(.*)$", KIND_SCRIPT.read_text(), re.M)
+    """A variable's value as the script sets it: NAME=value, NAME="${NAME:-default}" (the
+    default) or NAME='multi-line text'."""
+    text = KIND_SCRIPT.read_text()
+    m = re.search(rf"^{name}='(.*?)'$", text, re.M | re.S)
+    if m:
+        return m.group(1)
+    m = re.search(rf"^{name}=(.*)$", text, re.M)
     assert m, f"{name} not set in {KIND_SCRIPT.name}"
-    return shlex.split(m.group(1), comments=True)[0]
+    value = shlex.split(m.group(1), comments=True)[0]
+    default = re.fullmatch(rf"\$\{{{name}:-(.*)\}}", value)
+    return default.group(1) if default else value
 
 
 # --- Dockerfile --------------------------------------------------------------------------------
@@ -107,21 +115,28 @@ def test_kind_script_parses_and_uses_the_files_it_names() -> None:
     text = KIND_SCRIPT.read_text()
     kind_config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
     assert script_var("CLUSTER") == kind_config["name"]
-    for rel in ("kind-config.yaml", "charts/conveyor", "examples/kind/redis.yaml", "examples/kind/jobqueue.yaml"):
+    for rel in ("kind-config.yaml", "charts/conveyor", "examples/kind/redis.yaml", "examples/kind/jobqueue.yaml",
+                "examples/kind/values.yaml"):
         assert rel in text and (ROOT / rel).exists(), rel
     assert "docker build -t \"$IMAGE\" ." in text and 'kind load docker-image "$IMAGE"' in text
-    assert "--set image.repository=\"$IMAGE_REPO\" --set image.tag=\"$IMAGE_TAG\"" in text
-    # The values the script sets exist in the chart (a typo would fail the install there).
-    render({"image": {"repository": script_var("IMAGE_REPO"), "tag": script_var("IMAGE_TAG")}},
-           name=script_var("RELEASE"), namespace=script_var("NS"))
+    assert 'kind load image-archive' in text  # the fallback for Docker's containerd image store
+    # The image the script builds is the one its values file installs.
+    values = yaml.safe_load((ROOT / "examples/kind/values.yaml").read_text())
+    assert script_var("IMAGE") == f"{values['image']['repository']}:{values['image']['tag']}"
+    render(values, name=script_var("RELEASE"), namespace=script_var("OPERATOR_NAMESPACE"))
     # The Deployment names it waits on are the ones the chart and the operator create.
-    dep = one(render(name=script_var("RELEASE"), namespace=script_var("NS"))[0], "Deployment")
-    assert 'deployment/"${RELEASE}-operator"' in text and dep["metadata"]["name"] == f"{script_var('RELEASE')}-operator"
+    dep = one(render(name=script_var("RELEASE"), namespace=script_var("OPERATOR_NAMESPACE"))[0], "Deployment")
+    assert '"deployment/${RELEASE}-operator"' in text
+    assert dep["metadata"]["name"] == f"{script_var('RELEASE')}-operator"
     from conveyor_operator import builders
 
-    assert "deployment/demo-worker" in text and builders.names("demo")["deployment"] == "demo-worker"
+    jq = script_var("JQ")
+    assert '"deployment/${JQ}-worker"' in text and builders.names(jq)["deployment"] == f"{jq}-worker"
     assert "-c worker" in text  # the container name the operator gives workers
-    assert "app.kubernetes.io/instance=demo" in text and builders.selector_labels("demo")["app.kubernetes.io/instance"] == "demo"
+    assert '"app.kubernetes.io/instance=${JQ}"' in text
+    assert builders.selector_labels(jq)["app.kubernetes.io/instance"] == jq
+    jq_doc = yaml.safe_load((ROOT / "examples/kind/jobqueue.yaml").read_text())
+    assert jq_doc["metadata"]["name"] == jq
 
 
 def test_kind_manifests_are_valid() -> None:
@@ -129,34 +144,44 @@ def test_kind_manifests_are_valid() -> None:
     assert {d["kind"] for d in redis_docs} == {"Deployment", "Service"}
     for doc in redis_docs:
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-    jq = yaml.safe_load((ROOT / "examples/kind/jobqueue.yaml").read_text())
+    # A template: the script fills in ${NAMESPACE} (tests/chart/test_kind_flow.py checks its output).
+    jq = yaml.safe_load((ROOT / "examples/kind/jobqueue.yaml").read_text().replace("${NAMESPACE}", "team-a"))
     validator = crd_validator(yaml.safe_load((ROOT / "crds/jobqueues.conveyor.dev.yaml").read_text()))
     assert [e.message for e in validator.iter_errors(jq)] == []
     service = next(d for d in redis_docs if d["kind"] == "Service")
-    # The JobQueue's URL points at that Service, in namespace default.
-    assert jq["spec"]["redis"]["url"] == f"redis://{service['metadata']['name']}.default.svc:6379/0"
+    # The JobQueue's URL points at that Service, in the namespace the script applies both to.
+    assert jq["spec"]["redis"]["url"] == f"redis://{service['metadata']['name']}.team-a.svc.cluster.local:6379/0"
     assert service["spec"]["ports"][0]["port"] == 6379
     assert jq["spec"]["queues"] == ["demo"]
 
 
 def test_kind_python_one_liners_enqueue_and_count_against_a_real_redis() -> None:
     """The exact snippets the script runs with `kubectl exec` in a worker pod, run here with
-    CONVEYOR_REDIS_URL set the way the operator sets it in worker pods."""
+    CONVEYOR_REDIS_URL set the way the operator sets it in worker pods: a second run's jobs
+    are counted apart from the first run's, still in the finished registry."""
+    def py(snippet: str, *args: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", script_var(snippet), *args], env=env, capture_output=True,
+                              text=True, check=True, timeout=30).stdout.split()
+
     with EmbeddedRedis() as server:
         env = {**os.environ, "CONVEYOR_REDIS_URL": server.url}
-        out = subprocess.run([sys.executable, "-c", script_var("ENQUEUE_PY"), "5"], env=env, capture_output=True,
-                             text=True, check=True, timeout=30).stdout
-        assert out.strip() == "enqueued 5 jobs on queue demo"
+        assert py("ENQUEUE_PY", "run1", "5") == "enqueued 5 jobs on queue demo, IDs run1-0 ... run1-4".split()
         from conveyor import Queue
 
         q = Queue("demo", redis_url=server.url)
-        assert q.count == 5
+        assert q.count == 5 and sorted(q.job_ids) == [f"run1-{i}" for i in range(5)]
+        assert py("STATUS_PY", "run1", "5") == ["0", "0", "5"]
         # The jobs run: a burst worker drains them, then the counting one-liner sees them finished.
-        subprocess.run([sys.executable, "-m", "conveyor", "worker", "-q", "demo", "--burst", "--concurrency", "5",
-                        "--metrics-port", "0"], env=env, check=True, timeout=60, capture_output=True)
-        out = subprocess.run([sys.executable, "-c", script_var("FINISHED_PY")], env=env, capture_output=True,
-                             text=True, check=True, timeout=30).stdout
-        assert out.split() == ["5", "0"]
+        worker = [sys.executable, "-m", "conveyor", "worker", "-q", "demo", "--burst", "--concurrency", "5",
+                  "--metrics-port", "0"]
+        subprocess.run(worker, env=env, check=True, timeout=60, capture_output=True)
+        assert py("STATUS_PY", "run1", "5") == ["5", "0", "0"]
+        # A re-run: run1's jobs stay finished (result_ttl), run2's are not done yet.
+        py("ENQUEUE_PY", "run2", "3")
+        assert len(q.finished.job_ids) == 5
+        assert py("STATUS_PY", "run2", "3") == ["0", "0", "3"]
+        subprocess.run(worker, env=env, check=True, timeout=60, capture_output=True)
+        assert py("STATUS_PY", "run2", "3") == ["3", "0", "0"]
         q.connection.close()
 
 
