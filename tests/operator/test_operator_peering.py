@@ -4,8 +4,10 @@ over within the peering lifetime (plus a margin) and reconciles a JobQueue appli
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,22 +53,35 @@ def replicas(own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, request: pyte
                            CONVEYOR_OPERATOR_PEERING=PEERING, CONVEYOR_OPERATOR_PEERING_LIFETIME=str(lifetime))
            for name in ("a", "b")]
     try:
-        yield cluster, kubectl, ops
-    except BaseException:
-        for op in ops:
-            print(op.log())
-        raise
+        yield cluster, kubectl, ops  # (a test's failure is raised in the test: it prints the logs)
     finally:
         for op in ops:
             op.stop()
+
+
+@contextlib.contextmanager
+def logs_on_failure(ops: list[OperatorProcess]) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for op in ops:
+            print(f"\n--- operator {op.env['POD_ID']} (exit {op.proc.poll()}) log tail ---\n{op.log()}")
+        raise
 
 
 def test_one_replica_leads_and_the_other_takes_over_when_it_dies(
         replicas: tuple[Cluster, Kubectl, list[OperatorProcess]], namespace: str, redis_server: Any,
         capsys: pytest.CaptureFixture[str]) -> None:
     cluster, kubectl, ops = replicas
+    with logs_on_failure(ops):
+        takes_over(cluster, kubectl, ops, namespace, redis_server, capsys)
+
+
+def takes_over(cluster: Cluster, kubectl: Kubectl, ops: list[OperatorProcess], namespace: str, redis_server: Any,
+               capsys: pytest.CaptureFixture[str]) -> None:
     # The operator creates the peering object; both replicas keep themselves alive in it.
-    wait_for(lambda: set(peers(cluster)) == {"replica-a", "replica-b"}, timeout=20, what="both replicas in the peering")
+    # (Two kopf start-ups on a loaded machine: a generous deadline.)
+    wait_for(lambda: set(peers(cluster)) == {"replica-a", "replica-b"}, timeout=45, what="both replicas in the peering")
     assert len({p["priority"] for p in peers(cluster).values()}) == 2  # distinct: equal ones would all pause
     leader, follower = wait_for(lambda: elected(cluster, ops), what="the higher priority active, the other paused")
     assert follower.metrics()[OK] == 0  # no JobQueue yet: nothing it could have reconciled while it led
@@ -104,7 +119,13 @@ def test_a_leader_stopping_gracefully_hands_over_without_waiting_for_its_lifetim
         replicas: tuple[Cluster, Kubectl, list[OperatorProcess]], namespace: str, redis_server: Any,
         capsys: pytest.CaptureFixture[str]) -> None:
     cluster, kubectl, ops = replicas
-    leader, follower = wait_for(lambda: elected(cluster, ops), timeout=20, what="the election settled")
+    with logs_on_failure(ops):
+        hands_over(cluster, kubectl, ops, namespace, redis_server, capsys)
+
+
+def hands_over(cluster: Cluster, kubectl: Kubectl, ops: list[OperatorProcess], namespace: str, redis_server: Any,
+               capsys: pytest.CaptureFixture[str]) -> None:
+    leader, follower = wait_for(lambda: elected(cluster, ops), timeout=45, what="the election settled")
     t0 = time.monotonic()
     leader.stop()  # SIGINT, as a pod's SIGTERM: kopf removes its own record on the way out
     kubectl("apply", "-n", namespace, "-f", "-", input=jobqueue("after", redis={"url": redis_server.url}, queues=["q"]))
