@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import faulthandler
-import signal
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -13,12 +13,12 @@ import click
 import redis
 
 from . import __version__, keys, logs
+from .cli_commands import enqueue, info
+from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
+from .cli_worker import start_up, worker_start_options
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import DEFAULT_METRICS_PORT, POOLS, WorkerSettings
-from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
-from .cli_worker import start_up, worker_start_options
-from .cli_commands import enqueue, info
 
 
 @click.group(cls=Group)
@@ -115,7 +115,7 @@ def worker_settings(redis_url: str | None, queues: tuple[str, ...], log_format: 
     options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
     if options["log_args"] is None:  # JSON logs feed pipelines that keep them: arguments only if asked
         options["log_args"] = log_format == "text"
-    return WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
+    return WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})
 
 
 @worker.command("release")

@@ -18,7 +18,8 @@ import collections
 import inspect
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..context import JobContext, _current
 from ..errors import ConveyorError, InvalidFunction
