@@ -24,12 +24,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
+from redis.crc import key_slot  # noqa: E402
+
 from bench import BIN, ENV, start_delays  # noqa: E402
 from conveyor import Job, Queue  # noqa: E402
 from conveyor.connection import RedisTarget, TlsFiles  # noqa: E402
 from conveyor.embedded import EmbeddedRedis  # noqa: E402
 from deployments import RedisClusterDeployment, SentinelGroup  # noqa: E402
-from redis.crc import key_slot  # noqa: E402
+
 
 def cpu_seconds(addrs: list[tuple[str, int]]) -> list[float]:
     out = []

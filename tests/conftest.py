@@ -9,11 +9,13 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
+
 from conveyor import Queue
 from conveyor.embedded import EmbeddedRedis
 from support import TESTS, WorkerProcess

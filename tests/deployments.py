@@ -22,9 +22,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 from urllib.parse import quote
 
 import redis
@@ -65,7 +66,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, procs: Iterable["RedisProcess"] = (),
+def wait_for(check: Callable[[], T], timeout: float, what: str, procs: Iterable[RedisProcess] = (),
              interval: float = 0.05) -> T:
     """Poll check() until it returns something truthy and return that.
 
@@ -92,7 +93,7 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, procs: Iterable[
         time.sleep(interval)
 
 
-def logs(procs: Iterable["RedisProcess"], chars: int = 1500) -> str:
+def logs(procs: Iterable[RedisProcess], chars: int = 1500) -> str:
     return "\n".join(f"--- {p.name} ({p.addr}) log tail ---\n{p.log_tail(chars)}" for p in procs)
 
 
@@ -230,7 +231,7 @@ class Deployment:
                 self.stop()
                 if attempt == self.attempts:
                     raise
-                warnings.warn(f"{type(self).__name__} start attempt {attempt} failed, retrying: {exc}")
+                warnings.warn(f"{type(self).__name__} start attempt {attempt} failed, retrying: {exc}", stacklevel=1)
             except BaseException:
                 self.stop()
                 raise

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
+
 from conveyor import Job, JobStatus
 
 TESTS = Path(__file__).resolve().parent
@@ -119,13 +121,13 @@ def worker_id(w) -> str:
 class Supervisor:
     """Keeps `size` worker processes running, restarting any that dies (as a Deployment would)."""
 
-    def __init__(self, spawn: Callable[..., "WorkerProcess"], size: int, *args: str, **kw: Any) -> None:
+    def __init__(self, spawn: Callable[..., WorkerProcess], size: int, *args: str, **kw: Any) -> None:
         self._spawn, self._args, self._kw = spawn, args, kw
         self.started: list[WorkerProcess] = []  # every worker it ever ran
         self.workers = [self._new() for _ in range(size)]
         self.deaths: list[int] = []  # exit codes of workers that died
 
-    def _new(self) -> "WorkerProcess":
+    def _new(self) -> WorkerProcess:
         w = self._spawn(*self._args, **self._kw)
         self.started.append(w)
         return w

@@ -4,12 +4,13 @@ command that was refused."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import jobs_faults
 import pytest
 import redis
+
+import jobs_faults
 from conveyor import ConveyorError, JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis
 from support import TESTS, WorkerProcess, cli, wait_until

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from support import WORKER_ENV, fetch
 from conveyor import InvalidArgument, JobStatus, Queue, Retry, WorkerSettings
 from conveyor.errors import ForbiddenFunction, InvalidFunction
 from conveyor.serializers import get_serializer
 from conveyor.validation import check_target, import_function
 from conveyor.worker.execution import call_path
 from conveyor.worker.procpool import ProcessPool
+from support import WORKER_ENV, fetch
 
 SHELLS = ["os:system", "builtins:eval", "subprocess:getoutput", "posix:system", "__main__:main", "os.path:join"]
 

@@ -6,15 +6,14 @@ import signal
 import subprocess
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from support import fetch, wait_until
 from conveyor import JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis, free_port
-
+from support import fetch, wait_until
 
 # -- bad functions ---------------------------------------------------------------------------
 

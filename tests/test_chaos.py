@@ -13,9 +13,9 @@ import signal
 import pytest
 import redis
 
-from support import wait_until
 from conveyor import Queue, Retry
 from conveyor.keys import QueueKeys
+from support import wait_until
 
 N = 2000
 FLAGS = ("--with-scheduler", "--concurrency", "4", "--lease-seconds", "2", "--scheduler-lock-seconds", "1",

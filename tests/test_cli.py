@@ -10,9 +10,10 @@ import signal
 import uuid
 from typing import Any
 
-import jobs_obs
 import pytest
 import redis
+
+import jobs_obs
 from conveyor import Job, JobStatus, NoSuchJob, Queue, Retry, keys
 from support import cli, fetch, wait_until
 

@@ -12,18 +12,20 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 import jobs_faults
-import pytest
 from conveyor import JobStatus, Queue, Retry, keys
 from conveyor.connection import RedisTarget
 from conveyor.errors import NotReplicated
 from conveyor_operator.status import queue_depth
 from deployments import RedisClusterDeployment
-from redis.crc import key_slot
-from redis.exceptions import RedisError
 from support import WORKER_ENV, WorkerProcess, cli, wait_until, worker_id
 
 

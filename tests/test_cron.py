@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from support import fetch, runs, wait_until
 from conveyor import ConveyorError, CronJob, InvalidArgument, Job, JobStatus, Queue, cron, periodic
 from conveyor.keys import QueueKeys
+from support import fetch, runs, wait_until
 
 K = QueueKeys("default")
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def ts(*args: int) -> float:

@@ -7,15 +7,16 @@ import json
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import wait_until
 from conveyor import Job, JobStatus, Queue, Retry
 from conveyor.embedded import free_port
+from support import wait_until
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboards" / "conveyor-grafana.json"
 METRIC = re.compile(r"conveyor_[a-z0-9_]+")

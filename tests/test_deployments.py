@@ -8,11 +8,12 @@ the cluster whole and healthy.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
-from redis.cluster import ClusterNode as RedisClusterNode, RedisCluster
+from redis.cluster import ClusterNode as RedisClusterNode
+from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
 from deployments import AclRedis, Addr, RedisClusterDeployment, SentinelGroup, TlsRedis, wait_for

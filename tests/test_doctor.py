@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+
 from conveyor import JobStatus, Queue, keys
 from conveyor.doctor_redis import run
 from support import cli, fetch, wait_status, wait_until, worker_id

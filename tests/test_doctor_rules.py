@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+
 from conveyor import Queue, Retry, keys
 from conveyor.doctor import Finding, JobRecord, Snapshot, analyze, field_problem, format_report
 from conveyor.doctor_redis import check_queue, discover, live_workers, repair, run

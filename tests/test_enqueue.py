@@ -14,7 +14,6 @@ import pytest
 import redis
 
 import jobs
-from support import WORKER_ENV, wait_until
 from conveyor import (
     ConveyorError,
     InvalidArgument,
@@ -30,6 +29,7 @@ from conveyor import (
     SerializationError,
 )
 from conveyor.keys import QueueKeys
+from support import WORKER_ENV, wait_until
 
 
 def job_keys(conn: redis.Redis, queue: str = "default") -> set[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs_faults import executions
-from support import fetch, wait_status, wait_until
 from conveyor import JobStatus, Queue, calls, scripts
 from conveyor.keys import QueueKeys
+from jobs_faults import executions
+from support import fetch, wait_status, wait_until
 
 K = QueueKeys("default")
 

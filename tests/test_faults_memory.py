@@ -7,16 +7,16 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 
-from jobs_faults import executions
-from support import WORKER_ENV, fetch, wait_until, worker_id
 from conveyor import JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.errors import RedisFull
+from jobs_faults import executions
+from support import WORKER_ENV, fetch, wait_until, worker_id
 
 PAYLOAD = "x" * 20_000
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 
+from conveyor import JobStatus, Queue
+from conveyor.embedded import EmbeddedRedis, free_port
 from jobs_faults import executions
 from proxy import Proxy
 from support import fetch, wait_until, worker_id
-from conveyor import JobStatus, Queue
-from conveyor.embedded import EmbeddedRedis, free_port
 
 
 def readyz(port: int) -> int | None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from jobs_faults import executions
-from support import fetch, loaded, stale_completions, wait_until, worker_id
 from conveyor import JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis
+from jobs_faults import executions
+from support import fetch, loaded, stale_completions, wait_until, worker_id
 
 
 def aof_server(data: Path, port: int | None = None) -> EmbeddedRedis:

@@ -8,9 +8,9 @@ import collections
 
 import redis
 
+from conveyor import JobStatus, Queue
 from jobs_faults import executions
 from support import Supervisor, fetch
-from conveyor import JobStatus, Queue
 
 INNOCENTS = 60
 

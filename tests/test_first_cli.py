@@ -4,7 +4,6 @@ yet", and the smaller rough edges, each through the real CLI or a real worker pr
 
 from __future__ import annotations
 
-import json
 import queue as queue_mod
 import re
 import signal
@@ -12,8 +11,9 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import redis

@@ -10,8 +10,8 @@ import uuid
 
 import redis
 
-from support import cli, fetch
 from conveyor import JobStatus, Queue, Retry
+from support import cli, fetch
 
 TRACEBACK_TAIL = ["    ValueError: boom: kaboom"]
 

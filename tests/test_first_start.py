@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from support import WORKER_ENV, cli, fetch, wait_until
 from conveyor import JobStatus, Queue
 from conveyor.embedded import free_port
 from conveyor.keys import QueueKeys
+from support import WORKER_ENV, cli, fetch, wait_until
 
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")  # the console script a user runs
 DOWN = "redis://127.0.0.1:1/0"  # port 1: nothing listens, the connection is refused at once
@@ -207,7 +207,7 @@ def test_worker_logs_its_schedules_and_their_next_ticks(tmp_path: Path, run_burs
     path = tmp_path / "cron.toml"
     path.write_text('[[cron]]\nschedule = "0 0 1 1 *"\nfunc = "jobs:add"\nname = "new-year"\n\n'
                     '[[cron]]\nschedule = "@hourly"\nfunc = "jobs:add"\nname = "reports"\nqueue = "reports"\n')
-    year = dt.datetime.now(dt.timezone.utc).year + 1
+    year = dt.datetime.now(dt.UTC).year + 1
     w = run_burst("--with-scheduler", "--cron-file", str(path))
     log = w.log()
     assert f"INFO conveyor.scheduler: cron new-year: schedule '0 0 1 1 *' on queue default, next tick " \

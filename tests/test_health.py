@@ -8,17 +8,17 @@ import signal
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from support import fetch, wait_until
+import jobs_obs
 from conveyor import JobStatus, Queue
 from conveyor.embedded import EmbeddedRedis, free_port
-
-import jobs_obs
+from support import fetch, wait_until
 
 
 def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:

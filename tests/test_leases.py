@@ -9,9 +9,9 @@ import time
 import pytest
 import redis
 
-from support import fetch, runs, wait_status, wait_until, worker_id
 from conveyor import InvalidArgument, JobStatus, Queue, Retry, calls, current_job, scripts
 from conveyor.keys import QueueKeys
+from support import fetch, runs, wait_status, wait_until, worker_id
 
 K = QueueKeys("default")
 

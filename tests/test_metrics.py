@@ -7,17 +7,16 @@ import signal
 import urllib.error
 import urllib.request
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import fetch, wait_until
+import jobs_obs
 from conveyor import JobStatus, Queue, Retry, __version__, keys
 from conveyor.embedded import free_port
-
-import jobs_obs
-
+from support import fetch, wait_until
 
 # -- helpers --------------------------------------------------------------------------------
 

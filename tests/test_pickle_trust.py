@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+
 from conveyor import InvalidArgument, Job, JobStatus, Queue
 from conveyor.admin import PICKLED
 from conveyor.errors import ConveyorError, PickleRefused

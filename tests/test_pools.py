@@ -5,9 +5,8 @@ from __future__ import annotations
 import collections
 import time
 
-from support import fetch
 from conveyor import JobStatus, Queue
-
+from support import fetch
 
 # -- process pool ---------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import redis
+
 from conveyor import InvalidTransition, JobStatus, Queue, keys
 from jobs_faults import executions
 from support import cli, fetch, wait_status, wait_until

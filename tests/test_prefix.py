@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 
+import jobs_faults
 from conveyor import Job, JobStatus, NoSuchJob, Queue, keys
 from conveyor.errors import ConfigError
 from support import wait_until, worker_id
 from test_cli import cli, ok
-
-import jobs_faults
 
 
 def test_apps_with_different_prefixes_share_a_redis_unseen(conn: redis.Redis, redis_url: str, spawn_worker,

@@ -8,9 +8,9 @@ import pytest
 import redis
 
 import conveyor
-from support import wait_until
 from conveyor import Job, JobStatus, Queue
 from conveyor.keys import QueueKeys
+from support import wait_until
 
 # Queue-level structures that legitimately live without a TTL (see conveyor/keys.py).
 QUEUE_LEVEL = ("ready", "wake", "leases", "finished", "failed", "canceled", "scheduled", "cron", "stats", "seq")

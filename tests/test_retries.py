@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from support import fetch, runs, wait_status, wait_until
 from conveyor import (
     Backoff,
     InvalidArgument,
@@ -23,6 +22,7 @@ from conveyor import (
     keys,
 )
 from conveyor.retry import DEFAULT_RETRY_LATER_MAX, retry_delay
+from support import fetch, runs, wait_status, wait_until
 
 FAST = ("--lease-seconds", "0.6")  # housekeeping every 0.2 s
 EPS = 0.02  # seconds: ms rounding of due times and Redis TIME vs time.time()

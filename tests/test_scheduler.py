@@ -13,9 +13,9 @@ import time
 import pytest
 import redis
 
-from support import fetch, runs, wait_status, wait_until, worker_id
 from conveyor import InvalidArgument, InvalidTransition, JobStatus, Queue, calls, scripts
 from conveyor.keys import QueueKeys
+from support import fetch, runs, wait_status, wait_until, worker_id
 
 K = QueueKeys("default")
 FAST = ("--lease-seconds", "0.6")  # housekeeping every 0.2 s
@@ -39,7 +39,7 @@ def test_delayed_jobs_are_scheduled_not_queued(queue: Queue, conn, redis_url) ->
     t0 = time.time()
     a = queue.enqueue_in(30, "jobs:add", 1, 2)
     b = queue.enqueue_in(dt.timedelta(minutes=1), "jobs:add", 3, 4)
-    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=90)
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=90)
     c = queue.enqueue_at(when, "jobs:add", 5, 6)
     naive = dt.datetime.now() + dt.timedelta(seconds=120)  # naive = local time
     d = queue.enqueue_at(naive, "jobs:add", 7, 8)
@@ -76,11 +76,11 @@ def test_scheduler_runs_delayed_jobs_no_sooner_than_due(queue: Queue, conn, redi
     jobs = [
         queue.enqueue_in(0.3, "jobs_reliability:count", redis_url, "t:a"),
         queue.enqueue_in(dt.timedelta(seconds=0.5), "jobs_reliability:count", redis_url, "t:b"),
-        queue.enqueue_at(dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=0.7), "jobs_reliability:count",
+        queue.enqueue_at(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.7), "jobs_reliability:count",
                          redis_url, "t:c"),
         queue.enqueue_at(dt.datetime.now() + dt.timedelta(seconds=0.4), "jobs_reliability:count", redis_url, "t:d"),
         # Already due: runs as soon as the scheduler looks.
-        queue.enqueue_at(dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5), "jobs_reliability:count",
+        queue.enqueue_at(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5), "jobs_reliability:count",
                          redis_url, "t:e"),
     ]
     spawn_worker("--with-scheduler")
@@ -194,7 +194,7 @@ def _promote(client: redis.Redis, limit: int = 1000) -> list[int]:
 
 
 def test_promote_twice_concurrently_moves_each_job_once(queue: Queue, conn, redis_url) -> None:
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     due = [queue.enqueue_at(past, "jobs:add", i, i).id for i in range(200)]
     future = queue.enqueue_in(3600, "jobs:add", 0, 0)
     scripts.load(conn)
@@ -233,7 +233,7 @@ def test_promote_twice_concurrently_moves_each_job_once(queue: Queue, conn, redi
 
 
 def test_promote_skips_jobs_no_longer_scheduled(queue: Queue, conn) -> None:
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     keep = queue.enqueue_at(past, "jobs:add", 1, 1)
     gone = queue.enqueue_at(past, "jobs:add", 2, 2)
     # A scheduled-set entry whose job was meanwhile moved on (here: faked as started).

@@ -10,16 +10,18 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.exceptions import RedisError
 
 import jobs_faults
-import pytest
 from conveyor import JobStatus, Queue, Retry, keys
 from conveyor.connection import RedisTarget
 from conveyor.errors import NotReplicated
 from conveyor_operator.status import queue_depth
 from deployments import SentinelGroup
-from redis.exceptions import RedisError
 from support import WorkerProcess, cli, wait_until, worker_id
 
 

@@ -19,7 +19,7 @@ UTC_PLUS_530 = dt.timezone(dt.timedelta(hours=5, minutes=30))
 # name -> value; each must come back equal and of exactly the same type.
 VALUES: dict[str, Any] = {
     "datetime-naive": dt.datetime(2024, 1, 2, 3, 4, 5, 678901),
-    "datetime-utc": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+    "datetime-utc": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
     "datetime-offset": dt.datetime(1999, 12, 31, 23, 59, 59, 1, tzinfo=UTC_PLUS_530),
     "date": dt.date(2024, 2, 29),
     "time": dt.time(1, 2, 3, 4),
@@ -39,7 +39,7 @@ VALUES: dict[str, Any] = {
     "none": None,
     "bool": True,
     "nested": {
-        "when": dt.datetime(2020, 5, 17, 12, 0, tzinfo=dt.timezone.utc),
+        "when": dt.datetime(2020, 5, 17, 12, 0, tzinfo=dt.UTC),
         "list": [1, [2, [3, {"deep": {dt.date(2021, 1, 1).isoformat(): b"x"}}]]],
         "ids": [uuid.UUID(int=1), uuid.UUID(int=2)],
         "money": {"price": decimal.Decimal("9.99"), "tags": {"a", "b"}},
@@ -177,7 +177,7 @@ def test_msgpack_round_trip_through_worker(conn: redis.Redis, run_burst) -> None
 
 def test_msgpack_through_process_pool(conn: redis.Redis, run_burst) -> None:
     q = Queue("default", connection=conn, serializer="msgpack")
-    value = {"b": b"\x01", "d": decimal.Decimal("2.5"), "t": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)}
+    value = {"b": b"\x01", "d": decimal.Decimal("2.5"), "t": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)}
     job = q.enqueue("jobs:identity", value)
     run_burst("--pool", "process", "-c", "1")
     assert_same(Job.fetch(job.id, conn).result, value)

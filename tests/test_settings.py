@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from support import WORKER_ENV
 from conveyor import InvalidArgument, InvalidQueueName, WorkerSettings
+from support import WORKER_ENV
 
 URL = "redis://127.0.0.1:1/0"  # never contacted: settings are checked before any connection
 
@@ -84,7 +85,7 @@ def test_boundary_settings_are_accepted(kw: dict) -> None:
 
 def test_settings_are_frozen_and_with_revalidates() -> None:
     s = make()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.concurrency = 3  # type: ignore[misc]
     assert s.with_(concurrency=3).concurrency == 3
     with pytest.raises(InvalidArgument, match="concurrency"):

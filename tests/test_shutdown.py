@@ -9,8 +9,8 @@ import uuid
 import pytest
 import redis
 
-from support import fetch, wait_until
 from conveyor import Job, JobStatus, Queue
+from support import fetch, wait_until
 
 
 @pytest.fixture

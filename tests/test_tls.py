@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+import jobs_faults
 from conveyor import ConveyorError, JobStatus, Queue
 from conveyor.connection import RedisTarget, TlsFiles
 from deployments import TlsRedis
 from support import WORKER_ENV, WorkerProcess, wait_until
-
-import jobs_faults
-
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import redis
+
 from conveyor import Job, JobStatus, Queue
 from conveyor.worker.execution import MESSAGE_LIMIT, TRACEBACK_LIMIT, clip, failure, from_exception
 from support import cli, fetch

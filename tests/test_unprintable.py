@@ -10,9 +10,9 @@ import sys
 import pytest
 import redis
 
-from support import WORKER_ENV, fetch
 from conveyor import InvalidJobId, Job, JobStatus, Queue
-from conveyor.logs import JSONFormatter, TEXT_FORMAT, TextFormatter, printable
+from conveyor.logs import TEXT_FORMAT, JSONFormatter, TextFormatter, printable
+from support import WORKER_ENV, fetch
 
 HOSTILE = "\x1b[31mred\u202eevil\u200b\nforged line"
 

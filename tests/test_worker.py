@@ -12,9 +12,9 @@ import uuid
 import pytest
 import redis
 
-from support import fetch, wait_until
 from conveyor import JobStatus, Queue, calls, errors, scripts
 from conveyor.keys import QueueKeys
+from support import fetch, wait_until
 
 
 def tokens(conn: redis.Redis, key: str) -> list[tuple[str, int]]:

@@ -15,8 +15,9 @@ down below the current replicas: the replicas the fleet had are the evidence for
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 DEFAULT_POLL_SECONDS = 5
 
@@ -30,7 +31,7 @@ class Policy:
     window_seconds: float = 300.0    # scale-down stabilization
 
     @classmethod
-    def of(cls, spec: dict[str, Any]) -> "Policy":
+    def of(cls, spec: dict[str, Any]) -> Policy:
         """From a defaulted spec's ``autoscaling``."""
         a = spec.get("autoscaling") or {}
         return cls(int(a.get("minReplicas", 1)), int(a.get("maxReplicas", 10)),

@@ -46,7 +46,7 @@ class Owner:
     uid: str
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> "Owner":
+    def of(cls, body: dict[str, Any]) -> Owner:
         meta = body["metadata"]
         return cls(meta["name"], meta.get("namespace") or "default", meta.get("uid", ""))
 

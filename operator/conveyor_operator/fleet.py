@@ -4,8 +4,6 @@ operator's kopf startup handler (handlers.configure)."""
 
 from __future__ import annotations
 
-import logging
-
 import kopf
 
 from . import metrics
@@ -14,7 +12,7 @@ from .leader import LEADERSHIP, ensure_peering
 from .settings import Settings
 
 
-def configure(settings: Settings, kopf_settings: kopf.OperatorSettings, logger: logging.Logger) -> None:
+def configure(settings: Settings, kopf_settings: kopf.OperatorSettings, logger: kopf.Logger) -> None:
     metrics.serve(settings.metrics_port)
     if settings.peering:
         # kopf starts its peering only after every startup handler has returned, so these hold.

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -48,7 +49,7 @@ def pod_watcher() -> pods.PodWatcher:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
     # Keep kopf's bookkeeping in our own annotations, out of the JobQueue's status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -68,7 +69,7 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
                 ",".join(SETTINGS.namespaces) or "*", SETTINGS.default_image, SETTINGS.resync_seconds)
 
 
-def _events(body: Any):
+def _events(body: Any) -> Callable[[str, str, str], None]:
     def post(type_: str, reason: str, message: str) -> None:
         try:
             reconciler().api.post_event(dict(body), type_, reason, message)
@@ -95,7 +96,9 @@ def jobqueues(body: kopf.Body, uid: str, **_: Any) -> dict[str, dict[str, Any]]:
     return {uid: copy.deepcopy(dict(body))}
 
 
-@kopf.on.startup()
+# kopf passes the indexes as extra keyword arguments, which its ActivityFn protocol leaves to
+# **kwargs: a handler that names them does not match the protocol, though kopf calls it fine.
+@kopf.on.startup()  # type: ignore[arg-type]
 async def start_resync(jobqueues: kopf.Index[str, dict[str, Any]],
                        hpa_targets: kopf.Index[tuple[str, str], str], keda_targets: kopf.Index[tuple[str, str], str],
                        logger: logging.Logger, **_: Any) -> None:
@@ -162,7 +165,7 @@ def deleted(body: kopf.Body, **_: Any) -> None:
 
 # Watching only: an event handler puts no finalizer on pods and writes nothing to them.
 @kopf.on.event("v1", "pods", labels=pods.POD_LABELS)
-def worker_pod(event: kopf.RawEvent, logger: logging.Logger, **_: Any) -> None:
+def worker_pod(event: kopf.RawEvent, logger: kopf.Logger, **_: Any) -> None:
     """A worker pod deleted or its container terminated: release its workers' jobs now."""
     try:
         pod_watcher().handle(str(event.get("type") or ""), dict(event.get("object") or {}))

@@ -95,7 +95,8 @@ class Api:
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            return self.request("GET", path(api_version, kind, namespace, name))
+            found: dict[str, Any] = self.request("GET", path(api_version, kind, namespace, name))
+            return found
         except NotFound:
             return None
 
@@ -108,9 +109,10 @@ class Api:
         """Server-side apply as ``manager`` (the autoscaler applies only a Deployment's replicas,
         under its own manager, so the operator's full apply never touches them)."""
         meta = obj["metadata"]
-        return self.request("PATCH", path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
-                            body=obj, query={"fieldManager": manager, "force": "true"},
-                            content_type="application/apply-patch+yaml")
+        applied: dict[str, Any] = self.request(
+            "PATCH", path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]),
+            body=obj, query={"fieldManager": manager, "force": "true"}, content_type="application/apply-patch+yaml")
+        return applied
 
     def annotate(self, api_version: str, kind: str, namespace: str | None, name: str,
                  annotations: dict[str, str]) -> None:

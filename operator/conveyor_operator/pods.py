@@ -20,8 +20,9 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import redis
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from conveyor.keys import DEFAULT_PREFIX
 
@@ -26,7 +27,7 @@ from .redis_access import REDIS_PROBLEMS, RedisAccess
 from .scaler import Scaler
 from .settings import Settings
 from .spec import defaulted, problems
-from .status import DEGRADED, conditions_for, set_condition, deployment_problem, merge_conditions, now, total_depth
+from .status import DEGRADED, conditions_for, deployment_problem, merge_conditions, now, set_condition, total_depth
 from .tlsfiles import TlsFileStore
 
 EventFn = Callable[[str, str, str], None]  # (type, reason, message)
@@ -172,11 +173,11 @@ class Reconciler:
         generation = int(body["metadata"].get("generation") or 0)
         errors = problems(spec, owner.name)
         if errors:
-            problem = ("InvalidSpec", "; ".join(errors))
+            problem: tuple[str, str] | None = ("InvalidSpec", "; ".join(errors))
             return self._finish(body, owner, spec, problem, None, None, event, permanent=True)
 
         image = spec["workers"].get("image") or self.settings.default_image
-        problem: tuple[str, str] | None = None
+        problem = None
         url, redis_problem = self.redis.url(owner, spec)
         # A URL from a Secret is fingerprinted into the pods' checksum: rotating it rolls them.
         digest = _fingerprint(url, spec)
@@ -298,7 +299,7 @@ class Reconciler:
                 self.api.patch_status(crd.API_VERSION, crd.KIND, owner.namespace, owner.name, status)
             except NotFound:
                 pass  # deleted meanwhile
-        old_degraded = next((c for c in old.get("conditions") or [] if c.get("type") == DEGRADED), {})
+        old_degraded: dict[str, Any] = next((c for c in old.get("conditions") or [] if c.get("type") == DEGRADED), {})
         if problem and (old_degraded.get("status") != "True" or old_degraded.get("reason") != problem[0]):
             event("Warning", problem[0], problem[1])
         elif not problem and old_degraded.get("status") == "True":

@@ -22,7 +22,8 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 Reconcile = Callable[[dict[str, Any]], None]
 

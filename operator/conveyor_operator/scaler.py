@@ -20,8 +20,9 @@ import datetime
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -31,7 +32,8 @@ from conveyor.connection import describe
 from . import builders, metrics
 from .autoscale import Policy, Sample, clamp, decide, window
 from .k8s import Api, ApiError
-from .status import Cond, demand as demand_of, read_depth
+from .status import Cond, read_depth
+from .status import demand as demand_of
 
 log = logging.getLogger("conveyor_operator.scaler")
 MANAGER = "conveyor-autoscaler"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Settings:
     peering_lifetime: int = 15             # seconds a silent leader is trusted: bounds the failover
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         ns = tuple(n.strip() for n in env.get("CONVEYOR_OPERATOR_NAMESPACES", "").split(",") if n.strip())
         return cls(

@@ -35,7 +35,8 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 
 def defaulted(spec: dict[str, Any] | None) -> dict[str, Any]:
-    return apply_defaults(crd.SPEC, dict(spec or {}))
+    out: dict[str, Any] = apply_defaults(crd.SPEC, dict(spec or {}))
+    return out
 
 
 def problems(spec: dict[str, Any], name: str = "x") -> list[str]:

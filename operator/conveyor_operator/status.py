@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
 from typing import Any
-
-import time
 
 from conveyor import depth, scripts
 from conveyor.connection import RedisTarget, TlsFiles
@@ -61,7 +60,7 @@ class Rollout:
     old: int         # pods of an older template still counted in status.replicas
 
     @classmethod
-    def of(cls, deployment: dict[str, Any], desired: int | None) -> "Rollout":
+    def of(cls, deployment: dict[str, Any], desired: int | None) -> Rollout:
         meta, dstatus = deployment.get("metadata") or {}, deployment.get("status") or {}
         # The API server defaults spec.replicas to 1; an autoscaler may own the value.
         want = desired if desired is not None else int((deployment.get("spec") or {}).get("replicas", 1))
@@ -168,8 +167,13 @@ def read_depth(client: Any, queues: list[str], prefix: str | None = None) -> lis
     """queue_depth() through a client the caller holds (the autoscaler's poll)."""
     space = Keyspace.of(prefix)
     now_s = time.time()
-    replies = scripts.execute(client, lambda pipe: [(depth.queue(pipe, space.queue(q), now_s),
-                                                     depth.due(pipe, space.queue(q), now_s)) for q in queues])
+
+    def build(pipe: Any) -> None:
+        for q in queues:
+            depth.queue(pipe, space.queue(q), now_s)
+            depth.due(pipe, space.queue(q), now_s)
+
+    replies = scripts.execute(client, build)
     out = []
     n = len(depth.STATES) + 1
     for i, q in enumerate(queues):

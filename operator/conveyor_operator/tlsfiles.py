@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import weakref
+from typing import Any
 
 from conveyor.connection import TlsFiles
 
@@ -31,7 +32,7 @@ class TlsFileStore:
         self._parent = parent  # None: TMPDIR, else /tmp
         self._root: str | None = None
         self._guard = threading.Lock()
-        self._cleanup: weakref.finalize | None = None
+        self._cleanup: weakref.finalize[..., Any] | None = None
 
     @property
     def root(self) -> str:

@@ -23,7 +23,8 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 
@@ -142,13 +143,15 @@ def deployment_of(body: Body) -> str | None:
     return None
 
 
-@kopf.index("autoscaling/v2", "horizontalpodautoscalers")
+# kopf types namespace as str | None for every resource; HPAs and ScaledObjects are namespaced,
+# so here it is always a str (the ignores below are for that protocol mismatch only).
+@kopf.index("autoscaling/v2", "horizontalpodautoscalers")  # type: ignore[arg-type]
 def hpa_targets(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str] | None:
     dep = deployment_of(dict(body))
     return {(namespace, dep): f"HorizontalPodAutoscaler/{name}"} if dep else None
 
 
-@kopf.index("keda.sh/v1alpha1", "scaledobjects")
+@kopf.index("keda.sh/v1alpha1", "scaledobjects")  # type: ignore[arg-type]
 def keda_targets(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str] | None:
     dep = deployment_of(dict(body))
     return {(namespace, dep): f"ScaledObject/{name}"} if dep else None
@@ -175,7 +178,7 @@ _targets: dict[str, tuple[str, str]] = {}  # autoscaler uid -> (namespace, Deplo
 async def other_autoscaler(event: kopf.RawEvent, **_: Any) -> None:
     """An HPA or ScaledObject came, went or changed target: the JobQueues whose Deployment it
     targets (now, and before) reconcile, so the Autoscaling condition and the replicas follow."""
-    obj = dict(event.get("object") or {})
+    obj: dict[str, Any] = dict(event.get("object") or {})
     meta = obj.get("metadata") or {}
     uid, namespace = str(meta.get("uid") or meta.get("name")), str(meta.get("namespace") or "default")
     dep = deployment_of(obj)

@@ -1,5 +1,6 @@
 """Conveyor: a lease-based Redis job queue for Python teams on Kubernetes."""
 
+from .context import JobContext, current_job
 from .errors import (
     ConveyorError,
     ForbiddenFunction,
@@ -15,11 +16,10 @@ from .errors import (
     RedisFull,
     SerializationError,
 )
-from .context import JobContext, current_job
-from .periodic import CronJob, cron
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus
-from .retry import Backoff, Retry, RetryLater
+from .periodic import CronJob, cron
 from .queue import EnqueueData, Queue
+from .retry import Backoff, Retry, RetryLater
 from .settings import WorkerSettings
 
 try:

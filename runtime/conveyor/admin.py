@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from . import calls, depth, errors, keys, scripts
+from . import calls, depth, errors, keys, scripts, wire
 from .connection import RedisTarget, is_cluster
 from .job import Job, JobStatus, send_command
 
@@ -17,7 +17,7 @@ from .job import Job, JobStatus, send_command
 def fleet_info(conn: redis.Redis, queue_filter: str | None = None, space: keys.Keyspace = keys.DEFAULT) -> dict[str, Any]:
     """Queues with counts per state, live workers with their current jobs, scheduler leaders."""
     now = time.time()
-    names = sorted(n.decode() for n in conn.smembers(space.queues))
+    names = sorted(n.decode() for n in wire.byte_set(conn.smembers(space.queues)))
     if queue_filter is not None:
         if queue_filter not in names:
             raise errors.ConveyorError(f"unknown queue {queue_filter!r} (known: {', '.join(names) or 'none'})")
@@ -79,11 +79,11 @@ def redis_memory(conn: redis.Redis) -> dict[str, Any]:
 def memory_info(conn: Any) -> dict[str, Any]:
     """INFO memory; on a Cluster, that of the master whose policy is worst (not noeviction first)."""
     if not is_cluster(conn):
-        return dict(conn.info("memory"))
+        return dict(wire.info(conn.info("memory")))
     per_node = conn.info("memory", target_nodes=conn.PRIMARIES)
     infos = list(per_node.values()) if isinstance(per_node, dict) and all(
         isinstance(v, dict) for v in per_node.values()) else [per_node]
-    return sorted(infos, key=lambda m: m.get("maxmemory_policy") == "noeviction")[0]
+    return wire.info(sorted(infos, key=lambda m: m.get("maxmemory_policy") == "noeviction")[0])
 
 
 PICKLED = "<pickled: not unpickled>"

@@ -6,7 +6,8 @@ Each queues one EVALSHA on ``pipe`` (a pipeline, sync or async) for one queue's 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import scripts
 from .keys import QueueKeys

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import faulthandler
-import signal
 import json
+import signal
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import click
 import redis
 
 from . import __version__, keys, logs
+from .cli_commands import enqueue, info
+from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
+from .cli_worker import start_up, worker_start_options
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import DEFAULT_METRICS_PORT, POOLS, WorkerSettings
-from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
-from .cli_worker import start_up, worker_start_options
-from .cli_commands import enqueue, info
 
 
 @click.group(cls=Group)
@@ -107,7 +107,7 @@ def worker_settings(redis_url: str | None, queues: tuple[str, ...], log_format: 
     arguments through here, so the CRD's defaults are checked against the runtime's)."""
     options = dict(options)
     policy_file = options.pop("policy_file")
-    policy = WorkerSettings.read_policy(policy_file) if policy_file else {}  # type: ignore[arg-type]
+    policy = WorkerSettings.read_policy(cast(str, policy_file)) if policy_file else {}  # click.Path: a str
     # A flag given on the command line wins over the policy file, which wins over defaults.
     for key in ("result_ttl", "failure_ttl"):
         if options[key] is None:
@@ -115,7 +115,7 @@ def worker_settings(redis_url: str | None, queues: tuple[str, ...], log_format: 
     options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
     if options["log_args"] is None:  # JSON logs feed pipelines that keep them: arguments only if asked
         options["log_args"] = log_format == "text"
-    return WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})  # type: ignore[arg-type]
+    return WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})
 
 
 @worker.command("release")
@@ -134,7 +134,8 @@ def worker_release(worker_id: str | None, pod: str | None, reason: str | None, m
         raise click.UsageError("give either a WORKER_ID or --pod POD")
     conn = where.connect()
     try:
-        ids = [worker_id] if worker_id else workers_on_pod(conn, pod, where.space.prefix)  # type: ignore[arg-type]
+        # The check above: without a WORKER_ID there is a pod.
+        ids = [worker_id] if worker_id else workers_on_pod(conn, cast(str, pod), where.space.prefix)
         if not ids:
             raise ConveyorError(f"no worker is registered with pod {pod!r} (prefix {where.space.prefix!r})")
         for wid in ids:
@@ -274,7 +275,8 @@ def requeue(job_ids: tuple[str, ...], where: Where, queue: str | None, all_faile
     try:
         conn = where.connect()
         if all_failed:
-            count = Queue(queue, connection=conn, prefix=where.space.prefix).requeue_all_failed()  # type: ignore[arg-type]
+            # The check above: --all-failed comes with a queue.
+            count = Queue(cast(str, queue), connection=conn, prefix=where.space.prefix).requeue_all_failed()
             click.echo(f"requeued {count} failed jobs of queue {queue}")
             return
         for job_id in job_ids:

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import click
 import redis
 
 from . import keys
-from .connection import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_URL, RedisTarget, TlsFiles, describe, \
-    resolve_url
+from .connection import ENV_CA_FILE, ENV_CERT_FILE, ENV_KEY_FILE, ENV_URL, RedisTarget, TlsFiles, describe, resolve_url
 from .errors import ConveyorError
 
 

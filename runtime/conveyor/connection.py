@@ -60,7 +60,7 @@ class TlsFiles:
 
     @classmethod
     def from_env(cls, ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None) -> "TlsFiles":
+                 key_file: str | None = None) -> TlsFiles:
         return cls(ca_file or os.environ.get(ENV_CA_FILE) or None, cert_file or os.environ.get(ENV_CERT_FILE) or None,
                    key_file or os.environ.get(ENV_KEY_FILE) or None)
 
@@ -91,7 +91,7 @@ class RedisTarget:
     sentinel_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, url: str | None = None, tls_files: TlsFiles | None = None) -> "RedisTarget":
+    def parse(cls, url: str | None = None, tls_files: TlsFiles | None = None) -> RedisTarget:
         url = resolve_url(url)
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in _SCHEMES:
@@ -118,7 +118,7 @@ class RedisTarget:
         for key in ("username", "password"):
             if key in query:
                 options[key] = query.pop(key)
-        tls_options = {**files, **{k: query.pop(k) for k in _TLS_QUERY if k in query}}
+        tls_options: dict[str, Any] = {**files, **{k: query.pop(k) for k in _TLS_QUERY if k in query}}
         if "ssl_check_hostname" in query:
             tls_options["ssl_check_hostname"] = query.pop("ssl_check_hostname").lower() in ("1", "true", "yes")
         if tls:
@@ -233,7 +233,7 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, (RedisCluster, AsyncRedisCluster))
 
 
-def describe(exc: BaseException, target: "RedisTarget | str | None" = None) -> str:
+def describe(exc: BaseException, target: RedisTarget | str | None = None) -> str:
     """One line naming why Redis failed: credentials, ACL, memory, topology, TLS, or reach."""
     where = target.masked if isinstance(target, RedisTarget) else mask_url(target) if target else ""
     at = f" at {where}" if where else ""

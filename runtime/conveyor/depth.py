@@ -3,7 +3,8 @@ worker's metrics, `conveyor info` and the operator's status."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .keys import QueueKeys
 

@@ -13,8 +13,9 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 # In the order --fix applies them: a key must be usable before jobs are listed in it, and
 # a job must be listed where its status says before a wrong entry of it is removed.
@@ -22,7 +23,6 @@ FIX_ORDER = (
     "wrong_type_key", "expired_entry", "dangling_entry", "malformed_job", "unlisted_job",
     "duplicate_entry", "misplaced_entry", "stale_claimed_set",
 )
-KINDS = FIX_ORDER
 
 KEY_TYPES: Mapping[str, str] = {
     "ready": "list", "recovered": "list", "wake": "list",
@@ -40,7 +40,6 @@ HOME: Mapping[str, tuple[str, ...]] = {
     "queued": ("ready", "recovered"), "scheduled": ("scheduled",), "prefetched": ("prefetched",),
     "started": ("leases",), "finished": ("finished",), "failed": ("failed",), "canceled": ("canceled",),
 }
-STATUSES = tuple(HOME)
 
 # (field, kind, lower bound, bound inclusive, empty value allowed): the design's table.
 _RULES: tuple[tuple[str, str, float | None, bool, bool], ...] = (

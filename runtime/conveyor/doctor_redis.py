@@ -12,16 +12,28 @@ changes anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from . import errors, keys, routing, scripts
 from .admin import memory_info
 from .connection import is_cluster
 from .doctor import (
-    FIX_ORDER, HELD, JOB_FIELDS, KEY_TYPES, LISTS, ZSETS, Finding, JobRecord, Snapshot, analyze, expected_type,
+    FIX_ORDER,
+    HELD,
+    JOB_FIELDS,
+    KEY_TYPES,
+    LISTS,
+    ZSETS,
+    Finding,
+    JobRecord,
+    Snapshot,
+    analyze,
+    expected_type,
     summarize,
 )
 from .job import DEFAULT_FAILURE_TTL
@@ -51,7 +63,7 @@ def _failed(reply: Any) -> bool:
     return isinstance(reply, Exception)
 
 
-def _transaction(conn: redis.Redis, build: Callable[[Any], None]) -> list[Any]:
+def _transaction(conn: redis.Redis, build: Callable[[Any], object]) -> list[Any]:
     # A command that hits a wrong-typed key answers with its error in place; the rest stand.
     # (One queue's keys share a slot, so on a Cluster this is one node's MULTI.)
     return routing.transaction(conn, build)
@@ -104,7 +116,7 @@ def discover(conn: redis.Redis, queue: str | None, warnings: list[str],
 
 def live_workers(conn: redis.Redis, space: keys.Keyspace = keys.DEFAULT) -> dict[str, float]:
     """Worker ID -> registration expiry (s), for workers whose registration has not expired."""
-    now = _redis_now(conn.time(target_nodes=conn.RANDOM) if is_cluster(conn) else conn.time())
+    now = _redis_now(conn.time(target_nodes=RedisCluster.RANDOM) if is_cluster(conn) else conn.time())
     entries: Any = conn.zrangebyscore(space.workers, f"({now}", "+inf", withscores=True)
     return {_text(w): float(s) for w, s in entries}
 

@@ -22,15 +22,17 @@ INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install -y redis-server; macO
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class EmbeddedRedis:
     def __init__(self, port: int | None = None, *, binary: str = "redis-server", args: tuple[str, ...] = ()) -> None:
-        self.binary = shutil.which(binary)
+        found = shutil.which(binary)
         self.args = args  # extra server options, e.g. ("--maxmemory", "2mb")
-        if self.binary is None:
+        if found is None:
             raise ConveyorError(f"redis-server was not found on PATH; {INSTALL_HINT}")
+        self.binary: str = found
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -39,7 +41,7 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self._dir = tempfile.TemporaryDirectory(prefix="conveyor-redis-")
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -62,7 +64,9 @@ class EmbeddedRedis:
                 except redis.ConnectionError:
                     if time.monotonic() > deadline:
                         self.stop()
-                        raise ConveyorError(f"redis-server did not answer on port {self.port} within {timeout}s")
+                        # Kept without "from": the ConnectionError stays visible as the context.
+                        raise ConveyorError(  # noqa: B904
+                            f"redis-server did not answer on port {self.port} within {timeout}s")
                     time.sleep(0.02)
         finally:
             client.close()
@@ -81,7 +85,7 @@ class EmbeddedRedis:
             self._dir.cleanup()
             self._dir = None
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:

@@ -6,11 +6,11 @@ import enum
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import redis
 
-from . import calls, errors, keys, scripts
+from . import calls, errors, keys, scripts, wire
 from .calls import RUN_FIELDS  # noqa: F401  (re-exported: the claim's wire format)
 from .connection import connect, db_of
 from .serializers import Serializer, reader
@@ -64,6 +64,10 @@ def _num(value: Any) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
+@overload
+def _s(raw: dict[bytes, Any], field: str) -> str | None: ...
+@overload
+def _s(raw: dict[bytes, Any], field: str, default: str) -> str: ...
 def _s(raw: dict[bytes, Any], field: str, default: str | None = None) -> str | None:
     value = raw.get(field.encode())
     if value is None:
@@ -235,10 +239,10 @@ class Job:
     @property
     def ttl(self) -> int:
         """Seconds until Redis forgets this job: -1 kept forever, -2 already gone."""
-        return self.connection.ttl(self.key)
+        return wire.integer(self.connection.ttl(self.key))
 
-    def refresh(self) -> "Job":
-        raw = self.connection.hgetall(self.key)
+    def refresh(self) -> Job:
+        raw = wire.byte_hash(self.connection.hgetall(self.key))
         if not raw:
             raise errors.NoSuchJob(f"job {self.id!r} no longer exists in queue {self.queue!r}")
         self._load(raw)
@@ -298,7 +302,7 @@ class Job:
         redis_url: str | None = None,
         allow_pickle: bool = False,
         prefix: str | None = None,
-    ) -> "Job":
+    ) -> Job:
         """Load a job by its plain ID. Without ``queue``, every known queue is searched.
         ``allow_pickle=True`` lets it decode a pickled job (see :class:`Job`); ``prefix``:
         the key prefix (default CONVEYOR_PREFIX or ``conveyor``)."""
@@ -338,7 +342,7 @@ def send_command(conn: redis.Redis, cmd: str, queue: str, job_id: str, space: ke
 
 
 def _find_queue(conn: redis.Redis, job_id: str, space: keys.Keyspace) -> str:
-    names = sorted(n.decode() for n in conn.smembers(space.queues))
+    names = sorted(n.decode() for n in wire.byte_set(conn.smembers(space.queues)))
     hits = scripts.execute(conn, lambda p: [p.exists(space.queue(name).job(job_id)) for name in names])
     found = [name for name, hit in zip(names, hits) if hit]
     if not found:

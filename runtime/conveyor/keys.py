@@ -78,7 +78,7 @@ class Keyspace:
     prefix: str = DEFAULT_PREFIX
 
     @classmethod
-    def of(cls, prefix: str | None = None) -> "Keyspace":
+    def of(cls, prefix: str | None = None) -> Keyspace:
         return cls(resolve_prefix(prefix))
 
     @cached_property
@@ -96,7 +96,7 @@ class Keyspace:
         """The command channel of one database (pub/sub ignores DB numbers)."""
         return f"{self.prefix}:commands:{db}"
 
-    def queue(self, name: str) -> "QueueKeys":
+    def queue(self, name: str) -> QueueKeys:
         return QueueKeys(name, self.prefix)
 
     @cached_property

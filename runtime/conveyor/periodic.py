@@ -34,9 +34,10 @@ import logging
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from croniter import croniter
 
@@ -79,12 +80,13 @@ class CronJob:
         """The most recent tick at or before ``now`` (epoch seconds)."""
         # Ticks fall on whole seconds, so "before floor(now) + 0.5" means "at or before now";
         # croniter's get_prev() alone is strictly before.
-        base = dt.datetime.fromtimestamp(math.floor(now) + 0.5, dt.timezone.utc)
+        base = dt.datetime.fromtimestamp(math.floor(now) + 0.5, dt.UTC)
         return int(croniter(self.schedule, base).get_prev(float))
 
     def next_tick(self, now: float) -> float:
-        base = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        return croniter(self.schedule, base).get_next(float)
+        base = dt.datetime.fromtimestamp(now, dt.UTC)
+        tick: float = croniter(self.schedule, base).get_next(float)
+        return tick
 
     def job_id(self, tick: int) -> str:
         return f"cron-{self.name}-{tick}"
@@ -158,6 +160,6 @@ def log_schedules(jobs: list[CronJob], queues: tuple[str, ...], now: float) -> N
             log.warning("cron %s (%s) is for queue %s, which this worker does not serve: not run by it",
                         entry.name, entry.schedule, entry.queue)
             continue
-        tick = dt.datetime.fromtimestamp(entry.next_tick(now), dt.timezone.utc)
+        tick = dt.datetime.fromtimestamp(entry.next_tick(now), dt.UTC)
         log.info("cron %s: schedule '%s' on queue %s, next tick %s UTC", entry.name, entry.schedule, entry.queue,
                  tick.strftime("%Y-%m-%d %H:%M:%S"))

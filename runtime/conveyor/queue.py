@@ -7,7 +7,8 @@ import itertools
 import operator
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 import redis
 from redis.exceptions import ResponseError
@@ -18,8 +19,18 @@ from .job import ENQUEUE_FIELDS, Job, requeue_jobs
 from .registry import Registry
 from .retry import Retry
 from .serializers import Serializer, get_serializer
-from .validation import (check_allow_pickle, check_args, check_job_id, check_keywords, check_kwargs,
-                         check_queue_name, check_replicas, check_timeout, check_ttl, function_path)
+from .validation import (
+    check_allow_pickle,
+    check_args,
+    check_job_id,
+    check_keywords,
+    check_kwargs,
+    check_queue_name,
+    check_replicas,
+    check_timeout,
+    check_ttl,
+    function_path,
+)
 
 DEFAULT_UNIQUE_TTL = 3600
 IF_EXISTS = ("error", "ignore")
@@ -214,7 +225,7 @@ class Queue:
         if code == errors.EXISTS:
             raise errors.JobExists([f.decode() for f in flags], self.name)
         rows, shared, own = batch.rows, batch.shared, batch.own
-        base = {b"status": b"queued" if due_ms is None else b"scheduled",
+        base: dict[bytes, Any] = {b"status": b"queued" if due_ms is None else b"scheduled",
                 b"enqueued_at": repr(time.time()).encode()}  # refresh() reads the server's
         if due_ms is not None:
             base[b"due_at"] = due_ms
@@ -222,7 +233,7 @@ class Queue:
         names = [ENQUEUE_FIELDS[c].encode() for c in own[1:]]
         jobs = []
         for n, row in enumerate(rows):
-            flag = flags[n] if flags else 1
+            flag: Any = flags[n] if flags else 1
             if flag == 1:
                 raw = base.copy()
                 raw.update(zip(names, (row[c] for c in own[1:])))
@@ -285,7 +296,8 @@ class Queue:
             isinstance(item.max_deliveries, bool) or not isinstance(item.max_deliveries, int) or item.max_deliveries < 1
         ):
             raise errors.InvalidArgument(f"max_deliveries must be an integer >= 1, got {item.max_deliveries!r}")
-        unique_lock, unique_ttl = "", ""
+        unique_lock = ""
+        unique_ttl: str | int = ""
         if item.unique_key is not None:
             if not isinstance(item.unique_key, str) or not item.unique_key or len(item.unique_key) > 200:
                 raise errors.InvalidArgument(f"unique_key must be a non-empty string of at most 200 characters, got {item.unique_key!r}")

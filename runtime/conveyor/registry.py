@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import scripts
+from . import scripts, wire
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -25,7 +25,7 @@ class Execution:
 
 
 class Registry:
-    def __init__(self, queue: "Queue", name: str) -> None:
+    def __init__(self, queue: Queue, name: str) -> None:
         self.queue = queue
         self.name = name
         self.key = queue.keys.registry(name)
@@ -42,7 +42,7 @@ class Registry:
 
     @property
     def count(self) -> int:
-        return self.queue.connection.zcount(self.key, self._live_min(), "+inf")
+        return wire.integer(self.queue.connection.zcount(self.key, self._live_min(), "+inf"))
 
     def __len__(self) -> int:
         return self.count

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import InvalidArgument
 
@@ -125,7 +126,7 @@ class Retry:
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> "Retry":
+    def from_json(cls, raw: str | bytes) -> Retry:
         d = json.loads(raw)
         backoff = Backoff(*d["backoff"]) if "backoff" in d else None
         return cls(d["max"], intervals=d.get("intervals") if backoff is None else None, backoff=backoff,

@@ -17,11 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import AskError, ClusterDownError, MovedError, ReadOnlyError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from .connection import is_cluster
 
@@ -29,10 +38,10 @@ Command = tuple[tuple[Any, ...], dict[str, Any]]
 _REFUSED = (MovedError, AskError, TryAgainError, ClusterDownError)
 _ROUNDS = 4  # re-routes after MOVED before the refusal is handed to the caller
 _RECORDER = redis.Redis()  # never connects: only records commands
-_NODE_CLIENTS: "weakref.WeakKeyDictionary[Any, dict[str, aioredis.Redis]]" = weakref.WeakKeyDictionary()
+_NODE_CLIENTS: weakref.WeakKeyDictionary[Any, dict[str, aioredis.Redis]] = weakref.WeakKeyDictionary()
 
 
-def record(build: Callable[[Any], None]) -> list[Command]:
+def record(build: Callable[[Any], object]) -> list[Command]:
     """The commands `build` puts on a pipeline, without sending anything."""
     pipe = _RECORDER.pipeline(transaction=False)
     build(pipe)
@@ -117,7 +126,7 @@ def _refresh(client: Any) -> None:
         pass
 
 
-def run(client: Any, build: Callable[[Any], None]) -> tuple[list[Command], list[Any]]:
+def run(client: Any, build: Callable[[Any], object]) -> tuple[list[Command], list[Any]]:
     """Record and send in one go (on one server straight on the client's pipeline)."""
     if is_cluster(client):
         stack = record(build)
@@ -128,7 +137,7 @@ def run(client: Any, build: Callable[[Any], None]) -> tuple[list[Command], list[
     return stack, list(pipe.execute(raise_on_error=False))
 
 
-def transaction(client: Any, build: Callable[[Any], None]) -> list[Any]:
+def transaction(client: Any, build: Callable[[Any], object]) -> list[Any]:
     """MULTI/EXEC of what `build` records; every reply in place. On a Cluster the commands
     must share one slot (one queue's keys do): they go to that slot's master."""
     if is_cluster(client):
@@ -203,7 +212,7 @@ async def asend(client: Any, stack: list[Command]) -> list[Any]:
     return replies
 
 
-async def arun(client: Any, build: Callable[[Any], None]) -> tuple[list[Command], list[Any]]:
+async def arun(client: Any, build: Callable[[Any], object]) -> tuple[list[Command], list[Any]]:
     """The asyncio twin of :func:`run`."""
     if is_cluster(client):
         stack = record(build)

@@ -17,6 +17,7 @@ import decimal
 import json
 import pickle
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import PickleRefused, SerializationError
@@ -56,7 +57,7 @@ def _encode_extra(obj: Any) -> Any:
     )
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[Any], Any]] = {
     "datetime": dt.datetime.fromisoformat,
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
@@ -73,7 +74,7 @@ def _frozen(value: Any) -> Any:
     return tuple(_frozen(x) for x in value) if isinstance(value, list) else value
 
 
-def _decode_extra(obj: dict) -> Any:
+def _decode_extra(obj: dict[str, Any]) -> Any:
     tag = obj.get(TAG)
     if tag is None or len(obj) != 2:
         return obj
@@ -85,6 +86,7 @@ def _decode_extra(obj: dict) -> Any:
 
 class JSONSerializer:
     name = "json"
+    _encode: Callable[[Any], str]
 
     def __init__(self) -> None:
         self._decoder = json.JSONDecoder(object_hook=_decode_extra)
@@ -93,7 +95,8 @@ class JSONSerializer:
     def _new_encoder(self) -> None:
         # JSONEncoder.encode() builds its C encoder on every call; enqueue_many of
         # 10,000 jobs spends more on that than on encoding. Build it once.
-        c_make = json.encoder.c_make_encoder
+        # typeshed does not declare the C accelerator (None when it is not built).
+        c_make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
         if c_make is None:
             encoder = json.JSONEncoder(default=_encode_extra, separators=(",", ":"), ensure_ascii=False)
             self._encode = lambda obj: encoder.encode(obj)
@@ -126,7 +129,8 @@ class MsgpackSerializer:
 
     def dumps(self, obj: Any) -> bytes:
         try:
-            return self._packb(obj, default=_encode_extra, use_bin_type=True, datetime=False)
+            packed: bytes = self._packb(obj, default=_encode_extra, use_bin_type=True, datetime=False)
+            return packed
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot serialize to msgpack: {exc}") from None
 
@@ -166,7 +170,7 @@ def reader(name: str, *, allow_pickle: bool, what: str = "job", hint: str = CLIE
     return get_serializer(name)
 
 
-def get_serializer(spec: "str | Serializer | None") -> Serializer:
+def get_serializer(spec: str | Serializer | None) -> Serializer:
     """Return a serializer by name ("json", "msgpack", "pickle") or pass one through."""
     if spec is None:
         spec = "json"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from . import keys
 from .connection import DEFAULT_URL, ENV_URL, RedisTarget, TlsFiles
@@ -109,7 +110,7 @@ class WorkerSettings:
             raise InvalidArgument(f"max_jobs_per_child must be >= 0, got {self.max_jobs_per_child}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "WorkerSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
         """Read CONVEYOR_<FIELD> variables (CONVEYOR_QUEUES is comma-separated); overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"redis_url": env.get(ENV_URL) or DEFAULT_URL}
@@ -150,7 +151,7 @@ class WorkerSettings:
         return RedisTarget.parse(self.redis_url, TlsFiles.from_env(self.redis_ca_file, self.redis_cert_file,
                                                                    self.redis_key_file))
 
-    def with_(self, **changes: Any) -> "WorkerSettings":
+    def with_(self, **changes: Any) -> WorkerSettings:
         return replace(self, **changes)
 
 

@@ -9,7 +9,8 @@ a newline inside it cannot pass for a line of this output.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .logs import indented, printable
 

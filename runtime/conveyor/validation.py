@@ -10,7 +10,8 @@ import re
 import sys
 import types
 import unicodedata
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .errors import ForbiddenFunction, InvalidArgument, InvalidFunction, InvalidJobId, InvalidQueueName
 
@@ -60,7 +61,7 @@ def check_queue_name(name: Any) -> str:
     return name
 
 
-def function_path(func: "Callable[..., Any] | str") -> str:
+def function_path(func: Callable[..., Any] | str) -> str:
     """The import path ("pkg.module:qualname") a worker uses to find ``func``."""
     if isinstance(func, str):
         return _checked_path(func)
@@ -181,7 +182,8 @@ def import_function(path: str, allow_modules: tuple[str, ...] = ()) -> Callable[
     if not callable(obj):
         raise InvalidFunction(f"cannot import {path!r}: it is a {type(obj).__name__}, not a callable")
     _check_reached(path, obj, allow_modules)
-    return obj
+    func: Callable[..., Any] = obj
+    return func
 
 
 def check_allow_pickle(value: Any) -> bool:
@@ -234,7 +236,7 @@ def check_kwargs(kwargs: Any) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def _local_function(func: "Callable[..., Any] | str") -> Callable[..., Any] | None:
+def _local_function(func: Callable[..., Any] | str) -> Callable[..., Any] | None:
     """The function itself when this process has it without importing anything: enqueueing
     must not run a module's import-time code (or pay for a failed import) just to check."""
     if not isinstance(func, str):
@@ -257,7 +259,7 @@ def _keywords(func: Callable[..., Any]) -> tuple[frozenset[str], bool] | None:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def check_keywords(func: "Callable[..., Any] | str", kwargs: dict[str, Any], options: Iterable[str] = ()) -> None:
+def check_keywords(func: Callable[..., Any] | str, kwargs: dict[str, Any], options: Iterable[str] = ()) -> None:
     """Refuse, at enqueue, a keyword the function cannot take: the worker would only fail the
     job with a TypeError later, and a misspelt enqueue option (timout=5) would go unnoticed.
     No check when the function is not at hand here (a path to a module this process has not

@@ -7,14 +7,14 @@ watching a list of namespaces; only the active one reconciles."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from conveyor.embedded import EmbeddedRedis, free_port
-
 from chart_helpers import CHART, ChartCluster, InstalledOperator, helm
+from conveyor.embedded import EmbeddedRedis, free_port
 from op_helpers import wait_for
 
 NS, WATCHED = "fleet-system", "team-x"

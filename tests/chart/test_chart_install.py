@@ -4,15 +4,15 @@ worker Deployment exists and its status carries the queue depth read from a real
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
+from chart_helpers import CHART, ChartCluster, InstalledOperator, helm
 from conveyor import Queue
 from conveyor.embedded import EmbeddedRedis, free_port
-
-from chart_helpers import CHART, ChartCluster, InstalledOperator, helm
 from op_helpers import wait_for
 
 NS = "conveyor-system"

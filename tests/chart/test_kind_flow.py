@@ -14,18 +14,18 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from cel_admission import admission
 from chart_helpers import CHART, KUBE_VERSION, ROOT, ChartCluster, InstalledOperator, helm
 from conveyor.embedded import free_port
 from op_helpers import Kubectl, wait_for
-
-from cel_admission import admission
 
 SCRIPT = ROOT / "scripts" / "kind-demo.sh"
 KIND_CONFIG = ROOT / "kind-config.yaml"

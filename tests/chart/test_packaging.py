@@ -15,9 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conveyor.embedded import EmbeddedRedis
-
 from chart_helpers import KUBE_VERSION, ROOT, crd_validator, one, render
+from conveyor.embedded import EmbeddedRedis
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 KIND_SCRIPT = ROOT / "scripts" / "kind-demo.sh"

@@ -19,8 +19,9 @@ Requests outside ``/api`` and ``/apis/<group>/<version>/...`` resources (discove
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 # Sub-paths of a namespace that are the namespace's own subresources, not objects in it.
 NAMESPACE_SUBRESOURCES = {"status", "finalize"}

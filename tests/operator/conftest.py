@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conveyor.embedded import EmbeddedRedis
 from deployments import TlsRedis
 from op_helpers import CRD_FILE, Cluster, Kubectl, OperatorProcess, served_cluster, wait_for

@@ -508,7 +508,7 @@ class ConveyorEmulator(kmock.KubernetesEmulator):
                         except TimeoutError:
                             pass
                     new, pos = self._log[pos:], len(self._log)
-                for rv, r, t, o in new:
+                for _rv, r, t, o in new:
                     if r == res and self._in_scope(request, ns, o):
                         await send({"type": t, "object": o})
                 if not new and bookmarks:

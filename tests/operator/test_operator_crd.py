@@ -11,11 +11,10 @@ import jsonschema
 import pytest
 import yaml
 
+from cel_admission import admission, own_rule_failures, strict_schema
 from conveyor_operator import crd
 from conveyor_operator.reserved import RESERVED_ARGS
 from conveyor_operator.spec import defaulted, problems
-
-from cel_admission import admission, own_rule_failures, strict_schema
 from op_helpers import CRD_FILE, EXAMPLES
 
 VALID = sorted(EXAMPLES.glob("*.yaml"))

@@ -13,9 +13,21 @@ import pytest
 
 from conveyor import Queue
 from conveyor_operator import builders
-
-from op_helpers import (DEFAULT_IMAGE, EXAMPLES, SERVICE_MONITOR_CRD, Cluster, Kubectl, OperatorProcess, SlowRelay, cond,
-                        dep_path, jobqueue, jq_path, roll_out, wait_for)
+from op_helpers import (
+    DEFAULT_IMAGE,
+    EXAMPLES,
+    SERVICE_MONITOR_CRD,
+    Cluster,
+    Kubectl,
+    OperatorProcess,
+    SlowRelay,
+    cond,
+    dep_path,
+    jobqueue,
+    jq_path,
+    roll_out,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("operator")
 

@@ -7,8 +7,8 @@ import time
 import urllib.request
 from typing import Any
 
-from op_helpers import Cluster, Kubectl, wait_for
 from k8s_emulator import apply_patch, match_fields, match_labels, merge_patch, strategic_merge_patch
+from op_helpers import Cluster, Kubectl, wait_for
 
 
 def cm(name: str, **data: str) -> dict[str, Any]:

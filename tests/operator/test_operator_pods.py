@@ -9,16 +9,17 @@ from __future__ import annotations
 import datetime
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from conveyor import Job, JobStatus, Queue
 from conveyor.keys import Keyspace
 from conveyor_operator import pods
-from pod_helpers import create_pod, delete_pod, oom_killed, reruns, set_status, watching_pods
 from op_helpers import Cluster, Kubectl, OperatorProcess, jobqueue, wait_for
+from pod_helpers import create_pod, delete_pod, oom_killed, reruns, set_status, watching_pods
 from support import WorkerProcess, worker_id
 
 LEASE = "15"

@@ -27,8 +27,7 @@ import yaml
 from api_audit import Grant, Served, by_token, differences, grants, role_rules, rules_of, served
 from conveyor.keys import Keyspace
 from conveyor_operator.scaler import DELETION_COST
-from op_helpers import (ROOT, SERVICE_MONITOR_CRD, Cluster, Kubectl, OperatorProcess, cond, jobqueue,
-                        jq_path, wait_for)
+from op_helpers import ROOT, SERVICE_MONITOR_CRD, Cluster, Kubectl, OperatorProcess, cond, jobqueue, jq_path, wait_for
 from pod_helpers import create_pod, delete_pod, pods_path
 from test_operator_autoscale import FAST, burst, purge, wait_replicas
 from test_operator_lifecycle import LEGACY, own_cluster  # noqa: F401 (a fixture: its own emulator)

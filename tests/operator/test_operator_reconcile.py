@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conveyor import Queue
 from conveyor.embedded import EmbeddedRedis
 from conveyor_operator.k8s import ApiError, NotFound, path

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conveyor import Queue
 from deployments import TlsRedis
 from op_helpers import Cluster, Kubectl, OperatorProcess, cond, dep_path, jobqueue, jq_path, wait_for

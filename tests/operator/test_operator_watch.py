@@ -13,8 +13,22 @@ from typing import Any
 import pytest
 
 from conveyor import Queue
-from op_helpers import (Cluster, Kubectl, OperatorProcess, SlowRelay, api_calls, cond, dep_path, jobqueue, jq_path,
-                        method, quiet, roll_out, served_cluster, wait_for)
+from op_helpers import (
+    Cluster,
+    Kubectl,
+    OperatorProcess,
+    SlowRelay,
+    api_calls,
+    cond,
+    dep_path,
+    jobqueue,
+    jq_path,
+    method,
+    quiet,
+    roll_out,
+    served_cluster,
+    wait_for,
+)
 
 REPAIR_SECONDS = 3.0  # "promptly": the resync below would take an hour
 

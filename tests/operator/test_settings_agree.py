@@ -49,7 +49,7 @@ def test_a_minimal_jobqueue_runs_workers_with_the_runtimes_defaults(tmp_path: Pa
 def test_the_cli_defaults_are_the_runtimes_defaults(tmp_path: Path) -> None:
     ctx = worker.make_context("worker", [])
     options = dict(ctx.params)
-    redis_url, queues, log_format = options.pop("redis_url"), options.pop("queues"), options.pop("log_format")
+    _redis_url, queues, log_format = options.pop("redis_url"), options.pop("queues"), options.pop("log_format")
     options.pop("log_level")
     options.pop("paths")
     options["connect_timeout"] = connect_timeout(options["connect_timeout"], False)

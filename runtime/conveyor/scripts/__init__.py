@@ -17,10 +17,11 @@ hit NOSCRIPT never ran.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -101,7 +102,7 @@ def _noscript(replies: list[Any]) -> list[int]:
     return [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
 
 
-def execute_each(client: Any, build: Callable[[Any], None]) -> list[Any]:
+def execute_each(client: Any, build: Callable[[Any], object]) -> list[Any]:
     """Run the commands ``build`` puts on a pipeline; each reply in place, an error as its
     exception (on a Cluster, one pipeline per node: :mod:`conveyor.routing`).
 
@@ -115,7 +116,7 @@ def execute_each(client: Any, build: Callable[[Any], None]) -> list[Any]:
     return replies
 
 
-async def aexecute_each(client: Any, build: Callable[[Any], None]) -> list[Any]:
+async def aexecute_each(client: Any, build: Callable[[Any], object]) -> list[Any]:
     """The asyncio twin of :func:`execute_each`."""
     stack, replies = await routing.arun(client, build)
     if missing := _noscript(replies):
@@ -133,11 +134,6 @@ def raise_first(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def execute(client: Any, build: Callable[[Any], None]) -> list[Any]:
+def execute(client: Any, build: Callable[[Any], object]) -> list[Any]:
     """Run a pipeline that ``build`` fills and raise the first error reply (client side)."""
     return raise_first(execute_each(client, build))
-
-
-async def aexecute(client: Any, build: Callable[[Any], None]) -> list[Any]:
-    """The asyncio twin of :func:`execute`."""
-    return raise_first(await aexecute_each(client, build))

@@ -10,8 +10,9 @@ import ctypes
 import inspect
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..context import JobContext, _current
 from ..errors import ForbiddenFunction, InvalidFunction
@@ -224,5 +225,5 @@ class ThreadCall:
         with self._lock:
             if self.done or self.thread_id is None:
                 return False
-            hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(exc_type))
+            hit: int = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(exc_type))
             return hit == 1

@@ -20,15 +20,16 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
 from .. import __version__, calls, depth, keys, scripts
 from ..settings import WorkerSettings
+from .claimed import Claimed
 from .link import DOWN_ERRORS, LinkDown, RedisLink, RefusalLog
 from .metrics import DEPTH_STATES, WorkerMetrics
-from .claimed import Claimed
 from .runner import Runner
 from .scheduler import log_reaped
 

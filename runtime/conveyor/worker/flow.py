@@ -21,12 +21,12 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from .. import calls, errors, keys
-from ..connection import cause
 from ..calls import RUN_FIELDS
+from ..connection import cause
 from ..settings import WorkerSettings
+from .claimed import Claimed, Ended
 from .link import LinkDown, RedisLink
 from .metrics import WorkerMetrics
-from .claimed import Claimed, Ended
 from .runner import Runner
 
 log = logging.getLogger("conveyor.worker")
@@ -154,7 +154,10 @@ class Flow:
             args = self._claim_args(queue, want - len(claimed), suspects=r.suspect is None and not any(j.suspect for j in claimed))
             sent = time.monotonic()
             try:
-                reply = (await self.link.roundtrip(lambda p, q=queue, a=args: self._claim_cmd(p, q, a)))[0]
+                def claim_cmd(p: Any, q: str = queue, a: list[Any] = args) -> None:
+                    self._claim_cmd(p, q, a)
+
+                reply = (await self.link.roundtrip(claim_cmd))[0]
             except LinkDown:
                 self._lost_claim(queue, args)
                 break

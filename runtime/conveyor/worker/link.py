@@ -26,7 +26,8 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -117,7 +118,7 @@ class RedisLink:
 
     # -- round trips ----------------------------------------------------------------------
 
-    async def roundtrip(self, build: Callable[[Any], None]) -> list[Any]:
+    async def roundtrip(self, build: Callable[[Any], object]) -> list[Any]:
         """One pipeline; every reply in place (an error reply as its exception).
 
         Raises LinkDown when Redis did not answer (the outage is handled here).
@@ -270,7 +271,7 @@ class RedisLink:
             try:
                 await self._first_contact(deadline)
                 break
-            except (*DOWN_ERRORS, RedisError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, *DOWN_ERRORS, RedisError) as exc:
                 if deadline is not None and loop.time() >= deadline:
                     raise RedisUnreachable(f"gave up after {timeout:g}s (--connect-timeout): "
                                            f"{describe(exc, self.target)}") from None
@@ -283,7 +284,7 @@ class RedisLink:
                 nap = delay if deadline is None else max(0.0, min(delay, deadline - loop.time()))
                 try:
                     await asyncio.wait_for(stopping.wait(), nap)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = min(delay * 2, 10.0)
         else:
@@ -321,7 +322,7 @@ class RedisLink:
         """Sleep, but wake at once when the worker closes."""
         try:
             await asyncio.wait_for(self._closing.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def close(self) -> None:

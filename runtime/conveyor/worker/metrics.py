@@ -8,10 +8,19 @@ from that sample, so a scrape never touches Redis.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
-                               ProcessCollector, disable_created_metrics)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -60,7 +69,7 @@ class _Sampled(Collector):
 class QueueMetrics:
     """One queue's labelled children, resolved once: labels() per job costs a lock and a dict."""
 
-    def __init__(self, m: "WorkerMetrics", queue: str) -> None:
+    def __init__(self, m: WorkerMetrics, queue: str) -> None:
         self.started = m.started.labels(queue)
         self.succeeded = m.succeeded.labels(queue)
         self.failed = m.failed.labels(queue)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import signal
 import sys
 from multiprocessing.connection import Connection
@@ -40,7 +39,7 @@ def _child_main(conn: Connection, allow_pickle: bool, allow_modules: tuple[str, 
 
 
 class _Child:
-    def __init__(self, ctx: multiprocessing.context.BaseContext, allow_pickle: bool,
+    def __init__(self, ctx: multiprocessing.context.ForkServerContext, allow_pickle: bool,
                  allow_modules: tuple[str, ...]) -> None:
         self.conn, child_conn = ctx.Pipe()
         self.proc = ctx.Process(target=_child_main, args=(child_conn, allow_pickle, allow_modules, list(sys.path)),
@@ -102,10 +101,15 @@ class ProcessPool:
             return failure("WorkerLost", "the child process was gone before the job started")
         readable = loop.create_future()
         fd = child.conn.fileno()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             await asyncio.wait_for(readable, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._replace(child, kill=True)
             return failure("JobTimeout", f"the job exceeded its timeout of {timeout:g}s; its child process was killed",
                            cls=JobTimeout)
@@ -133,7 +137,3 @@ class ProcessPool:
         for child in list(self._all):
             child.kill()
         self._all.clear()
-
-    @property
-    def pids(self) -> list[int]:
-        return [c.proc.pid for c in self._all if c.proc.pid is not None and c.proc.pid != os.getpid()]

@@ -18,7 +18,8 @@ import collections
 import inspect
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..context import JobContext, _current
 from ..errors import ConveyorError, InvalidFunction
@@ -291,12 +292,13 @@ class Runner:
             job.ctx.lease_lost = True
         self.stats["leases_lost"] += 1
         self.metrics.leases_lost.inc()
-        cancel = job.task is not None
+        task = job.task
+        cancel = task is not None
         log.warning("the lease on job %s (execution %s) ran out before it could be renewed: %s", job.id,
                     job.execution_id, "cancelled, it goes back to its queue" if cancel
                     else "the job is told; its outcome counts only if the lease is still its own")
-        if cancel:
-            job.task.cancel()  # type: ignore[union-attr]
+        if task is not None:
+            task.cancel()
             self._forget(job)
             self.release.append(job)
             self._wakeup()

@@ -305,7 +305,7 @@ class Worker:
     async def _wait(self, timeout: float | None) -> None:
         try:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _linger(self) -> None:
@@ -325,7 +325,7 @@ class Worker:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     def _work_found(self) -> None:
@@ -373,7 +373,7 @@ class Worker:
         """Sleep, but wake at once when the worker closes."""
         try:
             await asyncio.wait_for(self._closing.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _log_summary(self) -> None:
