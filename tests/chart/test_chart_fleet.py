@@ -86,6 +86,7 @@ def test_one_replica_runs_standalone_with_recreate() -> None:
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     assert not {"CONVEYOR_OPERATOR_PEERING", "POD_ID"} & set(env_of(dep))
     assert "--standalone" in kopf_args(Settings.from_env(env_of(dep)), [])
+    assert by_kind(docs, "PodDisruptionBudget") == []  # nothing to keep: it would only block drains
     assert [c["metadata"]["name"] for c in by_kind(docs, "CustomResourceDefinition")] == ["jobqueues.conveyor.dev"]
 
 
@@ -110,6 +111,9 @@ def test_two_replicas_elect_a_leader_through_a_peering_of_the_release() -> None:
     # Two starts, two priorities: kopf pauses only lower-priority peers, never equal ones.
     priorities = {a for _ in range(2) for a in kopf_args(settings, []) if a.startswith("--priority=")}
     assert len(priorities) == 2 and all(int(p.split("=")[1]) < 0 for p in priorities)
+    pdb = one(docs, "PodDisruptionBudget")  # a drain takes one replica at a time: a standby stays
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     lifetime = render({"operator": {"replicas": 3, "peering": {"lifetimeSeconds": 30}}})[0]
     assert env_of(one(lifetime, "Deployment"))["CONVEYOR_OPERATOR_PEERING_LIFETIME"] == "30"
 
