@@ -18,7 +18,7 @@ import redis
 
 from conveyor import Queue
 from conveyor.embedded import EmbeddedRedis
-from support import TESTS, WorkerProcess
+from support import CALL_FAILED, TESTS, WorkerProcess
 
 sys.path.insert(0, str(TESTS))  # so in-process code can import tests/jobs.py as "jobs"
 
@@ -55,11 +55,10 @@ def queue(conn: redis.Redis) -> Queue:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.when == "call":
-        item.stash[_CALL_FAILED] = report.failed
+        item.stash[CALL_FAILED] = report.failed
     return report
 
 
-_CALL_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture
@@ -74,7 +73,7 @@ def spawn_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
         return w
 
     yield spawn
-    failed = request.node.stash.get(_CALL_FAILED, False)
+    failed = request.node.stash.get(CALL_FAILED, False)
     for i, w in enumerate(started):
         w.stop()
         if failed:

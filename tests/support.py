@@ -16,11 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from conveyor import Job, JobStatus
 
 TESTS = Path(__file__).resolve().parent
+# Set by conftest's pytest_runtest_makereport: whether the test itself failed, for fixtures
+# that print what they started (logs) only then.
+CALL_FAILED = pytest.StashKey[bool]()
 WORKER_ENV = {**os.environ, "CONVEYOR_METRICS_PORT": "0", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 

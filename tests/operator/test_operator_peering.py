@@ -4,16 +4,15 @@ over within the peering lifetime (plus a margin) and reconciles a JobQueue appli
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from op_helpers import ROOT, Cluster, Kubectl, OperatorProcess, cond, dep_path, jobqueue, wait_for
+from support import CALL_FAILED
 
 PEERING_CRD = ROOT / "crds" / "clusterkopfpeerings.kopf.dev.yaml"
 LIFETIME = 4  # seconds: kopf then keeps alive every second, and a dead leader is dropped after 4
@@ -53,32 +52,18 @@ def replicas(own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, request: pyte
                            CONVEYOR_OPERATOR_PEERING=PEERING, CONVEYOR_OPERATOR_PEERING_LIFETIME=str(lifetime))
            for name in ("a", "b")]
     try:
-        yield cluster, kubectl, ops  # (a test's failure is raised in the test: it prints the logs)
+        yield cluster, kubectl, ops
     finally:
         for op in ops:
             op.stop()
-
-
-@contextlib.contextmanager
-def logs_on_failure(ops: list[OperatorProcess]) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        for op in ops:
-            print(f"\n--- operator {op.env['POD_ID']} (exit {op.proc.poll()}) log tail ---\n{op.log()}")
-        raise
+            if request.node.stash.get(CALL_FAILED, False):
+                print(f"\n--- operator {op.env['POD_ID']} (exit {op.proc.poll()}) log tail ---\n{op.log()}")
 
 
 def test_one_replica_leads_and_the_other_takes_over_when_it_dies(
         replicas: tuple[Cluster, Kubectl, list[OperatorProcess]], namespace: str, redis_server: Any,
         capsys: pytest.CaptureFixture[str]) -> None:
     cluster, kubectl, ops = replicas
-    with logs_on_failure(ops):
-        takes_over(cluster, kubectl, ops, namespace, redis_server, capsys)
-
-
-def takes_over(cluster: Cluster, kubectl: Kubectl, ops: list[OperatorProcess], namespace: str, redis_server: Any,
-               capsys: pytest.CaptureFixture[str]) -> None:
     # The operator creates the peering object; both replicas keep themselves alive in it.
     # (Two kopf start-ups on a loaded machine: a generous deadline.)
     wait_for(lambda: set(peers(cluster)) == {"replica-a", "replica-b"}, timeout=45, what="both replicas in the peering")
@@ -119,12 +104,6 @@ def test_a_leader_stopping_gracefully_hands_over_without_waiting_for_its_lifetim
         replicas: tuple[Cluster, Kubectl, list[OperatorProcess]], namespace: str, redis_server: Any,
         capsys: pytest.CaptureFixture[str]) -> None:
     cluster, kubectl, ops = replicas
-    with logs_on_failure(ops):
-        hands_over(cluster, kubectl, ops, namespace, redis_server, capsys)
-
-
-def hands_over(cluster: Cluster, kubectl: Kubectl, ops: list[OperatorProcess], namespace: str, redis_server: Any,
-               capsys: pytest.CaptureFixture[str]) -> None:
     leader, follower = wait_for(lambda: elected(cluster, ops), timeout=45, what="the election settled")
     t0 = time.monotonic()
     leader.stop()  # SIGINT, as a pod's SIGTERM: kopf removes its own record on the way out
