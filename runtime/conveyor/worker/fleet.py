@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -70,30 +70,37 @@ class Housekeeping:
         by_queue: dict[str, list[Claimed]] = {}
         for job in self.runner.held():
             by_queue.setdefault(job.queue, []).append(job)
-        now = time.time()
         reap = self.link.reap_allowed()
-        ttl = max(10, int(self.settings.lease_seconds * 2))
-        s = self.settings
         sent = time.monotonic()
+        replies = iter(await self.link.roundtrip(lambda pipe: self._build(pipe, by_queue, reap, time.time())))
+        self._read_renewals(replies, by_queue, sent)
+        for queue in self.settings.queues:
+            self._read_queue(queue, replies, reap)
+        for part, reply in zip(("queue registration", "worker registration", "", "", ""), replies):
+            if part:
+                self.refusals.refused(part, reply)
 
-        def build(pipe: Any) -> None:
-            for queue, jobs in by_queue.items():
-                calls.renew(pipe, self.keys[queue], self.lease_ms, [(j.id, j.execution_id) for j in jobs])
-            for k in self.keys.values():
-                if reap:
-                    calls.reap(pipe, k, s.max_deliveries, s.failure_ttl)
-                depth.queue(pipe, k, now)
-                pipe.hgetall(k.stats)
-                pipe.exists(k.scheduler_lock)
-                for registry in (k.finished, k.failed, k.canceled):
-                    pipe.zremrangebyscore(registry, "-inf", f"({now}")
-            pipe.sadd(self.space.queues, *s.queues)
-            pipe.hset(self.space.worker(self.id), mapping=self.registration())
-            pipe.expire(self.space.worker(self.id), ttl)
-            pipe.zadd(self.space.workers, {self.id: now + ttl})
-            pipe.zremrangebyscore(self.space.workers, "-inf", now)
+    def _build(self, pipe: Any, by_queue: dict[str, list[Claimed]], reap: bool, now: float) -> None:
+        """One round's commands; :meth:`_read_renewals` and :meth:`_read_queue` read them in order."""
+        s = self.settings
+        ttl = max(10, int(s.lease_seconds * 2))
+        for queue, jobs in by_queue.items():
+            calls.renew(pipe, self.keys[queue], self.lease_ms, [(j.id, j.execution_id) for j in jobs])
+        for k in self.keys.values():
+            if reap:
+                calls.reap(pipe, k, s.max_deliveries, s.failure_ttl)
+            depth.queue(pipe, k, now)
+            pipe.hgetall(k.stats)
+            pipe.exists(k.scheduler_lock)
+            for registry in (k.finished, k.failed, k.canceled):
+                pipe.zremrangebyscore(registry, "-inf", f"({now}")
+        pipe.sadd(self.space.queues, *s.queues)
+        pipe.hset(self.space.worker(self.id), mapping=self.registration())
+        pipe.expire(self.space.worker(self.id), ttl)
+        pipe.zadd(self.space.workers, {self.id: now + ttl})
+        pipe.zremrangebyscore(self.space.workers, "-inf", now)
 
-        replies = iter(await self.link.roundtrip(build))
+    def _read_renewals(self, replies: Iterator[Any], by_queue: dict[str, list[Claimed]], sent: float) -> None:
         for queue, jobs in by_queue.items():
             lost = next(replies)
             if self.refusals.refused(f"lease renewal of queue {queue}", lost):
@@ -103,40 +110,36 @@ class Housekeeping:
                 if job.execution_id in lost_execs:
                     self.runner.lease_lost(job, "Redis says another execution holds it now")
                 else:
-                    self.runner.renewed(job, sent + s.lease_seconds)
-        sampled = self.metrics.sampled
-        for queue in s.queues:
-            if reap:
-                reaped = next(replies)
-                if not self.refusals.refused(f"reaping of queue {queue}", reaped):
-                    requeued, abandoned = reaped
-                    log_reaped(queue, requeued, abandoned)
-                    self.stats["orphans_recovered"] += len(requeued)
-                    if requeued:
-                        self._recovered()
-                    if requeued or abandoned:
-                        self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
-            counts = depth.counts([next(replies) for _ in depth.STATES])
-            scheduled = counts["scheduled"] or 0
-            if None not in counts.values():  # a key of the wrong type: keep the last sample
-                sample = {state: n or 0 for state, n in counts.items()}
-                sample["claimed"] = sample["prefetched"] + sample["started"]
-                for state in DEPTH_STATES:
-                    sampled.depth[(queue, state)] = sample[state]
-            stats, leader = next(replies), next(replies)
-            if isinstance(stats, dict):
-                for name, value in stats.items():
-                    try:
-                        sampled.fleet[(queue, name.decode())] = float(value)
-                    except ValueError:
-                        pass  # a corrupted counter is not a reason to stop sampling
-            for _ in range(3):
-                next(replies)  # registry pruning: nothing to read
-            self._check_scheduler(queue, scheduled, leader)
-        for part, reply in zip(("queue registration", "worker registration", "", "", ""), replies):
-            if part:
-                self.refusals.refused(part, reply)
+                    self.runner.renewed(job, sent + self.settings.lease_seconds)
 
+    def _read_queue(self, queue: str, replies: Iterator[Any], reap: bool) -> None:
+        if reap:
+            reaped = next(replies)
+            if not self.refusals.refused(f"reaping of queue {queue}", reaped):
+                requeued, abandoned = reaped
+                log_reaped(queue, requeued, abandoned)
+                self.stats["orphans_recovered"] += len(requeued)
+                if requeued:
+                    self._recovered()
+                if requeued or abandoned:
+                    self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
+        counts = depth.counts([next(replies) for _ in depth.STATES])
+        sampled = self.metrics.sampled
+        if None not in counts.values():  # a key of the wrong type: keep the last sample
+            sample = {state: n or 0 for state, n in counts.items()}
+            sample["claimed"] = sample["prefetched"] + sample["started"]
+            for state in DEPTH_STATES:
+                sampled.depth[(queue, state)] = sample[state]
+        stats, leader = next(replies), next(replies)
+        if isinstance(stats, dict):
+            for name, value in stats.items():
+                try:
+                    sampled.fleet[(queue, name.decode())] = float(value)
+                except ValueError:
+                    pass  # a corrupted counter is not a reason to stop sampling
+        for _ in range(3):
+            next(replies)  # registry pruning: nothing to read
+        self._check_scheduler(queue, counts["scheduled"] or 0, leader)
 
     def _check_scheduler(self, queue: str, scheduled: Any, leader: Any) -> None:
         if self.settings.with_scheduler or isinstance(leader, ResponseError):

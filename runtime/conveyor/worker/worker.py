@@ -7,10 +7,10 @@ It is composed of parts with one job each, wired here:
 - :class:`~.flow.Flow` — the claim/record loop: one pipeline per turn, replies one by one;
 - :class:`~.fleet.Housekeeping` and :class:`~.fleet.Commands` — leases, reaping,
   registration, sampling; ``job stop`` / ``cancel``;
+- :class:`~.waker.Waker` — an idle worker's BLPOP on its queues' wake lists;
 - :class:`~.scheduler.Scheduler` — with ``--with-scheduler``.
 
-An idle worker blocks in BLPOP on its queues' wake lists and claims the moment a token
-arrives. Its life is one explicit :class:`Phase`.
+Its life is one explicit :class:`Phase`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import signal
 import socket
 import time
 
-from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from .. import __version__, keys, periodic, routing
@@ -35,10 +34,11 @@ from ..settings import WorkerSettings
 from .fleet import Commands, Housekeeping
 from .flow import Flow
 from .health import HealthServer, Heartbeat
-from .link import IDLE_BLOCK, LinkDown, RedisLink, RedisUnreachable
+from .link import LinkDown, RedisLink, RedisUnreachable
 from .metrics import WorkerMetrics
 from .runner import Runner
 from .scheduler import Scheduler
+from .waker import Waker
 
 log = logging.getLogger("conveyor.worker")
 
@@ -57,14 +57,28 @@ class Phase(enum.Enum):
 
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
-        self.settings = settings
-        self.id = settings.name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+        s = self.settings = settings
+        self.id = s.name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
         self.stats: collections.Counter[str] = collections.Counter()
         self.phase = Phase.STARTING
-        self.metrics = WorkerMetrics(worker_id=self.id, version=__version__, pool=settings.pool,
-                                     concurrency=settings.concurrency, queues=settings.queues)
+        self.metrics = WorkerMetrics(worker_id=self.id, version=__version__, pool=s.pool,
+                                     concurrency=s.concurrency, queues=s.queues)
         self.heartbeat = Heartbeat(stale_after=30.0)
         self.scheduler: Scheduler | None = None
+        self._wakeup = asyncio.Event()  # the loop has something to do
+        self._stopping = asyncio.Event()
+        self._closing = asyncio.Event()
+        self.space = keys.Keyspace(s.prefix)
+        self.link = RedisLink(s.target(), lease_seconds=s.lease_seconds, metrics=self.metrics,
+                              closing=self._closing, stats=self.stats)
+        self.runner = Runner(s, self.metrics, self.stats, self._wakeup.set)
+        self.flow = Flow(self.id, s, self.link, self.runner, self.metrics, self.stats)
+        self.housekeeping = Housekeeping(self.id, s, self.link, self.runner, self.metrics, self.stats,
+                                         lambda: self.phase.value, self._work_found)
+        self.waker = Waker(self.link, [self.space.queue(q).wake for q in s.queues],
+                           running=lambda: self.phase is Phase.RUNNING, room=self.runner.room,
+                           wake=self._work_found)
+        self.health = HealthServer(self.metrics.registry, alive=self.heartbeat.alive, ready=self.readiness)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -74,77 +88,81 @@ class Worker:
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
-        s = self.settings
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()  # set while the loop waits for a wake token
-        self._stopping = asyncio.Event()
-        self._closing = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         try:
-            cron_jobs = self._cron_jobs() if s.with_scheduler else []
+            cron_jobs = self._cron_jobs() if self.settings.with_scheduler else []
         except ConveyorError as exc:
             log.error("%s", exc)
             return 2
-        periodic.log_schedules(cron_jobs, s.queues, time.time())
-        self.space = keys.Keyspace(s.prefix)
-        self.link = RedisLink(s.target(), lease_seconds=s.lease_seconds, metrics=self.metrics,
-                              closing=self._closing, stats=self.stats)
-        self.runner = Runner(s, self.metrics, self.stats, self._wakeup.set)
+        periodic.log_schedules(cron_jobs, self.settings.queues, time.time())
         self.runner.open()
-        self.flow = Flow(self.id, s, self.link, self.runner, self.metrics, self.stats)
-        self.housekeeping = Housekeeping(self.id, s, self.link, self.runner, self.metrics, self.stats,
-                                         lambda: self.phase.value, self._work_found)
         helpers: list[asyncio.Task[None]] = [asyncio.create_task(self._beat(), name="beat")]
-        health = HealthServer(self.metrics.registry, alive=self.heartbeat.alive, ready=self.readiness)
+        self._serve_health()
+        code: int | None = None
+        try:
+            code = await self._start()
+            if code is None:
+                helpers += self._start_helpers(cron_jobs)
+                await self._loop()
+        finally:
+            await self._close(helpers)
+            if code != 1:  # 1: the error logged is the last line, no summary of a worker that never started
+                self._log_summary()
+        return code or 0
+
+    async def _start(self) -> int | None:
+        """Connect and check Redis: None to go on, else the exit code (0: a stop came first)."""
+        s = self.settings
+        try:
+            if not await self.link.connect(self._stopping, s.connect_timeout):
+                return 0
+        except RedisUnreachable as exc:
+            log.error("worker %s: %s", self.id, exc)
+            return 1
+        if not self._policy_ok():
+            return 2
+        self.phase = Phase.RUNNING if self.phase is Phase.STARTING else self.phase
+        log.info("worker %s serving %s (pool=%s, concurrency=%d%s)",
+                 self.id, ",".join(s.queues), s.pool, s.concurrency, ", burst" if s.burst else "")
+        return None
+
+    def _serve_health(self) -> None:
+        s = self.settings
         if s.metrics_port:
-            port = health.start(s.metrics_host, s.metrics_port)
+            port = self.health.start(s.metrics_host, s.metrics_port)
             if port:
                 log.info("serving /metrics, /healthz and /readyz on %s:%d", s.metrics_host, port)
-        code = 0
-        try:
-            try:
-                if not await self.link.connect(self._stopping, s.connect_timeout):
-                    return 0
-            except RedisUnreachable as exc:
-                log.error("worker %s: %s", self.id, exc)
-                code = 1  # the error above is the last line: no summary of a worker that never started
-                return code
-            if not self._policy_ok():
-                code = 2
-                return code
-            self.phase = Phase.RUNNING if self.phase is Phase.STARTING else self.phase
-            log.info("worker %s serving %s (pool=%s, concurrency=%d%s)",
-                     self.id, ",".join(s.queues), s.pool, s.concurrency, ", burst" if s.burst else "")
-            helpers += [asyncio.create_task(self.link.watch(), name="watch"),
-                        asyncio.create_task(self.housekeeping.run(), name="housekeeping"),
-                        asyncio.create_task(Commands(self.link, self.runner, self.space).run(), name="commands"),
-                        asyncio.create_task(self._ticks(), name="ticks")]
-            if not s.burst:
-                helpers += [asyncio.create_task(self._waker(group), name="waker") for group in self._wake_groups()]
-            if s.with_scheduler:
-                self.scheduler = Scheduler(self.link, self.space, s.queues, self.id, lock_seconds=s.scheduler_lock_seconds,
-                                           cron_jobs=cron_jobs, max_deliveries=s.max_deliveries,
-                                           failure_ttl=s.failure_ttl, metrics=self.metrics)
-                helpers.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
-            await self._loop()
-        finally:
-            # The event, not only the cancel, ends the helpers: redis-py can swallow a
-            # CancelledError that lands inside a command, and a loop must not go on.
-            self._closing.set()
-            if self.scheduler is not None:
-                self.scheduler.closing = True
-            for task in helpers:
-                task.cancel()
-            await self._end_helpers(helpers)
-            self.runner.close()
-            health.stop()
-            await self.housekeeping.unregister()
-            await self.link.close()
-            self.phase = Phase.CLOSED
-            if code != 1:
-                self._log_summary()
-        return code
+
+    def _start_helpers(self, cron_jobs: list[periodic.CronJob]) -> list[asyncio.Task[None]]:
+        s = self.settings
+        helpers = [asyncio.create_task(self.link.watch(), name="watch"),
+                   asyncio.create_task(self.housekeeping.run(), name="housekeeping"),
+                   asyncio.create_task(Commands(self.link, self.runner, self.space).run(), name="commands"),
+                   asyncio.create_task(self._ticks(), name="ticks")]
+        if not s.burst:
+            helpers += self.waker.tasks()
+        if s.with_scheduler:
+            self.scheduler = Scheduler(self.link, self.space, s.queues, self.id, lock_seconds=s.scheduler_lock_seconds,
+                                       cron_jobs=cron_jobs, max_deliveries=s.max_deliveries,
+                                       failure_ttl=s.failure_ttl, metrics=self.metrics)
+            helpers.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        return helpers
+
+    async def _close(self, helpers: list[asyncio.Task[None]]) -> None:
+        # The event, not only the cancel, ends the helpers: redis-py can swallow a
+        # CancelledError that lands inside a command, and a loop must not go on.
+        self._closing.set()
+        if self.scheduler is not None:
+            self.scheduler.closing = True
+        for task in helpers:
+            task.cancel()
+        await self._end_helpers(helpers)
+        self.runner.close()
+        self.health.stop()
+        await self.housekeeping.unregister()
+        await self.link.close()
+        self.phase = Phase.CLOSED
 
     def _policy_ok(self) -> bool:
         """An evicting Redis deletes queued jobs without a trace: warn, or refuse if asked."""
@@ -275,7 +293,7 @@ class Worker:
                     return
             if not worked:
                 if not flow.want_claim and r.room():
-                    self._idle.set()
+                    self.waker.idle.set()
                 await self._wait(self._retry_in())
 
     async def _promoted_before_exit(self) -> bool:
@@ -331,43 +349,6 @@ class Worker:
     def _work_found(self) -> None:
         self.flow.wake()
         self._wakeup.set()
-
-    def _wake_groups(self) -> list[list[str]]:
-        """The queues' wake lists, one group per BLPOP: all in one on a server; on a Cluster
-        one per slot (a BLPOP cannot cross slots), each blocking on its own connection."""
-        wake_keys = [self.space.queue(q).wake for q in self.settings.queues]
-        if not self.link.target.is_cluster:
-            return [wake_keys]
-        groups: dict[int, list[str]] = {}
-        for key in wake_keys:
-            groups.setdefault(key_slot(key.encode()), []).append(key)
-        return list(groups.values())
-
-    async def _waker(self, wake_keys: list[str]) -> None:
-        """Block in Redis until a queue gets work, then let the loop claim it."""
-        complained = False
-        while self.phase is Phase.RUNNING and not self._closing.is_set():
-            await self._idle.wait()
-            try:
-                token = await self.link.blpop(wake_keys, IDLE_BLOCK)
-                complained = False
-                if token and not self.runner.room():
-                    # Room filled up while we blocked: hand the token on to an idle worker.
-                    await self.link.call("lpush", token[0], b"1")
-            except LinkDown:
-                if self.phase is not Phase.RUNNING or self._closing.is_set():
-                    break  # the stop closed the connection under the BLPOP
-                await self.link.wait_up()
-            except RedisError as exc:
-                if self.phase is not Phase.RUNNING:
-                    break
-                if not complained:
-                    log.error("waiting for work failed: %s; retrying every second", cause(exc))
-                    complained = True
-                await self._nap(1.0)
-            self._idle.clear()
-            self.flow.wake()
-            self._wakeup.set()
 
     async def _nap(self, seconds: float) -> None:
         """Sleep, but wake at once when the worker closes."""
