@@ -104,8 +104,10 @@ EXCEPTIONS: dict[protocol.Code, type[ConveyorError] | None] = {
 }
 
 
-def for_code(code: int, *args: Any) -> ConveyorError | None:
-    """The exception for a script's code, built from ``args`` (its message; for EXISTS the
-    job IDs and the queue), or None when the code is no error to a client."""
+def for_code(code: int, *args: Any) -> ConveyorError:
+    """The exception a client raises for a script's error code, built from ``args`` (the message;
+    for EXISTS the job IDs and the queue). A code that is no error to a client is a bug here."""
     cls = EXCEPTIONS[protocol.Code(code)]
-    return None if cls is None else cls(*args)
+    if cls is None:
+        raise ValueError(f"code {protocol.Code(code).name} is not an error")
+    return cls(*args)
