@@ -11,17 +11,17 @@ import redis
 
 from . import calls, errors, keys, scripts, wire
 from .connection import connect, db_of
-from .protocol import ENQUEUE_FIELDS, RUN_FIELDS, Code, JobStatus
+from .protocol import ENQUEUE_FIELDS as ENQUEUE_FIELDS  # re-exported, as are RUN_FIELDS and JobStatus
+from .protocol import RUN_FIELDS as RUN_FIELDS
+from .protocol import Code, Status
 from .protocol import Field as F
+from .protocol import JobStatus as JobStatus
 from .serializers import Serializer, reader
 from .validation import check_allow_pickle, check_job_id
 
 DEFAULT_RESULT_TTL = 500
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600
 _ATTEMPTS, _PAYLOAD, _RESULT = F.ATTEMPTS.encode(), F.PAYLOAD.encode(), F.RESULT.encode()
-
-__all__ = ["ENQUEUE_FIELDS", "RUN_FIELDS", "Attempt", "ExcInfo", "Job", "JobStatus", "requeue_jobs", "send_command"]
-
 
 @dataclass(frozen=True)
 class ExcInfo:
@@ -250,15 +250,15 @@ class Job:
             if code == Code.MISSING:
                 raise errors.for_code(code, f"job {self.id!r} does not exist in queue {self.queue!r}")
             status, holder = rest[0].decode(), rest[1].decode()
-            if status == JobStatus.CANCELED.value and asked:  # the worker holding it did it
+            if status == Status.CANCELED and asked:  # the worker holding it did it
                 self.refresh()
                 return
-            if status == JobStatus.STARTED.value and asked:
+            if status == Status.STARTED and asked:
                 raise errors.for_code(
                     code, f"job {self.id!r} started on worker {holder} before the cancel reached it; "
                     "use 'conveyor job stop' to stop it")
-            if status != JobStatus.PREFETCHED.value:
-                hint = "; use 'conveyor job stop' for a started job" if status == JobStatus.STARTED.value else ""
+            if status != Status.PREFETCHED:
+                hint = "; use 'conveyor job stop' for a started job" if status == Status.STARTED else ""
                 raise errors.for_code(
                     code, f"job {self.id!r} is {status}; only a queued, scheduled or prefetched job can be canceled{hint}")
             if not asked:

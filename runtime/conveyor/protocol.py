@@ -1,7 +1,7 @@
 """The wire protocol between Python and the Lua scripts, in one place.
 
 - :class:`Field`: every field of a job hash (``conveyor:{q:NAME}:job:ID``).
-- :class:`JobStatus`: every value of its ``status`` field.
+- :class:`Status`: every value of its ``status`` field (:class:`JobStatus`, the same as an enum).
 - :class:`Code`: what the scripts return per job (OK, STALE, ...); :mod:`conveyor.errors`
   turns a code into the exception a client sees (:func:`conveyor.errors.for_code`).
 - :data:`KEYS`: each script's KEYS, by name in order, as its header comment names them
@@ -56,22 +56,36 @@ class Field:
 FIELDS: Final[tuple[str, ...]] = tuple(v for k, v in vars(Field).items() if k.isupper())
 
 
+class Status:
+    """The values of a job's status field, as plain ``str`` (:class:`JobStatus` is the public enum)."""
+
+    QUEUED: Final = "queued"
+    SCHEDULED: Final = "scheduled"
+    PREFETCHED: Final = "prefetched"  # claimed by a worker, held in its buffer, not running yet
+    STARTED: Final = "started"  # its code is running
+    FINISHED: Final = "finished"
+    FAILED: Final = "failed"
+    CANCELED: Final = "canceled"
+
+
+STATUSES: Final[tuple[str, ...]] = tuple(v for k, v in vars(Status).items() if k.isupper())
+LIVE: Final = (Status.PREFETCHED, Status.STARTED)  # a worker holds the job (claimed set + lease)
+
+
 class JobStatus(str, enum.Enum):
-    QUEUED = "queued"
-    SCHEDULED = "scheduled"
-    PREFETCHED = "prefetched"  # claimed by a worker, held in its buffer, not running yet
-    STARTED = "started"  # its code is running
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELED = "canceled"
+    """A job's status, as :attr:`conveyor.Job.status` returns it; each member equals its
+    :class:`Status` string."""
+
+    QUEUED = Status.QUEUED
+    SCHEDULED = Status.SCHEDULED
+    PREFETCHED = Status.PREFETCHED
+    STARTED = Status.STARTED
+    FINISHED = Status.FINISHED
+    FAILED = Status.FAILED
+    CANCELED = Status.CANCELED
 
     def __str__(self) -> str:
         return self.value
-
-
-STATUSES: Final[tuple[str, ...]] = tuple(s.value for s in JobStatus)
-LIVE: Final = (JobStatus.PREFETCHED.value, JobStatus.STARTED.value)  # a worker holds the job
-WAITING: Final = (JobStatus.QUEUED.value, JobStatus.SCHEDULED.value)
 
 
 class Code(enum.IntEnum):

@@ -11,10 +11,11 @@ import redis
 from redis.exceptions import ResponseError
 
 from . import batch, errors, keys, scripts
-from .batch import EncodedBatch, EnqueueData
+from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
+from .batch import EnqueueData as EnqueueData
 from .connection import connect, refusal
 from .job import Job, requeue_jobs
-from .protocol import ENQUEUE_FIELDS, Code, JobStatus
+from .protocol import ENQUEUE_FIELDS, Code, Status
 from .protocol import Field as F
 from .registry import Registry
 from .retry import Retry
@@ -29,10 +30,8 @@ from .validation import (
     check_ttl,
 )
 
-__all__ = ["EncodedBatch", "EnqueueData", "Queue"]
-
 _STATUS, _ENQUEUED_AT, _DUE_AT = F.STATUS.encode(), F.ENQUEUED_AT.encode(), F.DUE_AT.encode()
-_QUEUED, _SCHEDULED = JobStatus.QUEUED.value.encode(), JobStatus.SCHEDULED.value.encode()
+_QUEUED, _SCHEDULED = Status.QUEUED.encode(), Status.SCHEDULED.encode()
 
 class Queue:
     """A named queue in Redis.
