@@ -136,6 +136,7 @@ def test_enqueue_sends_the_declared_keys() -> None:
     queue: Any = SimpleNamespace(keys=K, serializer=get_serializer("json"), default_timeout=None, result_ttl=None,
                                  failure_ttl=None)
     queue._defaults = batch.default_options(queue)
+    queue._default_values = tuple(queue._defaults)
     encoded = batch.encode_batch(queue, [batch.EnqueueData("os:getpid")], "error")
     assert tuple(encoded.keys) == KEYS["enqueue"]
 
@@ -206,3 +207,35 @@ def test_parse_claim_unpacks_run_fields_in_order() -> None:
     assert len(targets) == 1
     names = [elt.id for elt in targets[0].elts]  # type: ignore[attr-defined]
     assert names[:4] == ["job_id", "exec_id", "state", "suspect"] and tuple(names[4:]) == RUN_FIELDS
+
+
+def test_lua_field_rules_match_doctors() -> None:
+    """_lib.lua's FIELD_RULES and doctor.py's _RULES judge a job alike (malformed or sound)."""
+    from conveyor import doctor
+
+    text = LUA.joinpath("_lib.lua").read_text()
+    table = text[text.index("local FIELD_RULES = {"):text.index("\n}\n", text.index("local FIELD_RULES"))]
+    rules = re.findall(r"\{F_(\w+), '(\w+)', (nil|-?\d+), (true|false), (true|false)\}", table)
+    lua = [(getattr(protocol.Field, f), kind, None if low == "nil" else float(low), inc == "true", empty == "true")
+           for f, kind, low, inc, empty in rules]
+    assert lua == [(f, kind, None if low is None else float(low), inc, empty)
+                   for f, kind, low, inc, empty in doctor._RULES]
+
+
+def test_a_job_with_every_option_encodes_each_under_its_field() -> None:
+    from conveyor import Retry
+
+    queue: Any = SimpleNamespace(keys=K, serializer=get_serializer("json"), default_timeout=None, result_ttl=None,
+                                 failure_ttl=None)
+    queue.keys = SimpleNamespace(unique=lambda key: f"unique:{key}")
+    queue._defaults = batch.default_options(queue)
+    queue._default_values = tuple(queue._defaults)
+    item = batch.EnqueueData("os:getpid", (1,), {}, "the-id", 2.5, 11, 22, Retry(max=3), 4, "u", 33)
+    [row] = [batch._row(queue, item, 0, iter(()))]
+    assert dict(zip(protocol.ENQUEUE_FIELDS, row, strict=True)) == {
+        "id": "the-id", "func": "os:getpid", "payload": b'{"a":[1],"k":{}}', "ser": "json", "timeout": "2.5",
+        "result_ttl": 11, "failure_ttl": 22, "retry": Retry(max=3).to_json(), "max_deliveries": 4,
+        "unique_lock": "unique:u", "unique_ttl": 33,
+    }
+    plain = batch._row(queue, batch.EnqueueData("os:getpid"), 0, iter(["gen"]))
+    assert dict(zip(protocol.ENQUEUE_FIELDS[3:], plain[3:], strict=True)) == queue._defaults._asdict()

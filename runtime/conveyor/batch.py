@@ -104,9 +104,9 @@ def _row(queue: Queue, item: EnqueueData, index: int, generated: Iterator[str]) 
     if item.kwargs:
         check_keywords(item.func, item.kwargs, OPTION_NAMES + ("if_exists",))
     payload = _payload(queue.serializer, item, index)
-    defaults = queue._defaults
     if item[4:] == _NO_OPTIONS:
-        return [job_id, function_path(item.func), payload, *defaults]
+        return [job_id, function_path(item.func), payload, *queue._default_values]
+    defaults = queue._defaults
     timeout = item.timeout if item.timeout is not None else queue.default_timeout
     if item.retry is not None and not isinstance(item.retry, Retry):
         raise errors.InvalidArgument(f"retry must be a conveyor.Retry, got {item.retry!r}")
@@ -127,17 +127,20 @@ def _row(queue: Queue, item: EnqueueData, index: int, generated: Iterator[str]) 
             raise errors.InvalidArgument("unique_ttl must be a positive number of seconds")
     elif item.unique_ttl is not None:
         raise errors.InvalidArgument("unique_ttl needs a unique_key")
-    options = EnqueueOptions(
-        ser=queue.serializer.name,
-        timeout="" if timeout is None else repr(check_timeout(timeout)),
-        result_ttl=defaults.result_ttl if item.result_ttl is None else check_ttl("result_ttl", item.result_ttl),
-        failure_ttl=defaults.failure_ttl if item.failure_ttl is None else check_ttl("failure_ttl", item.failure_ttl),
-        retry=item.retry.to_json() if item.retry is not None else "",
-        max_deliveries="" if item.max_deliveries is None else item.max_deliveries,
-        unique_lock=unique_lock,
-        unique_ttl=unique_ttl,
-    )
-    return [job_id, function_path(item.func), payload, *options]
+    # A list in ENQUEUE_FIELDS order, as fast as the defaults' (tests/test_protocol.py checks the order).
+    return [
+        job_id,
+        function_path(item.func),
+        payload,
+        queue.serializer.name,  # ser
+        "" if timeout is None else repr(check_timeout(timeout)),  # timeout
+        defaults.result_ttl if item.result_ttl is None else check_ttl("result_ttl", item.result_ttl),
+        defaults.failure_ttl if item.failure_ttl is None else check_ttl("failure_ttl", item.failure_ttl),
+        item.retry.to_json() if item.retry is not None else "",  # retry
+        "" if item.max_deliveries is None else item.max_deliveries,  # max_deliveries
+        unique_lock,
+        unique_ttl,
+    ]
 
 
 def _payload(serializer: Serializer, item: EnqueueData, index: int) -> bytes:

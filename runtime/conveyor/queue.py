@@ -79,6 +79,7 @@ class Queue:
         self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
         self.keys = self.keyspace.queue(name)
         self._defaults = batch.default_options(self)  # of a job that sets none of its own
+        self._default_values = tuple(self._defaults)  # a plain tuple: a list display copies it fastest
 
     # -- enqueueing --------------------------------------------------------------
 
@@ -253,27 +254,27 @@ class Queue:
     @property
     def prefetched(self) -> Registry:
         """Jobs a worker holds in its buffer: claimed, not running yet."""
-        return self.registry("prefetched")
+        return self.registry(Status.PREFETCHED)
 
     @property
     def started(self) -> Registry:
-        return self.registry("started")
+        return self.registry(Status.STARTED)
 
     @property
     def scheduled(self) -> Registry:
-        return self.registry("scheduled")
+        return self.registry(Status.SCHEDULED)
 
     @property
     def finished(self) -> Registry:
-        return self.registry("finished")
+        return self.registry(Status.FINISHED)
 
     @property
     def failed(self) -> Registry:
-        return self.registry("failed")
+        return self.registry(Status.FAILED)
 
     @property
     def canceled(self) -> Registry:
-        return self.registry("canceled")
+        return self.registry(Status.CANCELED)
 
     def worker_job_ids(self, worker_id: str) -> list[str]:
         """IDs of the jobs of this queue a worker holds a lease on."""
