@@ -1,5 +1,6 @@
 """One function per transition script: the KEYS in the order the script's header names
-them, and its ARGV, so no caller orders keys by hand.
+them (declared in :data:`conveyor.protocol.KEYS`; tests/test_protocol.py checks each function
+against it), and its ARGV, so no caller orders keys by hand.
 
 Each queues one EVALSHA on ``pipe`` (a pipeline, sync or async) for one queue's keys.
 """
@@ -11,10 +12,10 @@ from typing import Any
 
 from . import scripts
 from .keys import QueueKeys
+from .protocol import RUN_FIELDS as RUN_FIELDS  # re-exported: the claim's wire format
+from .protocol import Status
 
 REAP_BATCH = 100
-# Fields a worker needs to run a job; claim.lua returns them after id, execution ID, state, suspect.
-RUN_FIELDS = ("func", "payload", "ser", "timeout", "deliveries", "enqueued_at", "retry", "retries", "due_at")
 
 
 def claim(pipe: Any, k: QueueKeys, worker: str, n: int, start_now: int, lease_ms: int, exec_prefix: str,
@@ -46,7 +47,7 @@ def fail(pipe: Any, k: QueueKeys, worker: str, final: str, failure_ttl: int,
     args: list[Any] = [k.job_prefix, worker, final, failure_ttl]
     for row in jobs:
         args += row
-    registry = k.failed if final == "failed" else k.canceled
+    registry = k.failed if final == Status.FAILED else k.canceled
     return scripts.fail(pipe, [k.leases, k.prefetched, k.claimed(worker), registry], args)
 
 

@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .protocol import LIVE, Status
+from .protocol import Field as F
+
 # In the order --fix applies them: a key must be usable before jobs are listed in it, and
 # a job must be listed where its status says before a wrong entry of it is removed.
 FIX_ORDER = (
@@ -33,28 +36,30 @@ KEY_TYPES: Mapping[str, str] = {
 LISTS = ("ready", "recovered")
 ZSETS = ("prefetched", "leases", "scheduled", "finished", "failed", "canceled")
 REGISTRIES = ("finished", "failed", "canceled")  # scored by expiry in seconds
-HELD = ("prefetched", "started")  # a worker holds the job (claimed set + lease)
+HELD = LIVE  # a worker holds the job (claimed set + lease)
 
-# Where a job of each status is listed; a queued job in either list.
+# Where a job of each status is listed; a queued job in either list. (The zsets of prefetched,
+# scheduled and ended jobs are named after that status.)
 HOME: Mapping[str, tuple[str, ...]] = {
-    "queued": ("ready", "recovered"), "scheduled": ("scheduled",), "prefetched": ("prefetched",),
-    "started": ("leases",), "finished": ("finished",), "failed": ("failed",), "canceled": ("canceled",),
+    Status.QUEUED: ("ready", "recovered"), Status.SCHEDULED: ("scheduled",), Status.PREFETCHED: ("prefetched",),
+    Status.STARTED: ("leases",), Status.FINISHED: ("finished",), Status.FAILED: ("failed",),
+    Status.CANCELED: ("canceled",),
 }
 
 # (field, kind, lower bound, bound inclusive, empty value allowed): the design's table.
 _RULES: tuple[tuple[str, str, float | None, bool, bool], ...] = (
-    ("timeout", "number", 0, False, True),
-    ("result_ttl", "integer", -1, True, True),
-    ("failure_ttl", "integer", -1, True, True),
-    ("max_deliveries", "integer", 1, True, True),
-    ("unique_ttl", "integer", 1, True, True),
-    ("deliveries", "integer", 0, True, False),
-    ("retries", "integer", 0, True, False),
-    ("orphaned", "integer", 0, True, False),
-    ("due_at", "number", None, True, True),
-    ("enqueued_at", "number", None, True, True),
+    (F.TIMEOUT, "number", 0, False, True),
+    (F.RESULT_TTL, "integer", -1, True, True),
+    (F.FAILURE_TTL, "integer", -1, True, True),
+    (F.MAX_DELIVERIES, "integer", 1, True, True),
+    (F.UNIQUE_TTL, "integer", 1, True, True),
+    (F.DELIVERIES, "integer", 0, True, False),
+    (F.RETRIES, "integer", 0, True, False),
+    (F.ORPHANED, "integer", 0, True, False),
+    (F.DUE_AT, "number", None, True, True),
+    (F.ENQUEUED_AT, "number", None, True, True),
 )
-JOB_FIELDS = ("status", "worker", "exc_type", "attempts", *(r[0] for r in _RULES))
+JOB_FIELDS = (F.STATUS, F.WORKER, F.EXC_TYPE, F.ATTEMPTS, *(r[0] for r in _RULES))
 MALFORMED = "MalformedJob"
 EXAMPLES = 5  # per kind in --json
 HUMAN_EXAMPLES = 3  # per line of the human report
@@ -121,12 +126,12 @@ def _number(value: str) -> float | None:
 
 def field_problem(fields: Mapping[str, str]) -> str | None:
     """Why a job hash is malformed (naming the first bad field), or None when it is sound."""
-    status = fields.get("status")
+    status = fields.get(F.STATUS)
     if status is None:
         return "status is missing"
     if status not in HOME:
         return f"status {status[:60]!r} is unknown"
-    attempts = fields.get("attempts")
+    attempts = fields.get(F.ATTEMPTS)
     if attempts is not None:
         try:
             value = json.loads(attempts, parse_constant=_reject)
@@ -152,7 +157,7 @@ def _reject(token: str) -> Any:
 
 def quarantined(fields: Mapping[str, str]) -> bool:
     """A malformed job doctor (or a script) already failed keeps its bad field, on purpose."""
-    return fields.get("status") == "failed" and fields.get("exc_type") == MALFORMED
+    return fields.get(F.STATUS) == Status.FAILED and fields.get(F.EXC_TYPE) == MALFORMED
 
 
 def analyze(snap: Snapshot) -> list[Finding]:
@@ -174,7 +179,7 @@ def analyze(snap: Snapshot) -> list[Finding]:
 
     def fifo(item: tuple[str, JobRecord]) -> tuple[float, str]:
         # Re-listed queued jobs go back in enqueue order.
-        return _number(item[1].fields.get("enqueued_at") or "") or 0.0, item[0]
+        return _number(item[1].fields.get(F.ENQUEUED_AT) or "") or 0.0, item[0]
 
     for job_id, record in sorted(snap.jobs.items(), key=fifo):
         found.extend(_judge(job_id, record, places.get(job_id, Counter()), snap))
@@ -202,12 +207,12 @@ def _judge(job_id: str, record: JobRecord, counts: Counter[str], snap: Snapshot)
     if record.key_type != "hash":
         return [Finding("malformed_job", job_id, detail=f"the job key holds a {record.key_type}, not a hash")]
     fields = record.fields
-    status = fields.get("status", "")
+    status = fields.get(F.STATUS, "")
     problem = field_problem(fields)
     if problem and not quarantined(fields):
         # One kind per job: failing it also takes it off every list it sits on.
         return [Finding("malformed_job", job_id, status=status, detail=problem)]
-    worker = fields.get("worker") or ""
+    worker = fields.get(F.WORKER) or ""
     home = set(HOME[status])
     required = home - {"recovered"}
     if status in HELD and worker:
@@ -217,12 +222,12 @@ def _judge(job_id: str, record: JobRecord, counts: Counter[str], snap: Snapshot)
 
     out: list[Finding] = []
     missing = [p for p in sorted(required) if not counts[p]]
-    if status == "queued" and counts["recovered"]:
+    if status == Status.QUEUED and counts["recovered"]:
         missing = []
     if missing:
         detail = f"{status}, not in {' or '.join(missing)}"
         out.append(Finding("unlisted_job", job_id, status=status, worker=worker, detail=detail))
-    if status == "queued" and counts["ready"] + counts["recovered"] > 1:
+    if status == Status.QUEUED and counts["ready"] + counts["recovered"] > 1:
         n = counts["ready"] + counts["recovered"]
         out.append(Finding("duplicate_entry", job_id, status=status, detail=f"listed {n} times in ready/recovered"))
     for place in sorted(counts):

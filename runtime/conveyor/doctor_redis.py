@@ -37,6 +37,7 @@ from .doctor import (
     summarize,
 )
 from .job import DEFAULT_FAILURE_TTL
+from .protocol import KEYS, Code, Field
 from .validation import check_queue_name
 
 CHUNK = 1000  # job hashes per transaction: bounds how long one read blocks Redis
@@ -222,7 +223,7 @@ def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: 
     """
     k = space.queue(snap.queue)
     workers = set(snap.claimed) | {n[8:] for n in snap.key_types if n.startswith("claimed:")}
-    workers |= {w for j in ids if j in snap.jobs and (w := snap.jobs[j].fields.get("worker"))}
+    workers |= {w for j in ids if j in snap.jobs and (w := snap.jobs[j].fields.get(Field.WORKER))}
     claimed = sorted(workers)
     longest = sum(len(snap.lists.get(name, ())) for name in LISTS)
     whole = len(ids) * longest > LPOS_BUDGET
@@ -312,14 +313,14 @@ def repair(conn: redis.Redis, queue: str, findings: Sequence[Finding], live: dic
     order = {kind: i for i, kind in enumerate(FIX_ORDER)}
     todo.sort(key=lambda f: order[f.kind])
     fixed: list[Finding] = []
-    queue_keys = [k.ready, k.recovered, k.wake, k.prefetched, k.leases, k.scheduled, k.finished, k.failed, k.canceled]
+    queue_keys = [getattr(k, name) for name in KEYS["repair"]]
     for start in range(0, len(todo), FIX_BATCH):
         batch = todo[start:start + FIX_BATCH]
         args: list[Any] = [k.base + ":", DEFAULT_FAILURE_TTL, k.schedule_channel]
         for f in batch:
             args += _repair_args(f, live)
         [codes] = scripts.execute(conn, lambda pipe: scripts.repair(pipe, queue_keys, args))
-        fixed.extend(f for f, code in zip(batch, codes) if code == errors.OK)
+        fixed.extend(f for f, code in zip(batch, codes) if code == Code.OK)
     return fixed
 
 

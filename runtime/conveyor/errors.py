@@ -1,8 +1,11 @@
-"""Typed errors. Lua scripts return numeric codes; :data:`SCRIPT_CODES` maps them."""
+"""Typed errors. Lua scripts return numeric codes (:class:`conveyor.protocol.Code`); :func:`for_code`
+turns one into the exception a client sees."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from . import protocol
 
 
 class ConveyorError(Exception):
@@ -80,10 +83,31 @@ class RedisFull(ConveyorError):
     """Redis refused to store more (maxmemory reached with policy noeviction): nothing was written."""
 
 
-# Codes shared by the Lua scripts (scripts/*.lua return them per job).
-OK = 1
-STALE = 0
-MISSING = -1
-WRONG_STATE = -2
-EXISTS = -3
-DUPLICATE = 2  # this execution's outcome was recorded already (a retried flush)
+# The codes the Lua scripts return (defined in protocol.py; re-exported here for callers).
+OK = protocol.OK
+STALE = protocol.STALE
+MISSING = protocol.MISSING
+WRONG_STATE = protocol.WRONG_STATE
+EXISTS = protocol.EXISTS
+DUPLICATE = protocol.DUPLICATE
+
+# The exception a client sees for each code; None: not an error (OK), or one only the worker
+# that sent the call acts on (STALE, DUPLICATE: another execution owns the job, or this one
+# was recorded already).
+EXCEPTIONS: dict[protocol.Code, type[ConveyorError] | None] = {
+    protocol.Code.OK: None,
+    protocol.Code.STALE: None,
+    protocol.Code.DUPLICATE: None,
+    protocol.Code.MISSING: NoSuchJob,
+    protocol.Code.WRONG_STATE: InvalidTransition,
+    protocol.Code.EXISTS: JobExists,
+}
+
+
+def for_code(code: int, *args: Any) -> ConveyorError:
+    """The exception a client raises for a script's error code, built from ``args`` (the message;
+    for EXISTS the job IDs and the queue). A code that is no error to a client is a bug here."""
+    cls = EXCEPTIONS[protocol.Code(code)]
+    if cls is None:
+        raise ValueError(f"code {protocol.Code(code).name} is not an error")
+    return cls(*args)

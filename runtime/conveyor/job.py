@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import time
 from dataclasses import dataclass
@@ -11,34 +10,18 @@ from typing import Any, overload
 import redis
 
 from . import calls, errors, keys, scripts, wire
-from .calls import RUN_FIELDS  # noqa: F401  (re-exported: the claim's wire format)
 from .connection import connect, db_of
+from .protocol import ENQUEUE_FIELDS as ENQUEUE_FIELDS  # re-exported, as are RUN_FIELDS and JobStatus
+from .protocol import RUN_FIELDS as RUN_FIELDS
+from .protocol import Code, Status
+from .protocol import Field as F
+from .protocol import JobStatus as JobStatus
 from .serializers import Serializer, reader
 from .validation import check_allow_pickle, check_job_id
 
 DEFAULT_RESULT_TTL = 500
 DEFAULT_FAILURE_TTL = 7 * 24 * 3600
-
-# Fields written at enqueue, in the order enqueue.lua receives them ("id" first).
-# An empty value is the reader's default and is not stored when the whole batch shares it.
-ENQUEUE_FIELDS = (
-    "id", "func", "payload", "ser", "timeout", "result_ttl", "failure_ttl",
-    "retry", "max_deliveries", "unique_lock", "unique_ttl",
-)
-
-
-class JobStatus(str, enum.Enum):
-    QUEUED = "queued"
-    SCHEDULED = "scheduled"
-    PREFETCHED = "prefetched"  # claimed by a worker, held in its buffer, not running yet
-    STARTED = "started"  # its code is running
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-    def __str__(self) -> str:
-        return self.value
-
+_ATTEMPTS, _PAYLOAD, _RESULT = F.ATTEMPTS.encode(), F.PAYLOAD.encode(), F.RESULT.encode()
 
 @dataclass(frozen=True)
 class ExcInfo:
@@ -104,12 +87,12 @@ class Job:
 
     @property
     def func_path(self) -> str | None:
-        return _s(self._raw, "func")
+        return _s(self._raw, F.FUNC)
 
     @property
     def status(self) -> JobStatus:
         """The job's state; a hash corrupted to an unknown status raises MalformedJob."""
-        raw = _s(self._raw, "status")
+        raw = _s(self._raw, F.STATUS)
         try:
             return JobStatus(raw)
         except ValueError:
@@ -118,76 +101,76 @@ class Job:
     @property
     def status_text(self) -> str:
         """The status as stored, even when it is not a known one (for inspection)."""
-        return _s(self._raw, "status") or "-"
+        return _s(self._raw, F.STATUS) or "-"
 
     @property
     def suspect(self) -> bool:
         """Recovered from a lost worker and not yet proven harmless: it runs apart from others."""
-        return _s(self._raw, "suspect") == "1"
+        return _s(self._raw, F.SUSPECT) == "1"
 
     @property
     def execution_id(self) -> str | None:
         """The current (or last) attempt's execution ID; never part of the job ID."""
-        return _s(self._raw, "execution_id")
+        return _s(self._raw, F.EXECUTION_ID)
 
     @property
     def worker(self) -> str | None:
-        return _s(self._raw, "worker")
+        return _s(self._raw, F.WORKER)
 
     @property
     def enqueued_at(self) -> float | None:
-        return _f(self._raw, "enqueued_at")
+        return _f(self._raw, F.ENQUEUED_AT)
 
     @property
     def started_at(self) -> float | None:
-        return _f(self._raw, "started_at")
+        return _f(self._raw, F.STARTED_AT)
 
     @property
     def ended_at(self) -> float | None:
-        return _f(self._raw, "ended_at")
+        return _f(self._raw, F.ENDED_AT)
 
     @property
     def timeout(self) -> float | None:
         """Seconds the job may run; None means the worker's default."""
-        return _f(self._raw, "timeout")
+        return _f(self._raw, F.TIMEOUT)
 
     @property
     def result_ttl(self) -> int | None:
         """The job's own result TTL; None means the worker's policy (500 s by default)."""
-        value = _s(self._raw, "result_ttl", "")
+        value = _s(self._raw, F.RESULT_TTL, "")
         return int(value) if value else None
 
     @property
     def failure_ttl(self) -> int | None:
         """The job's own failure TTL; None means the worker's policy (7 days by default)."""
-        value = _s(self._raw, "failure_ttl", "")
+        value = _s(self._raw, F.FAILURE_TTL, "")
         return int(value) if value else None
 
     @property
     def deliveries(self) -> int:
         """How many times a worker has claimed this job."""
-        return int(_s(self._raw, "deliveries", "0"))
+        return int(_s(self._raw, F.DELIVERIES, "0"))
 
     @property
     def retries(self) -> int:
         """Exception retries so far (attempts that failed and were tried again)."""
-        return int(_s(self._raw, "retries", "0"))
+        return int(_s(self._raw, F.RETRIES, "0"))
 
     @property
     def orphaned(self) -> int:
         """Times its worker was lost and the job was recovered from an expired lease."""
-        return int(_s(self._raw, "orphaned", "0"))
+        return int(_s(self._raw, F.ORPHANED, "0"))
 
     @property
     def due_at(self) -> float | None:
         """When a scheduled job becomes ready (seconds since the epoch)."""
-        due = _f(self._raw, "due_at")
+        due = _f(self._raw, F.DUE_AT)
         return due / 1000 if due is not None else None
 
     @property
     def attempts(self) -> list[Attempt]:
         """Every attempt that ended in an exception or a lost worker, then the successful one."""
-        raw = self._raw.get(b"attempts")
+        raw = self._raw.get(_ATTEMPTS)
         if not raw:
             return []
         return [
@@ -200,14 +183,14 @@ class Job:
 
     @property
     def serializer_name(self) -> str:
-        return _s(self._raw, "ser", "json")
+        return _s(self._raw, F.SER, "json")
 
     @property
     def exc_info(self) -> ExcInfo | None:
-        exc_type = _s(self._raw, "exc_type")
+        exc_type = _s(self._raw, F.EXC_TYPE)
         if not exc_type:
             return None
-        return ExcInfo(exc_type, _s(self._raw, "exc_message", ""), _s(self._raw, "exc_traceback", ""))
+        return ExcInfo(exc_type, _s(self._raw, F.EXC_MESSAGE, ""), _s(self._raw, F.EXC_TRACEBACK, ""))
 
     @property
     def key(self) -> str:
@@ -222,7 +205,7 @@ class Job:
         return self._payload()[1]
 
     def _payload(self) -> tuple[list[Any], dict[str, Any]]:
-        data = self._reader().loads(self._raw[b"payload"])
+        data = self._reader().loads(self._raw[_PAYLOAD])
         return data["a"], data["k"]
 
     def _reader(self) -> Serializer:
@@ -231,7 +214,7 @@ class Job:
     @property
     def result(self) -> Any:
         """The return value of a finished job (``None`` until it finishes)."""
-        raw = self._raw.get(b"result")
+        raw = self._raw.get(_RESULT)
         if raw is None:
             return None
         return self._reader().loads(raw)
@@ -261,23 +244,23 @@ class Job:
         while True:
             [(code, *rest)] = scripts.execute(
                 self.connection, lambda p: calls.cancel(p, k, self.id, DEFAULT_FAILURE_TTL))
-            if code == errors.OK:
+            if code == Code.OK:
                 self.refresh()
                 return
-            if code == errors.MISSING:
-                raise errors.NoSuchJob(f"job {self.id!r} does not exist in queue {self.queue!r}")
+            if code == Code.MISSING:
+                raise errors.for_code(code, f"job {self.id!r} does not exist in queue {self.queue!r}")
             status, holder = rest[0].decode(), rest[1].decode()
-            if status == JobStatus.CANCELED.value and asked:  # the worker holding it did it
+            if status == Status.CANCELED and asked:  # the worker holding it did it
                 self.refresh()
                 return
-            if status == JobStatus.STARTED.value and asked:
-                raise errors.InvalidTransition(
-                    f"job {self.id!r} started on worker {holder} before the cancel reached it; "
+            if status == Status.STARTED and asked:
+                raise errors.for_code(
+                    code, f"job {self.id!r} started on worker {holder} before the cancel reached it; "
                     "use 'conveyor job stop' to stop it")
-            if status != JobStatus.PREFETCHED.value:
-                hint = "; use 'conveyor job stop' for a started job" if status == JobStatus.STARTED.value else ""
-                raise errors.InvalidTransition(
-                    f"job {self.id!r} is {status}; only a queued, scheduled or prefetched job can be canceled{hint}")
+            if status != Status.PREFETCHED:
+                hint = "; use 'conveyor job stop' for a started job" if status == Status.STARTED else ""
+                raise errors.for_code(
+                    code, f"job {self.id!r} is {status}; only a queued, scheduled or prefetched job can be canceled{hint}")
             if not asked:
                 send_command(self.connection, "cancel", self.queue, self.id, self.keyspace)
                 asked = True
@@ -325,12 +308,13 @@ def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.
     """Requeue failed jobs of one queue; raises if any is unknown or not failed (the others still move)."""
     k = space.queue(queue)
     [codes] = scripts.execute(conn, lambda p: calls.requeue(p, k, job_ids))
-    missing = [j for j, c in zip(job_ids, codes) if c == errors.MISSING]
-    wrong = [j for j, c in zip(job_ids, codes) if c == errors.WRONG_STATE]
+    missing = [j for j, c in zip(job_ids, codes) if c == Code.MISSING]
+    wrong = [j for j, c in zip(job_ids, codes) if c == Code.WRONG_STATE]
     if missing:
-        raise errors.NoSuchJob(f"no job {', '.join(map(repr, missing))} in queue {queue!r}")
+        raise errors.for_code(Code.MISSING, f"no job {', '.join(map(repr, missing))} in queue {queue!r}")
     if wrong:
-        raise errors.InvalidTransition(f"job {', '.join(map(repr, wrong))} is not failed; only failed jobs can be requeued")
+        raise errors.for_code(Code.WRONG_STATE,
+                              f"job {', '.join(map(repr, wrong))} is not failed; only failed jobs can be requeued")
     return len(job_ids)
 
 

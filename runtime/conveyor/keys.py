@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .errors import ConfigError
+from .protocol import Status
 
 DEFAULT_PREFIX = "conveyor"
 ENV_PREFIX = "CONVEYOR_PREFIX"
@@ -196,9 +197,9 @@ class QueueKeys:
 
     def registry(self, name: str) -> str:
         """The zset behind a named registry (prefetched, started, scheduled, finished, failed, canceled)."""
-        if name == "started":
+        if name == Status.STARTED:
             return self.leases
-        if name in ("prefetched", "finished", "failed", "canceled", "scheduled"):
+        if name in (Status.PREFETCHED, Status.FINISHED, Status.FAILED, Status.CANCELED, Status.SCHEDULED):
             return f"{self.base}:{name}"
         raise ValueError(
             f"unknown registry {name!r}: expected prefetched, started, scheduled, finished, failed or canceled")

@@ -3,64 +3,35 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import operator
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 from redis.exceptions import ResponseError
 
-from . import errors, keys, scripts
+from . import batch, errors, keys, scripts
+from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
+from .batch import EnqueueData as EnqueueData
 from .connection import connect, refusal
-from .job import ENQUEUE_FIELDS, Job, requeue_jobs
+from .job import Job, requeue_jobs
+from .protocol import ENQUEUE_FIELDS, Code, Status
+from .protocol import Field as F
 from .registry import Registry
 from .retry import Retry
 from .serializers import Serializer, get_serializer
 from .validation import (
     check_allow_pickle,
     check_args,
-    check_job_id,
-    check_keywords,
     check_kwargs,
     check_queue_name,
     check_replicas,
     check_timeout,
     check_ttl,
-    function_path,
 )
 
-DEFAULT_UNIQUE_TTL = 3600
-IF_EXISTS = ("error", "ignore")
-_OPTION_NAMES = ("job_id", "timeout", "result_ttl", "failure_ttl", "retry", "max_deliveries", "unique_key", "unique_ttl")
-_NO_OPTIONS = (None,) * 7
-
-
-class EnqueueData(NamedTuple):
-    """One job of an :meth:`Queue.enqueue_many` batch, built by :meth:`Queue.prepare_data`."""
-
-    func: Callable[..., Any] | str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}
-    job_id: str | None = None
-    timeout: float | None = None
-    result_ttl: int | None = None
-    failure_ttl: int | None = None
-    retry: Retry | None = None
-    max_deliveries: int | None = None
-    unique_key: str | None = None
-    unique_ttl: int | None = None
-
-
-class EncodedBatch(NamedTuple):
-    keys: list[str]
-    argv: list[Any]
-    rows: list[list[Any]]
-    shared: list[int]
-    own: list[int]
-
+_STATUS, _ENQUEUED_AT, _DUE_AT = F.STATUS.encode(), F.ENQUEUED_AT.encode(), F.DUE_AT.encode()
+_QUEUED, _SCHEDULED = Status.QUEUED.encode(), Status.SCHEDULED.encode()
 
 class Queue:
     """A named queue in Redis.
@@ -107,18 +78,8 @@ class Queue:
         self.result_ttl = None if result_ttl is None else check_ttl("result_ttl", result_ttl)
         self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
         self.keys = self.keyspace.queue(name)
-        # ser, timeout, result_ttl, failure_ttl, retry, max_deliveries, unique_lock, unique_ttl
-        # of a job that sets none of its own.
-        self._default_options = (
-            self.serializer.name,
-            "" if self.default_timeout is None else repr(self.default_timeout),
-            "" if self.result_ttl is None else self.result_ttl,
-            "" if self.failure_ttl is None else self.failure_ttl,
-            "",
-            "",
-            "",
-            "",
-        )
+        self._defaults = batch.default_options(self)  # of a job that sets none of its own
+        self._default_values = tuple(self._defaults)  # a plain tuple: a list display copies it fastest
 
     # -- enqueueing --------------------------------------------------------------
 
@@ -193,7 +154,7 @@ class Queue:
 
     def _enqueue_due(self, due: float, func: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
         if_exists = kwargs.pop("if_exists", "error")
-        options = {k: kwargs.pop(k) for k in _OPTION_NAMES if k in kwargs}
+        options = {k: kwargs.pop(k) for k in batch.OPTION_NAMES if k in kwargs}
         data = self.prepare_data(func, args, kwargs, **options)
         return self._write([data], if_exists, due_ms=int(due * 1000))[0]
 
@@ -206,12 +167,12 @@ class Queue:
     ) -> list[Job]:
         if not items:
             return []
-        batch = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
+        encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
 
         def build(pipe: Any) -> None:
             # Every time, not once: a Redis that was wiped learns the queue again.
             pipe.sadd(self.keyspace.queues, self.name)
-            scripts.enqueue(pipe, batch.keys, batch.argv)
+            scripts.enqueue(pipe, encoded.keys, encoded.argv)
             if self.min_replicas:
                 # Sent to the node that took the jobs (on a Cluster: the queue's master).
                 pipe.execute_command("WAIT", self.min_replicas, int(self.replica_timeout * 1000),
@@ -222,13 +183,13 @@ class Queue:
         if isinstance(reply, ResponseError):
             raise refusal(reply, f"queue {self.name!r}") from None
         code, *flags = reply
-        if code == errors.EXISTS:
-            raise errors.JobExists([f.decode() for f in flags], self.name)
-        rows, shared, own = batch.rows, batch.shared, batch.own
-        base: dict[bytes, Any] = {b"status": b"queued" if due_ms is None else b"scheduled",
-                b"enqueued_at": repr(time.time()).encode()}  # refresh() reads the server's
+        if code == Code.EXISTS:
+            raise errors.for_code(code, [f.decode() for f in flags], self.name)
+        rows, shared, own = encoded.rows, encoded.shared, encoded.own
+        base: dict[bytes, Any] = {_STATUS: _QUEUED if due_ms is None else _SCHEDULED,
+                                  _ENQUEUED_AT: repr(time.time()).encode()}  # refresh() reads the server's
         if due_ms is not None:
-            base[b"due_at"] = due_ms
+            base[_DUE_AT] = due_ms
         base.update((ENQUEUE_FIELDS[c].encode(), rows[0][c]) for c in shared)
         names = [ENQUEUE_FIELDS[c].encode() for c in own[1:]]
         jobs = []
@@ -252,82 +213,8 @@ class Queue:
     def encode_batch(
         self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
     ) -> EncodedBatch:
-        """Validate and encode a batch for enqueue.lua. Raises before anything is written."""
-        if if_exists not in IF_EXISTS:
-            raise errors.InvalidArgument(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
-        generated = iter(_new_ids(sum(1 for item in items if item.job_id is None)))
-        rows = [self._row(item, n, generated) for n, item in enumerate(items)]
-        ids = [row[0] for row in rows]
-        if len(set(ids)) != len(ids):
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            raise errors.InvalidJobId(f"job ID(s) {dupes} appear more than once in the batch")
-        mode = "fresh" if all(item.job_id is None for item in items) else if_exists
-        # Values every job shares travel once; the rest once per job ("id" always per job).
-        shared = [c for c in range(1, len(ENQUEUE_FIELDS)) if len({row[c] for row in rows}) == 1]
-        own = [0] + [c for c in range(1, len(ENQUEUE_FIELDS)) if c not in shared]
-        # A shared value that equals the reader's default ("" means unset, json) need not be stored.
-        stored = [c for c in shared if rows[0][c] not in ("", "json")]
-        k = self.keys
-        argv: list[Any] = [
-            k.job_prefix, mode, "" if due_ms is None else due_ms, k.schedule_channel,
-            *(guard if guard else ("", "")), len(stored),
-        ]
-        for c in stored:
-            argv += (ENQUEUE_FIELDS[c], rows[0][c])
-        argv += (len(own), *(ENQUEUE_FIELDS[c] for c in own))
-        if len(own) == 1:  # itemgetter of one index returns the value, not a 1-tuple
-            argv.extend(row[0] for row in rows)
-        else:
-            argv.extend(itertools.chain.from_iterable(map(operator.itemgetter(*own), rows)))
-        return EncodedBatch([k.ready, k.wake, k.scheduled, k.cron, k.stats], argv, rows, shared, own)
-
-    def _row(self, item: EnqueueData, index: int, generated: Iterator[str]) -> list[Any]:
-        """The values of ENQUEUE_FIELDS for one job; raises before anything is written."""
-        job_id = check_job_id(item.job_id) if item.job_id is not None else next(generated)
-        if item.kwargs:
-            check_keywords(item.func, item.kwargs, _OPTION_NAMES + ("if_exists",))
-        payload = self._payload(item, index)
-        if item[4:] == _NO_OPTIONS:
-            return [job_id, function_path(item.func), payload, *self._default_options]
-        timeout = item.timeout if item.timeout is not None else self.default_timeout
-        if item.retry is not None and not isinstance(item.retry, Retry):
-            raise errors.InvalidArgument(f"retry must be a conveyor.Retry, got {item.retry!r}")
-        if item.max_deliveries is not None and (
-            isinstance(item.max_deliveries, bool) or not isinstance(item.max_deliveries, int) or item.max_deliveries < 1
-        ):
-            raise errors.InvalidArgument(f"max_deliveries must be an integer >= 1, got {item.max_deliveries!r}")
-        unique_lock = ""
-        unique_ttl: str | int = ""
-        if item.unique_key is not None:
-            if not isinstance(item.unique_key, str) or not item.unique_key or len(item.unique_key) > 200:
-                raise errors.InvalidArgument(f"unique_key must be a non-empty string of at most 200 characters, got {item.unique_key!r}")
-            unique_lock = self.keys.unique(item.unique_key)
-            unique_ttl = DEFAULT_UNIQUE_TTL if item.unique_ttl is None else check_ttl("unique_ttl", item.unique_ttl, allow_zero=False)
-            if unique_ttl == -1:
-                raise errors.InvalidArgument("unique_ttl must be a positive number of seconds")
-        elif item.unique_ttl is not None:
-            raise errors.InvalidArgument("unique_ttl needs a unique_key")
-        return [
-            job_id,
-            function_path(item.func),
-            payload,
-            self.serializer.name,
-            "" if timeout is None else repr(check_timeout(timeout)),
-            self._default_options[2] if item.result_ttl is None else check_ttl("result_ttl", item.result_ttl),
-            self._default_options[3] if item.failure_ttl is None else check_ttl("failure_ttl", item.failure_ttl),
-            item.retry.to_json() if item.retry is not None else "",
-            "" if item.max_deliveries is None else item.max_deliveries,
-            unique_lock,
-            unique_ttl,
-        ]
-
-    def _payload(self, item: EnqueueData, index: int) -> bytes:
-        try:
-            return self.serializer.dumps({"a": list(item.args), "k": item.kwargs})
-        except errors.SerializationError as exc:
-            where = _culprit(self.serializer, item)
-            prefix = f"job {index} of the batch: " if index else ""
-            raise errors.SerializationError(f"{prefix}{where}: {exc}") from None
+        """Validate and encode a batch for enqueue.lua (:mod:`conveyor.batch`). Raises before anything is written."""
+        return batch.encode_batch(self, items, if_exists, due_ms=due_ms, guard=guard)
 
     def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
@@ -367,27 +254,27 @@ class Queue:
     @property
     def prefetched(self) -> Registry:
         """Jobs a worker holds in its buffer: claimed, not running yet."""
-        return self.registry("prefetched")
+        return self.registry(Status.PREFETCHED)
 
     @property
     def started(self) -> Registry:
-        return self.registry("started")
+        return self.registry(Status.STARTED)
 
     @property
     def scheduled(self) -> Registry:
-        return self.registry("scheduled")
+        return self.registry(Status.SCHEDULED)
 
     @property
     def finished(self) -> Registry:
-        return self.registry("finished")
+        return self.registry(Status.FINISHED)
 
     @property
     def failed(self) -> Registry:
-        return self.registry("failed")
+        return self.registry(Status.FAILED)
 
     @property
     def canceled(self) -> Registry:
-        return self.registry("canceled")
+        return self.registry(Status.CANCELED)
 
     def worker_job_ids(self, worker_id: str) -> list[str]:
         """IDs of the jobs of this queue a worker holds a lease on."""
@@ -395,24 +282,3 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<Queue {self.name}>"
-
-
-def _new_ids(n: int) -> list[str]:
-    """n random 128-bit IDs in hex, drawn in one call (uuid4() per job costs more than the Lua)."""
-    blob = os.urandom(16 * n).hex()
-    return [blob[i : i + 32] for i in range(0, 32 * n, 32)]
-
-
-def _culprit(serializer: Serializer, item: EnqueueData) -> str:
-    """Name the first argument the serializer rejects, for the error message."""
-    for i, arg in enumerate(item.args):
-        try:
-            serializer.dumps(arg)
-        except errors.SerializationError:
-            return f"argument {i} ({type(arg).__name__})"
-    for name, arg in item.kwargs.items():
-        try:
-            serializer.dumps(arg)
-        except errors.SerializationError:
-            return f"keyword argument {name!r} ({type(arg).__name__})"
-    return "arguments"

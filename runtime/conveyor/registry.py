@@ -11,9 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import scripts, wire
+from .protocol import Field, Status
 
 if TYPE_CHECKING:
     from .queue import Queue
+
+# Scored by a deadline in ms (a lease's, or when a scheduled job is due) and listed whatever it
+# is; the registries of ended jobs are scored by expiry in seconds.
+_DEADLINES = (Status.PREFETCHED, Status.STARTED, Status.SCHEDULED)
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class Registry:
     def _live_min(self) -> str:
         # Leases are listed whatever their deadline (an expired one still marks a
         # started job until it is reaped); ended jobs only while they are kept.
-        return "-inf" if self.name in ("prefetched", "started", "scheduled") else repr(time.time())
+        return "-inf" if self.name in _DEADLINES else repr(time.time())
 
     @property
     def job_ids(self) -> list[str]:
@@ -55,7 +60,7 @@ class Registry:
         conn = self.queue.connection
         entries = conn.zrangebyscore(self.key, self._live_min(), "+inf", withscores=True)
         k = self.queue.keys
-        replies = scripts.execute(conn, lambda p: [p.hmget(k.job(j.decode()), "execution_id", "worker")
+        replies = scripts.execute(conn, lambda p: [p.hmget(k.job(j.decode()), Field.EXECUTION_ID, Field.WORKER)
                                                    for j, _ in entries])
         out = []
         for (job_id, score), (exec_id, worker) in zip(entries, replies):
@@ -64,7 +69,7 @@ class Registry:
                     job_id.decode(),
                     exec_id.decode() if exec_id else None,
                     worker.decode() if worker else None,
-                    score / 1000 if self.name in ("prefetched", "started", "scheduled") else score,
+                    score / 1000 if self.name in _DEADLINES else score,
                 )
             )
         return out

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .logs import indented, printable
+from .protocol import Status
 
-_LIVE = ("queued", "scheduled", "prefetched", "started")
+_LIVE = (Status.QUEUED, Status.SCHEDULED, Status.PREFETCHED, Status.STARTED)
 _UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
 
 
@@ -45,7 +46,7 @@ def lines(data: dict[str, Any], ago: Callable[[float | None], str]) -> list[str]
     """The text of ``job show`` for :func:`conveyor.admin.job_details`'s dict (without attempts)."""
     data = dict(data)
     status = data.get("status")
-    if "result" in data and status != "finished":
+    if "result" in data and status != Status.FINISHED:
         # A result of None is a result; a job that has not finished has none to show.
         data.pop("result")
         if status in _LIVE:

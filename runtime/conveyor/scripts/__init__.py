@@ -3,8 +3,9 @@
 Each ``*.lua`` file here is headed by its KEYS, ARGV and return values, and by a
 ``#!lua`` line with its Redis 7 flags: transitions that move or end existing work carry
 ``allow-oom``, so workers drain a full Redis that producers can no longer add to. At load
-time the return-code constants from :mod:`conveyor.errors` and ``_lib.lua`` are put after
-that line, so the codes have one definition and helpers are not copied.
+time :func:`conveyor.protocol.lua_prelude` (return codes, statuses as ``S_QUEUED``, job-hash
+fields as ``F_STATUS``) and ``_lib.lua`` are put after that line, so the wire names have one
+definition and helpers are not copied.
 
 Scripts run by EVALSHA inside ordinary pipelines. (redis-py's own Script objects send
 SCRIPT EXISTS before every pipeline, a second round trip on the hot path.) Every command
@@ -25,10 +26,10 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .. import errors, routing
+from .. import protocol, routing
 from ..connection import is_cluster
 
-_CODES = ("OK", "STALE", "MISSING", "WRONG_STATE", "EXISTS", "DUPLICATE")
+PRELUDE = protocol.lua_prelude()
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,8 @@ class Script:
         here = resources.files(__package__)
         body = here.joinpath(f"{self.name}.lua").read_text()
         shebang, _, rest = body.partition("\n") if body.startswith("#!") else ("", "", body)
-        consts = "".join(f"local {c} = {getattr(errors, c)}\n" for c in _CODES)
         lib = here.joinpath("_lib.lua").read_text()
-        return (shebang + "\n" if shebang else "") + consts + lib + "\n" + rest
+        return (shebang + "\n" if shebang else "") + PRELUDE + lib + "\n" + rest
 
     @cached_property
     def sha(self) -> str:

@@ -1,5 +1,6 @@
--- Shared helpers, prepended to every script by scripts/__init__.py (after the
--- return-code constants, which are generated from conveyor/errors.py).
+-- Shared helpers, prepended to every script by scripts/__init__.py (after the constants
+-- generated from conveyor/protocol.py: return codes such as OK, statuses such as S_QUEUED,
+-- job-hash fields such as F_STATUS; scripts use those, never the strings themselves).
 --
 -- Scripts validate before they mutate: a queue key of the wrong type stops a script
 -- before it changes anything (expect_types), and a bad job is dealt with on its own
@@ -23,9 +24,9 @@ local function now_s()
   return s + us / 1000000, s .. '.' .. string.format('%06d', us)
 end
 
-local STATUSES = {queued = true, scheduled = true, prefetched = true, started = true,
-  finished = true, failed = true, canceled = true}
-local LIVE = {prefetched = true, started = true}
+local STATUSES = {[S_QUEUED] = true, [S_SCHEDULED] = true, [S_PREFETCHED] = true, [S_STARTED] = true,
+  [S_FINISHED] = true, [S_FAILED] = true, [S_CANCELED] = true}
+local LIVE = {[S_PREFETCHED] = true, [S_STARTED] = true}
 
 -- Refuse to run, before any change, when a queue key holds the wrong type. spec is
 -- {key, type, key, type, ...}; returns an error reply to hand back, or nil.
@@ -74,15 +75,15 @@ local function decode_list(raw)
 end
 
 -- The fields a job must have right to be handled safely (read with HMGET in this order).
-local MALFORMED_FIELDS = {'status', 'attempts', 'timeout', 'result_ttl', 'failure_ttl', 'max_deliveries',
-  'unique_ttl', 'deliveries', 'retries', 'orphaned', 'due_at', 'enqueued_at'}
+local MALFORMED_FIELDS = {F_STATUS, F_ATTEMPTS, F_TIMEOUT, F_RESULT_TTL, F_FAILURE_TTL, F_MAX_DELIVERIES,
+  F_UNIQUE_TTL, F_DELIVERIES, F_RETRIES, F_ORPHANED, F_DUE_AT, F_ENQUEUED_AT}
 -- field, kind, lower bound, bound inclusive, empty allowed (doctor.py checks the same rules).
 local FIELD_RULES = {
-  {'timeout', 'number', 0, false, true}, {'result_ttl', 'integer', -1, true, true},
-  {'failure_ttl', 'integer', -1, true, true}, {'max_deliveries', 'integer', 1, true, true},
-  {'unique_ttl', 'integer', 1, true, true}, {'deliveries', 'integer', 0, true, false},
-  {'retries', 'integer', 0, true, false}, {'orphaned', 'integer', 0, true, false},
-  {'due_at', 'number', nil, true, true}, {'enqueued_at', 'number', nil, true, true},
+  {F_TIMEOUT, 'number', 0, false, true}, {F_RESULT_TTL, 'integer', -1, true, true},
+  {F_FAILURE_TTL, 'integer', -1, true, true}, {F_MAX_DELIVERIES, 'integer', 1, true, true},
+  {F_UNIQUE_TTL, 'integer', 1, true, true}, {F_DELIVERIES, 'integer', 0, true, false},
+  {F_RETRIES, 'integer', 0, true, false}, {F_ORPHANED, 'integer', 0, true, false},
+  {F_DUE_AT, 'number', nil, true, true}, {F_ENQUEUED_AT, 'number', nil, true, true},
 }
 
 local function strict_number(s)
@@ -95,10 +96,10 @@ end
 -- Why a job cannot be handled safely (its first bad field), or nil. f maps field -> value
 -- (a missing field is nil or false).
 local function malformed_reason(f)
-  local status = f.status
+  local status = f[F_STATUS]
   if not status then return 'status is missing' end
   if not STATUSES[status] then return "status '" .. string.sub(status, 1, 60) .. "' is unknown" end
-  local attempts = f.attempts
+  local attempts = f[F_ATTEMPTS]
   if attempts then
     local ok, v = pcall(cjson.decode, attempts)
     if not ok then return 'attempts is not valid JSON' end
@@ -131,15 +132,15 @@ end
 -- Append one attempt (execution ID, start, end, exception) to the job's history. An
 -- unreadable history is kept aside in attempts_unreadable and a new one begun.
 local function record_attempt(job_key, exc_type, exc_message, ended)
-  local f = redis.call('HMGET', job_key, 'attempts', 'execution_id', 'started_at')
+  local f = redis.call('HMGET', job_key, F_ATTEMPTS, F_EXECUTION_ID, F_STARTED_AT)
   local list = decode_list(f[1])
   if not list then
-    redis.call('HSET', job_key, 'attempts_unreadable', f[1])
+    redis.call('HSET', job_key, F_ATTEMPTS_UNREADABLE, f[1])
     list = {}
   end
   list[#list + 1] = {n = #list + 1, execution_id = f[2] or '', started_at = f[3] or '', ended_at = ended,
     exc_type = exc_type, exc_message = cut(exc_message, 1000)}
-  redis.call('HSET', job_key, 'attempts', cjson.encode(list))
+  redis.call('HSET', job_key, F_ATTEMPTS, cjson.encode(list))
 end
 
 -- Leave one wake token, so one blocked worker looks at the queue.
@@ -178,9 +179,9 @@ end
 
 -- Fail a job for good because it cannot be handled: the bad field stays for inspection.
 local function fail_malformed(key, id, reason, failed_key, default_ttl, now, now_str)
-  redis.call('HSET', key, 'status', 'failed', 'exc_type', 'MalformedJob', 'exc_message', reason,
-    'exc_traceback', '', 'ended_at', now_str)
-  local f = redis.call('HMGET', key, 'failure_ttl', 'unique_lock')
+  redis.call('HSET', key, F_STATUS, S_FAILED, F_EXC_TYPE, 'MalformedJob', F_EXC_MESSAGE, reason,
+    F_EXC_TRACEBACK, '', F_ENDED_AT, now_str)
+  local f = redis.call('HMGET', key, F_FAILURE_TTL, F_UNIQUE_LOCK)
   local score = retire(key, id, f[1], default_ttl, f[2], now)
   register(failed_key, score and {score, id} or {}, now)
 end
@@ -209,7 +210,7 @@ end
 
 -- The job's status, execution ID and suspect flag; a key of the wrong type reads as missing.
 local function owner_fields(job_key)
-  local cur = redis.pcall('HMGET', job_key, 'status', 'execution_id', 'suspect')
+  local cur = redis.pcall('HMGET', job_key, F_STATUS, F_EXECUTION_ID, F_SUSPECT)
   if cur.err then return {} end
   return cur
 end
@@ -238,7 +239,7 @@ local function settle(key, id, vals, failed_key, default_ttl, corrupt_key, now, 
   end
   if not vals[1] and redis.call('EXISTS', key) == 0 then return 'gone' end
   if not STATUSES[vals[1]] then
-    fail_malformed(key, id, malformed_reason({status = vals[1]}), failed_key, default_ttl, now, now_str)
+    fail_malformed(key, id, malformed_reason({[F_STATUS] = vals[1]}), failed_key, default_ttl, now, now_str)
     return 'bad'
   end
   return nil
@@ -255,24 +256,24 @@ local function lose(key, id, f, started, attempt_msg, why, default_max, failed_k
                     recovered_key, now, now_str)
   if started then
     local lost = (int(f[6]) or 0) + 1
-    redis.call('HSET', key, 'orphaned', lost)
+    redis.call('HSET', key, F_ORPHANED, lost)
     record_attempt(key, 'WorkerLost', attempt_msg, now_str)  -- reads the lost execution ID: clear it after
-    redis.call('HDEL', key, 'worker', 'execution_id')
+    redis.call('HDEL', key, F_WORKER, F_EXECUTION_ID)
     local max = int(f[3])
     if max == nil or max < 1 then max = int(default_max) or 3 end
     if lost >= max then
-      redis.call('HSET', key, 'status', 'failed', 'exc_type', 'Abandoned', 'exc_traceback', '',
-        'exc_message', 'abandoned ' .. lost .. ' times: its worker was lost each time (' .. why .. ')',
-        'ended_at', now_str)
-      redis.call('HDEL', key, 'suspect')
+      redis.call('HSET', key, F_STATUS, S_FAILED, F_EXC_TYPE, 'Abandoned', F_EXC_TRACEBACK, '',
+        F_EXC_MESSAGE, 'abandoned ' .. lost .. ' times: its worker was lost each time (' .. why .. ')',
+        F_ENDED_AT, now_str)
+      redis.call('HDEL', key, F_SUSPECT)
       local score = retire(key, id, f[4], default_ttl, f[5], now)
       register(failed_key, score and {score, id} or {}, now)
       return 'abandoned'
     end
   else
-    redis.call('HDEL', key, 'worker', 'execution_id')
+    redis.call('HDEL', key, F_WORKER, F_EXECUTION_ID)
   end
-  redis.call('HSET', key, 'status', 'queued', 'suspect', '1')
+  redis.call('HSET', key, F_STATUS, S_QUEUED, F_SUSPECT, '1')
   redis.call('RPUSH', recovered_key, id)
   return 'requeued'
 end
@@ -288,21 +289,21 @@ local function hand_back(jobs, prefix, worker, ready_key, recovered_key, prefetc
   for _, pair in ipairs(jobs) do
     local id, exec = pair[1], pair[2]
     local key = prefix .. id
-    local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'worker', 'suspect', 'deliveries')
+    local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_WORKER, F_SUSPECT, F_DELIVERIES)
     if f.err then f = {} end
     local code = owner_code(f[1], f[2], exec)
     if code == OK then
       unlease(id, prefetched_key, leases_key, nil)
-      if f[1] == 'started' then
-        redis.call('HSET', key, 'deliveries', math.max(0, (int(f[5]) or 1) - 1))
+      if f[1] == S_STARTED then
+        redis.call('HSET', key, F_DELIVERIES, math.max(0, (int(f[5]) or 1) - 1))
       end
-      redis.call('HSET', key, 'status', 'queued')
-      redis.call('HDEL', key, 'worker', 'started_at', 'execution_id')
+      redis.call('HSET', key, F_STATUS, S_QUEUED)
+      redis.call('HDEL', key, F_WORKER, F_STARTED_AT, F_EXECUTION_ID)
       if f[4] == '1' then suspects[#suspects + 1] = id else back[#back + 1] = id end
     elseif code == DUPLICATE then
       code = STALE  -- it ended already; nothing to hand back
     end
-    unclaim(claimed_key, id, code == OK and 'queued' or f[1], f[3], worker)
+    unclaim(claimed_key, id, code == OK and S_QUEUED or f[1], f[3], worker)
     codes[#codes + 1] = code
   end
   -- LPUSH reverses its arguments: push the last first so the first ends up at the head.

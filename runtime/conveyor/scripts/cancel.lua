@@ -11,23 +11,23 @@ local err = expect_types({KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'zset', KEY
 if err then return err end
 local id, exec = ARGV[2], ARGV[4]
 local key = ARGV[1] .. id
-local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'worker', 'failure_ttl', 'unique_lock')
+local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_WORKER, F_FAILURE_TTL, F_UNIQUE_LOCK)
 if f.err or not f[1] then return {MISSING} end
 local status = f[1]
-if status == 'queued' and exec == '' then
+if status == S_QUEUED and exec == '' then
   if redis.call('LREM', KEYS[1], 1, id) == 0 then redis.call('LREM', KEYS[4], 1, id) end
-elseif status == 'scheduled' and exec == '' then
+elseif status == S_SCHEDULED and exec == '' then
   redis.call('ZREM', KEYS[3], id)
-elseif status == 'prefetched' and exec ~= '' and f[2] == exec then
+elseif status == S_PREFETCHED and exec ~= '' and f[2] == exec then
   redis.call('ZREM', KEYS[5], id)
   if f[3] then redis.pcall('SREM', ARGV[5] .. f[3], id) end
-  redis.call('HDEL', key, 'execution_id', 'worker')
+  redis.call('HDEL', key, F_EXECUTION_ID, F_WORKER)
 else
   return {WRONG_STATE, status, f[3] or ''}
 end
 local now, now_str = now_s()
-redis.call('HSET', key, 'status', 'canceled', 'ended_at', now_str)
-redis.call('HDEL', key, 'suspect')
+redis.call('HSET', key, F_STATUS, S_CANCELED, F_ENDED_AT, now_str)
+redis.call('HDEL', key, F_SUSPECT)
 local score = retire(key, id, f[4], ARGV[3], f[5], now)
 register(KEYS[2], score and {score, id} or {}, now)
 return {OK}

@@ -19,7 +19,7 @@ local err = expect_types({KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEY
 if err then return err end
 local prefix, n, k, lease_ms, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local exec_prefix, seq, may_suspect, failure_ttl, corrupt = ARGV[6], tonumber(ARGV[7]), ARGV[8] == '1', ARGV[9], ARGV[10]
-local fields = {'suspect', unpack(MALFORMED_FIELDS)}
+local fields = {F_SUSPECT, unpack(MALFORMED_FIELDS)}
 local nv = #fields
 for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 
@@ -39,7 +39,7 @@ local function take(id, suspect_list)
   end
   local status = vals[2]
   if not status and redis.call('EXISTS', key) == 0 then return end  -- deleted: nothing to run
-  if status ~= 'queued' and STATUSES[status] then return end  -- a stale entry: it lives elsewhere
+  if status ~= S_QUEUED and STATUSES[status] then return end  -- a stale entry: it lives elsewhere
   local f = {}
   for i = 2, nv do f[fields[i]] = vals[i] end
   local reason = malformed_reason(f)
@@ -56,22 +56,22 @@ local function take(id, suspect_list)
   if now_start then
     nstarted = nstarted + 1
     deliveries = deliveries + 1
-    redis.call('HSET', key, 'status', 'started', 'execution_id', exec, 'worker', worker,
-      'started_at', now_str, 'deliveries', deliveries)
+    redis.call('HSET', key, F_STATUS, S_STARTED, F_EXECUTION_ID, exec, F_WORKER, worker,
+      F_STARTED_AT, now_str, F_DELIVERIES, deliveries)
     started[#started + 1] = deadline
     started[#started + 1] = id
   else
-    redis.call('HSET', key, 'status', 'prefetched', 'execution_id', exec, 'worker', worker)
+    redis.call('HSET', key, F_STATUS, S_PREFETCHED, F_EXECUTION_ID, exec, F_WORKER, worker)
     prefetched[#prefetched + 1] = deadline
     prefetched[#prefetched + 1] = id
   end
   claimed[#claimed + 1] = id
   out[#out + 1] = id
   out[#out + 1] = exec
-  out[#out + 1] = now_start and 'started' or 'prefetched'
+  out[#out + 1] = now_start and S_STARTED or S_PREFETCHED
   out[#out + 1] = vals[1] or ''
   for i = nv + 1, #fields do
-    out[#out + 1] = fields[i] == 'deliveries' and tostring(deliveries) or vals[i]
+    out[#out + 1] = fields[i] == F_DELIVERIES and tostring(deliveries) or vals[i]
   end
 end
 

@@ -14,22 +14,23 @@ local codes, entries = {}, {}
 for i = 4, #ARGV, 3 do
   local id, exec, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'result_ttl', 'unique_lock', 'retries', 'orphaned', 'worker')
+  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_RESULT_TTL, F_UNIQUE_LOCK, F_RETRIES, F_ORPHANED,
+    F_WORKER)
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
     unlease(id, KEYS[2], KEYS[1], nil)
     -- Jobs that failed or lost a worker before keep a history; the success ends it.
     if (int(f[5]) or 0) > 0 or (int(f[6]) or 0) > 0 then record_attempt(key, '', '', now_str) end
-    redis.call('HSET', key, 'status', 'finished', 'result', result, 'ended_at', now_str)
-    redis.call('HDEL', key, 'suspect', 'exc_type', 'exc_message', 'exc_traceback')
+    redis.call('HSET', key, F_STATUS, S_FINISHED, F_RESULT, result, F_ENDED_AT, now_str)
+    redis.call('HDEL', key, F_SUSPECT, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK)
     local score = retire(key, id, f[3], default_ttl, f[4], now)
     if score then
       entries[#entries + 1] = score
       entries[#entries + 1] = id
     end
   end
-  unclaim(KEYS[3], id, code == OK and 'finished' or f[1], f[7], worker)
+  unclaim(KEYS[3], id, code == OK and S_FINISHED or f[1], f[7], worker)
   codes[#codes + 1] = code
 end
 register(KEYS[4], entries, now)

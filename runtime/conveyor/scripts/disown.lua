@@ -17,7 +17,7 @@ local prefix, exec_prefix = ARGV[1], ARGV[3]
 local first, last = tonumber(ARGV[4]) + 1, tonumber(ARGV[4]) + tonumber(ARGV[5])
 local mine, ids = {}, {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-  local exec = redis.pcall('HGET', prefix .. id, 'execution_id')
+  local exec = redis.pcall('HGET', prefix .. id, F_EXECUTION_ID)
   if type(exec) == 'string' and exec:sub(1, #exec_prefix) == exec_prefix then
     local seq = tonumber(exec:sub(#exec_prefix + 1))
     if seq and seq >= first and seq <= last then

@@ -22,13 +22,13 @@ local prefix, mode, due, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local guard, tick = ARGV[5], ARGV[6]
 local nc = tonumber(ARGV[7])
 local _, now_str = now_s()
-local status = due == '' and 'queued' or 'scheduled'
-local h = {'status', status, 'enqueued_at', now_str}
-if due ~= '' then h[#h + 1] = 'due_at'; h[#h + 1] = due end
+local status = due == '' and S_QUEUED or S_SCHEDULED
+local h = {F_STATUS, status, F_ENQUEUED_AT, now_str}
+if due ~= '' then h[#h + 1] = F_DUE_AT; h[#h + 1] = due end
 local lock_at, ttl_at, lock_val, ttl_val
 for i = 8, 7 + 2 * nc, 2 do
   h[#h + 1] = ARGV[i]; h[#h + 1] = ARGV[i + 1]
-  if ARGV[i] == 'unique_lock' then lock_val = ARGV[i + 1] elseif ARGV[i] == 'unique_ttl' then ttl_val = ARGV[i + 1] end
+  if ARGV[i] == F_UNIQUE_LOCK then lock_val = ARGV[i + 1] elseif ARGV[i] == F_UNIQUE_TTL then ttl_val = ARGV[i + 1] end
 end
 local names = 9 + 2 * nc
 local nf = tonumber(ARGV[names - 1])
@@ -36,7 +36,7 @@ local first = names + nf
 local shared = #h
 for f = 1, nf - 1 do
   h[shared + 2 * f - 1] = ARGV[names + f]
-  if ARGV[names + f] == 'unique_lock' then lock_at = f elseif ARGV[names + f] == 'unique_ttl' then ttl_at = f end
+  if ARGV[names + f] == F_UNIQUE_LOCK then lock_at = f elseif ARGV[names + f] == F_UNIQUE_TTL then ttl_at = f end
 end
 
 if guard ~= '' then

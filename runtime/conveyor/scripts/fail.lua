@@ -14,15 +14,15 @@ local codes, entries = {}, {}
 for i = 5, #ARGV, 5 do
   local id, exec = ARGV[i], ARGV[i + 1]
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'failure_ttl', 'unique_lock', 'worker')
+  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WORKER)
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
     unlease(id, KEYS[2], KEYS[1], nil)
     record_attempt(key, ARGV[i + 2], ARGV[i + 3], now_str)
-    redis.call('HSET', key, 'status', final, 'exc_type', ARGV[i + 2], 'exc_message', ARGV[i + 3],
-      'exc_traceback', ARGV[i + 4], 'ended_at', now_str)
-    redis.call('HDEL', key, 'suspect')
+    redis.call('HSET', key, F_STATUS, final, F_EXC_TYPE, ARGV[i + 2], F_EXC_MESSAGE, ARGV[i + 3],
+      F_EXC_TRACEBACK, ARGV[i + 4], F_ENDED_AT, now_str)
+    redis.call('HDEL', key, F_SUSPECT)
     local score = retire(key, id, f[3], default_ttl, f[4], now)
     if score then
       entries[#entries + 1] = score

@@ -16,10 +16,10 @@ local moved = 0
 for _, id in ipairs(ids) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
     local key = prefix .. id
-    local vals = redis.pcall('HMGET', key, 'status')
+    local vals = redis.pcall('HMGET', key, F_STATUS)
     local gone = settle(key, id, vals, KEYS[4], ARGV[3], ARGV[4] .. id, now_sec, now_str)
-    if not gone and vals[1] == 'scheduled' then
-      redis.call('HSET', key, 'status', 'queued')
+    if not gone and vals[1] == S_SCHEDULED then
+      redis.call('HSET', key, F_STATUS, S_QUEUED)
       redis.call('RPUSH', KEYS[2], id)
       moved = moved + 1
     end

@@ -11,9 +11,9 @@ local function drop(ids)
   local n = 0
   for _, id in ipairs(ids) do
     local key = prefix .. id
-    local f = redis.pcall('HMGET', key, 'status', 'unique_lock')
+    local f = redis.pcall('HMGET', key, F_STATUS, F_UNIQUE_LOCK)
     -- Only waiting jobs: a stale entry of a job that moved on is dropped, the job kept.
-    if not f.err and (f[1] == 'queued' or f[1] == 'scheduled') then
+    if not f.err and (f[1] == S_QUEUED or f[1] == S_SCHEDULED) then
       if f[2] and redis.pcall('GET', f[2]) == id then redis.call('DEL', f[2]) end
       redis.call('DEL', key)
       n = n + 1

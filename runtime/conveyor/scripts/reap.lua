@@ -17,9 +17,9 @@ local requeued, abandoned = {}, {}
 
 local function recover(id, started)
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, 'status', 'worker', 'max_deliveries', 'failure_ttl', 'unique_lock', 'orphaned')
+  local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED)
   if settle(key, id, f, KEYS[4], ARGV[5], ARGV[6] .. id, now, now_str) then return end
-  if f[1] ~= (started and 'started' or 'prefetched') then return end  -- it moved on: a stale entry
+  if f[1] ~= (started and S_STARTED or S_PREFETCHED) then return end  -- it moved on: a stale entry
   if f[2] then redis.pcall('SREM', claimed_prefix .. f[2], id) end
   local outcome = lose(key, id, f, started, 'lease expired: the worker running it was lost', 'lease expired',
     ARGV[4], KEYS[4], ARGV[5], KEYS[3], now, now_str)

@@ -18,12 +18,12 @@ local requeued, abandoned = {}, {}
 
 local function recover(id)
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, 'status', 'worker', 'max_deliveries', 'failure_ttl', 'unique_lock', 'orphaned')
+  local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED)
   local settled = settle(key, id, f, KEYS[4], ARGV[4], ARGV[5] .. id, now, now_str)
   -- Another worker's lease (the job was reaped and claimed again) is not ours to take.
   if settled or not LIVE[f[1]] or f[2] ~= worker then return end
   unlease(id, KEYS[2], KEYS[1], nil)
-  local outcome = lose(key, id, f, f[1] ~= 'prefetched', reason, cut(reason, 200), ARGV[3], KEYS[4], ARGV[4],
+  local outcome = lose(key, id, f, f[1] ~= S_PREFETCHED, reason, cut(reason, 200), ARGV[3], KEYS[4], ARGV[4],
     KEYS[3], now, now_str)
   if outcome == 'abandoned' then abandoned[#abandoned + 1] = id else requeued[#requeued + 1] = id end
 end

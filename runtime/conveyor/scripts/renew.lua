@@ -13,7 +13,7 @@ for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local f = owner_fields(prefix .. id)
   if owner_code(f[1], f[2], ARGV[i + 1]) == OK then
-    redis.call('ZADD', f[1] == 'started' and KEYS[2] or KEYS[1], 'XX', deadline, id)
+    redis.call('ZADD', f[1] == S_STARTED and KEYS[2] or KEYS[1], 'XX', deadline, id)
   else
     lost[#lost + 1] = ARGV[i + 1]
   end

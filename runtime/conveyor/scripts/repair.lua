@@ -19,10 +19,12 @@ local K = {ready = KEYS[1], recovered = KEYS[2], wake = KEYS[3], prefetched = KE
 local TYPES = {ready = 'list', recovered = 'list', wake = 'list', prefetched = 'zset', leases = 'zset',
   scheduled = 'zset', finished = 'zset', failed = 'zset', canceled = 'zset'}
 local REGISTRY = {finished = true, failed = true, canceled = true}
-local HOME = {queued = {'ready', 'recovered'}, scheduled = {'scheduled'}, prefetched = {'prefetched'},
-  started = {'leases'}, finished = {'finished'}, failed = {'failed'}, canceled = {'canceled'}}
-local FIELDS = {'status', 'worker', 'exc_type', 'attempts', 'timeout', 'result_ttl', 'failure_ttl',
-  'max_deliveries', 'unique_ttl', 'deliveries', 'retries', 'orphaned', 'due_at', 'enqueued_at', 'unique_lock'}
+-- Where a job of each status is listed. The zsets of prefetched, scheduled and ended jobs are
+-- named after that status (conveyor/keys.py), so there a status doubles as the place's name.
+local HOME = {[S_QUEUED] = {'ready', 'recovered'}, [S_SCHEDULED] = {S_SCHEDULED}, [S_PREFETCHED] = {S_PREFETCHED},
+  [S_STARTED] = {'leases'}, [S_FINISHED] = {S_FINISHED}, [S_FAILED] = {S_FAILED}, [S_CANCELED] = {S_CANCELED}}
+local FIELDS = {F_STATUS, F_WORKER, F_EXC_TYPE, F_ATTEMPTS, F_TIMEOUT, F_RESULT_TTL, F_FAILURE_TTL,
+  F_MAX_DELIVERIES, F_UNIQUE_TTL, F_DELIVERIES, F_RETRIES, F_ORPHANED, F_DUE_AT, F_ENQUEUED_AT, F_UNIQUE_LOCK}
 local now, now_str = now_s()
 
 local function type_of(key) return redis.call('TYPE', key).ok end
@@ -53,7 +55,7 @@ end
 -- Why the job is malformed (the first bad field), or nil: _lib.lua's rule, doctor.field_problem in Python.
 local problem = malformed_reason
 
-local function quarantined(f) return f.status == 'failed' and f.exc_type == 'MalformedJob' end
+local function quarantined(f) return f[F_STATUS] == S_FAILED and f[F_EXC_TYPE] == 'MalformedJob' end
 
 -- A sound job hash (or one already failed as malformed), or nil.
 local function sound_job(id)
@@ -91,10 +93,10 @@ local function at_home(status, id)
   return false
 end
 local function allowed(f, place)
-  for _, p in ipairs(HOME[f.status]) do
+  for _, p in ipairs(HOME[f[F_STATUS]]) do
     if p == place then return true end
   end
-  return (f.status == 'prefetched' or f.status == 'started') and f.worker ~= nil and place == 'claimed:' .. f.worker
+  return LIVE[f[F_STATUS]] and f[F_WORKER] ~= nil and place == 'claimed:' .. f[F_WORKER]
 end
 
 -- Rename a key aside (kept for inspection, with the failure TTL); never over an earlier one.
@@ -142,18 +144,18 @@ fix.malformed_job = function(id)
     local f = read_job(key)
     message = problem(f)
     -- A running job's worker finishes it; a held one is the lease reaper's.
-    if not message or quarantined(f) or f.status == 'prefetched' or f.status == 'started' then return WRONG_STATE end
-    worker = f.worker
-    local lock = f.unique_lock
+    if not message or quarantined(f) or LIVE[f[F_STATUS]] then return WRONG_STATE end
+    worker = f[F_WORKER]
+    local lock = f[F_UNIQUE_LOCK]
     if lock and string.sub(lock, 1, #base) == base and usable(lock, 'string') and redis.call('GET', lock) == id then
       redis.call('DEL', lock)
     end
   end
-  redis.call('HSET', key, 'status', 'failed', 'exc_type', 'MalformedJob', 'exc_message', message,
-    'exc_traceback', '', 'ended_at', now_str)
+  redis.call('HSET', key, F_STATUS, S_FAILED, F_EXC_TYPE, 'MalformedJob', F_EXC_MESSAGE, message,
+    F_EXC_TRACEBACK, '', F_ENDED_AT, now_str)
   redis.call('EXPIRE', key, ttl)
   for place, _ in pairs(TYPES) do
-    if place ~= 'wake' and place ~= 'failed' then remove(place, id) end
+    if place ~= 'wake' and K[place] ~= K.failed then remove(place, id) end
   end
   if worker then remove('claimed:' .. worker, id) end
   redis.call('ZADD', K.failed, now + ttl, id)
@@ -162,28 +164,28 @@ end
 
 fix.unlisted_job = function(id, seen, deadline)
   local f = sound_job(id)
-  if not f or f.status ~= seen or not queue_usable() then return WRONG_STATE end
-  local status = f.status
-  if status == 'prefetched' or status == 'started' then
+  if not f or f[F_STATUS] ~= seen or not queue_usable() then return WRONG_STATE end
+  local status = f[F_STATUS]
+  if status == S_PREFETCHED or status == S_STARTED then
     local changed = false
     local zset = K[HOME[status][1]]
     if not redis.call('ZSCORE', zset, id) then
       redis.call('ZADD', zset, deadline, id)
       changed = true
     end
-    if f.worker and f.worker ~= '' and not present('claimed:' .. f.worker, id)
-        and usable(base .. 'claimed:' .. f.worker, 'set') then
-      redis.call('SADD', base .. 'claimed:' .. f.worker, id)
+    if f[F_WORKER] and f[F_WORKER] ~= '' and not present('claimed:' .. f[F_WORKER], id)
+        and usable(base .. 'claimed:' .. f[F_WORKER], 'set') then
+      redis.call('SADD', base .. 'claimed:' .. f[F_WORKER], id)
       changed = true
     end
     return changed and OK or WRONG_STATE
   end
   if at_home(status, id) then return WRONG_STATE end
-  if status == 'queued' then
+  if status == S_QUEUED then
     redis.call('RPUSH', K.ready, id)
     wake(K.wake)
-  elseif status == 'scheduled' then
-    local due = (f.due_at and f.due_at ~= '') and f.due_at or tostring(now_ms())
+  elseif status == S_SCHEDULED then
+    local due = (f[F_DUE_AT] and f[F_DUE_AT] ~= '') and f[F_DUE_AT] or tostring(now_ms())
     redis.call('ZADD', K.scheduled, due, id)
     redis.call('PUBLISH', channel, due)
   else
@@ -195,7 +197,7 @@ end
 
 fix.duplicate_entry = function(id)
   local f = sound_job(id)
-  if not f or f.status ~= 'queued' or not queue_usable() then return WRONG_STATE end
+  if not f or f[F_STATUS] ~= S_QUEUED or not queue_usable() then return WRONG_STATE end
   local r = #redis.call('LPOS', K.ready, id, 'COUNT', 0)
   local v = #redis.call('LPOS', K.recovered, id, 'COUNT', 0)
   if r + v <= 1 then return WRONG_STATE end
@@ -213,7 +215,7 @@ fix.misplaced_entry = function(id, place)
   local f = sound_job(id)
   if not f or not place_key(place) or not queue_usable() then return WRONG_STATE end
   -- Never remove what may be the job's only trace.
-  if allowed(f, place) or not at_home(f.status, id) or not present(place, id) then return WRONG_STATE end
+  if allowed(f, place) or not at_home(f[F_STATUS], id) or not present(place, id) then return WRONG_STATE end
   remove(place, id)
   return OK
 end
@@ -222,8 +224,8 @@ fix.stale_claimed_set = function(id, place)
   if string.sub(place, 1, 8) ~= 'claimed:' or not present(place, id) then return WRONG_STATE end
   local key = base .. 'job:' .. id
   if type_of(key) == 'hash' then
-    local f = redis.call('HMGET', key, 'status', 'worker')
-    if (f[1] == 'prefetched' or f[1] == 'started') and f[2] and place == 'claimed:' .. f[2] then return WRONG_STATE end
+    local f = redis.call('HMGET', key, F_STATUS, F_WORKER)
+    if (f[1] == S_PREFETCHED or f[1] == S_STARTED) and f[2] and place == 'claimed:' .. f[2] then return WRONG_STATE end
   end
   redis.call('SREM', base .. place, id)  -- the set goes when its last member does
   return OK

@@ -15,14 +15,14 @@ local moved = 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local key = prefix .. id
-  local status = redis.pcall('HGET', key, 'status')
+  local status = redis.pcall('HGET', key, F_STATUS)
   if type(status) ~= 'string' then
     codes[#codes + 1] = MISSING
-  elseif status ~= 'failed' then
+  elseif status ~= S_FAILED then
     codes[#codes + 1] = WRONG_STATE
   else
     -- fail.lua and a lost worker record the attempt that ended the job, ending when it did.
-    local e = redis.call('HMGET', key, 'exc_type', 'exc_message', 'ended_at', 'attempts')
+    local e = redis.call('HMGET', key, F_EXC_TYPE, F_EXC_MESSAGE, F_ENDED_AT, F_ATTEMPTS)
     if e[1] and e[1] ~= '' then
       local list = decode_list(e[4])
       local last = list and list[#list]
@@ -30,10 +30,10 @@ for i = 2, #ARGV do
     end
     redis.call('ZREM', KEYS[2], id)
     redis.call('PERSIST', key)
-    redis.call('HSET', key, 'status', 'queued', 'retries', 0, 'orphaned', 0)
-    redis.call('HDEL', key, 'suspect')
+    redis.call('HSET', key, F_STATUS, S_QUEUED, F_RETRIES, 0, F_ORPHANED, 0)
+    redis.call('HDEL', key, F_SUSPECT)
     -- Take its unique key back, unless another live job holds it now.
-    local u = redis.call('HMGET', key, 'unique_lock', 'unique_ttl')
+    local u = redis.call('HMGET', key, F_UNIQUE_LOCK, F_UNIQUE_TTL)
     if u[1] and u[1] ~= '' then
       local holder = redis.pcall('GET', u[1])
       if type(holder) ~= 'string' or redis.call('EXISTS', prefix .. holder) == 0 then
@@ -41,7 +41,7 @@ for i = 2, #ARGV do
         redis.call('SET', u[1], id, 'EX', (ttl and ttl > 0) and ttl or 3600)
       end
     end
-    redis.call('HDEL', key, 'ended_at', 'worker', 'exc_type', 'exc_message', 'exc_traceback')
+    redis.call('HDEL', key, F_ENDED_AT, F_WORKER, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK)
     redis.call('RPUSH', KEYS[1], id)
     moved = moved + 1
     codes[#codes + 1] = OK

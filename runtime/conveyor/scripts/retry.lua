@@ -18,29 +18,29 @@ local woke = false
 for i = 4, #ARGV, 6 do
   local id, exec, delay = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 5]) or 0
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'worker', 'retries')
+  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_WORKER, F_RETRIES)
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
     unlease(id, KEYS[2], KEYS[1], nil)
     record_attempt(key, ARGV[i + 2], ARGV[i + 3], now_str)
-    redis.call('HSET', key, 'exc_type', ARGV[i + 2], 'exc_message', ARGV[i + 3], 'exc_traceback', ARGV[i + 4],
-      'retries', (int(f[4]) or 0) + 1)
-    redis.call('HDEL', key, 'worker', 'suspect')
+    redis.call('HSET', key, F_EXC_TYPE, ARGV[i + 2], F_EXC_MESSAGE, ARGV[i + 3], F_EXC_TRACEBACK, ARGV[i + 4],
+      F_RETRIES, (int(f[4]) or 0) + 1)
+    redis.call('HDEL', key, F_WORKER, F_SUSPECT)
     if delay <= 0 then
-      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HSET', key, F_STATUS, S_QUEUED)
       redis.call('RPUSH', KEYS[4], id)
       woke = true
     else
       local due = now + delay
-      redis.call('HSET', key, 'status', 'scheduled', 'due_at', due)
+      redis.call('HSET', key, F_STATUS, S_SCHEDULED, F_DUE_AT, due)
       redis.call('ZADD', KEYS[5], due, id)
       redis.call('PUBLISH', channel, due)
     end
     -- The status is no longer live: a repeat of this call must see DUPLICATE, not a
     -- second retry. owner_code does that by status; keep the execution ID as is.
   end
-  unclaim(KEYS[3], id, code == OK and 'queued' or f[1], f[3], worker)
+  unclaim(KEYS[3], id, code == OK and S_QUEUED or f[1], f[3], worker)
   codes[#codes + 1] = code
 end
 if woke then wake(KEYS[6]) end

@@ -13,19 +13,19 @@ local codes = {}
 for i = 3, #ARGV, 2 do
   local id, exec = ARGV[i], ARGV[i + 1]
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, 'status', 'execution_id', 'deliveries')
+  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_DELIVERIES)
   local code
   if f.err or not f[1] then
     code = MISSING
   elseif f[2] ~= exec then
     code = STALE
-  elseif f[1] == 'started' then
+  elseif f[1] == S_STARTED then
     code = DUPLICATE
-  elseif f[1] ~= 'prefetched' then
+  elseif f[1] ~= S_PREFETCHED then
     code = STALE
   else
     code = OK
-    redis.call('HSET', key, 'status', 'started', 'started_at', now_str, 'deliveries', (int(f[3]) or 0) + 1)
+    redis.call('HSET', key, F_STATUS, S_STARTED, F_STARTED_AT, now_str, F_DELIVERIES, (int(f[3]) or 0) + 1)
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], deadline, id)
   end

@@ -20,9 +20,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from .. import calls, errors, keys
-from ..calls import RUN_FIELDS
+from .. import calls, keys
 from ..connection import cause
+from ..protocol import RUN_FIELDS, Code, Status
 from ..settings import WorkerSettings
 from .claimed import Claimed, Ended
 from .link import LinkDown, RedisLink
@@ -32,6 +32,7 @@ from .runner import Runner
 log = logging.getLogger("conveyor.worker")
 
 _OUTCOMES = {"complete": "succeeded", "fail": "failed", "retry": "retried", "stop": "stopped"}  # metric labels
+_STARTED = Status.STARTED.encode()  # in claim.lua's reply
 _RETRY_FIRST, _RETRY_MAX = 0.1, 5.0  # seconds: backoff of a part Redis refused
 
 
@@ -195,7 +196,7 @@ class Flow:
                 calls.complete(pipe, k, self.id, s.result_ttl, [(e.job.id, e.job.execution_id, e.outcome.result)
                                                                for e in items])
             elif kind in ("fail", "stop"):
-                calls.fail(pipe, k, self.id, "failed" if kind == "fail" else "canceled", s.failure_ttl,
+                calls.fail(pipe, k, self.id, Status.FAILED if kind == "fail" else Status.CANCELED, s.failure_ttl,
                            [(e.job.id, e.job.execution_id, e.outcome.exc_type, e.outcome.exc_message,
                              e.outcome.traceback) for e in items])
             elif kind == "retry":
@@ -229,7 +230,7 @@ class Flow:
         self.refusals.accepted(part)
         if kind == "start":
             for job, code in zip(items, reply):
-                if code in (errors.OK, errors.DUPLICATE):
+                if code in (Code.OK, Code.DUPLICATE):
                     job.recorded_start = True
                 else:
                     self.runner.lease_lost(job, "it was taken back (canceled or recovered) just as it started")
@@ -299,7 +300,7 @@ class Flow:
         self._done_with(job)
         extra = {"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
                  "duration": round(e.duration, 6), "event": kind}
-        if code in (errors.OK, errors.DUPLICATE):
+        if code in (Code.OK, Code.DUPLICATE):
             outcome = _OUTCOMES[kind]
             self.stats["finished" if kind == "complete" else outcome] += 1
             getattr(m, outcome).inc()
@@ -321,7 +322,7 @@ class Flow:
                             job.queue, e.duration, o.exc_type, o.exc_message,
                             extra=self._with_traceback(extra, o.traceback))
                 self._debug_traceback(extra, o.traceback)
-        elif code == errors.STALE:
+        elif code == Code.STALE:
             self.stats["stale_completions"] += 1
             self.metrics.stale.inc()
             log.warning("job %s: execution %s no longer holds the lease; its outcome was discarded",
@@ -342,7 +343,7 @@ class Flow:
 
     def _released(self, job: Claimed, code: int) -> None:
         self._done_with(job)
-        if code == errors.OK:
+        if code == Code.OK:
             self.stats["released"] += 1
             self.metrics.released.labels(job.queue).inc()
             log.info("job %s handed back to queue %s (execution %s)", job.id, job.queue, job.execution_id,
@@ -352,7 +353,7 @@ class Flow:
 
     def _canceled(self, job: Claimed, code: int) -> None:
         self._done_with(job)
-        if code == errors.OK:
+        if code == Code.OK:
             self.stats["canceled"] += 1
             log.info("job %s canceled before it started (execution %s, queue %s)", job.id, job.execution_id,
                      job.queue, extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
@@ -378,7 +379,7 @@ def parse_claim(queue: str, reply: list[Any], default_timeout: float, lease_unti
             job = Claimed(queue, job_id.decode(errors="replace"), exec_id.decode(), None, None, "json",
                           default_timeout, 0, None)
             job.malformed = f"unreadable job field: {exc}"
-        job.recorded_start = state == b"started"
+        job.recorded_start = state == _STARTED
         job.suspect = suspect == b"1"
         job.lease_until = lease_until
         out.append(job)
