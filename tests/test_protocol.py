@@ -133,10 +133,7 @@ def test_a_stopped_job_ends_in_the_canceled_registry() -> None:
 
 
 def test_enqueue_sends_the_declared_keys() -> None:
-    queue: Any = SimpleNamespace(keys=K, serializer=get_serializer("json"), default_timeout=None, result_ttl=None,
-                                 failure_ttl=None)
-    queue._defaults = batch.default_options(queue)
-    queue._default_values = tuple(queue._defaults)
+    queue = batch.Encoding(K, get_serializer("json"))
     encoded = batch.encode_batch(queue, [batch.EnqueueData("os:getpid")], "error")
     assert tuple(encoded.keys) == KEYS["enqueue"]
 
@@ -225,11 +222,8 @@ def test_lua_field_rules_match_doctors() -> None:
 def test_a_job_with_every_option_encodes_each_under_its_field() -> None:
     from conveyor import Retry
 
-    queue: Any = SimpleNamespace(keys=K, serializer=get_serializer("json"), default_timeout=None, result_ttl=None,
-                                 failure_ttl=None)
-    queue.keys = SimpleNamespace(unique=lambda key: f"unique:{key}")
-    queue._defaults = batch.default_options(queue)
-    queue._default_values = tuple(queue._defaults)
+    unique_only: Any = SimpleNamespace(unique=lambda key: f"unique:{key}")
+    queue = batch.Encoding(unique_only, get_serializer("json"))
     item = batch.EnqueueData("os:getpid", (1,), {}, "the-id", 2.5, 11, 22, Retry(max=3), 4, "u", 33)
     [row] = [batch._row(queue, item, 0, iter(()))]
     assert dict(zip(protocol.ENQUEUE_FIELDS, row, strict=True)) == {
@@ -238,4 +232,4 @@ def test_a_job_with_every_option_encodes_each_under_its_field() -> None:
         "unique_lock": "unique:u", "unique_ttl": 33,
     }
     plain = batch._row(queue, batch.EnqueueData("os:getpid"), 0, iter(["gen"]))
-    assert dict(zip(protocol.ENQUEUE_FIELDS[3:], plain[3:], strict=True)) == queue._defaults._asdict()
+    assert dict(zip(protocol.ENQUEUE_FIELDS[3:], plain[3:], strict=True)) == queue.defaults._asdict()

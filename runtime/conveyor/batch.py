@@ -12,16 +12,15 @@ import itertools
 import operator
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from . import errors
+from .keys import QueueKeys
 from .protocol import ENQUEUE_FIELDS, EnqueueOptions
 from .retry import Retry
 from .serializers import Serializer
 from .validation import check_job_id, check_keywords, check_timeout, check_ttl, function_path
-
-if TYPE_CHECKING:
-    from .queue import Queue
 
 DEFAULT_UNIQUE_TTL = 3600
 IF_EXISTS = ("error", "ignore")
@@ -53,19 +52,34 @@ class EncodedBatch(NamedTuple):
     own: list[int]  # columns sent per job, 0 ("id") first
 
 
-def default_options(queue: Queue) -> EnqueueOptions:
-    """The options of a job of ``queue`` that sets none of its own."""
-    return EnqueueOptions(
-        ser=queue.serializer.name,
-        timeout="" if queue.default_timeout is None else repr(queue.default_timeout),
-        result_ttl="" if queue.result_ttl is None else queue.result_ttl,
-        failure_ttl="" if queue.failure_ttl is None else queue.failure_ttl,
-        retry="", max_deliveries="", unique_lock="", unique_ttl="",
-    )
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """What encoding a queue's jobs needs: its keys, serializer and default options. No
+    connection: the sync client, the scheduler on its asyncio client, and any other caller
+    encode through the same code. The options are checked by the caller (:class:`Queue`)."""
+
+    keys: QueueKeys
+    serializer: Serializer
+    default_timeout: float | None = None
+    result_ttl: int | None = None
+    failure_ttl: int | None = None
+    defaults: EnqueueOptions = field(init=False)  # of a job that sets none of its own
+    default_values: tuple[Any, ...] = field(init=False)  # the same as a plain tuple: a list display copies it fastest
+
+    def __post_init__(self) -> None:
+        defaults = EnqueueOptions(
+            ser=self.serializer.name,
+            timeout="" if self.default_timeout is None else repr(self.default_timeout),
+            result_ttl="" if self.result_ttl is None else self.result_ttl,
+            failure_ttl="" if self.failure_ttl is None else self.failure_ttl,
+            retry="", max_deliveries="", unique_lock="", unique_ttl="",
+        )
+        object.__setattr__(self, "defaults", defaults)
+        object.__setattr__(self, "default_values", tuple(defaults))
 
 
 def encode_batch(
-    queue: Queue, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None,
+    queue: Encoding, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None,
     guard: tuple[str, int] | None = None
 ) -> EncodedBatch:
     """Validate and encode a batch for enqueue.lua. Raises before anything is written."""
@@ -98,15 +112,15 @@ def encode_batch(
     return EncodedBatch([k.ready, k.wake, k.scheduled, k.cron, k.stats], argv, rows, shared, own)
 
 
-def _row(queue: Queue, item: EnqueueData, index: int, generated: Iterator[str]) -> list[Any]:
+def _row(queue: Encoding, item: EnqueueData, index: int, generated: Iterator[str]) -> list[Any]:
     """The values of ENQUEUE_FIELDS for one job; raises before anything is written."""
     job_id = check_job_id(item.job_id) if item.job_id is not None else next(generated)
     if item.kwargs:
         check_keywords(item.func, item.kwargs, OPTION_NAMES + ("if_exists",))
     payload = _payload(queue.serializer, item, index)
     if item[4:] == _NO_OPTIONS:
-        return [job_id, function_path(item.func), payload, *queue._default_values]
-    defaults = queue._defaults
+        return [job_id, function_path(item.func), payload, *queue.default_values]
+    defaults = queue.defaults
     timeout = item.timeout if item.timeout is not None else queue.default_timeout
     if item.retry is not None and not isinstance(item.retry, Retry):
         raise errors.InvalidArgument(f"retry must be a conveyor.Retry, got {item.retry!r}")

@@ -78,8 +78,8 @@ class Queue:
         self.result_ttl = None if result_ttl is None else check_ttl("result_ttl", result_ttl)
         self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
         self.keys = self.keyspace.queue(name)
-        self._defaults = batch.default_options(self)  # of a job that sets none of its own
-        self._default_values = tuple(self._defaults)  # a plain tuple: a list display copies it fastest
+        self.encoding = batch.Encoding(self.keys, self.serializer, self.default_timeout, self.result_ttl,
+                                       self.failure_ttl)
 
     # -- enqueueing --------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class Queue:
         self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
     ) -> EncodedBatch:
         """Validate and encode a batch for enqueue.lua (:mod:`conveyor.batch`). Raises before anything is written."""
-        return batch.encode_batch(self, items, if_exists, due_ms=due_ms, guard=guard)
+        return batch.encode_batch(self.encoding, items, if_exists, due_ms=due_ms, guard=guard)
 
     def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""

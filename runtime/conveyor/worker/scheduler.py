@@ -24,9 +24,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .. import calls, keys, scripts
+from .. import batch, calls, keys, scripts
 from ..periodic import CronJob
 from ..queue import Queue
+from ..serializers import get_serializer
 from .link import LinkDown, RedisLink, RefusalLog
 
 log = logging.getLogger("conveyor.scheduler")
@@ -39,6 +40,7 @@ class Scheduler:
                  cron_jobs: list[CronJob], max_deliveries: int, failure_ttl: int, metrics: Any = None) -> None:
         self.link = link
         self.redis = link.redis
+        self.serializer = get_serializer(None)  # cron jobs use the default, as Queue() does
         self.queues = queues
         self.token = token
         self.lock_ms = int(lock_seconds * 1000)
@@ -203,10 +205,9 @@ class Scheduler:
             await self.link.call("hsetnx", k.cron, entry.name, tick)
             self._cron_seen.add((entry.queue, entry.name))
         # The client side encodes the job; the tick guard makes the write happen once per tick.
-        q = Queue(entry.queue, connection=self.redis, prefix=self.space.prefix)
         data = Queue.prepare_data(entry.func, entry.args, entry.kwargs, job_id=entry.job_id(tick), timeout=entry.timeout)
-        batch = q.encode_batch([data], "ignore", guard=(entry.name, tick))
-        [reply] = await self.link.roundtrip(lambda p: scripts.enqueue(p, batch.keys, batch.argv))
+        encoded = batch.encode_batch(batch.Encoding(k, self.serializer), [data], "ignore", guard=(entry.name, tick))
+        [reply] = await self.link.roundtrip(lambda p: scripts.enqueue(p, encoded.keys, encoded.argv))
         if self.refusals.refused(f"cron tick of {entry.name}", reply):
             return
         self._cron_done[(entry.queue, entry.name)] = tick
