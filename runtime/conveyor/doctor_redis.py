@@ -12,7 +12,7 @@ changes anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +180,25 @@ def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[st
 
     replies = iter(_transaction(conn, build))
     snap = Snapshot(queue, k.base + ":", _redis_now(next(replies)), live_workers=frozenset(live))
+    _read_fixed(snap, replies, fixed, workers, uniques)
+    for start in range(0, len(job_ids), chunk):
+        ids = job_ids[start:start + chunk]
+        if start:
+            def build_jobs(pipe: Any) -> None:
+                for job_id in ids:
+                    _read_job(pipe, k.job(job_id))
+
+            replies = iter(_transaction(conn, build_jobs))
+        for job_id in ids:
+            record = _job_record(next(replies), next(replies))
+            if record is not None:
+                snap.jobs[job_id] = record
+    return snap, len(job_ids) <= chunk
+
+
+def _read_fixed(snap: Snapshot, replies: Iterator[Any], fixed: list[str], workers: list[str],
+                uniques: list[str]) -> None:
+    """The queue's own keys, claimed sets and unique locks, as :func:`read_queue` asked for them."""
     for name in fixed:
         snap.key_types[name] = kind = _text(next(replies))
         if name in LISTS:
@@ -197,19 +216,6 @@ def read_queue(conn: redis.Redis, queue: str, found: set[str], live: Iterable[st
             snap.claimed[w] = {_text(m) for m in members}
     for name in uniques:
         snap.key_types[name] = _text(next(replies))
-    for start in range(0, len(job_ids), chunk):
-        ids = job_ids[start:start + chunk]
-        if start:
-            def build_jobs(pipe: Any) -> None:
-                for job_id in ids:
-                    _read_job(pipe, k.job(job_id))
-
-            replies = iter(_transaction(conn, build_jobs))
-        for job_id in ids:
-            record = _job_record(next(replies), next(replies))
-            if record is not None:
-                snap.jobs[job_id] = record
-    return snap, len(job_ids) <= chunk
 
 
 def read_suspects(conn: redis.Redis, snap: Snapshot, ids: Sequence[str], chunk: int = CHUNK,
