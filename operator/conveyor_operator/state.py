@@ -85,12 +85,10 @@ class OperatorState:
 
     async def start(self, kopf_settings: kopf.OperatorSettings) -> None:
         """The metrics endpoint, the peering (in a thread: it calls the API), the loops. Again
-        if kopf retries the startup handler: then without a second metrics endpoint."""
+        if kopf retries the startup handler (the peering failed): without a second endpoint."""
         if self.metrics_server is None:
             self.metrics_server = metrics.serve(self.settings.metrics_port)
         await asyncio.to_thread(fleet.configure, self.settings, kopf_settings, self.api, self.leadership, self.logger)
-        for task in self.tasks:  # a retried startup's
-            task.cancel()
         metrics.JOBQUEUES.set_function(lambda: sum(len(store) for store in list(self.jobqueues.values())))
         self.tasks = [
             asyncio.create_task(resync.run(self.bodies, self.refresh, self.settings.resync_seconds, self.executor,
