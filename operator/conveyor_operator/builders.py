@@ -175,10 +175,28 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
     """``replicas``: None leaves them out (an autoscaler owns them), else the number to set."""
     w = spec["workers"]
     port = spec["metrics"]["port"]
-    labels = common_labels(owner.name)
-    pod_labels = {**(w.get("podLabels") or {}), **labels}
+    pod_labels = {**(w.get("podLabels") or {}), **common_labels(owner.name)}
     annotations = {**(w.get("podAnnotations") or {}), CHECKSUM_ANNOTATION: checksum(spec, image, redis_digest),
                    "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    dep_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(owner.name)},
+        "revisionHistoryLimit": 5,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations},
+                     "spec": pod_spec(owner, spec, worker_container(spec, image))},
+    }
+    if replicas == FROM_SPEC:
+        replicas = None if spec["autoscaling"]["enabled"] else w["replicas"]
+    if replicas is not None:
+        dep_spec = {"replicas": replicas, **dep_spec}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, names(owner.name)["deployment"]),
+            "spec": dep_spec}
+
+
+def worker_container(spec: dict[str, Any], image: str) -> dict[str, Any]:
+    """The worker container: ``conveyor worker``, its probes on the metrics port, locked down;
+    the TLS files' mount is added by :func:`pod_spec`."""
+    w = spec["workers"]
     container: dict[str, Any] = {
         "name": "worker",
         "image": image,
@@ -186,7 +204,7 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
         "command": ["conveyor"],
         "args": worker_args(spec),
         "env": redis_env(spec) + [POD_NAME_ENV] + list(w.get("env") or []),
-        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "ports": [{"name": "metrics", "containerPort": spec["metrics"]["port"], "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5,
                            "timeoutSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10,
@@ -202,6 +220,13 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
         container["envFrom"] = list(w["envFrom"])
     if w.get("resources"):
         container["resources"] = w["resources"]
+    return container
+
+
+def pod_spec(owner: Owner, spec: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+    """The worker pods' spec around ``container``: the policy and TLS volumes (a copy of the
+    container mounts the TLS one), the grace period, the scheduling fields the spec sets."""
+    w = spec["workers"]
     volumes: list[dict[str, Any]] = [
         {"name": "policy", "configMap": {"name": names(owner.name)["configmap"]}},
         {"name": "tmp", "emptyDir": {}},
@@ -209,7 +234,8 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
     tls = tls_volume(spec)
     if tls:
         volumes.append(tls)
-        container["volumeMounts"].append({"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True})
+        container = {**container, "volumeMounts": [*container["volumeMounts"],
+                                                   {"name": TLS_VOLUME, "mountPath": TLS_DIR, "readOnly": True}]}
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -223,18 +249,7 @@ def deployment(owner: Owner, spec: dict[str, Any], image: str, redis_digest: str
                 "priorityClassName"):
         if w.get(key):
             pod[key] = w[key]
-    dep_spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector_labels(owner.name)},
-        "revisionHistoryLimit": 5,
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
-        "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod},
-    }
-    if replicas == FROM_SPEC:
-        replicas = None if spec["autoscaling"]["enabled"] else w["replicas"]
-    if replicas is not None:
-        dep_spec = {"replicas": replicas, **dep_spec}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, names(owner.name)["deployment"]),
-            "spec": dep_spec}
+    return pod
 
 
 def service(owner: Owner, spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,24 @@
-"""The one module that talks to the Kubernetes API (besides kopf itself).
+"""The one module that talks to the Kubernetes API (besides kopf itself), and the one place
+the operator's credentials and connection settings come from.
+
+One client stack. :func:`login` reads the credentials with kopf's own loaders (the pod's
+service account, else the current context of $KUBECONFIG or ~/.kube/config) into one
+:class:`kopf.ConnectionInfo`. The operator's ``@kopf.on.login`` handler gives kopf that
+object (:meth:`Api.refresh`), and :class:`Api` makes its aiohttp session from it as kopf makes
+its own (``as_ssl_context()``, ``as_http_headers()``, the proxy), on kopf's event loop: the
+same HTTP library, loop, TLS setup and identity for every request the operator makes. The
+Api keeps a session (connection pool) of its own because kopf's is internal to kopf.
+
+Why this and not the alternatives: kopf's default login with the ``kubernetes`` package
+installed (or ``kopf.login_via_client``) loads the kubeconfig with that package, and our
+calls went through its blocking urllib3 client: two HTTP stacks, two loaders that had to
+agree. Building our client from kopf's ConnectionInfo instead drops the ``kubernetes``
+package. What kopf's loaders do not do: kubeconfig ``exec`` and ``auth-provider`` plugins
+(cloud CLIs); run outside a cluster with a kubeconfig holding a token or a client certificate.
+
+A token rotated on disk (projected service account tokens are) is picked up at the next
+login: kopf's after a 401 (it calls the login handler again), the Api's after its own 401
+(:meth:`Api.refresh`, then the request is made once more).
 
 Owned objects are written with server-side apply (field manager ``conveyor-operator``,
 force): applying the same desired object twice is a no-op on the server, a field the
@@ -9,11 +29,16 @@ applies a Deployment's ``replicas`` alone under its own manager (``conveyor-auto
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
+
+import aiohttp
+import kopf
 
 FIELD_MANAGER = "conveyor-operator"
 
@@ -56,40 +81,105 @@ def path(api_version: str, kind: str, namespace: str | None = None, name: str | 
     return base
 
 
+def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """The operator's credentials, with kopf's own loaders: the pod's service account when it
+    has one, else the kubeconfig's current context. kopf.LoginError when there are none."""
+    try:
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    except Exception as exc:  # an unreadable kubeconfig: KeyError, OSError, yaml's errors
+        raise kopf.LoginError(f"cannot read the kubeconfig: {exc!r}") from exc
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials: no service account token, no $KUBECONFIG or ~/.kube/config")
+    return info
+
+
 class Api:
-    """Blocking calls through the kubernetes client's configured connection (in-cluster or
-    kubeconfig). Safe to share between kopf's handler threads."""
+    """Blocking calls for the operator's threads (kopf's sync handlers, the resync loops), made
+    with aiohttp on kopf's event loop ``loop``. ``credentials`` is read at once (a failure is
+    raised here: the operator fails at startup) and again by :meth:`refresh`."""
 
-    def __init__(self, timeout: float = 10.0) -> None:
-        import kubernetes
-
-        try:
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
-        self._client = kubernetes.client.ApiClient()
-        self._timeout = timeout
+    def __init__(self, loop: asyncio.AbstractEventLoop, credentials: Callable[[], kopf.ConnectionInfo],
+                 timeout: float = 10.0) -> None:
+        self._loop, self._credentials, self._timeout = loop, credentials, timeout
+        self.connection = credentials()
+        self._session: aiohttp.ClientSession | None = None  # made on the loop, at the first call
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def request(self, method: str, url: str, body: Any = None, query: dict[str, str] | None = None,
                 content_type: str = "application/json") -> Any:
+        if self._closed:
+            raise ApiError(503, "Closed", "the operator is shutting down")
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            raise RuntimeError("Api calls block: make them from a thread, never on kopf's event loop")
+        future = asyncio.run_coroutine_threadsafe(self._request(method, url, body, query, content_type), self._loop)
+        try:
+            return future.result(2 * self._timeout + 1)  # a 401 makes it two requests
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    async def _request(self, method: str, url: str, body: Any, query: dict[str, str] | None,
+                       content_type: str) -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = content_type
-        m, full_url, headers, body, post = self._client.param_serialize(
-            method, url, query_params=list((query or {}).items()), header_params=headers, body=body,
-            auth_settings=["BearerToken"])
-        resp = self._client.call_api(m, full_url, headers, body, post, _request_timeout=self._timeout)
-        resp.read()
-        raw = resp.data or b""
+            headers["Content-Type"] = content_type  # JSON is YAML too: apply patches are sent as JSON
+        for attempt in range(2):
+            info, session = self.connection, self._session_now()
+            async with session.request(method, info.server.rstrip("/") + url, params=query,
+                                       data=None if body is None else json.dumps(body), headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
+                status, raw = resp.status, await resp.read()
+            if status != 401 or attempt or await self.refresh() == info:
+                break  # else a rotated token: once more with it
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
             data = {"message": raw.decode(errors="replace")}
-        if not 200 <= resp.status < 300:
+        if not 200 <= status < 300:
             data = data if isinstance(data, dict) else {}
-            cls = NotFound if resp.status == 404 else ApiError
-            raise cls(resp.status, str(data.get("reason", "")), str(data.get("message", "")))
+            cls = NotFound if status == 404 else ApiError
+            raise cls(status, str(data.get("reason", "")), str(data.get("message", "")))
         return data
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            info = self.connection
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()), headers=info.as_http_headers(),
+                proxy=info.proxy_url, trust_env=info.trust_env)
+        return self._session
+
+    async def refresh(self) -> kopf.ConnectionInfo:
+        """Read the credentials again (the login handler, and a 401, call this): when they changed,
+        later requests use a new session; the old one is closed once its requests are done."""
+        info = self._credentials()
+        if info != self.connection:
+            self.connection, old, self._session = info, self._session, None
+            if old is not None:
+                task = asyncio.get_running_loop().create_task(self._close_later(old))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+        return info
+
+    async def _close_later(self, session: aiohttp.ClientSession) -> None:
+        try:
+            await asyncio.sleep(self._timeout)
+        finally:
+            await session.close()
+
+    async def close(self) -> None:
+        """At cleanup (on the loop): later calls fail at once, open sessions are closed."""
+        self._closed = True
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
 
     # --- objects -----------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ A dead leader is noticed when its record's ``lastseen + lifetime`` passes (kopf 
 alive every ``lifetime - 5..10`` s, at least every 1 s): the lifetime bounds the failover.
 
 kopf pauses only its own watchers. The operator's resync and autoscaling loops are its own,
-so they ask :data:`LEADERSHIP` first. kopf does not expose its pause state to handlers; it
-logs each change of it (``Pausing operations ...`` / ``Resuming operations ...``) from
+so they ask its :class:`Leadership` (in conveyor_operator.state) first. kopf does not expose
+its pause state to handlers; it logs each change of it (``Pausing operations ...`` / ``Resuming operations ...``) from
 ``kopf._core.engines.peering``, and :class:`Leadership` follows those records. A mandatory
 peering starts paused in kopf, so a replica starts inactive until kopf resumes it.
 
@@ -70,6 +70,9 @@ class Leadership(logging.Handler):
         if self not in peering_log.handlers:
             peering_log.addHandler(self)
 
+    def unfollow(self) -> None:
+        logging.getLogger(KOPF_PEERING_LOGGER).removeHandler(self)
+
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         # "Pausing operations in favour of [...]", or "Pausing all operators, including self" (a tie).
@@ -77,9 +80,6 @@ class Leadership(logging.Handler):
             self.set(False)
         elif message.startswith("Resuming operations"):
             self.set(True)
-
-
-LEADERSHIP = Leadership()
 
 
 def ensure_peering(api: Api, name: str) -> None:

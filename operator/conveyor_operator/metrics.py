@@ -93,15 +93,14 @@ def redis_read(read: str) -> Iterator[None]:
         REDIS_READS.labels(read).observe(time.perf_counter() - start)
 
 
-_server: tuple[WSGIServer, threading.Thread] | None = None
+Server = tuple[WSGIServer, threading.Thread]
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on ``port`` (0: not at all) from a daemon thread, once per process; a port
-    that cannot be bound is logged, and the operator runs on without metrics."""
-    global _server
-    if port <= 0 or _server is not None:
-        return
+def serve(port: int) -> Server | None:
+    """Serve /metrics on ``port`` (0: not at all) from a daemon thread; a port that cannot be
+    bound is logged, and the operator runs on without metrics. :func:`stop` ends it."""
+    if port <= 0:
+        return None
     # Counters at 0 from the start, so rate() has a baseline before the first event of a kind.
     for outcome in ("ok", "degraded", "error"):
         RECONCILES.labels(outcome)
@@ -110,11 +109,18 @@ def serve(port: int) -> None:
     for direction in ("up", "down"):
         SCALE_DECISIONS.labels(direction)
     try:
-        _server = start_http_server(port, registry=REGISTRY)
+        server = start_http_server(port, registry=REGISTRY)
     except OSError as exc:
         # Reconciling matters more than its metrics: a taken port is an error line, not a
         # crash loop (a failed kopf startup handler would stop the operator).
         log.error("cannot serve the operator metrics on port %d (CONVEYOR_OPERATOR_METRICS_PORT): %s", port, exc)
-        return
+        return None
     log.info("operator metrics on :%d/metrics", port)
+    return server
 
+
+def stop(server: Server) -> None:
+    httpd, thread = server
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)

@@ -45,7 +45,13 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
     out: list[str] = unknown_fields(crd.SPEC, spec)
     if len(name) > crd.MAX_NAME:
         out.append(f"a JobQueue name is at most {crd.MAX_NAME} characters (its objects add suffixes)")
-    redis = spec.get("redis") or {}
+    return (out + redis_problems(spec.get("redis") or {}) + queue_problems(spec.get("queues") or [])
+            + retry_problems(spec.get("retry")) + timing_problems(spec) + worker_problems(spec.get("workers") or {})
+            + autoscaling_problems(spec.get("autoscaling") or {}))
+
+
+def redis_problems(redis: dict[str, Any]) -> list[str]:
+    out = []
     if ("url" in redis) == ("secretRef" in redis):
         out.append("give exactly one of redis.url or redis.secretRef")
     if "url" in redis and not str(redis["url"]).startswith(tuple(f"{s}://" for s in crd.REDIS_SCHEMES)):
@@ -58,7 +64,11 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
             check_prefix(redis["prefix"])
         except ConveyorError as exc:
             out.append(f"spec.redis.prefix: {exc}")
-    queues = spec.get("queues") or []
+    return out
+
+
+def queue_problems(queues: list[Any]) -> list[str]:
+    out = []
     if not queues:
         out.append("spec.queues needs at least one queue")
     if len(queues) > crd.MAX_QUEUES:
@@ -70,22 +80,35 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
             out.append(str(exc))
     if len(set(map(str, queues))) != len(queues):
         out.append("queue names must be unique")
-    retry = spec.get("retry")
-    if retry is not None:
-        if "intervals" in retry and "backoff" in retry:
-            out.append("retry takes intervals or backoff, not both")
-        else:
-            try:
-                policy_retry(retry)
-            except (ConveyorError, TypeError, ValueError) as exc:
-                out.append(f"retry: {exc}")
+    return out
+
+
+def retry_problems(retry: dict[str, Any] | None) -> list[str]:
+    if retry is None:
+        return []
+    if "intervals" in retry and "backoff" in retry:
+        return ["retry takes intervals or backoff, not both"]
+    try:
+        policy_retry(retry)
+    except (ConveyorError, TypeError, ValueError) as exc:
+        return [f"retry: {exc}"]
+    return []
+
+
+def timing_problems(spec: dict[str, Any]) -> list[str]:
+    """The lease, the shutdown timeout and the TTLs."""
+    out = []
     for key, lo, hi in (("leaseSeconds", 1, 3600), ("shutdownTimeoutSeconds", 0, 3600)):
         if not lo <= spec.get(key, lo) <= hi:
             out.append(f"spec.{key} must be {lo}..{hi}")
     for key in ("resultTTLSeconds", "failureTTLSeconds"):
         if spec.get(key, 0) < -1:
             out.append(f"spec.{key} must be >= -1 (-1 keeps forever)")
-    workers = spec.get("workers") or {}
+    return out
+
+
+def worker_problems(workers: dict[str, Any]) -> list[str]:
+    out = []
     if not 0 <= workers.get("replicas", 1) <= 1000:
         out.append("spec.workers.replicas must be 0..1000")
     if not 1 <= workers.get("concurrency", 1) <= 10000:
@@ -96,11 +119,13 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
         check_module_names(workers.get("allowModules") or [], "spec.workers.allowModules")
     except ConveyorError as exc:
         out.append(str(exc))
-    out += reserved.problems(workers)
-    auto = spec.get("autoscaling") or {}
+    return out + reserved.problems(workers)
+
+
+def autoscaling_problems(auto: dict[str, Any]) -> list[str]:
     if auto.get("minReplicas", 1) > auto.get("maxReplicas", 10):
-        out.append("autoscaling.minReplicas must be <= autoscaling.maxReplicas")
-    return out
+        return ["autoscaling.minReplicas must be <= autoscaling.maxReplicas"]
+    return []
 
 
 def unknown_fields(schema: dict[str, Any], value: Any, where: str = "spec") -> list[str]:

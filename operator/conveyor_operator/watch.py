@@ -4,10 +4,10 @@ edited or a ConfigMap deleted by hand is repaired at once, not at the next resyn
 HorizontalPodAutoscalers and KEDA ScaledObjects are kept in kopf indexes, which the
 autoscaler asks instead of listing them on every poll.
 
-Only kopf event and index handlers: they put no finalizer on anything and write nothing to
-the objects they see. Owned objects are found by the labels the builders put on them and
-mapped to their JobQueue by the controller ownerReference (uid), looked up in the
-``jobqueues`` index (handlers.py).
+Only kopf event and index handlers (registered in handlers.py, acting through the operator's
+:class:`Trigger`): they put no finalizer on anything and write nothing to the objects they
+see. Owned objects are found by the labels the builders put on them and mapped to their
+JobQueue by the controller ownerReference (uid), looked up in the ``jobqueues`` index.
 
 No reconcile loop: a pass applies every object with server-side apply, and applying what is
 already there changes nothing (no new resourceVersion, no watch event), so a pass that
@@ -50,6 +50,7 @@ class Trigger:
         self.executor, self.logger, self.delay = executor, logger, delay
         self._pending: dict[str, bool] = {}  # uid -> confirm the JobQueue still exists first
         self._tasks: set[asyncio.Task[None]] = set()
+        self._targets: dict[str, tuple[str, str]] = {}  # autoscaler uid -> (namespace, Deployment) it targeted
 
     def wake(self, uid: str, confirm: bool = False) -> None:
         """Reconcile the JobQueue ``uid`` soon (on kopf's event loop). ``confirm``: an owned
@@ -87,18 +88,29 @@ class Trigger:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def owned_changed(self, event: kopf.RawEvent) -> None:
+        """An owned object modified (by hand, or its status by a controller) or deleted."""
+        kind = event.get("type")
+        if kind not in ("MODIFIED", "DELETED"):
+            return
+        uid = owner_uid(dict(event.get("object") or {}))
+        if uid is not None:
+            self.wake(uid, confirm=kind == "DELETED")
 
-_trigger: Trigger | None = None
-
-
-def start(trigger: Trigger) -> None:
-    global _trigger
-    _trigger = trigger
-
-
-async def stop() -> None:
-    if _trigger is not None:
-        await _trigger.stop()
+    def autoscaler_changed(self, event: kopf.RawEvent) -> None:
+        """An HPA or ScaledObject came, went or changed target: the JobQueues whose Deployment it
+        targets (now, and before) reconcile, so the Autoscaling condition and the replicas follow."""
+        obj: dict[str, Any] = dict(event.get("object") or {})
+        meta = obj.get("metadata") or {}
+        uid, namespace = str(meta.get("uid") or meta.get("name")), str(meta.get("namespace") or "default")
+        dep = deployment_of(obj)
+        before = self._targets.pop(uid, None)
+        if dep is not None and event.get("type") != "DELETED":
+            self._targets[uid] = (namespace, dep)
+        now = (namespace, dep) if dep is not None else None
+        for ns, d in {t for t in (before, now) if t is not None}:
+            if d.endswith(_WORKER_SUFFIX):
+                self.wake_named(ns, d[:-len(_WORKER_SUFFIX)])
 
 
 def owner_uid(obj: Body) -> str | None:
@@ -108,20 +120,6 @@ def owner_uid(obj: Body) -> str | None:
                 and ref.get("controller") and ref.get("uid"):
             return str(ref["uid"])
     return None
-
-
-async def owned_changed(event: kopf.RawEvent, **_: Any) -> None:
-    """An owned object modified (by hand, or its status by a controller) or deleted."""
-    kind = event.get("type")
-    if kind not in ("MODIFIED", "DELETED") or _trigger is None:
-        return
-    uid = owner_uid(dict(event.get("object") or {}))
-    if uid is not None:
-        _trigger.wake(uid, confirm=kind == "DELETED")
-
-
-for _gv, _plural in OWNED_RESOURCES:
-    kopf.on.event(_gv, _plural, labels=OWNED_LABELS)(owned_changed)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -143,18 +141,10 @@ def deployment_of(body: Body) -> str | None:
     return None
 
 
-# kopf types namespace as str | None for every resource; HPAs and ScaledObjects are namespaced,
-# so here it is always a str (the ignores below are for that protocol mismatch only).
-@kopf.index("autoscaling/v2", "horizontalpodautoscalers")  # type: ignore[arg-type]
-def hpa_targets(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str] | None:
-    dep = deployment_of(dict(body))
-    return {(namespace, dep): f"HorizontalPodAutoscaler/{name}"} if dep else None
-
-
-@kopf.index("keda.sh/v1alpha1", "scaledobjects")  # type: ignore[arg-type]
-def keda_targets(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str] | None:
-    dep = deployment_of(dict(body))
-    return {(namespace, dep): f"ScaledObject/{name}"} if dep else None
+def target(body: Body, namespace: str, name: str, kind: str) -> dict[tuple[str, str], str] | None:
+    """The index entry of an HPA or ScaledObject: (namespace, Deployment) -> "Kind/name"."""
+    dep = deployment_of(body)
+    return {(namespace, dep): f"{kind}/{name}"} if dep else None
 
 
 def autoscalers(*indexes: kopf.Index[tuple[str, str], str]) -> Callable[[str, str], list[str]]:
@@ -168,26 +158,3 @@ def autoscalers(*indexes: kopf.Index[tuple[str, str], str]) -> Callable[[str, st
                 continue
         return []
     return lookup
-
-
-_targets: dict[str, tuple[str, str]] = {}  # autoscaler uid -> (namespace, Deployment) it targeted
-
-
-@kopf.on.event("autoscaling/v2", "horizontalpodautoscalers")
-@kopf.on.event("keda.sh/v1alpha1", "scaledobjects")
-async def other_autoscaler(event: kopf.RawEvent, **_: Any) -> None:
-    """An HPA or ScaledObject came, went or changed target: the JobQueues whose Deployment it
-    targets (now, and before) reconcile, so the Autoscaling condition and the replicas follow."""
-    obj: dict[str, Any] = dict(event.get("object") or {})
-    meta = obj.get("metadata") or {}
-    uid, namespace = str(meta.get("uid") or meta.get("name")), str(meta.get("namespace") or "default")
-    dep = deployment_of(obj)
-    before = _targets.pop(uid, None)
-    if dep is not None and event.get("type") != "DELETED":
-        _targets[uid] = (namespace, dep)
-    if _trigger is None:
-        return
-    now = (namespace, dep) if dep is not None else None
-    for ns, d in {t for t in (before, now) if t is not None}:
-        if d.endswith(_WORKER_SUFFIX):
-            _trigger.wake_named(ns, d[:-len(_WORKER_SUFFIX)])
