@@ -14,3 +14,26 @@ def sleep10ms() -> None:
 def stamp() -> float:
     """When the job started running, for pickup latency."""
     return time.time()
+
+
+_trace: list[tuple[int, float, float]] = []
+
+
+def sleep10ms_traced() -> None:
+    """sleep10ms, noting (thread, start, end): with BENCH_TRACE=FILE the worker writes them
+    there as JSON at exit (benchmarks/profile_worker.py --func bench_jobs:sleep10ms_traced)."""
+    if not _trace:
+        import atexit
+        import json
+        import os
+        import threading
+
+        path = os.environ.get("BENCH_TRACE")
+        if path:
+            atexit.register(lambda: open(path, "w").write(json.dumps(_trace)))
+        _trace.append((threading.get_ident(), 0.0, 0.0))  # marks the hook as installed
+    import threading
+
+    start = time.perf_counter()
+    time.sleep(0.01)
+    _trace.append((threading.get_ident(), start, time.perf_counter()))
