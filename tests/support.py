@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from conveyor import Job, JobStatus
+from conveyor import Job, JobStatus, WorkerSettings
 
 TESTS = Path(__file__).resolve().parent
 # Set by conftest's pytest_runtest_makereport: whether the test itself failed, for fixtures
@@ -93,6 +93,22 @@ class WorkerProcess:
 
 
 # -- jobs and workers as the reliability tests look at them --------------------------------
+
+def parse_worker(args: list[str], url: str | None = None) -> WorkerSettings:
+    """The settings ``conveyor worker ARGS`` would run with (its environment variables
+    included), parsed by the real command without running a worker. ``url`` stands in for
+    a URL neither the arguments nor the environment give."""
+    from conveyor.cli import worker, worker_settings
+    from conveyor.cli_worker import connect_timeout
+
+    ctx = worker.make_context("worker", list(args))  # the real parser: a bad flag or variable fails here
+    options = dict(ctx.params)
+    redis_url, queues, log_format = options.pop("redis_url"), options.pop("queues"), options.pop("log_format")
+    options.pop("log_level")
+    options.pop("paths")
+    options["connect_timeout"] = connect_timeout(options["connect_timeout"], bool(options["burst"]))
+    return worker_settings(redis_url or url, queues, log_format, options)
+
 
 def fetch(conn: redis.Redis, job: Job | str, queue: str = "default") -> Job:
     """A fresh copy of a job (a Job keeps its own queue; a bare ID is looked up in `queue`)."""

@@ -192,7 +192,6 @@ def test_cli_refuses_a_bad_module_name_in_one_line(args: tuple[str, ...], env: d
 def test_settings_allow_modules() -> None:
     assert WorkerSettings(redis_url="redis://x").allow_modules == ()
     assert WorkerSettings(redis_url="redis://x", allow_modules=["a", "b.c"]).allow_modules == ("a", "b.c")
-    assert WorkerSettings.from_env({"CONVEYOR_ALLOW_MODULES": "a, b.c"}).allow_modules == ("a", "b.c")
     with pytest.raises(InvalidArgument, match="not the string 'myapp'"):
         WorkerSettings(redis_url="redis://x", allow_modules="myapp")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="'my-app' is not a module name"):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import keys
-from .connection import DEFAULT_URL, ENV_URL, RedisTarget, TlsFiles
+from .connection import RedisTarget, TlsFiles
 from .errors import InvalidArgument
 from .retry import Retry, policy_retry
 from .validation import check_module_names, check_queue_name, check_ttl
@@ -109,19 +107,6 @@ class WorkerSettings:
         if self.max_jobs_per_child < 0:
             raise InvalidArgument(f"max_jobs_per_child must be >= 0, got {self.max_jobs_per_child}")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
-        """Read CONVEYOR_<FIELD> variables (CONVEYOR_QUEUES is comma-separated); overrides win."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {"redis_url": env.get(ENV_URL) or DEFAULT_URL}
-        for f in fields(cls):
-            raw = env.get(f"CONVEYOR_{f.name.upper()}")
-            if raw is None or f.name == "redis_url":
-                continue
-            values[f.name] = _parse(f.name, f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
     @staticmethod
     def read_policy(path: str) -> dict[str, Any]:
         """Settings from a policy file (JSON, as the operator's ConfigMap mounts it):
@@ -158,21 +143,3 @@ class WorkerSettings:
 def _positive(name: str, value: float, integer: bool = False) -> None:
     if (integer and (isinstance(value, bool) or not isinstance(value, int))) or not value > 0:
         raise InvalidArgument(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
-
-
-def _parse(name: str, typ: Any, raw: str) -> Any:
-    typ = str(typ)
-    try:
-        if "tuple" in typ:
-            return tuple(q.strip() for q in raw.split(",") if q.strip())
-        if typ == "bool":
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError("expected true or false")
-            return raw.lower() in ("1", "true", "yes")
-        if typ in ("int", "int | None"):
-            return int(raw)
-        if typ in ("float", "float | None"):
-            return float(raw)
-        return raw
-    except ValueError as exc:
-        raise InvalidArgument(f"CONVEYOR_{name.upper()}={raw!r}: {exc}") from None

@@ -192,16 +192,18 @@ def test_allow_modules_checked_alike_by_schema_and_operator(modules: list[str], 
 
 
 def test_defaults_match_the_runtime() -> None:
+    from conveyor.settings import WorkerSettings
+
+    runtime = WorkerSettings(redis_url="redis://r")
     spec = defaulted({"redis": {"url": "redis://r"}, "queues": ["q"]})
-    assert spec["leaseSeconds"] == 15 and spec["shutdownTimeoutSeconds"] == 25
-    assert spec["resultTTLSeconds"] == 500 and spec["failureTTLSeconds"] == 7 * 24 * 3600
-    assert spec["workers"] == {"replicas": 1, "imagePullPolicy": "IfNotPresent", "concurrency": 10, "pool": "thread",
-                               "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
-                                             "limits": {"memory": "512Mi"}}}
-    assert spec["scheduler"] == {"enabled": True}
-    assert spec["metrics"] == {"port": 9750, "serviceMonitor": {"enabled": False, "interval": "30s"}}
+    assert spec["leaseSeconds"] == runtime.lease_seconds and spec["shutdownTimeoutSeconds"] == runtime.shutdown_timeout
+    assert spec["resultTTLSeconds"] == runtime.result_ttl and spec["failureTTLSeconds"] == runtime.failure_ttl
+    assert spec["workers"] == {"replicas": 1, "imagePullPolicy": "IfNotPresent", "concurrency": runtime.concurrency,
+                               "pool": runtime.pool, "resources": crd.DEFAULT_WORKER_RESOURCES}
+    assert spec["scheduler"] == {"enabled": True}  # on purpose: a JobQueue's workers run the scheduler
+    assert spec["metrics"] == {"port": runtime.metrics_port, "serviceMonitor": {"enabled": False, "interval": "30s"}}
     assert spec["autoscaling"]["enabled"] is False
-    assert "retry" not in spec
+    assert "retry" not in spec and runtime.default_retry is None
 
 
 def spec_doc(redis: dict[str, Any], **spec: Any) -> dict[str, Any]:

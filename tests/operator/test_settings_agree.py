@@ -9,13 +9,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from conveyor.cli import worker, worker_settings
-from conveyor.cli_worker import connect_timeout
 from conveyor.retry import Backoff, Retry
 from conveyor.settings import WorkerSettings
 from conveyor_operator import builders
 from conveyor_operator.builders import Owner
 from conveyor_operator.spec import defaulted
+from support import parse_worker
 
 URL = "redis://redis.example:6379/0"
 
@@ -29,13 +28,7 @@ def pod_settings(spec: dict[str, Any], tmp_path: Path) -> WorkerSettings:
     owner = Owner(name="jq", namespace="ns", uid="u-1")
     policy.write_text(builders.configmap(owner, spec)["data"][builders.POLICY_FILE])
     args = [str(policy) if a == f"{builders.POLICY_DIR}/{builders.POLICY_FILE}" else a for a in args[1:]]
-    ctx = worker.make_context("worker", args)  # the real parser: an unknown or malformed flag fails here
-    options = dict(ctx.params)
-    redis_url, queues, log_format = options.pop("redis_url"), options.pop("queues"), options.pop("log_format")
-    options.pop("log_level")
-    options.pop("paths")
-    options["connect_timeout"] = connect_timeout(options["connect_timeout"], bool(options["burst"]))
-    return worker_settings(redis_url or URL, queues, log_format, options)
+    return parse_worker(args, URL)
 
 
 def test_a_minimal_jobqueue_runs_workers_with_the_runtimes_defaults(tmp_path: Path) -> None:
@@ -47,13 +40,7 @@ def test_a_minimal_jobqueue_runs_workers_with_the_runtimes_defaults(tmp_path: Pa
 
 
 def test_the_cli_defaults_are_the_runtimes_defaults(tmp_path: Path) -> None:
-    ctx = worker.make_context("worker", [])
-    options = dict(ctx.params)
-    _redis_url, queues, log_format = options.pop("redis_url"), options.pop("queues"), options.pop("log_format")
-    options.pop("log_level")
-    options.pop("paths")
-    options["connect_timeout"] = connect_timeout(options["connect_timeout"], False)
-    assert worker_settings(URL, queues, log_format, options) == WorkerSettings(redis_url=URL)
+    assert parse_worker([], URL) == WorkerSettings(redis_url=URL)
 
 
 def test_every_jobqueue_field_reaches_the_worker(tmp_path: Path) -> None:
