@@ -2,7 +2,7 @@
 API-server semantics that kopf, kubectl and the operator rely on.
 
 kmock 0.8 stores objects and serves discovery; as shipped it lacks what real clients
-need (see ../shared/testing-kubernetes.md). This subclass serves every request for a
+need (the gaps are listed below). This subclass serves every request for a
 known resource itself, keeping the objects in kmock's ``objects`` store (so tests can
 assert on ``emu.objects[...]``), and adds:
 
