@@ -39,12 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
-
 from .errors import ConveyorError, InvalidArgument
 from .validation import check_queue_name, check_timeout, function_path
 
 log = logging.getLogger("conveyor.scheduler")
+
+
+def _croniter() -> Any:  # croniter ships no types
+    # Imported when a schedule is first used: croniter (with dateutil) adds ~5 MiB to every
+    # worker process, and most run no cron schedule.
+    from croniter import croniter
+
+    return croniter
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
 
@@ -62,7 +68,7 @@ class CronJob:
     def __post_init__(self) -> None:
         macro = self.schedule.startswith("@")
         if not isinstance(self.schedule, str) or not (macro or len(self.schedule.split()) == 5) \
-                or not croniter.is_valid(self.schedule):
+                or not _croniter().is_valid(self.schedule):
             raise InvalidArgument(f"invalid cron schedule {self.schedule!r} "
                                   "(expected 5 fields, e.g. '*/5 * * * *', or a macro such as '@hourly')")
         check_queue_name(self.queue)
@@ -81,11 +87,11 @@ class CronJob:
         # Ticks fall on whole seconds, so "before floor(now) + 0.5" means "at or before now";
         # croniter's get_prev() alone is strictly before.
         base = dt.datetime.fromtimestamp(math.floor(now) + 0.5, dt.UTC)
-        return int(croniter(self.schedule, base).get_prev(float))
+        return int(_croniter()(self.schedule, base).get_prev(float))
 
     def next_tick(self, now: float) -> float:
         base = dt.datetime.fromtimestamp(now, dt.UTC)
-        tick: float = croniter(self.schedule, base).get_next(float)
+        tick: float = _croniter()(self.schedule, base).get_next(float)
         return tick
 
     def job_id(self, tick: int) -> str:
