@@ -89,7 +89,7 @@ def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_f
     if click.get_current_context().invoked_subcommand:
         return
     start_up(options)  # --path, --connect-timeout, cron options that need the scheduler
-    logs.setup(log_level, log_format)
+    logs.setup(log_level, log_format, batched=True)  # a write per loop turn, not per line
     try:
         settings = worker_settings(redis_url, queues, log_format, options)
     except ConveyorError as exc:
