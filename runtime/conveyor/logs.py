@@ -98,11 +98,16 @@ class JSONFormatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")  # the second's ISO text, without its fraction
 
     def _ts(self, record: logging.LogRecord) -> str:
+        # What datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds") gives,
+        # with the second's text made once a second: microseconds rounded as datetime does.
         second = int(record.created)
+        micros = round((record.created - second) * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
         cached = self._second
         if cached[0] != second:
             cached = self._second = (second, dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-        return f"{cached[1]}.{int(record.msecs):03d}+00:00"
+        return f"{cached[1]}.{micros // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         data = {
