@@ -56,8 +56,9 @@ class TextFormatter(logging.Formatter):
         # TEXT_FORMAT without a datefmt: the line is built directly, not through %-style
         # formatting of a dict of the record's attributes.
         self._direct = fmt == TEXT_FORMAT and datefmt is None
-        # (second, datefmt) and its strftime text: one tuple, so a thread never reads a torn pair.
-        self._stamp: tuple[tuple[int, str | None], str] = ((-1, None), "")
+        self._msec_default = self.default_msec_format == "%s,%03d"
+        # (second, datefmt, its strftime text): one tuple, so a thread never reads a torn one.
+        self._stamp: tuple[int, str | None, str] = (-1, None, "")
 
     # A job's traceback (extra={"traceback": ...}) follows its record as an indented block.
     def format(self, record: logging.LogRecord) -> str:
@@ -72,14 +73,16 @@ class TextFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # strftime once a second, not once a line: only the milliseconds change within one.
-        key = (int(record.created), datefmt)
+        second = int(record.created)
         stamp = self._stamp
-        if stamp[0] != key:
-            stamp = self._stamp = (key, time.strftime(datefmt or self.default_time_format,
-                                                      self.converter(record.created)))
+        if stamp[0] != second or stamp[1] != datefmt:
+            stamp = self._stamp = (second, datefmt, time.strftime(datefmt or self.default_time_format,
+                                                                  self.converter(record.created)))
         if datefmt or not self.default_msec_format:
-            return stamp[1]
-        return self.default_msec_format % (stamp[1], record.msecs)
+            return stamp[2]
+        if self._msec_default:
+            return f"{stamp[2]},{int(record.msecs):03d}"
+        return self.default_msec_format % (stamp[2], record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return printable(super().formatMessage(record))

@@ -50,6 +50,8 @@ class LazyCall:
 
 
 def _joined(name: str, args: tuple[list[Any], dict[Any, Any]]) -> str:
+    if not args[0] and not args[1]:
+        return name + "()"
     parts = [_short(repr(a)) for a in args[0]] + [f"{printable(str(k))}={_short(repr(v))}" for k, v in args[1].items()]
     text = name + "("
     for i, part in enumerate(parts):
