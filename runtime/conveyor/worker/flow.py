@@ -307,12 +307,14 @@ class Flow:
             getattr(m, outcome).inc()
             m.run_time[outcome].observe(e.duration)
             o = e.outcome
-            # The job's one line at INFO: how it ended, with its call (built only if logged).
-            call = LazyCall(job.func, job.ser, job.payload, self.settings.log_args)
+            # The job's one line at INFO: how it ended, with its call (its text built only if logged).
             if kind == "complete":
-                log.info("job %s finished: %s (execution %s, queue %s, %.3fs)", job.id, call, job.execution_id,
-                         job.queue, e.duration, extra=extra)
-            elif kind == "retry":
+                if log.isEnabledFor(logging.INFO):
+                    log.info("job %s finished: %s (execution %s, queue %s, %.3fs)", job.id, self._call(job),
+                             job.execution_id, job.queue, e.duration, extra=extra)
+                return
+            call = self._call(job)
+            if kind == "retry":
                 log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
                             call, job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
                             job.retries + 1, e.retry_in, extra=self._with_traceback(extra, o.traceback))
@@ -333,6 +335,9 @@ class Flow:
         else:
             self.stats["vanished"] += 1
             log.warning("job %s vanished from queue %s while it ran (deleted?); outcome dropped", job.id, job.queue)
+
+    def _call(self, job: Claimed) -> LazyCall:
+        return LazyCall(job.func, job.ser, job.payload, self.settings.log_args)
 
     def _with_traceback(self, extra: dict[str, Any], tb: str) -> dict[str, Any]:
         """The failure line's fields, with the traceback under --log-tracebacks (the default)."""
