@@ -14,7 +14,7 @@ How each side is measured:
   bench_dramatiq.py reads the clock before the first and after each message in each worker
   process and writes the span once, at the process's shutdown. Process start-up is not
   counted on any side.
-- Every side runs its default worker with its default logging (Conveyor: INFO, two lines per
+- Every side runs its default worker with its default logging (Conveyor: INFO, one line per
   job; dramatiq: INFO, no line per job; RQ: INFO) into a file, except the row that says
   WARNING. Conveyor's workers serve /metrics (its default) on a free port.
 - dramatiq's concurrency is processes x threads: one process with its default 8 threads for

@@ -153,44 +153,61 @@ def test_a_retry_that_succeeds_clears_the_error(queue: Queue, conn: redis.Redis,
 # -- item 9: log lines carry the call -------------------------------------------------------------
 
 
-def started_line(log: str, job_id: str) -> str:
-    [line] = [line for line in log.splitlines() if f"job {job_id} started" in line]
+def ended_line(log: str, job_id: str, how: str = "finished") -> str:
+    [line] = [line for line in log.splitlines() if f"job {job_id} {how}: " in line]
     return line
 
 
-def test_started_line_carries_the_call_shortened_and_escaped(queue: Queue, run_burst) -> None:
+def test_finished_line_carries_the_call_shortened_and_escaped(queue: Queue, run_burst) -> None:
     short = queue.enqueue("jobs:echo", "ada@example.com", subject="hi")
     long = queue.enqueue("jobs:echo", "x" * 500, *range(40))
     hostile = queue.enqueue("jobs:echo", "\x1b[1m\u202e\nforged")
     log = run_burst().log()
 
-    assert started_line(log, short.id).endswith(
-        f"INFO conveyor.worker: job {short.id} started: jobs:echo('ada@example.com', subject='hi') "
-        f"(execution {fetch(queue.connection, short).execution_id}, queue default)")
-    call = started_line(log, long.id).split(" started: ", 1)[1].split(" (execution ", 1)[0]
+    line = ended_line(log, short.id)
+    assert re.search(
+        re.escape(f"INFO conveyor.worker: job {short.id} finished: jobs:echo('ada@example.com', subject='hi') "
+                  f"(execution {fetch(queue.connection, short).execution_id}, queue default, ") + r"\d+\.\d{3}s\)$",
+        line), line
+    call = ended_line(log, long.id).split(" finished: ", 1)[1].split(" (execution ", 1)[0]
     assert call.startswith("jobs:echo('" + "x" * 20) and "x" * 30 not in call  # each argument cut
     assert call.endswith(", …)") and len(call) <= 120  # and the whole call
     raw = log.encode()
     assert b"\x1b" not in raw and "\u202e".encode() not in raw
-    assert "jobs:echo('\\x1b[1m\\u202e\\nforged')" in started_line(log, hostile.id)
+    assert "jobs:echo('\\x1b[1m\\u202e\\nforged')" in ended_line(log, hostile.id)
     assert not any(line.startswith("forged") for line in log.splitlines())
+    # One line per job at INFO: "started" is a DEBUG line.
+    assert " started" not in log and " DEBUG " not in log
+
+
+def test_started_is_a_debug_line_and_a_failure_names_the_call(queue: Queue, run_burst) -> None:
+    ok = queue.enqueue("jobs:echo", "ada")
+    bad = queue.enqueue("jobs:fail", "nope")
+    log = run_burst("--log-level", "debug").log()
+    [started] = [line for line in log.splitlines() if f"job {ok.id} started: " in line]
+    assert f" DEBUG conveyor.worker: job {ok.id} started: jobs:echo('ada') (execution " in started
+    assert log.index(started) < log.index(ended_line(log, ok.id))
+    failed = ended_line(log, bad.id, "failed")
+    assert f" WARNING conveyor.worker: job {bad.id} failed: jobs:fail('nope') (execution " in failed
+    assert failed.endswith(": ValueError: nope"), failed
 
 
 def test_args_are_kept_out_of_the_log_when_asked_and_in_json_logs(queue: Queue, run_burst) -> None:
     job = queue.enqueue("jobs:echo", "secret-token")
     log = run_burst("--no-log-args").log()
-    assert " started: jobs:echo (execution " in started_line(log, job.id) and "secret-token" not in log
+    assert " finished: jobs:echo (execution " in ended_line(log, job.id) and "secret-token" not in log
 
     job = queue.enqueue("jobs:echo", "secret-token")
     log = run_burst("--log-format", "json").log()
-    [start] = [json.loads(line) for line in log.splitlines() if job.id in line and '"event": "start"' in line]
-    assert start["message"].startswith(f"job {job.id} started: jobs:echo (execution ") and "secret-token" not in log
-    assert start["func"] == "jobs:echo"
+    [end] = [json.loads(line) for line in log.splitlines() if job.id in line and '"event": "complete"' in line]
+    assert end["message"].startswith(f"job {job.id} finished: jobs:echo (execution ") and "secret-token" not in log
+    assert end["func"] == "jobs:echo"
 
     job = queue.enqueue("jobs:echo", "shown-token")
-    log = run_burst("--log-format", "json", env={"CONVEYOR_LOG_ARGS": "true"}).log()
-    [start] = [json.loads(line) for line in log.splitlines() if job.id in line and '"event": "start"' in line]
-    assert start["message"].startswith(f"job {job.id} started: jobs:echo('shown-token') (execution ")
+    log = run_burst("--log-format", "json", "--log-level", "debug", env={"CONVEYOR_LOG_ARGS": "true"}).log()
+    for event, how in (("start", "started"), ("complete", "finished")):
+        [rec] = [json.loads(line) for line in log.splitlines() if job.id in line and f'"event": "{event}"' in line]
+        assert rec["message"].startswith(f"job {job.id} {how}: jobs:echo('shown-token') (execution ")
 
 
 def test_args_that_cannot_be_shown_do_not_stop_the_job(queue: Queue, conn: redis.Redis, run_burst) -> None:
@@ -198,7 +215,7 @@ def test_args_that_cannot_be_shown_do_not_stop_the_job(queue: Queue, conn: redis
     huge = queue.enqueue("jobs:identity", "y" * 100_000)
     log = run_burst("--allow-pickle").log()
     for job in (pickled, huge):
-        assert f"job {job.id} started: jobs:identity (args not shown) (execution " in started_line(log, job.id)
+        assert f"job {job.id} finished: jobs:identity (args not shown) (execution " in ended_line(log, job.id)
         assert fetch(conn, job).status is JobStatus.FINISHED
     assert "pickled-secret" not in log and "y" * 30 not in log
 

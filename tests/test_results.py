@@ -221,7 +221,7 @@ def test_registries_hold_plain_job_ids(queue: Queue, conn: redis.Redis, run_burs
 
 def test_started_registry_and_executions_while_running(queue: Queue, conn: redis.Redis, spawn_worker) -> None:
     queue.enqueue("jobs:sleep", 2, job_id="long-one")
-    w = spawn_worker("-q", "default", "--name", "w-results")
+    w = spawn_worker("-q", "default", "--name", "w-results", "--log-level", "debug")  # for its "started" line
     wait_until(lambda: queue.started.job_ids == ["long-one"], 15, "job to start")
     assert queue.count == 0
     execs = queue.started.executions()

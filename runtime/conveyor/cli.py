@@ -82,14 +82,14 @@ main.add_command(info)
 @click.option("--log-tracebacks/--no-log-tracebacks", envvar="CONVEYOR_LOG_TRACEBACKS", show_envvar=True, default=True,
               show_default=True, help="Log a failed job's traceback on its WARNING line (off: on a DEBUG line).")
 @click.option("--log-args/--no-log-args", envvar="CONVEYOR_LOG_ARGS", show_envvar=True, default=None,
-              help="Show each job's arguments (shortened) on its 'started' line (default: on for text logs, off for json).")
+              help="Show each job's arguments (shortened) on the line that logs how it ended (default: on for text logs, off for json).")
 @worker_start_options
 def worker(redis_url: str | None, queues: tuple[str, ...], log_level: str, log_format: str, **options: object) -> None:
     """Run a worker (``conveyor worker release`` gives back a lost worker's jobs)."""
     if click.get_current_context().invoked_subcommand:
         return
     start_up(options)  # --path, --connect-timeout, cron options that need the scheduler
-    logs.setup(log_level, log_format)
+    logs.setup(log_level, log_format, batched=True)  # a write per loop turn, not per line
     try:
         settings = worker_settings(redis_url, queues, log_format, options)
     except ConveyorError as exc:

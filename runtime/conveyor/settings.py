@@ -71,7 +71,8 @@ class WorkerSettings:
     max_batch: int = 200
     # The traceback of a failed job on its WARNING line (else on a DEBUG line of its own).
     log_tracebacks: bool = True
-    # The call's arguments (shortened) on "job ... started" lines; off keeps them out of logs.
+    # The call's arguments (shortened) on the line that ends each job (and DEBUG "started" lines);
+    # off keeps them out of logs.
     log_args: bool = True
 
     def __post_init__(self) -> None:

@@ -34,7 +34,24 @@ def call_text(func: str | None, ser: str, payload: bytes | None, with_args: bool
         return name + NOT_SHOWN
 
 
+class LazyCall:
+    """A log argument that builds the call text only when a handler formats the record (once)."""
+
+    __slots__ = ("func", "ser", "payload", "with_args", "_text")
+
+    def __init__(self, func: str | None, ser: str, payload: bytes | None, with_args: bool) -> None:
+        self.func, self.ser, self.payload, self.with_args = func, ser, payload, with_args
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = call_text(self.func, self.ser, self.payload, self.with_args)
+        return self._text
+
+
 def _joined(name: str, args: tuple[list[Any], dict[Any, Any]]) -> str:
+    if not args[0] and not args[1]:
+        return name + "()"
     parts = [_short(repr(a)) for a in args[0]] + [f"{printable(str(k))}={_short(repr(v))}" for k, v in args[1].items()]
     text = name + "("
     for i, part in enumerate(parts):

@@ -24,6 +24,7 @@ from .. import calls, keys
 from ..connection import cause
 from ..protocol import RUN_FIELDS, Code, Status
 from ..settings import WorkerSettings
+from .calltext import LazyCall
 from .claimed import Claimed, Ended
 from .link import LinkDown, RedisLink
 from .metrics import WorkerMetrics
@@ -299,27 +300,31 @@ class Flow:
         job, kind, m = e.job, e.kind, self.metrics.of(e.job.queue)
         self._done_with(job)
         extra = {"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
-                 "duration": round(e.duration, 6), "event": kind}
+                 "duration": round(e.duration, 6), "event": kind, "func": job.func}
         if code in (Code.OK, Code.DUPLICATE):
             outcome = _OUTCOMES[kind]
             self.stats["finished" if kind == "complete" else outcome] += 1
             getattr(m, outcome).inc()
             m.run_time[outcome].observe(e.duration)
             o = e.outcome
+            # The job's one line at INFO: how it ended, with its call (its text built only if logged).
             if kind == "complete":
-                log.info("job %s finished (execution %s, queue %s, %.3fs)", job.id, job.execution_id, job.queue,
-                         e.duration, extra=extra)
-            elif kind == "retry":
-                log.warning("job %s failed (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
-                            job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
+                if log.isEnabledFor(logging.INFO):
+                    log.info("job %s finished: %s (execution %s, queue %s, %.3fs)", job.id, self._call(job),
+                             job.execution_id, job.queue, e.duration, extra=extra)
+                return
+            call = self._call(job)
+            if kind == "retry":
+                log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
+                            call, job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
                             job.retries + 1, e.retry_in, extra=self._with_traceback(extra, o.traceback))
                 self._debug_traceback(extra, o.traceback)
             elif kind == "stop":
-                log.warning("job %s stopped on request (execution %s, queue %s, %.3fs)", job.id,
+                log.warning("job %s stopped on request: %s (execution %s, queue %s, %.3fs)", job.id, call,
                             job.execution_id, job.queue, e.duration, extra=extra)
             else:
-                log.warning("job %s failed (execution %s, queue %s, %.3fs): %s: %s", job.id, job.execution_id,
-                            job.queue, e.duration, o.exc_type, o.exc_message,
+                log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s", job.id, call,
+                            job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
                             extra=self._with_traceback(extra, o.traceback))
                 self._debug_traceback(extra, o.traceback)
         elif code == Code.STALE:
@@ -330,6 +335,9 @@ class Flow:
         else:
             self.stats["vanished"] += 1
             log.warning("job %s vanished from queue %s while it ran (deleted?); outcome dropped", job.id, job.queue)
+
+    def _call(self, job: Claimed) -> LazyCall:
+        return LazyCall(job.func, job.ser, job.payload, self.settings.log_args)
 
     def _with_traceback(self, extra: dict[str, Any], tb: str) -> dict[str, Any]:
         """The failure line's fields, with the traceback under --log-tracebacks (the default)."""

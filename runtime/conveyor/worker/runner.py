@@ -26,7 +26,7 @@ from ..errors import ConveyorError, InvalidFunction
 from ..retry import Retry, retry_delay
 from ..settings import WorkerSettings
 from . import execution
-from .calltext import call_text
+from .calltext import LazyCall
 from .claimed import Claimed, Ended
 from .execution import STOPPED, JobStopped, JobTimeout, Outcome, ThreadCall, failure
 from .metrics import WorkerMetrics
@@ -159,11 +159,12 @@ class Runner:
         ready_at = max(job.enqueued_at or 0.0, (job.due_at or 0.0) / 1000)
         if ready_at:
             m.wait_time.observe(max(0.0, time.time() - ready_at))
-        if log.isEnabledFor(logging.INFO):
-            log.info("job %s started: %s (execution %s, queue %s)", job.id,
-                     call_text(job.func, job.ser, job.payload, self.settings.log_args), job.execution_id, job.queue,
-                     extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue, "event": "start",
-                            "func": job.func})
+        # At INFO a job is logged once, when it ends (with its call); its start only at DEBUG.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job %s started: %s (execution %s, queue %s)", job.id,
+                      LazyCall(job.func, job.ser, job.payload, self.settings.log_args), job.execution_id, job.queue,
+                      extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue, "event": "start",
+                             "func": job.func})
         if job.malformed or job.func is None:
             return self.end(job, failure("MalformedJob", job.malformed or "job has no func field", retryable=False))
         try:

@@ -28,7 +28,7 @@ import time
 
 from redis.exceptions import RedisError
 
-from .. import __version__, keys, periodic, routing
+from .. import __version__, keys, logs, periodic, routing
 from ..connection import cause
 from ..errors import ConveyorError
 from ..settings import WorkerSettings
@@ -85,7 +85,10 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped (or, with burst, until the queues are empty). Returns the exit code."""
-        return asyncio.run(self.main())
+        try:
+            return asyncio.run(self.main())
+        finally:
+            logs.flush()  # the lines of the loop's last turn (a batched handler holds them back)
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
