@@ -19,7 +19,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..context import JobContext, _current
 from ..errors import ConveyorError, InvalidFunction
@@ -30,8 +30,10 @@ from .calltext import LazyCall
 from .claimed import Claimed, Ended
 from .execution import STOPPED, JobStopped, JobTimeout, Outcome, ThreadCall, failure
 from .metrics import WorkerMetrics
-from .procpool import ProcessPool
 from .threads import JobThreads
+
+if TYPE_CHECKING:
+    from .procpool import ProcessPool
 
 log = logging.getLogger("conveyor.worker")
 
@@ -67,6 +69,8 @@ class Runner:
         if s.pool == "thread":
             self._threads = JobThreads(s.concurrency, self._threads_done)
         elif s.pool == "process":
+            from .procpool import ProcessPool  # multiprocessing (~1.5 MiB) only in process-pool workers
+
             self._procs = ProcessPool(s.concurrency, max_jobs_per_child=s.max_jobs_per_child, allow_pickle=s.allow_pickle,
                                       allow_modules=s.allow_modules)
             self._procs.start()
