@@ -26,6 +26,8 @@ DEFAULT_UNIQUE_TTL = 3600
 IF_EXISTS = ("error", "ignore")
 OPTION_NAMES = ("job_id", "timeout", "result_ttl", "failure_ttl", "retry", "max_deliveries", "unique_key", "unique_ttl")
 _NO_OPTIONS = (None,) * 7
+_COLUMNS = range(1, len(ENQUEUE_FIELDS))  # every column but "id"
+_NO_IDS: Iterator[str] = iter(())
 
 
 class EnqueueData(NamedTuple):
@@ -85,22 +87,30 @@ def encode_batch(
     """Validate and encode a batch for enqueue.lua. Raises before anything is written."""
     if if_exists not in IF_EXISTS:
         raise errors.InvalidArgument(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
-    generated = iter(new_ids(sum(1 for item in items if item.job_id is None)))
-    rows = [_row(queue, item, n, generated) for n, item in enumerate(items)]
-    ids = [row[0] for row in rows]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise errors.InvalidJobId(f"job ID(s) {dupes} appear more than once in the batch")
-    mode = "fresh" if all(item.job_id is None for item in items) else if_exists
-    # Values every job shares travel once; the rest once per job ("id" always per job).
-    shared = [c for c in range(1, len(ENQUEUE_FIELDS)) if len({row[c] for row in rows}) == 1]
-    own = [0] + [c for c in range(1, len(ENQUEUE_FIELDS)) if c not in shared]
+    if len(items) == 1:
+        # Enqueue one by one is the common call: skip the batch-wide work, which for one
+        # row always gives the same answer (no duplicate IDs, every value shared).
+        item = items[0]
+        rows = [_row(queue, item, 0, iter(new_ids(1)) if item.job_id is None else _NO_IDS)]
+        mode = "fresh" if item.job_id is None else if_exists
+        shared, own = list(_COLUMNS), [0]
+    else:
+        generated = iter(new_ids(sum(1 for item in items if item.job_id is None)))
+        rows = [_row(queue, item, n, generated) for n, item in enumerate(items)]
+        ids = [row[0] for row in rows]
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise errors.InvalidJobId(f"job ID(s) {dupes} appear more than once in the batch")
+        mode = "fresh" if all(item.job_id is None for item in items) else if_exists
+        # Values every job shares travel once; the rest once per job ("id" always per job).
+        shared = [c for c in _COLUMNS if len({row[c] for row in rows}) == 1]
+        own = [0] + [c for c in _COLUMNS if c not in shared]
     # A shared value that equals the reader's default ("" means unset, json) need not be stored.
     stored = [c for c in shared if rows[0][c] not in ("", "json")]
     k = queue.keys
     argv: list[Any] = [
         k.job_prefix, mode, "" if due_ms is None else due_ms, k.schedule_channel,
-        *(guard if guard else ("", "")), len(stored),
+        *(guard if guard else ("", "")), k.queue, len(stored),
     ]
     for c in stored:
         argv += (ENQUEUE_FIELDS[c], rows[0][c])

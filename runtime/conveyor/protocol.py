@@ -153,6 +153,10 @@ KEYS: Final[dict[str, tuple[str, ...]]] = {
     "repair": ("ready", "recovered", "wake", "prefetched", "leases", "scheduled", "finished", "failed", "canceled"),
 }
 
+# Keys a script takes on some calls only, after its KEYS: enqueue.lua's queues set, left out on
+# a Cluster (another slot than the queue's keys).
+OPTIONAL_KEYS: Final[dict[str, tuple[str, ...]]] = {"enqueue": ("queues",)}
+
 
 def lua_name(kind: str, name: str) -> str:
     """The Lua local for a field (kind F: F_STATUS) or a status (kind S: S_QUEUED); a code keeps its name (OK)."""

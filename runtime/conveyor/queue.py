@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from . import batch, errors, keys, scripts
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
-from .connection import connect, refusal
+from .connection import connect, is_cluster, refusal
 from .job import Job, requeue_jobs
 from .protocol import ENQUEUE_FIELDS, Code, Status
 from .protocol import Field as F
@@ -80,6 +80,8 @@ class Queue:
         self.keys = self.keyspace.queue(name)
         self.encoding = batch.Encoding(self.keys, self.serializer, self.default_timeout, self.result_ttl,
                                        self.failure_ttl)
+        # enqueue.lua's optional KEYS[6]; None on a Cluster (another slot than the queue's keys).
+        self._queues_key = None if is_cluster(self.connection) else self.keyspace.queues
 
     # -- enqueueing --------------------------------------------------------------
 
@@ -168,18 +170,26 @@ class Queue:
         if not items:
             return []
         encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
+        # enqueue.lua adds the queue to the queues set, every time, not once: a Redis that was
+        # wiped learns the queue again. On a Cluster that set is in another slot: a SADD apart.
+        queues = self._queues_key
+        keys_ = encoded.keys if queues is None else [*encoded.keys, queues]
+        replies: list[Any]
+        if queues is not None and not self.min_replicas:
+            # One EVALSHA, no pipeline: the common case, and a round trip either way.
+            replies = [scripts.enqueue.run(self.connection, keys_, encoded.argv)]
+        else:
+            def build(pipe: Any) -> None:
+                if queues is None:
+                    pipe.sadd(self.keyspace.queues, self.name)
+                scripts.enqueue(pipe, keys_, encoded.argv)
+                if self.min_replicas:
+                    # Sent to the node that took the jobs (on a Cluster: the queue's master).
+                    pipe.execute_command("WAIT", self.min_replicas, int(self.replica_timeout * 1000),
+                                         keys=[self.keys.ready])
 
-        def build(pipe: Any) -> None:
-            # Every time, not once: a Redis that was wiped learns the queue again.
-            pipe.sadd(self.keyspace.queues, self.name)
-            scripts.enqueue(pipe, encoded.keys, encoded.argv)
-            if self.min_replicas:
-                # Sent to the node that took the jobs (on a Cluster: the queue's master).
-                pipe.execute_command("WAIT", self.min_replicas, int(self.replica_timeout * 1000),
-                                     keys=[self.keys.ready])
-
-        replies = scripts.execute_each(self.connection, build)
-        reply = replies[1]
+            replies = scripts.execute_each(self.connection, build)[queues is None:]
+        reply = replies[0]
         if isinstance(reply, ResponseError):
             raise refusal(reply, f"queue {self.name!r}") from None
         code, *flags = reply
@@ -203,7 +213,7 @@ class Queue:
             else:  # it existed, or another job holds its unique key: return that one
                 jobs.append(self.fetch_job(row[0] if flag == 0 else flag.decode()))
         if self.min_replicas:
-            acked = replies[2]
+            acked = replies[1]
             if isinstance(acked, ResponseError):
                 raise refusal(acked, f"queue {self.name!r} (WAIT for replicas)") from None
             if int(acked) < self.min_replicas:

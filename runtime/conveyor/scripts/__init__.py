@@ -7,8 +7,9 @@ time :func:`conveyor.protocol.lua_prelude` (return codes, statuses as ``S_QUEUED
 fields as ``F_STATUS``) and ``_lib.lua`` are put after that line, so the wire names have one
 definition and helpers are not copied.
 
-Scripts run by EVALSHA inside ordinary pipelines. (redis-py's own Script objects send
-SCRIPT EXISTS before every pipeline, a second round trip on the hot path.) Every command
+Scripts run by EVALSHA inside ordinary pipelines, or alone (:meth:`Script.run`, for the
+single enqueue: a pipeline costs more client time than the Lua). (redis-py's own Script
+objects send SCRIPT EXISTS before every pipeline, a second round trip on the hot path.) Every command
 of a pipeline gets its own reply (:func:`aexecute_each`): an error in one never throws
 away what Redis did for the others. When Redis answers NOSCRIPT (restarted, flushed) the
 scripts are loaded and only the commands that got NOSCRIPT are sent again: a script that
@@ -51,6 +52,23 @@ class Script:
     def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Queue (on a pipeline) or send (on a client) one EVALSHA."""
         return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def run(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Send one EVALSHA on a plain client (not a Cluster), without a pipeline's cost; the
+        reply, or an error reply as its exception, as :func:`execute_each` gives it. On
+        NOSCRIPT the scripts are loaded and it is sent again (a script that hit NOSCRIPT
+        never ran). A connection error raises."""
+        def send() -> Any:
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+        try:
+            try:
+                return send()
+            except NoScriptError:
+                load(client)
+                return send()
+        except ResponseError as exc:
+            return exc
 
 
 enqueue = Script("enqueue")
