@@ -32,6 +32,7 @@ from .validation import (
 
 _STATUS, _ENQUEUED_AT, _DUE_AT = F.STATUS.encode(), F.ENQUEUED_AT.encode(), F.DUE_AT.encode()
 _QUEUED, _SCHEDULED = Status.QUEUED.encode(), Status.SCHEDULED.encode()
+_FIELD_NAMES = tuple(f.encode() for f in ENQUEUE_FIELDS)  # a returned Job's hash fields, by column
 
 class Queue:
     """A named queue in Redis.
@@ -195,19 +196,22 @@ class Queue:
         code, *flags = reply
         if code == Code.EXISTS:
             raise errors.for_code(code, [f.decode() for f in flags], self.name)
-        rows, shared, own = encoded.rows, encoded.shared, encoded.own
+        rows, shared, per_job = encoded.rows, encoded.shared, encoded.own[1:]
+        row0 = rows[0]
         base: dict[bytes, Any] = {_STATUS: _QUEUED if due_ms is None else _SCHEDULED,
                                   _ENQUEUED_AT: repr(time.time()).encode()}  # refresh() reads the server's
         if due_ms is not None:
             base[_DUE_AT] = due_ms
-        base.update((ENQUEUE_FIELDS[c].encode(), rows[0][c]) for c in shared)
-        names = [ENQUEUE_FIELDS[c].encode() for c in own[1:]]
+        base.update([(_FIELD_NAMES[c], row0[c]) for c in shared])
+        names = [_FIELD_NAMES[c] for c in per_job]
+        single = len(rows) == 1  # one job: its fields are all in base, which it may keep
         jobs = []
         for n, row in enumerate(rows):
             flag: Any = flags[n] if flags else 1
             if flag == 1:
-                raw = base.copy()
-                raw.update(zip(names, (row[c] for c in own[1:])))
+                raw = base if single else base.copy()
+                if per_job:
+                    raw.update(zip(names, [row[c] for c in per_job]))
                 jobs.append(Job(row[0], self.name, self.connection, raw, allow_pickle=self.allow_pickle,
                                 prefix=self.keyspace.prefix))
             else:  # it existed, or another job holds its unique key: return that one
