@@ -187,6 +187,19 @@ def test_script_stays_under_luas_local_limit(name: str) -> None:
     assert count < 150, f"{name}: {count} locals in the main chunk"
 
 
+def test_each_script_gets_every_helper_it_uses() -> None:
+    lib = LUA.joinpath("_lib.lua").read_text()
+    helpers = set(re.findall(r"^local (?:function )?(\w+)", lib, re.M))
+    assert scripts.helpers_for(" ".join(helpers), lib) == lib, "cutting _lib.lua into definitions loses nothing"
+    for name in SCRIPT_NAMES:
+        source = scripts.Script(name).source
+        defined = set(re.findall(r"^local (?:function )?(\w+)", source, re.M))
+        code = re.sub(r"--[^\n]*", "", source)
+        used = {word for word in re.findall(r"\w+", code) if word in helpers}
+        assert used <= defined, f"{name}.lua uses {sorted(used - defined)} without its definition"
+    assert "malformed_reason" not in scripts.enqueue.source, "enqueue.lua does not pay for unused helpers"
+
+
 def test_wire_names_are_job_fields() -> None:
     assert len(set(FIELDS)) == len(FIELDS) and len(set(STATUSES)) == len(STATUSES)
     assert set(protocol.ENQUEUE_FIELDS[1:]) <= set(FIELDS) and protocol.ENQUEUE_FIELDS[0] == "id"

@@ -1,6 +1,8 @@
--- Shared helpers, prepended to every script by scripts/__init__.py (after the constants
+-- Shared helpers, put before every script by scripts/__init__.py (after the constants
 -- generated from conveyor/protocol.py: return codes such as OK, statuses such as S_QUEUED,
 -- job-hash fields such as F_STATUS; scripts use those, never the strings themselves).
+-- A script gets only the definitions it uses (helpers_for): each starts with "local" at
+-- column 0, its comment just above it.
 --
 -- Scripts validate before they mutate: a queue key of the wrong type stops a script
 -- before it changes anything (expect_types), and a bad job is dealt with on its own
