@@ -32,6 +32,7 @@ class Proxy:
         self._lock = threading.Lock()
         self._dropping = False
         self._needle: bytes | None = None
+        self._refuse_after = False
         self._upstreams: set[socket.socket] = set()
         self.replies_lost = 0
         self._stopped = False
@@ -55,9 +56,12 @@ class Proxy:
         with self._lock:
             self._dropping = True
 
-    def lose_reply_with(self, needle: bytes) -> None:
+    def lose_reply_with(self, needle: bytes, then_refuse: bool = False) -> None:
+        """Drop the connection carrying the first reply that contains ``needle``; with
+        ``then_refuse``, also refuse every connection from then on (Redis gone for good)."""
         with self._lock:
             self._needle = needle
+            self._refuse_after = then_refuse
 
     def heal(self) -> None:
         with self._lock:
@@ -130,7 +134,13 @@ class Proxy:
         if self._needle is not None and sock in self._upstreams and self._needle in data:
             self._needle = None
             self.replies_lost += 1
-            self._close(sock)
+            if self._refuse_after:
+                self._stopped = True
+                self._listener.close()
+                for s in list(self._peers):
+                    self._close(s)
+            else:
+                self._close(sock)
             return
         try:
             self._peers[sock].sendall(data)

@@ -120,6 +120,30 @@ def test_a_claim_whose_reply_is_lost_hands_its_jobs_back_at_once(server, proxy, 
     conn.close()
 
 
+def test_a_stop_does_not_wait_for_redis_to_undo_a_claim_whose_reply_was_lost(server, proxy, spawn_worker,
+                                                                            tmp_path) -> None:
+    """The claim's reply is lost and Redis is gone from then on: the worker started none of
+    those jobs, so a SIGTERM ends it at once (their leases bring them back), instead of
+    waiting the whole shutdown timeout for a Redis that could undo the claim."""
+    conn = redis.Redis.from_url(server.url)
+    q = Queue("default", connection=conn)
+    w = spawn_worker("--lease-seconds", "2", "--shutdown-timeout", "20", url=proxy.url())
+    worker_id(w)
+    job_id = uuid.uuid4().hex
+    proxy.lose_reply_with(job_id.encode(), then_refuse=True)
+    job = q.enqueue("jobs_faults:record", str(tmp_path / "runs"), "j", 0, job_id=job_id)
+    wait_until(lambda: proxy.replies_lost == 1, 10, "a claim's reply to be lost")
+    w.wait_log("lost Redis")
+    sent = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.wait(15) == 0
+    assert time.monotonic() - sent < 5, w.log()
+    assert executions(str(tmp_path / "runs")) == {}  # never started here
+    # The claim ran: the job is leased to the stopped worker until its lease lapses.
+    assert fetch(conn, job).status in (JobStatus.STARTED, JobStatus.PREFETCHED)
+    conn.close()
+
+
 def test_reset_connections_are_replaced_quietly(server, proxy, http_worker, tmp_path) -> None:
     """A pooled connection that died (reset) is replaced without an ERROR line or a readiness blip."""
     conn = redis.Redis.from_url(server.url)

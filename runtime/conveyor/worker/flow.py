@@ -99,7 +99,12 @@ class Flow:
 
     def has_work(self) -> bool:
         r = self.runner
-        if r.starting or r.release or r.cancels or self._unsure:
+        if r.starting or r.release or r.cancels:
+            return True
+        # A claim whose reply was lost is undone (disown) when Redis answers. A stopping
+        # worker does not wait for Redis for that alone: it started none of those jobs, and
+        # their leases bring them back if the claim ran at all.
+        if self._unsure and (r.accepting or self.link.up):
             return True
         now = time.monotonic()
         if any(e.not_before <= now for e in r.ended):
