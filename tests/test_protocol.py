@@ -156,11 +156,6 @@ def test_every_code_maps_to_its_exception() -> None:
             errors.for_code(code, "not an error")
 
 
-def test_errors_reexports_the_codes() -> None:
-    for code in Code:
-        assert getattr(errors, code.name) == code == getattr(protocol, code.name)
-
-
 def test_codes_keep_their_values() -> None:
     assert {c.name: int(c) for c in Code} == {
         "OK": 1, "STALE": 0, "MISSING": -1, "WRONG_STATE": -2, "EXISTS": -3, "DUPLICATE": 2}

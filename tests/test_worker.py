@@ -12,8 +12,9 @@ import uuid
 import pytest
 import redis
 
-from conveyor import JobStatus, Queue, calls, errors, scripts
+from conveyor import JobStatus, Queue, calls, scripts
 from conveyor.keys import QueueKeys
+from conveyor.protocol import Code
 from support import fetch, wait_until
 
 
@@ -353,13 +354,13 @@ def test_stale_execution_cannot_complete_a_started_job(queue: Queue, conn) -> No
     before = snapshot(conn, queue, job_id)
     wrong = exec_id + "0"
 
-    assert complete(conn, queue, "w0", job_id, wrong, b"99") == errors.STALE
+    assert complete(conn, queue, "w0", job_id, wrong, b"99") == Code.STALE
     assert snapshot(conn, queue, job_id) == before
     assert fetch(conn, job).status is JobStatus.STARTED
     assert queue.worker_job_ids("w1") == [job_id]
 
     # The execution that holds the lease still can.
-    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == errors.OK
+    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == Code.OK
     done = fetch(conn, job)
     assert done.status is JobStatus.FINISHED and done.result == 3
     assert job_id in queue.finished and job_id not in queue.started
@@ -370,7 +371,7 @@ def test_stale_execution_cannot_fail_a_started_job(queue: Queue, conn) -> None:
     job_id, exec_id = claim_one(conn, queue, "w1")
     before = snapshot(conn, queue, job_id)
 
-    assert fail(conn, queue, "w0", job_id, "not-" + exec_id) == errors.STALE
+    assert fail(conn, queue, "w0", job_id, "not-" + exec_id) == Code.STALE
     assert snapshot(conn, queue, job_id) == before
     current = fetch(conn, job)
     assert current.status is JobStatus.STARTED and current.exc_info is None
@@ -381,7 +382,7 @@ def test_stale_execution_cannot_release_a_started_job(queue: Queue, conn) -> Non
     queue.enqueue("jobs:add", 1, 2)
     job_id, exec_id = claim_one(conn, queue, "w1")
     before = snapshot(conn, queue, job_id)
-    assert release(conn, queue, "w0", job_id, exec_id + "0") == errors.STALE
+    assert release(conn, queue, "w0", job_id, exec_id + "0") == Code.STALE
     assert snapshot(conn, queue, job_id) == before
     assert queue.count == 0
 
@@ -389,14 +390,14 @@ def test_stale_execution_cannot_release_a_started_job(queue: Queue, conn) -> Non
 def test_old_execution_cannot_overwrite_after_the_job_was_claimed_again(queue: Queue, conn) -> None:
     job = queue.enqueue("jobs:add", 1, 2)
     job_id, first = claim_one(conn, queue, "w1")
-    assert release(conn, queue, "w1", job_id, first) == errors.OK
+    assert release(conn, queue, "w1", job_id, first) == Code.OK
     assert queue.job_ids == [job_id]
     _, second = claim_one(conn, queue, "w2")
     assert second != first
     before = snapshot(conn, queue, job_id)
 
-    assert complete(conn, queue, "w1", job_id, first, b"99") == errors.STALE
-    assert fail(conn, queue, "w1", job_id, first) == errors.STALE
+    assert complete(conn, queue, "w1", job_id, first, b"99") == Code.STALE
+    assert fail(conn, queue, "w1", job_id, first) == Code.STALE
     assert snapshot(conn, queue, job_id) == before
     assert fetch(conn, job).worker == "w2"
 
@@ -404,13 +405,13 @@ def test_old_execution_cannot_overwrite_after_the_job_was_claimed_again(queue: Q
 def test_retried_complete_flush_is_a_harmless_duplicate(queue: Queue, conn) -> None:
     job = queue.enqueue("jobs:add", 1, 2)
     job_id, exec_id = claim_one(conn, queue, "w1")
-    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == errors.OK
+    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == Code.OK
     after_first = snapshot(conn, queue, job_id)
 
-    assert complete(conn, queue, "w1", job_id, exec_id, b"4") == errors.DUPLICATE
+    assert complete(conn, queue, "w1", job_id, exec_id, b"4") == Code.DUPLICATE
     assert snapshot(conn, queue, job_id) == after_first
     # A fail for the same, already recorded execution changes nothing either.
-    assert fail(conn, queue, "w1", job_id, exec_id) == errors.DUPLICATE
+    assert fail(conn, queue, "w1", job_id, exec_id) == Code.DUPLICATE
     assert snapshot(conn, queue, job_id) == after_first
     done = fetch(conn, job)
     assert done.status is JobStatus.FINISHED and done.result == 3 and done.exc_info is None
@@ -419,11 +420,11 @@ def test_retried_complete_flush_is_a_harmless_duplicate(queue: Queue, conn) -> N
 def test_retried_fail_flush_is_a_harmless_duplicate(queue: Queue, conn) -> None:
     job = queue.enqueue("jobs:add", 1, 2)
     job_id, exec_id = claim_one(conn, queue, "w1")
-    assert fail(conn, queue, "w1", job_id, exec_id, "KeyError") == errors.OK
+    assert fail(conn, queue, "w1", job_id, exec_id, "KeyError") == Code.OK
     after_first = snapshot(conn, queue, job_id)
 
-    assert fail(conn, queue, "w1", job_id, exec_id, "OtherError") == errors.DUPLICATE
-    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == errors.DUPLICATE
+    assert fail(conn, queue, "w1", job_id, exec_id, "OtherError") == Code.DUPLICATE
+    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == Code.DUPLICATE
     assert snapshot(conn, queue, job_id) == after_first
     failed = fetch(conn, job)
     assert failed.status is JobStatus.FAILED and failed.exc_info.type == "KeyError" and failed.result is None
@@ -434,7 +435,7 @@ def test_completing_a_deleted_job_reports_missing(queue: Queue, conn) -> None:
     queue.enqueue("jobs:add", 1, 2)
     job_id, exec_id = claim_one(conn, queue, "w1")
     conn.delete(queue.keys.job(job_id))
-    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == errors.MISSING
+    assert complete(conn, queue, "w1", job_id, exec_id, b"3") == Code.MISSING
     assert not conn.exists(queue.keys.job(job_id))
     assert job_id not in queue.finished
 

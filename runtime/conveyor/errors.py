@@ -83,14 +83,6 @@ class RedisFull(ConveyorError):
     """Redis refused to store more (maxmemory reached with policy noeviction): nothing was written."""
 
 
-# The codes the Lua scripts return (defined in protocol.py; re-exported here for callers).
-OK = protocol.OK
-STALE = protocol.STALE
-MISSING = protocol.MISSING
-WRONG_STATE = protocol.WRONG_STATE
-EXISTS = protocol.EXISTS
-DUPLICATE = protocol.DUPLICATE
-
 # The exception a client sees for each code; None: not an error (OK), or one only the worker
 # that sent the call acts on (STALE, DUPLICATE: another execution owns the job, or this one
 # was recorded already).

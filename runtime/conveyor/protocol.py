@@ -99,14 +99,6 @@ class Code(enum.IntEnum):
     DUPLICATE = 2  # this execution's outcome was recorded already (a retried flush)
 
 
-OK: Final = Code.OK
-STALE: Final = Code.STALE
-MISSING: Final = Code.MISSING
-WRONG_STATE: Final = Code.WRONG_STATE
-EXISTS: Final = Code.EXISTS
-DUPLICATE: Final = Code.DUPLICATE
-
-
 class EnqueueOptions(NamedTuple):
     """The options enqueue.lua writes per job, named as their job-hash fields; "" is unset
     (the reader's default). A queue keeps one for jobs that set none of their own."""
