@@ -168,6 +168,7 @@ def test_unparsable_values_are_refused_naming_the_variable(monkeypatch: pytest.M
     [
         ({"CONVEYOR_CONCURRENCY": "0"}, InvalidArgument, "concurrency must be a positive integer"),
         ({"CONVEYOR_QUEUES": "a,a"}, InvalidArgument, "twice"),
+        ({"CONVEYOR_QUEUES": " , ,"}, click.BadParameter, "' , ,' (from CONVEYOR_QUEUES) names no queue"),
         ({"CONVEYOR_QUEUES": "good,bad name"}, InvalidQueueName, "bad name"),
         ({"CONVEYOR_POOL": "fork"}, click.BadParameter, "fork"),
     ],

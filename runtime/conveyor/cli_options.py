@@ -21,9 +21,12 @@ from .errors import ConveyorError
 def queues_option(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     # CONVEYOR_QUEUES is read here, not by click, which would split it on whitespace and
     # turn "bad name" into two queues instead of an error.
+    source = ""
     if not value and os.environ.get("CONVEYOR_QUEUES"):
-        value = (os.environ["CONVEYOR_QUEUES"],)
+        value, source = (os.environ["CONVEYOR_QUEUES"],), " (from CONVEYOR_QUEUES)"
     names = tuple(n.strip() for v in value for n in v.split(",") if n.strip())
+    if value and not names:  # "-q ," or CONVEYOR_QUEUES=",": a mistake, not a wish for "default"
+        raise click.BadParameter(f"{','.join(value)!r}{source} names no queue", ctx, param)
     return names or ("default",)
 
 
