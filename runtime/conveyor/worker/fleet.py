@@ -31,7 +31,7 @@ from .claimed import Claimed
 from .link import DOWN_ERRORS, LinkDown, RedisLink, RefusalLog
 from .metrics import DEPTH_STATES, WorkerMetrics
 from .runner import Runner
-from .scheduler import log_reaped
+from .scheduler import read_reaped
 
 log = logging.getLogger("conveyor.worker")
 POD_ENV = "POD_NAME"  # set by the Deployment from metadata.name; absent outside Kubernetes
@@ -113,16 +113,13 @@ class Housekeeping:
                     self.runner.renewed(job, sent + self.settings.lease_seconds)
 
     def _read_queue(self, queue: str, replies: Iterator[Any], reap: bool) -> None:
-        if reap:
-            reaped = next(replies)
-            if not self.refusals.refused(f"reaping of queue {queue}", reaped):
-                requeued, abandoned = reaped
-                log_reaped(queue, requeued, abandoned)
-                self.stats["orphans_recovered"] += len(requeued)
-                if requeued:
-                    self._recovered()
-                if requeued or abandoned:
-                    self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
+        if reap and (reaped := read_reaped(self.refusals, queue, next(replies))):
+            requeued, abandoned = reaped
+            self.stats["orphans_recovered"] += len(requeued)
+            if requeued:
+                self._recovered()
+            if requeued or abandoned:
+                self.metrics.reaped.labels(queue).inc(len(requeued) + len(abandoned))
         counts = depth.counts([next(replies) for _ in depth.STATES])
         sampled = self.metrics.sampled
         if None not in counts.values():  # a key of the wrong type: keep the last sample

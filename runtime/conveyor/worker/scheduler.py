@@ -170,13 +170,10 @@ class Scheduler:
         replies = iter(await self.link.roundtrip(build))
         for q in led:
             promoted = next(replies)
-            if reap:
-                reaped = next(replies)
-                if not self.refusals.refused(f"reaping of queue {q}", reaped):
-                    requeued, abandoned = reaped
-                    log_reaped(q, requeued, abandoned)
-                    self.stats["reaped"] += len(requeued)
-                    self.stats["abandoned"] += len(abandoned)
+            if reap and (reaped := read_reaped(self.refusals, q, next(replies))):
+                requeued, abandoned = reaped
+                self.stats["reaped"] += len(requeued)
+                self.stats["abandoned"] += len(abandoned)
             if self.refusals.refused(f"promotion of queue {q}", promoted):
                 continue
             moved, next_due = promoted
@@ -236,7 +233,17 @@ class Scheduler:
                 self.metrics.leader.labels(q).set(1 if q in self.leading else 0)
 
 
-def log_reaped(queue: str, requeued: list[bytes], abandoned: list[bytes]) -> None:
+def read_reaped(refusals: RefusalLog, queue: str, reply: Any) -> tuple[list[bytes], list[bytes]] | None:
+    """A reap call's reply (housekeeping's or the leader's): the jobs it recovered and
+    abandoned, each logged; None when Redis refused the call (logged once by ``refusals``)."""
+    if refusals.refused(f"reaping of queue {queue}", reply):
+        return None
+    requeued, abandoned = reply
+    _log_reaped(queue, requeued, abandoned)
+    return requeued, abandoned
+
+
+def _log_reaped(queue: str, requeued: list[bytes], abandoned: list[bytes]) -> None:
     for raw in requeued:
         job_id = raw.decode()
         log.warning("job %s recovered from an expired lease (worker lost); back at the head of queue %s",
