@@ -33,6 +33,7 @@ Machines here are 2-core and noisy: compare ratios from one run, not absolute nu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import re
@@ -43,7 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,21 @@ def dramatiq_worker(url: str, processes: int, threads: int) -> subprocess.Popen[
            "--queues", "dqbench", "--path", str(HERE)]
     return subprocess.Popen(cmd, env={**ENV, "BENCH_REDIS_URL": url}, stdout=subprocess.DEVNULL,
                             stderr=tempfile.TemporaryFile())
+
+
+@contextlib.contextmanager
+def dramatiq_started(url: str, conn: redis.Redis) -> Iterator[tuple[Any, subprocess.Popen[bytes]]]:
+    """A dramatiq worker (1 process x 8 threads) on an emptied database, up: it ran one stamp job."""
+    bd = dramatiq_module(url)
+    conn.flushdb()
+    worker = dramatiq_worker(url, 1, 8)
+    try:
+        bd.stamp.send(time.time())
+        wait_until(lambda: conn.llen(bd.STAMPS) == 1, 30, "dramatiq start")
+        yield bd, worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=120)
 
 
 def dramatiq_drain(url: str, conn: redis.Redis, actor: str, n: int, processes: int = 1, threads: int = 8) -> float:
@@ -344,19 +360,11 @@ def conveyor_pickup(url: str, conn: redis.Redis, n: int, gap: float) -> tuple[fl
 
 
 def dramatiq_pickup(url: str, conn: redis.Redis, n: int, gap: float) -> tuple[float, float]:
-    bd = dramatiq_module(url)
-    conn.flushdb()
-    worker = dramatiq_worker(url, 1, 8)
-    try:
-        bd.stamp.send(time.time())
-        wait_until(lambda: conn.llen(bd.STAMPS) == 1, 30, "dramatiq start")
+    with dramatiq_started(url, conn) as (bd, _):
         for _ in range(n):
             time.sleep(gap)
             bd.stamp.send(time.time())
         wait_until(lambda: conn.llen(bd.STAMPS) == n + 1, 60, "dramatiq stamps")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=120)
     pairs = [v.split() for v in conn.lrange(bd.STAMPS, 1, -1)]
     return p50_p99([(float(started) - float(sent)) * 1000 for sent, started in pairs])
 
@@ -422,17 +430,9 @@ def bench_rss(url: str, conn: redis.Redis, a: argparse.Namespace, warmup: int = 
         soaked = rss_mib(pid)
     finally:
         w.stop()
-    bd = dramatiq_module(url)
-    conn.flushdb()
-    dq = dramatiq_worker(url, 1, 8)
-    try:
-        bd.stamp.send(time.time())
-        wait_until(lambda: conn.llen(bd.STAMPS) == 1, 30, "dramatiq start")
-        time.sleep(1.0)
+    with dramatiq_started(url, conn) as (_, dq):
+        time.sleep(1.0)  # let it settle, as the Conveyor worker did
         dq_rss = sum(rss_mib(c) for c in children(dq.pid))
-    finally:
-        dq.send_signal(signal.SIGTERM)
-        dq.wait(timeout=120)
     return [
         ("idle worker RSS, metrics server on (after one job)", f"{idle:.1f} MiB", f"dramatiq 1x8 {dq_rss:.1f} MiB",
          f"{idle / dq_rss:.2f}x", "≤ 40 MiB"),
