@@ -32,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import conveyor, pytest, xdist, rq, msgpack, dramatiq, aiohttp" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import conveyor, pytest, xdist, rq, msgpack, dramatiq, aiohttp, starlette, jinja2, uvicorn, multipart, httpx2" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.conveyor-installed ]; then
   echo "setup: installing conveyor[dev] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null

@@ -106,6 +106,10 @@ def requeue(pipe: Any, k: QueueKeys, job_ids: Iterable[str]) -> Any:
     return scripts.requeue(pipe, [k.ready, k.failed, k.wake], [k.job_prefix, *job_ids])
 
 
+def delete(pipe: Any, k: QueueKeys, job_ids: Iterable[str]) -> Any:
+    return scripts.delete(pipe, [k.finished, k.failed, k.canceled], [k.job_prefix, *job_ids])
+
+
 def purge(pipe: Any, k: QueueKeys, include_scheduled: bool) -> Any:
     return scripts.purge(pipe, [k.ready, k.scheduled, k.recovered], [k.job_prefix, "1" if include_scheduled else "0"])
 

@@ -318,6 +318,21 @@ def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.
     return len(job_ids)
 
 
+def delete_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.Keyspace = keys.DEFAULT) -> int:
+    """Delete ended jobs (finished, failed, canceled) of one queue; raises if any is unknown or
+    has not ended (the others are deleted)."""
+    k = space.queue(queue)
+    [codes] = scripts.execute(conn, lambda p: calls.delete(p, k, job_ids))
+    missing = [j for j, c in zip(job_ids, codes) if c == Code.MISSING]
+    live = [j for j, c in zip(job_ids, codes) if c == Code.WRONG_STATE]
+    if missing:
+        raise errors.for_code(Code.MISSING, f"no job {', '.join(map(repr, missing))} in queue {queue!r}")
+    if live:
+        raise errors.for_code(Code.WRONG_STATE, f"job {', '.join(map(repr, live))} has not ended; "
+                              "cancel or stop it before deleting it")
+    return len(job_ids)
+
+
 def send_command(conn: redis.Redis, cmd: str, queue: str, job_id: str, space: keys.Keyspace = keys.DEFAULT) -> int:
     """Publish a fleet command on this database's channel; returns how many workers heard it."""
     message = json.dumps({"cmd": cmd, "queue": queue, "job_id": job_id})

@@ -140,6 +140,7 @@ KEYS: Final[dict[str, tuple[str, ...]]] = {
     "promote": ("scheduled", "ready", "wake", "failed"),
     "requeue": ("ready", "failed", "wake"),
     "purge": ("ready", "scheduled", "recovered"),
+    "delete": ("finished", "failed", "canceled"),
     "lock_renew": ("lock",),
     "lock_release": ("lock",),
     "repair": ("ready", "recovered", "wake", "prefetched", "leases", "scheduled", "finished", "failed", "canceled"),

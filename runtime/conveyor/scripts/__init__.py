@@ -123,11 +123,12 @@ disown = Script("disown")  # the jobs of a claim whose reply was lost
 promote = Script("promote")
 requeue = Script("requeue")
 purge = Script("purge")
+delete = Script("delete")  # ended jobs, from the dashboard
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
 repair = Script("repair")  # conveyor doctor --fix
 ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, release_worker, disown, promote,
-       requeue, purge, lock_renew, lock_release, repair)
+       requeue, purge, delete, lock_renew, lock_release, repair)
 
 
 def _load_stack() -> list[routing.Command]:
