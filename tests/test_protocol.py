@@ -129,7 +129,7 @@ def test_calls_send_the_declared_keys_in_order(name: str) -> None:
 def test_a_stopped_job_ends_in_the_canceled_registry() -> None:
     pipe = Recorder()
     calls.fail(pipe, K, "w", protocol.Status.CANCELED, 60, [])
-    assert pipe.sent == [("fail", ("leases", "prefetched", "claimed", "canceled"))]
+    assert pipe.sent == [("fail", ("leases", "prefetched", "claimed", "canceled", "rate"))]
 
 
 def test_enqueue_sends_the_declared_keys() -> None:

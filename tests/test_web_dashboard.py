@@ -181,3 +181,35 @@ def test_mounted_under_a_path_links_stay_inside(conn: redis.Redis, queue: Queue)
     assert 'href="/ops/jobs/queues/default/ready"' in page and 'href="/ops/jobs/static/app.css"' in page
     assert web.get(f"/ops/jobs/jobs/default/{job.id}").status_code == 200
     assert web.get("/ops/jobs/static/app.js").status_code == 200
+
+
+def test_ended_jobs_are_counted_per_ten_seconds_and_charted(
+        conn: redis.Redis, queue: Queue, run_burst: Callable[..., WorkerProcess]) -> None:
+    import time
+
+    queue.enqueue_many([Queue.prepare_data("jobs:add", (i, i)) for i in range(20)])
+    queue.enqueue_many([Queue.prepare_data("jobs:fail", ("x",)) for _ in range(7)])
+    run_burst()
+    counts = {k.decode(): int(v) for k, v in conn.hgetall(queue.keys.rate).items()}
+    assert sum(v for k, v in counts.items() if k.startswith("finished:")) == 20
+    assert sum(v for k, v in counts.items() if k.startswith("failed:")) == 7
+    # The chart reads complete buckets: put a minute of 2 jobs/s (and 0.5 failures/s) behind now.
+    conn.delete(queue.keys.rate)
+    bucket = int(time.time() // 10)
+    for b in range(bucket - 6, bucket):
+        conn.hset(queue.keys.rate, mapping={f"finished:{b}": 20, f"failed:{b}": 5})
+    page = client(conn).get("/").text
+    row = re.search(r'<a href="/queues/default/ready">default</a>.*?</tr>', page, re.S)
+    assert row and re.search(r'<td class="n">2\.0</td>\s*<td class="n alert">0\.5</td>', row.group(0)), row
+    assert re.search(r'<span class="big">2\.0</span> jobs/s finished', page)
+    assert page.count("<polyline") == 4  # the fleet's chart and the queue's, two lines each
+
+
+def test_a_rate_key_of_the_wrong_type_never_stops_an_outcome(
+        conn: redis.Redis, queue: Queue, run_burst: Callable[..., WorkerProcess]) -> None:
+    conn.rpush(queue.keys.rate, "not a hash")
+    ok, bad = queue.enqueue("jobs:add", 1, 2), queue.enqueue("jobs:fail", "x")
+    run_burst()
+    assert fetch(conn, ok).status == JobStatus.FINISHED and fetch(conn, ok).result == 3
+    assert fetch(conn, bad).status == JobStatus.FAILED
+    assert client(conn).get("/").status_code == 200  # the chart shows nothing for it, the page still renders

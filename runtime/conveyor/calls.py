@@ -38,7 +38,7 @@ def complete(pipe: Any, k: QueueKeys, worker: str, result_ttl: int, jobs: Iterab
     args: list[Any] = [k.job_prefix, worker, result_ttl]
     for triple in jobs:
         args += triple
-    return scripts.complete(pipe, [k.leases, k.prefetched, k.claimed(worker), k.finished], args)
+    return scripts.complete(pipe, [k.leases, k.prefetched, k.claimed(worker), k.finished, k.rate], args)
 
 
 def fail(pipe: Any, k: QueueKeys, worker: str, final: str, failure_ttl: int,
@@ -48,7 +48,7 @@ def fail(pipe: Any, k: QueueKeys, worker: str, final: str, failure_ttl: int,
     for row in jobs:
         args += row
     registry = k.failed if final == Status.FAILED else k.canceled
-    return scripts.fail(pipe, [k.leases, k.prefetched, k.claimed(worker), registry], args)
+    return scripts.fail(pipe, [k.leases, k.prefetched, k.claimed(worker), registry, k.rate], args)
 
 
 def retry(pipe: Any, k: QueueKeys, worker: str, jobs: Iterable[tuple[str, str, str, str, str, int]]) -> Any:

@@ -167,6 +167,11 @@ class QueueKeys:
         return f"{self.base}:stats"
 
     @cached_property
+    def rate(self) -> str:
+        """Jobs ended per 10-second bucket (the dashboard's chart)."""
+        return f"{self.base}:rate"
+
+    @cached_property
     def schedule_channel(self) -> str:
         return f"{self.base}:scheduled"
 

@@ -128,8 +128,8 @@ KEYS: Final[dict[str, tuple[str, ...]]] = {
     "enqueue": ("ready", "wake", "scheduled", "cron", "stats"),
     "claim": ("ready", "recovered", "prefetched", "leases", "claimed", "wake", "failed"),
     "start": ("prefetched", "leases"),
-    "complete": ("leases", "prefetched", "claimed", "finished"),
-    "fail": ("leases", "prefetched", "claimed", "failed"),  # the canceled zset for a stopped job
+    "complete": ("leases", "prefetched", "claimed", "finished", "rate"),
+    "fail": ("leases", "prefetched", "claimed", "failed", "rate"),  # the canceled zset for a stopped job
     "renew": ("prefetched", "leases"),
     "cancel": ("ready", "canceled", "scheduled", "recovered", "prefetched"),
     "release": ("ready", "recovered", "prefetched", "leases", "claimed", "wake"),

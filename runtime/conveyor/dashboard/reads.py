@@ -14,6 +14,7 @@ import redis
 from .. import admin, errors, keys, scripts, wire
 from ..job import Job
 from ..protocol import Field
+from . import chart
 
 # The tabs of a queue page, and where each lists its jobs from.
 STATES = ("ready", "scheduled", "prefetched", "started", "failed", "finished", "canceled")
@@ -155,22 +156,30 @@ def overview(conn: redis.Redis, space: keys.Keyspace) -> dict[str, Any]:
     now = time.time()
     names = [q["name"] for q in info["queues"]]
 
+    rate_fields, _ = chart.fields(now)
+
     def build(pipe: Any) -> None:
         for name in names:
             k = space.queue(name)
             pipe.lindex(k.ready, 0)
             pipe.hgetall(k.cron)
+            pipe.hmget(k.rate, rate_fields)
 
     replies = scripts.execute_each(conn, build)
-    heads = [r for r in replies[0::2]]
+    heads = replies[0::3]
     oldest = scripts.execute_each(conn, lambda p: [p.hget(space.queue(n).job(_text(h)), Field.ENQUEUED_AT)
                                                   for n, h in zip(names, heads) if isinstance(h, bytes)])
     ages = iter(oldest)
-    for q, head, cron in zip(info["queues"], heads, replies[1::2]):
+    total = [0.0] * (2 * chart.POINTS)
+    for q, head, cron, rates in zip(info["queues"], heads, replies[1::3], replies[2::3]):
         enq = _num(next(ages)) if isinstance(head, bytes) else None
         q["oldest_age"] = max(0.0, now - enq) if enq else None
         q["cron"] = [] if isinstance(cron, Exception) else sorted(
             (_text(name), _num(tick)) for name, tick in cron.items())
+        values = [None] * len(rate_fields) if isinstance(rates, Exception) else rates
+        q["rate"] = chart.series(values)
+        total = [t + v for t, v in zip(total, q["rate"].finished + q["rate"].failed)]
+    info["rate"] = chart.Series(total[:chart.POINTS], total[chart.POINTS:])
     info["now"] = now
     return info
 

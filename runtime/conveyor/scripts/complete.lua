@@ -2,6 +2,7 @@
 -- complete: record successful executions, if they still own their jobs. The error of an
 -- earlier attempt (exc_type, exc_message, exc_traceback) is cleared; attempts keeps it.
 -- KEYS[1] leases zset   KEYS[2] prefetched zset   KEYS[3] the worker's claimed set   KEYS[4] finished zset
+-- KEYS[5] rate hash (jobs ended per 10 s, best effort)
 -- ARGV[1] job key prefix   ARGV[2] worker ID   ARGV[3] result TTL for jobs without their own
 -- then per job three values: id, execution ID, serialized result
 -- Returns one code per job: OK, STALE (another execution owns it now), MISSING, or
@@ -11,6 +12,7 @@ if err then return err end
 local prefix, worker, default_ttl = ARGV[1], ARGV[2], ARGV[3]
 local now, now_str = now_s()
 local codes, entries = {}, {}
+local done = 0
 for i = 4, #ARGV, 3 do
   local id, exec, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
@@ -19,6 +21,7 @@ for i = 4, #ARGV, 3 do
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
+    done = done + 1
     unlease(id, KEYS[2], KEYS[1], nil)
     -- Jobs that failed or lost a worker before keep a history; the success ends it.
     if (int(f[5]) or 0) > 0 or (int(f[6]) or 0) > 0 then record_attempt(key, '', '', now_str) end
@@ -34,4 +37,5 @@ for i = 4, #ARGV, 3 do
   codes[#codes + 1] = code
 end
 register(KEYS[4], entries, now)
+count_ended(KEYS[5], S_FINISHED, done, now)
 return codes

@@ -1,7 +1,7 @@
 #!lua flags=allow-oom
 -- fail: record failed (or stopped) executions for good, if they still own their jobs.
 -- KEYS[1] leases zset   KEYS[2] prefetched zset   KEYS[3] the worker's claimed set
--- KEYS[4] failed (or canceled) zset
+-- KEYS[4] failed (or canceled) zset   KEYS[5] rate hash (jobs ended per 10 s, best effort)
 -- ARGV[1] job key prefix   ARGV[2] worker ID   ARGV[3] the final status: "failed", or "canceled"
 -- for a job stopped on request   ARGV[4] failure TTL for jobs without their own; then per job
 -- five values: id, execution ID, exception type, exception message, traceback text
@@ -11,6 +11,7 @@ if err then return err end
 local prefix, worker, final, default_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, now_str = now_s()
 local codes, entries = {}, {}
+local done = 0
 for i = 5, #ARGV, 5 do
   local id, exec = ARGV[i], ARGV[i + 1]
   local key = prefix .. id
@@ -18,6 +19,7 @@ for i = 5, #ARGV, 5 do
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
+    done = done + 1
     unlease(id, KEYS[2], KEYS[1], nil)
     record_attempt(key, ARGV[i + 2], ARGV[i + 3], now_str)
     redis.call('HSET', key, F_STATUS, final, F_EXC_TYPE, ARGV[i + 2], F_EXC_MESSAGE, ARGV[i + 3],
@@ -33,4 +35,5 @@ for i = 5, #ARGV, 5 do
   codes[#codes + 1] = code
 end
 register(KEYS[4], entries, now)
+count_ended(KEYS[5], final, done, now)
 return codes
