@@ -40,7 +40,7 @@ def _nice(top: float) -> float:
     if top <= 0:
         return 1.0
     magnitude = 10 ** math.floor(math.log10(top))
-    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= top)
+    return float(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= top))
 
 
 def fields(now: float) -> tuple[list[str], int]:
