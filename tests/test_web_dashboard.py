@@ -213,3 +213,16 @@ def test_a_rate_key_of_the_wrong_type_never_stops_an_outcome(
     assert fetch(conn, ok).status == JobStatus.FINISHED and fetch(conn, ok).result == 3
     assert fetch(conn, bad).status == JobStatus.FAILED
     assert client(conn).get("/").status_code == 200  # the chart shows nothing for it, the page still renders
+
+
+def test_the_timeline_has_every_attempt_once(
+        conn: redis.Redis, queue: Queue, run_burst: Callable[..., WorkerProcess]) -> None:
+    from conveyor import Retry
+
+    job = queue.enqueue("jobs:fail", "again", retry=Retry(max=1, intervals=[0]))
+    run_burst("--with-scheduler")
+    page = client(conn).get(f"/jobs/default/{job.id}").text
+    timeline = page[page.index("<h2>Timeline</h2>"):]
+    whats = re.findall(r"<tr><td>([^<]+)</td>", timeline)
+    assert whats == ["enqueued", "attempt 1", "attempt 2", "failed"], whats
+    assert timeline.count("ValueError: again") == 2

@@ -206,19 +206,23 @@ def pretty(value: Any) -> str:
 
 
 def timeline(d: dict[str, Any]) -> list[dict[str, Any]]:
-    """Enqueue, each past attempt (from the job's attempts history), then the current one."""
+    """Enqueue, then every attempt from the job's history (the ended one of an ended job is in
+    it already), then the attempt running now, if any."""
     out: list[dict[str, Any]] = [{"what": "enqueued", "at": d["enqueued_at"]}]
-    for n, a in enumerate(d["attempts"], 1):
-        out.append({"what": f"attempt {n}", "at": a.get("started_at"), "ended": a.get("ended_at"),
-                    "execution_id": a.get("execution_id"), "worker": None,
-                    "error": f"{a['exc_type']}: {a['exc_message']}" if a.get("exc_type") else None})
     if d["due_at"] and d["status"] == "scheduled":
         out.append({"what": "due", "at": d["due_at"]})
-    if d["started_at"]:
+    current_in_history = False
+    for n, a in enumerate(d["attempts"], 1):
+        current = bool(a.get("execution_id")) and a.get("execution_id") == d["execution_id"]
+        current_in_history |= current
+        out.append({"what": f"attempt {n}", "at": a.get("started_at"), "ended": a.get("ended_at"),
+                    "execution_id": a.get("execution_id"), "worker": d["worker"] if current else None,
+                    "error": f"{a['exc_type']}: {a['exc_message']}" if a.get("exc_type") else None})
+    if d["started_at"] and not current_in_history:
         err = d["error"]
-        out.append({"what": f"{d['status']} (current attempt)", "at": d["started_at"], "ended": d["ended_at"],
-                    "execution_id": d["execution_id"], "worker": d["worker"],
+        out.append({"what": f"attempt {len(d['attempts']) + 1} ({d['status']})", "at": d["started_at"],
+                    "ended": d["ended_at"], "execution_id": d["execution_id"], "worker": d["worker"],
                     "error": f"{err['type']}: {err['message']}" if err else None})
-    elif d["ended_at"]:
+    if d["ended_at"]:
         out.append({"what": d["status"], "at": d["ended_at"]})
     return out
