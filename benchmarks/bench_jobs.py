@@ -37,3 +37,10 @@ def sleep10ms_traced() -> None:
     start = time.perf_counter()
     time.sleep(0.01)
     _trace.append((threading.get_ident(), start, time.perf_counter()))
+
+
+def fail(kind: str = "value") -> None:
+    """Fails with ValueError, or KeyError when kind is "key" (the dashboard benchmark's failed jobs)."""
+    if kind == "key":
+        raise KeyError("no such record")
+    raise ValueError("bad input")

@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 # Debian packages, by the command the tests run: redis-server; redis-cli (package
 # redis-tools), which tests/deployments.py uses to create a cluster; openssl, which it
 # uses to make the TLS certificates; shellcheck, which tests/chart/test_kind_flow.py runs on
-# every script in scripts/.
+# every script in scripts/; chromium, which the dashboard's browser tests drive (Playwright,
+# pointed at Debian's build: no browser download).
 MISSING=()
 command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || MISSING+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
 command -v shellcheck >/dev/null 2>&1 || MISSING+=(shellcheck)
+command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
 if [ "${#MISSING[@]}" -gt 0 ]; then
   echo "setup: installing missing packages with apt-get: ${MISSING[*]}"
   SUDO=""
@@ -32,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import conveyor, pytest, xdist, rq, msgpack, dramatiq, aiohttp, starlette, jinja2, uvicorn, multipart, httpx2" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import conveyor, pytest, xdist, rq, msgpack, dramatiq, aiohttp, starlette, jinja2, uvicorn, multipart, httpx2, playwright" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.conveyor-installed ]; then
   echo "setup: installing conveyor[dev] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null

@@ -55,9 +55,10 @@ def dashboard(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def page() -> Iterator[Any]:
     """A Chromium page that fails the test on any console error or uncaught exception."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
     problems: list[str] = []
-    with sync_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         tab = browser.new_page(viewport={"width": 1280, "height": 800})
         tab.set_default_timeout(15_000)

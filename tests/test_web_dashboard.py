@@ -10,7 +10,7 @@ from collections.abc import Callable
 import redis
 
 from conveyor import JobStatus, Queue
-from support import WorkerProcess, fetch, wait_status, worker_id
+from support import WorkerProcess, fetch, wait_status, wait_until, worker_id
 from web_client import act, client
 
 ROW = re.compile(r'<td class="id"><a href="/jobs/[^/]+/([0-9a-f]+)">')
@@ -30,14 +30,22 @@ def test_overview_shows_queues_counts_workers_and_leader(
     long_one = queue.enqueue("jobs:sleep", 30)
     wait_status(conn, long_one.id, JobStatus.STARTED)
     web = client(conn)
-    page = web.get("/").text
-    row = re.search(r'<a href="/queues/default/ready">default</a>.*?</tr>', page, re.S)
-    assert row, page
-    cells = re.findall(r'<td class="n[^"]*">(?:<a [^>]+>)?([^<]*)', row.group(0))
-    # ready, scheduled, prefetched, running, failed, finished, canceled, oldest waiting
-    assert cells[:7] == ["0", "1", "0", "1", "1", "1", "0"], cells
-    assert wid in page  # the live worker, and as the scheduler's leader
-    assert re.search(rf'<td class="id">{re.escape(wid)}</td>\s*</tr>', page), "leader column"
+
+    def cells() -> list[str]:
+        row = re.search(r'<a href="/queues/default/ready">default</a>.*?</tr>', web.get("/").text, re.S)
+        assert row
+        return re.findall(r'<td class="n[^"]*">(?:<a [^>]+>)?([^<]*)', row.group(0))
+
+    # ready, scheduled, prefetched, running, failed, finished, canceled (outcomes are recorded
+    # in the worker's next round trip: poll)
+    expected = ["0", "1", "0", "1", "1", "1", "0"]
+    wait_until(lambda: cells()[:7] == expected, 10, f"the overview to count {expected}, last {cells()[:7]}")
+    def led() -> str | None:
+        page = web.get("/").text
+        return page if re.search(rf'<td class="id">{re.escape(wid)}</td>\s*</tr>', page) else None
+
+    page = wait_until(led, 10, "the worker in the scheduler leader column")
+    assert f'<td class="id">{wid}' in page  # the live worker's row
 
 
 def test_a_failed_job_shows_its_traceback_and_retry_puts_it_back(

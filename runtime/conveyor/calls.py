@@ -110,6 +110,10 @@ def delete(pipe: Any, k: QueueKeys, job_ids: Iterable[str]) -> Any:
     return scripts.delete(pipe, [k.finished, k.failed, k.canceled], [k.job_prefix, *job_ids])
 
 
+def failed_types(pipe: Any, k: QueueKeys, now: float, offset: int, count: int, exc_type: str) -> Any:
+    return scripts.failed_types(pipe, [k.failed], [k.job_prefix, repr(now), offset, count, exc_type])
+
+
 def purge(pipe: Any, k: QueueKeys, include_scheduled: bool) -> Any:
     return scripts.purge(pipe, [k.ready, k.scheduled, k.recovered], [k.job_prefix, "1" if include_scheduled else "0"])
 

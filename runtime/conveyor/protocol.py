@@ -141,6 +141,7 @@ KEYS: Final[dict[str, tuple[str, ...]]] = {
     "requeue": ("ready", "failed", "wake"),
     "purge": ("ready", "scheduled", "recovered"),
     "delete": ("finished", "failed", "canceled"),
+    "failed_types": ("failed",),
     "lock_renew": ("lock",),
     "lock_release": ("lock",),
     "repair": ("ready", "recovered", "wake", "prefetched", "leases", "scheduled", "finished", "failed", "canceled"),

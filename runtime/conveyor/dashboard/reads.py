@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from .. import admin, errors, keys, scripts, wire
+from .. import admin, calls, errors, keys, scripts, wire
 from ..job import Job
 from ..protocol import Field
 from . import chart
@@ -20,7 +20,7 @@ from . import chart
 STATES = ("ready", "scheduled", "prefetched", "started", "failed", "finished", "canceled")
 PER_PAGE = 50
 FILTER_SCAN = 10_000  # failed jobs looked at, newest first, when filtering by exception type
-_CHUNK = 500
+_CHUNK = 2_000  # failed entries one failed_types.lua call looks at (~1 ms of Redis)
 
 _ROW_FIELDS = (Field.FUNC, Field.STATUS, Field.ENQUEUED_AT, Field.STARTED_AT, Field.ENDED_AT, Field.RETRIES,
                Field.DELIVERIES, Field.WORKER, Field.EXC_TYPE, Field.EXC_MESSAGE, Field.DUE_AT)
@@ -127,17 +127,17 @@ def listing(conn: redis.Redis, space: keys.Keyspace, queue: str, state: str, pag
 
 def failed_of_type(conn: redis.Redis, k: keys.QueueKeys, exc_type: str, limit: int = FILTER_SCAN) -> tuple[list[str], int]:
     """Failed jobs whose exception type is ``exc_type``, newest first, among the newest ``limit``
-    failed jobs (chunked reads: one ZRANGE and one pipeline of HGETs per 500)."""
+    failed jobs: read in Redis (failed_types.lua), a stretch of _CHUNK entries per call."""
     now = time.time()
     found: list[str] = []
     scanned = 0
     while scanned < limit:
-        ids = page_ids(conn, k, "failed", scanned, min(_CHUNK, limit - scanned), now)
-        if not ids:
+        want = min(_CHUNK, limit - scanned)
+        [(looked, *ids)] = scripts.execute(conn, lambda p: calls.failed_types(p, k, now, scanned, want, exc_type))
+        found += _decoded(ids)
+        scanned += int(looked)
+        if looked < want:
             break
-        types = scripts.execute_each(conn, lambda p: [p.hget(k.job(i), Field.EXC_TYPE) for i in ids])
-        found += [i for i, t in zip(ids, types) if not isinstance(t, Exception) and _text(t) == exc_type]
-        scanned += len(ids)
     return found, scanned
 
 

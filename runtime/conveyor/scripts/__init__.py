@@ -124,11 +124,12 @@ promote = Script("promote")
 requeue = Script("requeue")
 purge = Script("purge")
 delete = Script("delete")  # ended jobs, from the dashboard
+failed_types = Script("failed_types")  # the dashboard's filter of failed jobs by exception type
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
 repair = Script("repair")  # conveyor doctor --fix
 ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, release_worker, disown, promote,
-       requeue, purge, delete, lock_renew, lock_release, repair)
+       requeue, purge, delete, failed_types, lock_renew, lock_release, repair)
 
 
 def _load_stack() -> list[routing.Command]:
