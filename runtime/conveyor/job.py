@@ -308,14 +308,7 @@ def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.
     """Requeue failed jobs of one queue; raises if any is unknown or not failed (the others still move)."""
     k = space.queue(queue)
     [codes] = scripts.execute(conn, lambda p: calls.requeue(p, k, job_ids))
-    missing = [j for j, c in zip(job_ids, codes) if c == Code.MISSING]
-    wrong = [j for j, c in zip(job_ids, codes) if c == Code.WRONG_STATE]
-    if missing:
-        raise errors.for_code(Code.MISSING, f"no job {', '.join(map(repr, missing))} in queue {queue!r}")
-    if wrong:
-        raise errors.for_code(Code.WRONG_STATE,
-                              f"job {', '.join(map(repr, wrong))} is not failed; only failed jobs can be requeued")
-    return len(job_ids)
+    return _all_done(queue, job_ids, codes, "is not failed; only failed jobs can be requeued")
 
 
 def delete_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.Keyspace = keys.DEFAULT) -> int:
@@ -323,13 +316,15 @@ def delete_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.K
     has not ended (the others are deleted)."""
     k = space.queue(queue)
     [codes] = scripts.execute(conn, lambda p: calls.delete(p, k, job_ids))
-    missing = [j for j, c in zip(job_ids, codes) if c == Code.MISSING]
-    live = [j for j, c in zip(job_ids, codes) if c == Code.WRONG_STATE]
-    if missing:
-        raise errors.for_code(Code.MISSING, f"no job {', '.join(map(repr, missing))} in queue {queue!r}")
-    if live:
-        raise errors.for_code(Code.WRONG_STATE, f"job {', '.join(map(repr, live))} has not ended; "
-                              "cancel or stop it before deleting it")
+    return _all_done(queue, job_ids, codes, "has not ended; cancel or stop it before deleting it")
+
+
+def _all_done(queue: str, job_ids: list[str], codes: list[int], wrong_state: str) -> int:
+    """How many jobs a per-job script moved; raises naming those it refused (MISSING first)."""
+    for code, what in ((Code.MISSING, None), (Code.WRONG_STATE, wrong_state)):
+        refused = ", ".join(repr(j) for j, c in zip(job_ids, codes) if c == code)
+        if refused:
+            raise errors.for_code(code, f"no job {refused} in queue {queue!r}" if what is None else f"job {refused} {what}")
     return len(job_ids)
 
 
