@@ -67,6 +67,34 @@ def test_a_token_is_required_when_set(conn: redis.Redis) -> None:
     assert client(conn, access=Access(token="t0ken")).get("/?token=nope").status_code == 401
 
 
+def test_healthz_answers_without_auth_and_shows_nothing(conn: redis.Redis, queue: Queue) -> None:
+    """The kubelet's probes cannot log in: /healthz answers "ok" without credentials, and
+    only that path (nor a path that merely starts with it) is let through."""
+    job = queue.enqueue("jobs:add", 1, 2)
+    for access in (Access(token="t0ken"), Access(username="ops", password="pw"), Access(), Access(read_only=True)):
+        web = client(conn, access=access)
+        reply = web.get("/healthz")
+        assert (reply.status_code, reply.text) == (200, "ok"), access
+        assert reply.headers["content-type"].startswith("text/plain") and "set-cookie" not in reply.headers
+        assert job.id not in reply.text
+        assert web.head("/healthz").status_code == 200
+        if access.protected:
+            for path in ("/", "/healthz/", "/healthz/../", "/healthzx", f"/jobs/default/{job.id}", "/static/app.css"):
+                assert web.get(path).status_code == 401, path
+            assert web.post("/healthz").status_code == 405  # only GET and HEAD, and nothing behind it
+    # Mounted in another app, the path is the mount's /healthz, and the rest stays guarded.
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    from conveyor.dashboard import Settings, create_app
+
+    outer = Starlette(routes=[Mount("/ops/jobs", create_app(conn, Settings(access=Access(token="t0ken"))))])
+    web = TestClient(outer, follow_redirects=False)
+    assert web.get("/ops/jobs/healthz").text == "ok"
+    assert web.get("/ops/jobs/").status_code == 401 and web.get("/healthz").status_code == 404
+
+
 def test_basic_auth(conn: redis.Redis) -> None:
     web = client(conn, access=Access(username="ops", password="pa:ss"))
     refused = web.get("/")

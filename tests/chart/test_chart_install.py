@@ -44,6 +44,8 @@ def test_helm_install_then_the_installed_operator_reconciles_a_jobqueue(
         "image": {"repository": IMAGE.split(":")[0], "tag": "test"},
         "operator": {"livenessPort": free_port(), "resyncSeconds": 0.5, "redisTimeoutSeconds": 0.5,
                      "metrics": {"port": free_port()}},
+        # The web dashboard comes along: its objects are created like the operator's.
+        "webDashboard": {"enabled": True, "readOnly": True, "redis": {"urlSecret": {"name": "redis"}}},
     }
     example = {"enabled": True, "name": "demo", "queues": ["demo-high", "demo"], "redisUrl": redis_server.url}
     # The CRD must exist before Helm can map a JobQueue, so the example comes with an upgrade
@@ -63,8 +65,12 @@ def test_helm_install_then_the_installed_operator_reconciles_a_jobqueue(
     for path in (f"/api/v1/namespaces/{NS}/serviceaccounts/conveyor-operator",
                  f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{NS}-conveyor-operator",
                  f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{NS}-conveyor-operator",
-                 f"/api/v1/namespaces/{NS}/services/conveyor-operator-metrics"):
+                 f"/api/v1/namespaces/{NS}/services/conveyor-operator-metrics",
+                 f"/api/v1/namespaces/{NS}/services/conveyor-web-dashboard"):
         assert cluster.get(path), f"helm did not create {path}"
+    web = cluster.get(f"/apis/apps/v1/namespaces/{NS}/deployments/conveyor-web-dashboard")
+    assert web and web["spec"]["template"]["spec"]["containers"][0]["command"] == ["conveyor", "dashboard"]
+    assert "port-forward svc/conveyor-web-dashboard 9181" in installed["notes"]
     deployment = cluster.get(f"/apis/apps/v1/namespaces/{NS}/deployments/conveyor-operator")
     assert deployment and deployment["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
     jq = cluster.get(f"/apis/conveyor.dev/v1alpha1/namespaces/{NS}/jobqueues/demo")

@@ -32,6 +32,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "namespaced-fleet": {"operator": {"replicas": 2, "watchNamespaces": ["team-a"]}},
     "dashboard": {"dashboard": {"enabled": True, "namespace": "monitoring",
                                 "annotations": {"grafana_folder": "Conveyor"}}},
+    "web-dashboard": {"webDashboard": {
+        "enabled": True, "replicas": 2, "redis": {"urlSecret": {"name": "redis", "key": "dsn"},
+                                                   "tls": {"caSecret": {"name": "redis-ca"},
+                                                           "clientCertSecret": {"name": "redis-client"}}},
+        "prefix": "app1", "auth": {"existingSecret": "dashboard-auth"}, "hideArgs": ["payments", "*"],
+        "refreshSeconds": 1.5, "service": {"type": "LoadBalancer", "port": 80, "annotations": {"a": "b"}},
+        "podLabels": {"team": "ops"}, "podAnnotations": {"c": "d"}, "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "ops", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}]}}},
+        "priorityClassName": "low"}},
+    "web-dashboard-read-only": {"webDashboard": {"enabled": True, "readOnly": True,
+                                                 "redis": {"url": "redis://redis:6379/0"}}},
     "everything": {
         "image": {"repository": "registry.example.com/conveyor", "tag": "1.2.3", "pullPolicy": "Always"},
         "imagePullSecrets": ["regcred"],
@@ -69,8 +82,8 @@ def env_of(dep: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("values", [{}, VALUE_SETS["everything"], VALUE_SETS["namespaced-monitoring"],
-                                    VALUE_SETS["fleet"]],
-                         ids=["defaults", "everything", "namespaced-monitoring", "fleet"])
+                                    VALUE_SETS["fleet"], VALUE_SETS["web-dashboard"]],
+                         ids=["defaults", "everything", "namespaced-monitoring", "fleet", "web-dashboard"])
 def test_lint_strict_passes(values: dict[str, Any]) -> None:
     report = helm_python.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
     assert report["errors"] == []
@@ -326,6 +339,190 @@ def test_example_jobqueue_is_valid_against_the_crd() -> None:
     assert any("concurency" in e.message for e in validator.iter_errors(bad))
 
 
+# --- the web dashboard (webDashboard) -----------------------------------------------------------------
+
+WEB_AUTH_ENV = {"CONVEYOR_DASHBOARD_TOKEN": "token", "CONVEYOR_DASHBOARD_USER": "username",
+                "CONVEYOR_DASHBOARD_PASSWORD": "password", "CONVEYOR_DASHBOARD_SECRET": "secret"}
+
+
+def web_dashboard(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The dashboard's Deployment and Service (by component: the operator has both kinds too)."""
+    found = [d for d in docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "web-dashboard"]
+    assert sorted(d["kind"] for d in found) == ["Deployment", "Service"], found
+    return one(found, "Deployment"), one(found, "Service")
+
+
+def test_web_dashboard_is_off_by_default() -> None:
+    docs, notes = render()
+    assert not [d for d in docs if "web-dashboard" in d["metadata"]["name"]]
+    assert "web dashboard" not in notes and len(by_kind(docs, "Deployment")) == 1
+
+
+def test_web_dashboard_deployment_is_restricted_and_reads_its_secrets() -> None:
+    docs, notes = render(VALUE_SETS["web-dashboard"])
+    dep, svc = web_dashboard(docs)
+    operator = next(d for d in by_kind(docs, "Deployment") if d is not dep)
+    assert dep["metadata"]["name"] == "conveyor-web-dashboard" and dep["metadata"]["namespace"] == "conveyor-system"
+    assert dep["spec"]["replicas"] == 2
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items() and labels["team"] == "ops"
+    assert selector["app.kubernetes.io/component"] == "web-dashboard"
+    # Neither selects the other's pods.
+    op_labels = operator["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= op_labels.items()
+    assert not operator["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert dep["spec"]["template"]["metadata"]["annotations"] == {"c": "d"}
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    op_pod = operator["spec"]["template"]["spec"]
+    # Pod Security Standards "restricted", exactly as the operator's pod.
+    assert pod["securityContext"] == op_pod["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert c["securityContext"] == op_pod["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert c["image"] == op_pod["containers"][0]["image"]
+    assert c["command"] == ["conveyor", "dashboard"]
+    assert c["args"] == ["--host=0.0.0.0", "--port=9181", "--refresh=1.5", "--prefix=app1",
+                         "--hide-args=payments", "--hide-args=*"]
+    assert c["ports"] == [{"name": "http", "containerPort": 9181, "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    assert c["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["CONVEYOR_REDIS_URL"] == {"name": "CONVEYOR_REDIS_URL",
+                                         "valueFrom": {"secretKeyRef": {"name": "redis", "key": "dsn"}}}
+    for name, key in WEB_AUTH_ENV.items():
+        assert env[name]["valueFrom"] == {"secretKeyRef": {"name": "dashboard-auth", "key": key, "optional": True}}
+    # TLS as the operator gives it to workers: the same variables, directory and file mode.
+    from conveyor_operator import builders
+
+    assert {env[v]["value"] for v in builders.TLS_ENV.values()} == {
+        f"{builders.TLS_DIR}/{f}" for f in builders.TLS_ENV}
+    assert {"name": "redis-tls", "mountPath": builders.TLS_DIR, "readOnly": True} in c["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    tls = next(v for v in pod["volumes"] if v["name"] == "redis-tls")["projected"]
+    assert tls["defaultMode"] == builders.TLS_MODE
+    assert tls["sources"] == [
+        {"secret": {"name": "redis-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"secret": {"name": "redis-client", "items": [{"key": "tls.crt", "path": "tls.crt"},
+                                                      {"key": "tls.key", "path": "tls.key"}]}}]
+    assert set(env) == {"CONVEYOR_REDIS_URL", *WEB_AUTH_ENV, *builders.TLS_ENV.values()}
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"} and pod["tolerations"][0]["key"] == "ops"
+    assert pod["affinity"]["nodeAffinity"] and pod["priorityClassName"] == "low"
+    # The Service.
+    assert svc["metadata"]["name"] == "conveyor-web-dashboard" and svc["metadata"]["annotations"] == {"a": "b"}
+    assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["selector"] == selector
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert "kubectl -n conveyor-system port-forward svc/conveyor-web-dashboard 9181:80" in notes
+    assert "http://127.0.0.1:9181/" in notes and "needs a `secret` key" in notes
+
+
+def test_web_dashboard_read_only_without_auth() -> None:
+    docs, notes = render(VALUE_SETS["web-dashboard-read-only"])
+    dep, svc = web_dashboard(docs)
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert dep["spec"]["replicas"] == 1 and svc["spec"]["type"] == "ClusterIP"
+    assert c["args"] == ["--host=0.0.0.0", "--port=9181", "--refresh=3", "--read-only"]
+    assert c["env"] == [{"name": "CONVEYOR_REDIS_URL", "value": "redis://redis:6379/0"}]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"] and "imagePullSecrets" not in pod
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 9181, "targetPort": "http", "protocol": "TCP"}]
+    assert "port-forward svc/conveyor-web-dashboard 9181\n" in notes and "(read-only)" in notes
+    assert "No authentication" in notes
+
+
+AUTH_FAIL = ("webDashboard: set webDashboard.auth.existingSecret (a Secret with `token`, or `username` and "
+             "`password`) or webDashboard.readOnly=true")
+REDIS_FAIL = "webDashboard: set exactly one of webDashboard.redis.url and webDashboard.redis.urlSecret.name"
+
+
+@pytest.mark.parametrize(("web", "message"), [
+    ({"redis": {"url": "redis://r:6379/0"}}, AUTH_FAIL),
+    ({"redis": {"url": "redis://r:6379/0"}, "readOnly": False, "auth": {"existingSecret": ""}}, AUTH_FAIL),
+    ({"readOnly": True}, REDIS_FAIL),
+    ({"auth": {"existingSecret": "a"}, "redis": {"urlSecret": {"key": "url"}}}, REDIS_FAIL),
+    ({"auth": {"existingSecret": "a"}, "redis": {"url": "redis://r:6379/0", "urlSecret": {"name": "r"}}}, REDIS_FAIL),
+])
+def test_web_dashboard_refuses_what_could_not_start(web: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmError) as exc:
+        render({"webDashboard": {"enabled": True, **web}})
+    assert message in str(exc.value)
+    assert str(exc.value).count("webDashboard:") == 1  # one message, the first problem
+    render({"webDashboard": web})  # disabled: nothing is checked
+
+
+def test_web_dashboard_image_pull_secrets_and_release_names() -> None:
+    values = {"imagePullSecrets": ["regcred"], "image": {"repository": "r.example.com/conveyor", "tag": "9"},
+              **VALUE_SETS["web-dashboard-read-only"]}
+    dep, svc = web_dashboard(render(values, name="jobs")[0])
+    assert dep["metadata"]["name"] == svc["metadata"]["name"] == "jobs-conveyor-web-dashboard"
+    assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "r.example.com/conveyor:9"
+
+
+def test_the_rendered_dashboard_container_serves_and_its_probe_passes_without_auth() -> None:
+    """The container's command, args and env run for real (the Secrets' keys resolved as the
+    kubelet would, optional ones left out when missing), on a free port instead of 9181:
+    the probe's path answers without credentials, every page needs the token."""
+    import os
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from conveyor.embedded import EmbeddedRedis, free_port
+
+    dep, _ = web_dashboard(render(VALUE_SETS["web-dashboard"])[0])
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    with EmbeddedRedis() as server:
+        secrets = {"redis": {"dsn": server.url}, "dashboard-auth": {"token": "s3cret", "secret": "csrf-key"}}
+        env: dict[str, str] = {}
+        for e in c["env"]:
+            if "value" in e:
+                continue  # the TLS files: this Redis is plain TCP
+            ref = e["valueFrom"]["secretKeyRef"]
+            value = secrets[ref["name"]].get(ref["key"])
+            assert value is not None or ref.get("optional"), e
+            if value is not None:
+                env[e["name"]] = value
+        assert set(env) == {"CONVEYOR_REDIS_URL", "CONVEYOR_DASHBOARD_TOKEN", "CONVEYOR_DASHBOARD_SECRET"}
+        port = free_port()
+        args = [a.replace("--port=9181", f"--port={port}").replace("--host=0.0.0.0", "--host=127.0.0.1")
+                for a in c["args"]]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        argv = [str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *args]
+        proc = subprocess.Popen(argv, env={**clean, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def get(path: str, token: str | None = None) -> tuple[int, str]:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=2) as reply:
+                    return reply.status, reply.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    status = get(c["readinessProbe"]["httpGet"]["path"])
+                    break
+                except OSError:
+                    assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                    assert time.monotonic() < deadline, "the dashboard did not answer"
+                    time.sleep(0.1)
+            assert status == (200, "ok")
+            assert get("/")[0] == 401 and get("/static/app.css")[0] == 401
+            assert get("/", "s3cret")[0] == 200
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 # --- values and their schema --------------------------------------------------------------------------
 
 
@@ -341,6 +538,15 @@ def test_example_jobqueue_is_valid_against_the_crd() -> None:
     ({"exampleJobQueue": {"redisUrl": "redis-sentinel://s:26379/m/0"}}, "at '/exampleJobQueue/redisUrl'"),
     ({"exampleJobQueue": {"queues": []}}, "at '/exampleJobQueue/queues'"),
     ({"monitoring": {"podMonitor": {"interval": "soon"}}}, "at '/monitoring/podMonitor/interval'"),
+    ({"webDashboard": {"enable": True}}, "at '/webDashboard': additional properties 'enable' not allowed"),
+    ({"webDashboard": {"redis": {"urlSecret": {"nam": "x"}}}},
+     "at '/webDashboard/redis/urlSecret': additional properties 'nam' not allowed"),
+    ({"webDashboard": {"auth": {"token": "x"}}}, "at '/webDashboard/auth': additional properties 'token' not allowed"),
+    ({"webDashboard": {"redis": {"url": "http://redis:6379"}}}, "at '/webDashboard/redis/url'"),
+    ({"webDashboard": {"service": {"type": "ExternalName"}}}, "at '/webDashboard/service/type'"),
+    ({"webDashboard": {"hideArgs": ["bad name"]}}, "at '/webDashboard/hideArgs/0'"),
+    ({"webDashboard": {"refreshSeconds": 0.1}}, "at '/webDashboard/refreshSeconds'"),
+    ({"webDashboard": {"readOnly": "yes"}}, "at '/webDashboard/readOnly': got string, want boolean"),
 ])
 def test_values_that_break_the_schema_fail_with_helms_message(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm_python.HelmValuesError) as exc:
@@ -372,7 +578,8 @@ def _object_schemas(schema: dict[str, Any], path: str = "") -> list[tuple[str, d
 
 
 # Kubernetes types passed through to the pod as they are (the API server checks them).
-PASS_THROUGH = {"/global", "/operator/extraEnv/*", "/operator/tolerations/*", "/operator/affinity"}
+PASS_THROUGH = {"/global", "/operator/extraEnv/*", "/operator/tolerations/*", "/operator/affinity",
+                "/webDashboard/tolerations/*", "/webDashboard/affinity"}
 
 
 def test_schema_is_closed_everywhere_and_every_value_is_described() -> None:
@@ -413,7 +620,7 @@ def test_every_key_in_values_yaml_is_commented() -> None:
         _, parent_path, parent = stack[-1]
         sub = (parent.get("properties") or {}).get(key)
         path = f"{parent_path}/{key}"
-        if sub is None or parent_path.startswith("/operator/resources/"):
+        if sub is None or re.match(r"^/\w+/resources/", parent_path):
             continue
         seen.append(path)
         if not lines[i - 1].strip().startswith("#"):
@@ -421,6 +628,7 @@ def test_every_key_in_values_yaml_is_commented() -> None:
         stack.append((indent, path, sub))
     assert missing == []
     assert "/operator/watchNamespaces" in seen and "/exampleJobQueue/concurrency" in seen  # the walk works
+    assert "/webDashboard/redis/tls/clientCertSecret/keyKey" in seen and "/webDashboard/priorityClassName" in seen
 
 
 def test_chart_app_version_is_the_package_version() -> None:

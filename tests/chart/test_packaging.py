@@ -63,10 +63,14 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert not any(i == "ENTRYPOINT" for i, _ in ins), "the operator and the chart set `command`"
 
 
-def test_dockerfile_installs_the_operator_extra_and_checks_both_commands() -> None:
+def test_dockerfile_installs_the_operator_and_dashboard_extras_and_checks_the_commands() -> None:
     run = " ".join(a for i, a in instructions() if i == "RUN")
-    assert 'pip install ".[operator]"' in run
+    assert 'pip install ".[operator,dashboard]"' in run
     assert "conveyor --help" in run and "test -x /opt/conveyor/bin/conveyor-operator" in run
+    # `conveyor dashboard --help` works without the extra (it imports it only to serve), so the
+    # build imports the app and Starlette's form parser (python-multipart) too.
+    assert "/opt/conveyor/bin/conveyor dashboard --help" in run
+    assert "import conveyor.dashboard.app, uvicorn, starlette.formparsers" in run
     # The commands the chart and the operator run are the package's console scripts.
     import tomllib
 
@@ -74,7 +78,11 @@ def test_dockerfile_installs_the_operator_extra_and_checks_both_commands() -> No
     assert {"conveyor", "conveyor-operator"} <= set(scripts)
     dep = one(render()[0], "Deployment")
     assert dep["spec"]["template"]["spec"]["containers"][0]["command"] == ["conveyor-operator"]
-    assert "operator" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"operator", "dashboard"} <= set(extras)
+    web = render({"webDashboard": {"enabled": True, "readOnly": True, "redis": {"url": "redis://r:6379/0"}}})[0]
+    web_dep = next(d for d in web if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-web-dashboard"))
+    assert web_dep["spec"]["template"]["spec"]["containers"][0]["command"] == ["conveyor", "dashboard"]
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:

@@ -138,3 +138,15 @@ step with examples/README.md ("RBAC it needs").
   verbs: ["get", "list", "watch", "patch", "create"]
 {{- end }}
 {{- end }}
+
+{{/* The web dashboard (webDashboard): its Deployment's and Service's name. */}}
+{{- define "conveyor.webDashboardName" -}}
+{{- printf "%s-web-dashboard" (include "conveyor.fullname" .) }}
+{{- end }}
+
+{{/* Selector of the web dashboard pods (immutable on the Deployment: never add to it). */}}
+{{- define "conveyor.webDashboardSelector" -}}
+app.kubernetes.io/name: {{ include "conveyor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: web-dashboard
+{{- end }}

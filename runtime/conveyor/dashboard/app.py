@@ -35,6 +35,9 @@ from .security import CSRF_COOKIE, TOKEN_COOKIE, Access
 
 HERE = Path(__file__).parent
 FLASH_COOKIE = "conveyor_flash"
+# The one path served without authentication: the kubelet's probes (and a load balancer's
+# health check) cannot log in. It answers "ok" from the process alone: no Redis, no data.
+HEALTHZ = "/healthz"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def create_app(connection: redis.Redis, settings: Settings | None = None) -> Sta
     views = _Views(connection, keys.Keyspace.of(settings.prefix), settings, templates)
     routes = [
         Route("/", views.overview, name="overview"),
+        Route(HEALTHZ, _healthz, methods=["GET", "HEAD"], name="healthz"),
         Route("/search", views.search, name="search"),
         Route("/queues/{queue}/{state}", views.queue, name="queue"),
         Route("/jobs/{queue}/{job_id}", views.job, name="job"),
@@ -78,7 +82,7 @@ class _Guard:
         self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.access.protected:
+        if scope["type"] != "http" or not self.access.protected or _route_path(scope) == HEALTHZ:
             return await self.app(scope, receive, send)
         request = Request(scope)
         offered = request.query_params.get("token")
@@ -92,6 +96,18 @@ class _Guard:
             return await self.app(scope, receive, send)
         headers = {"WWW-Authenticate": 'Basic realm="conveyor"'} if self.access.username else {}
         await PlainTextResponse("authentication required", status_code=401, headers=headers)(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path inside this app (without the mount point or --root-path), as the
+    router matches it."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root + "/") else path
+
+
+def _healthz(request: Request) -> Response:
+    return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
 
 
 @jinja2.pass_context
