@@ -15,8 +15,9 @@ DEFAULT_PORT = 9181
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="CONVEYOR_DASHBOARD_HOST", show_envvar=True,
               help="Address to serve. Anything but loopback needs CONVEYOR_DASHBOARD_TOKEN, "
                    "CONVEYOR_DASHBOARD_USER and _PASSWORD, or --read-only.")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
-              envvar="CONVEYOR_DASHBOARD_PORT", show_envvar=True)
+# No environment variable for the port: Kubernetes sets CONVEYOR_DASHBOARD_PORT=tcp://...
+# in every pod of a namespace that has a Service named conveyor-dashboard.
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option("--read-only", is_flag=True, envvar="CONVEYOR_DASHBOARD_READ_ONLY", show_envvar=True,
               help="Show everything, change nothing: no retry, cancel, stop, delete or purge.")
 @click.option("--hide-args", "hide_args", multiple=True, metavar="QUEUE",

@@ -316,12 +316,13 @@ local function hand_back(jobs, prefix, worker, ready_key, recovered_key, prefetc
 end
 
 -- Jobs ended per 10-second bucket, for the dashboard's chart: fields "<kind>:<bucket>", an
--- hour of them kept (older ones go once a minute). Best effort: a key of the wrong type
--- never stops an outcome from being recorded.
+-- hour of them kept (older ones go once a minute; the whole hash after an hour without an
+-- ended job). Best effort: a key of the wrong type never stops an outcome from being recorded.
 local function count_ended(key, kind, n, now)
   if n == 0 then return end
   local bucket = math.floor(now / 10)
   redis.pcall('HINCRBY', key, kind .. ':' .. bucket, n)
+  redis.pcall('EXPIRE', key, 3610)
   if bucket % 6 == 0 and redis.pcall('HSETNX', key, 'trimmed:' .. bucket, 1) == 1 then
     local fields = redis.pcall('HKEYS', key)
     if type(fields) == 'table' and not fields.err then
