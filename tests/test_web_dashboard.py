@@ -4,6 +4,7 @@ worker processes (finished, failed with a traceback, scheduled, running)."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Callable
 
@@ -234,3 +235,31 @@ def test_the_timeline_has_every_attempt_once(
     whats = re.findall(r"<tr><td>([^<]+)</td>", timeline)
     assert whats == ["enqueued", "attempt 1", "attempt 2", "failed"], whats
     assert timeline.count("ValueError: again") == 2
+    assert len(re.findall(r'<td class="id">[^<]+</td><td class="id">[^<]+</td>', timeline)) == 2  # execution, worker
+
+
+def test_cron_schedules_show_their_last_and_next_tick(
+        conn: redis.Redis, queue: Queue, tmp_path, spawn_worker: Callable[..., WorkerProcess]) -> None:
+    import time
+
+    path = tmp_path / "cron.toml"
+    path.write_text('[[cron]]\nschedule = "* * * * *"\nfunc = "jobs:add"\nname = "every-minute"\nargs = [1, 2]\n')
+    minute = int(time.time()) // 60 * 60
+    conn.hset(queue.keys.cron, "every-minute", minute - 60)  # the previous tick ran: this one is due now
+    spawn_worker("--with-scheduler", "--cron-file", str(path))
+    wait_until(lambda: conn.hexists(queue.keys.cron_info, "every-minute"), 15, "the leader to describe the schedule")
+    page = client(conn).get("/").text
+    row = re.search(r"<tr><td>default</td><td>every-minute</td>.*?</tr>", page, re.S)
+    assert row, page
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(0), re.S)
+    assert cells[2] == "<code>* * * * *</code>" and cells[3] == "jobs:add"
+    last, nxt = (float(conn.hget(queue.keys.cron, "every-minute")),
+                 json.loads(conn.hget(queue.keys.cron_info, "every-minute"))["next"])
+    assert nxt - last == 60
+    assert cells[4].startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last)))
+    assert cells[5].startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(nxt)))
+    assert 0 < ttl(conn, queue.keys.cron_info) <= 7 * 86400
+
+
+def ttl(conn: redis.Redis, key: str) -> int:
+    return int(conn.ttl(key))

@@ -41,6 +41,7 @@ class Attempt:
     ended_at: float | None
     exc_type: str | None  # None: the attempt succeeded
     exc_message: str | None
+    worker: str | None = None  # who ran it (not recorded before the dashboard came)
 
 
 def _num(value: Any) -> float | None:
@@ -176,7 +177,7 @@ class Job:
         return [
             Attempt(
                 int(a["n"]), a.get("execution_id") or None, _num(a.get("started_at")), _num(a.get("ended_at")),
-                a.get("exc_type") or None, a.get("exc_message") or None,
+                a.get("exc_type") or None, a.get("exc_message") or None, a.get("worker") or None,
             )
             for a in json.loads(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
         ]

@@ -167,6 +167,11 @@ class QueueKeys:
         return f"{self.base}:stats"
 
     @cached_property
+    def cron_info(self) -> str:
+        """Each cron schedule's spec and next tick, written by the scheduler leader (the dashboard's)."""
+        return f"{self.base}:cron_info"
+
+    @cached_property
     def rate(self) -> str:
         """Jobs ended per 10-second bucket (the dashboard's chart)."""
         return f"{self.base}:rate"

@@ -164,24 +164,38 @@ def overview(conn: redis.Redis, space: keys.Keyspace) -> dict[str, Any]:
             pipe.lindex(k.ready, 0)
             pipe.hgetall(k.cron)
             pipe.hmget(k.rate, rate_fields)
+            pipe.hgetall(k.cron_info)
 
     replies = scripts.execute_each(conn, build)
-    heads = replies[0::3]
+    heads = replies[0::4]
     oldest = scripts.execute_each(conn, lambda p: [p.hget(space.queue(n).job(_text(h)), Field.ENQUEUED_AT)
                                                   for n, h in zip(names, heads) if isinstance(h, bytes)])
     ages = iter(oldest)
     total = [0.0] * (2 * chart.POINTS)
-    for q, head, cron, rates in zip(info["queues"], heads, replies[1::3], replies[2::3]):
+    for q, head, cron, rates, specs in zip(info["queues"], heads, replies[1::4], replies[2::4], replies[3::4]):
         enq = _num(next(ages)) if isinstance(head, bytes) else None
         q["oldest_age"] = max(0.0, now - enq) if enq else None
-        q["cron"] = [] if isinstance(cron, Exception) else sorted(
-            (_text(name), _num(tick)) for name, tick in cron.items())
+        q["cron"] = _schedules(cron, specs)
         values = [None] * len(rate_fields) if isinstance(rates, Exception) else rates
         q["rate"] = chart.series(values)
         total = [t + v for t, v in zip(total, q["rate"].finished + q["rate"].failed)]
     info["rate"] = chart.Series(total[:chart.POINTS], total[chart.POINTS:])
     info["now"] = now
     return info
+
+
+def _schedules(cron: Any, specs: Any) -> list[dict[str, Any]]:
+    """The cron hash (schedule name -> last tick enqueued) with what the scheduler leader wrote
+    of each (its spec, function and next tick)."""
+    last = {} if isinstance(cron, Exception) else {_text(n): _num(t) for n, t in cron.items()}
+    info: dict[str, dict[str, Any]] = {}
+    for name, raw in ({} if isinstance(specs, Exception) else specs).items():
+        try:
+            info[_text(name)] = dict(json.loads(raw))
+        except (ValueError, TypeError):
+            continue  # not ours to judge: the schedule still shows with its last tick
+    return [{"name": name, "last": last.get(name), **{k: info.get(name, {}).get(k) for k in ("schedule", "func", "next")}}
+            for name in sorted(set(last) | set(info))]
 
 
 # -- one job ---------------------------------------------------------------------------------------
@@ -216,7 +230,7 @@ def timeline(d: dict[str, Any]) -> list[dict[str, Any]]:
         current = bool(a.get("execution_id")) and a.get("execution_id") == d["execution_id"]
         current_in_history |= current
         out.append({"what": f"attempt {n}", "at": a.get("started_at"), "ended": a.get("ended_at"),
-                    "execution_id": a.get("execution_id"), "worker": d["worker"] if current else None,
+                    "execution_id": a.get("execution_id"), "worker": a.get("worker") or (d["worker"] if current else None),
                     "error": f"{a['exc_type']}: {a['exc_message']}" if a.get("exc_type") else None})
     if d["started_at"] and not current_in_history:
         err = d["error"]

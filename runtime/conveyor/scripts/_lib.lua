@@ -134,14 +134,14 @@ end
 -- Append one attempt (execution ID, start, end, exception) to the job's history. An
 -- unreadable history is kept aside in attempts_unreadable and a new one begun.
 local function record_attempt(job_key, exc_type, exc_message, ended)
-  local f = redis.call('HMGET', job_key, F_ATTEMPTS, F_EXECUTION_ID, F_STARTED_AT)
+  local f = redis.call('HMGET', job_key, F_ATTEMPTS, F_EXECUTION_ID, F_STARTED_AT, F_WORKER)
   local list = decode_list(f[1])
   if not list then
     redis.call('HSET', job_key, F_ATTEMPTS_UNREADABLE, f[1])
     list = {}
   end
   list[#list + 1] = {n = #list + 1, execution_id = f[2] or '', started_at = f[3] or '', ended_at = ended,
-    exc_type = exc_type, exc_message = cut(exc_message, 1000)}
+    exc_type = exc_type, exc_message = cut(exc_message, 1000), worker = f[4] or ''}
   redis.call('HSET', job_key, F_ATTEMPTS, cjson.encode(list))
 end
 

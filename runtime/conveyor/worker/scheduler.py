@@ -18,6 +18,7 @@ safe (a whole lease after Redis came back, see RedisLink.reap_allowed).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from .link import LinkDown, RedisLink, RefusalLog
 log = logging.getLogger("conveyor.scheduler")
 
 _PROMOTE_BATCH = 1000
+CRON_INFO_TTL = 7 * 86400  # seconds
 
 
 class Scheduler:
@@ -204,7 +206,15 @@ class Scheduler:
         # The client side encodes the job; the tick guard makes the write happen once per tick.
         data = Queue.prepare_data(entry.func, entry.args, entry.kwargs, job_id=entry.job_id(tick), timeout=entry.timeout)
         encoded = batch.encode_batch(batch.Encoding(k, self.serializer), [data], "ignore", guard=(entry.name, tick))
-        [reply] = await self.link.roundtrip(lambda p: scripts.enqueue(p, encoded.keys, encoded.argv))
+        info = json.dumps({"schedule": entry.schedule, "func": entry.func, "last": tick, "next": entry.next_tick(now)})
+
+        def build(p: Any) -> None:
+            scripts.enqueue(p, encoded.keys, encoded.argv)
+            # For the dashboard; a week without a tick (the schedule removed) and it goes.
+            p.hset(k.cron_info, entry.name, info)
+            p.expire(k.cron_info, CRON_INFO_TTL)
+
+        reply, *_ = await self.link.roundtrip(build)
         if self.refusals.refused(f"cron tick of {entry.name}", reply):
             return
         self._cron_done[(entry.queue, entry.name)] = tick
