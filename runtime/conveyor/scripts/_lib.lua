@@ -217,6 +217,14 @@ local function owner_fields(job_key)
   return cur
 end
 
+-- One command over many members (ZREM, SREM, ZADD score/member pairs): one call per 1,000
+-- items instead of one per job (unpack() of a huge table would overflow Lua's stack).
+local function call_many(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
 -- Take a live job off its lease zsets and its worker's claimed set.
 local function unlease(id, prefetched_key, leases_key, claimed_key)
   redis.call('ZREM', prefetched_key, id)
@@ -226,8 +234,12 @@ end
 
 -- Leave the worker's claimed set unless the job is live under this worker again (a newer
 -- execution of the same worker must keep its entry).
+local function still_claimed(f_status, f_worker, worker)
+  return LIVE[f_status] and f_worker == worker
+end
+
 local function unclaim(claimed_key, id, f_status, f_worker, worker)
-  if not (LIVE[f_status] and f_worker == worker) then redis.call('SREM', claimed_key, id) end
+  if not still_claimed(f_status, f_worker, worker) then redis.call('SREM', claimed_key, id) end
 end
 
 -- For an ID taken off a list or zset: vals is a pcall'ed HMGET whose first field is the

@@ -11,31 +11,35 @@ local err = expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'set', KEYS
 if err then return err end
 local prefix, worker, default_ttl = ARGV[1], ARGV[2], ARGV[3]
 local now, now_str = now_s()
-local codes, entries = {}, {}
-local done = 0
+local codes, entries, ended, unclaimed = {}, {}, {}, {}
 for i = 4, #ARGV, 3 do
   local id, exec, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
   local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_RESULT_TTL, F_UNIQUE_LOCK, F_RETRIES, F_ORPHANED,
-    F_WORKER)
+    F_WORKER, F_SUSPECT, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK)
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
-    done = done + 1
-    unlease(id, KEYS[2], KEYS[1], nil)
+    ended[#ended + 1] = id
     -- Jobs that failed or lost a worker before keep a history; the success ends it.
     if (int(f[5]) or 0) > 0 or (int(f[6]) or 0) > 0 then record_attempt(key, '', '', now_str) end
     redis.call('HSET', key, F_STATUS, S_FINISHED, F_RESULT, result, F_ENDED_AT, now_str)
-    redis.call('HDEL', key, F_SUSPECT, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK)
+    if f[8] or f[9] or f[10] or f[11] then  -- most jobs have none of these: no HDEL for them
+      redis.call('HDEL', key, F_SUSPECT, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK)
+    end
     local score = retire(key, id, f[3], default_ttl, f[4], now)
     if score then
       entries[#entries + 1] = score
       entries[#entries + 1] = id
     end
   end
-  unclaim(KEYS[3], id, code == OK and S_FINISHED or f[1], f[7], worker)
+  if not still_claimed(code == OK and S_FINISHED or f[1], f[7], worker) then unclaimed[#unclaimed + 1] = id end
   codes[#codes + 1] = code
 end
+-- Off the lease zsets and the worker's claimed set, all at once (see unlease and unclaim).
+call_many('ZREM', KEYS[2], ended)
+call_many('ZREM', KEYS[1], ended)
+call_many('SREM', KEYS[3], unclaimed)
 register(KEYS[4], entries, now)
-count_ended(KEYS[5], S_FINISHED, done, now)
+count_ended(KEYS[5], S_FINISHED, #ended, now)
 return codes

@@ -10,30 +10,32 @@ local err = expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'set', KEYS
 if err then return err end
 local prefix, worker, final, default_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, now_str = now_s()
-local codes, entries = {}, {}
-local done = 0
+local codes, entries, ended, unclaimed = {}, {}, {}, {}
 for i = 5, #ARGV, 5 do
   local id, exec = ARGV[i], ARGV[i + 1]
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WORKER)
+  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WORKER, F_SUSPECT)
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
-    done = done + 1
-    unlease(id, KEYS[2], KEYS[1], nil)
+    ended[#ended + 1] = id
     record_attempt(key, ARGV[i + 2], ARGV[i + 3], now_str)
     redis.call('HSET', key, F_STATUS, final, F_EXC_TYPE, ARGV[i + 2], F_EXC_MESSAGE, ARGV[i + 3],
       F_EXC_TRACEBACK, ARGV[i + 4], F_ENDED_AT, now_str)
-    redis.call('HDEL', key, F_SUSPECT)
+    if f[6] then redis.call('HDEL', key, F_SUSPECT) end
     local score = retire(key, id, f[3], default_ttl, f[4], now)
     if score then
       entries[#entries + 1] = score
       entries[#entries + 1] = id
     end
   end
-  unclaim(KEYS[3], id, code == OK and final or f[1], f[5], worker)
+  if not still_claimed(code == OK and final or f[1], f[5], worker) then unclaimed[#unclaimed + 1] = id end
   codes[#codes + 1] = code
 end
+-- Off the lease zsets and the worker's claimed set, all at once (see unlease and unclaim).
+call_many('ZREM', KEYS[2], ended)
+call_many('ZREM', KEYS[1], ended)
+call_many('SREM', KEYS[3], unclaimed)
 register(KEYS[4], entries, now)
-count_ended(KEYS[5], final, done, now)
+count_ended(KEYS[5], final, #ended, now)
 return codes

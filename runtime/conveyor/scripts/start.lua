@@ -9,7 +9,7 @@ if err then return err end
 local prefix = ARGV[1]
 local _, now_str = now_s()
 local deadline = now_ms() + tonumber(ARGV[2])
-local codes = {}
+local codes, started, leased = {}, {}, {}
 for i = 3, #ARGV, 2 do
   local id, exec = ARGV[i], ARGV[i + 1]
   local key = prefix .. id
@@ -26,9 +26,12 @@ for i = 3, #ARGV, 2 do
   else
     code = OK
     redis.call('HSET', key, F_STATUS, S_STARTED, F_STARTED_AT, now_str, F_DELIVERIES, (int(f[3]) or 0) + 1)
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZADD', KEYS[2], deadline, id)
+    started[#started + 1] = id
+    leased[#leased + 1] = deadline
+    leased[#leased + 1] = id
   end
   codes[#codes + 1] = code
 end
+call_many('ZREM', KEYS[1], started)
+call_many('ZADD', KEYS[2], leased)
 return codes
