@@ -7,6 +7,7 @@ import base64
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import redis
@@ -157,3 +158,40 @@ def test_the_command_serves_the_dashboard(redis_url: str, queue: Queue) -> None:
         proc.terminate()
         proc.wait(10)
     assert os.environ.get("CONVEYOR_DASHBOARD_TOKEN") is None
+
+
+def test_only_loopback_host_names_when_served_unprotected_on_loopback(redis_url: str) -> None:
+    """DNS rebinding: a page at evil.example whose name now points at 127.0.0.1 sends
+    Host: evil.example; an unprotected dashboard on loopback answers only loopback names."""
+    port = free_port()
+    env = {k: v for k, v in WORKER_ENV.items() if not k.startswith("CONVEYOR_DASHBOARD_")}
+    env["CONVEYOR_REDIS_URL"] = redis_url
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "dashboard", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def status(host: str) -> int | None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            return None
+
+    try:
+        assert wait_until(lambda: status(f"127.0.0.1:{port}"), 20, "the dashboard to answer") == 200
+        assert status(f"localhost:{port}") == 200
+        assert status(f"evil.example:{port}") == 400
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_queue_name_that_cannot_be_is_refused(conn: redis.Redis) -> None:
+    web = client(conn)
+    assert web.get("/queues/x}:y/ready").status_code == 404
+    assert "invalid queue name" in web.get("/jobs/x}y/abc").text
+    ok, message = act(web, "cancel", "a{b}", "0123456789abcdef")
+    assert not ok and message.startswith("invalid queue name 'a{b}'")

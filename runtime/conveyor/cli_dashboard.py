@@ -8,6 +8,7 @@ from .cli_options import UsageLine, Where, redis_options
 from .errors import ConveyorError
 
 DEFAULT_PORT = 9181
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 @click.command()
@@ -30,7 +31,7 @@ def dashboard(where: Where, host: str, port: int, read_only: bool, hide_args: tu
         import uvicorn
 
         from .dashboard import Access, Settings, create_app
-        from .dashboard.security import check_bind
+        from .dashboard.security import check_bind, is_loopback
     except ImportError as exc:
         raise click.ClickException(
             f"the dashboard needs the 'dashboard' extra ({exc.name} is missing): pip install 'conveyor[dashboard]'"
@@ -41,8 +42,11 @@ def dashboard(where: Where, host: str, port: int, read_only: bool, hide_args: tu
     except ConveyorError as exc:
         raise UsageLine(str(exc)) from None
     conn = where.connect()
+    # Unprotected on loopback: only loopback Host headers (a page elsewhere that rebinds its
+    # name to 127.0.0.1 gets no answer).
+    hosts = LOOPBACK_NAMES if is_loopback(host) and not access.protected else None
     app = create_app(conn, Settings(prefix=where.space.prefix, access=access, hide_args=frozenset(hide_args),
-                                    refresh_seconds=refresh))
+                                    refresh_seconds=refresh, allowed_hosts=hosts))
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"conveyor dashboard on http://{shown}:{port}/" + (" (read-only)" if read_only else ""), err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

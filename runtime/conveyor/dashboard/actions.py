@@ -12,6 +12,7 @@ import redis
 
 from .. import admin, errors, keys
 from ..job import Job, delete_jobs, requeue_jobs
+from ..validation import check_queue_name
 from . import reads
 
 ACTION_TIMEOUT = 5.0  # seconds a cancel or stop waits for the worker that holds the job
@@ -68,11 +69,11 @@ JOB_ACTIONS: dict[str, Callable[[redis.Redis, keys.Keyspace, str, str], str]] = 
 }
 
 
-def run(action: Callable[..., str], *args: Any) -> Outcome:
-    """Run one action; a refusal (the job moved on meanwhile, it does not exist) is a message,
-    not an error page."""
+def run(action: Callable[..., str], conn: redis.Redis, space: keys.Keyspace, queue: str, *args: Any) -> Outcome:
+    """Run one action; a refusal (the job moved on meanwhile, it does not exist, a queue name
+    that cannot be) is a message, not an error page."""
     try:
-        return Outcome(True, action(*args))
+        return Outcome(True, action(conn, space, check_queue_name(queue), *args))
     except errors.ConveyorError as exc:
         return Outcome(False, str(exc))
     except redis.RedisError as exc:

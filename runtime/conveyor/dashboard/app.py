@@ -21,6 +21,7 @@ import redis
 from starlette.applications import Starlette
 from starlette.datastructures import URL
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import errors, keys
 from ..job import Job
+from ..validation import check_queue_name
 from . import actions, reads
 from .security import CSRF_COOKIE, TOKEN_COOKIE, Access
 
@@ -48,6 +50,9 @@ class Settings:
     access: Access = field(default_factory=Access)
     hide_args: frozenset[str] = frozenset()  # queues whose arguments and results are not shown ("*": all)
     refresh_seconds: float = 3.0
+    # Host headers served (None: any). `conveyor dashboard` on loopback without auth allows only
+    # loopback names, so a page elsewhere cannot reach it by DNS rebinding.
+    allowed_hosts: tuple[str, ...] | None = None
 
     def hides(self, queue: str) -> bool:
         return "*" in self.hide_args or queue in self.hide_args
@@ -71,7 +76,11 @@ def create_app(connection: redis.Redis, settings: Settings | None = None) -> Sta
         Route("/actions/queue", views.queue_action, methods=["POST"], name="queue_action"),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_Guard, access=settings.access)])
+    middleware = [Middleware(_Guard, access=settings.access)]
+    if settings.allowed_hosts is not None:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts),
+                                        www_redirect=False))
+    return Starlette(routes=routes, middleware=middleware)
 
 
 class _Guard:
@@ -179,14 +188,16 @@ class _Views:
             page = 1
         exc_type = request.query_params.get("exc_type", "").strip()
         try:
+            check_queue_name(queue)
             listing = reads.listing(self.conn, self.space, queue, state, page, exc_type)
-        except errors.InvalidArgument as exc:
+        except errors.ConveyorError as exc:
             return self._page(request, "error.html", {"message": str(exc)}, status=404)
         return self._page(request, "queue.html", {"listing": listing, "states": reads.STATES})
 
     def job(self, request: Request) -> Response:
         queue, job_id = request.path_params["queue"], request.path_params["job_id"]
         try:
+            check_queue_name(queue)
             job = reads.job_view(self.conn, self.space, queue, job_id, self.settings.hides(queue))
         except errors.ConveyorError as exc:
             return self._page(request, "error.html", {"message": str(exc)}, status=404)
