@@ -263,3 +263,15 @@ def test_cron_schedules_show_their_last_and_next_tick(
 
 def ttl(conn: redis.Redis, key: str) -> int:
     return int(conn.ttl(key))
+
+
+def test_redis_down_is_one_line_not_a_crash() -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from conveyor.embedded import free_port
+
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    reply = client(dead).get("/")
+    assert reply.status_code == 503 and reply.text.startswith("Redis did not answer: ")
+    assert "\n" not in reply.text.strip()

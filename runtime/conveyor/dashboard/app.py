@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import errors, keys
+from ..connection import error_line
 from ..job import Job
 from ..validation import check_queue_name
 from . import actions, reads
@@ -80,7 +81,12 @@ def create_app(connection: redis.Redis, settings: Settings | None = None) -> Sta
     if settings.allowed_hosts is not None:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts),
                                         www_redirect=False))
-    return Starlette(routes=routes, middleware=middleware)
+    async def redis_down(request: Request, exc: Exception) -> Response:
+        # One line instead of a bare 500: the live refresh keeps trying and recovers by itself.
+        return PlainTextResponse(f"Redis did not answer: {error_line(exc)}", status_code=503,
+                                 headers={"Cache-Control": "no-store"})
+
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={redis.RedisError: redis_down})
 
 
 class _Guard:
@@ -160,8 +166,8 @@ class _Views:
         fresh = not csrf or not access.csrf_valid(csrf, csrf)
         if fresh:
             csrf = access.new_csrf()
-        flash = self._flash(request)
         partial = request.headers.get("x-conveyor-partial") == "1"
+        flash = None if partial else self._flash(request)  # shown once, on a whole page
         response = self.templates.TemplateResponse(request, template, {
             **context, "csrf": csrf, "read_only": access.read_only, "flash": flash, "partial": partial,
             "now": time.time(), "refresh_ms": int(self.settings.refresh_seconds * 1000),
