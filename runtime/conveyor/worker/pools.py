@@ -97,8 +97,9 @@ class Pools:
         return back
 
     def thread_func(self, job: Claimed) -> Callable[..., Any] | None:
-        """The job's function if a pool thread runs it; None for anything else (or a failure)."""
-        if self.threads is None or job.malformed or job.func is None:
+        """The job's function if a pool thread runs it; None for anything else (or a failure).
+        A suspect is never staged: claim.lua starts one only into a free slot, and so must we."""
+        if self.threads is None or job.malformed or job.func is None or job.suspect:
             return None
         try:
             func = execution.resolve(job.func, self.settings.allow_modules)
