@@ -118,8 +118,8 @@ def test_a_stop_under_load_starts_nothing_new(queue: Queue, conn, tmp_path, spaw
 
 def test_an_outcome_waits_for_company_only_a_few_ms(queue: Queue, conn, tmp_path, run_burst) -> None:
     """50 ms jobs on 16 slots with a deep buffer: waiting for a quarter of slots + buffer (29
-    outcomes) would hold each outcome ~90 ms, and half a job 25 ms; the bound (half a job, at
-    most 5 ms, from the oldest outcome's end) keeps the typical wait to a few ms plus the
+    outcomes) would hold each outcome ~90 ms, and 3/4 of a job 37 ms; the bound (3/4 of a job,
+    at most 8 ms, from the oldest outcome's end) keeps the typical wait to a few ms plus the
     round trip."""
     path = tmp_path / "runs"
     ids = [j.id for j in queue.enqueue_many([Queue.prepare_data("jobs_handoff:nap", (str(path), 0.05))
@@ -130,7 +130,7 @@ def test_an_outcome_waits_for_company_only_a_few_ms(queue: Queue, conn, tmp_path
     ended = {job_id: fetch(conn, job_id).ended_at for job_id in ids}
     waits = [ended[r[0]] - r[4] for r in runs]  # type: ignore[operator]
     assert min(waits) >= 0
-    assert statistics.median(waits) < 0.015, f"median wait {statistics.median(waits) * 1000:.1f} ms"
+    assert statistics.median(waits) < 0.02, f"median wait {statistics.median(waits) * 1000:.1f} ms"
 
 
 # -- the thread/loop protocol, in one process --------------------------------------------------

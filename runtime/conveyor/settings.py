@@ -67,7 +67,7 @@ class WorkerSettings:
     # sit leased here while another worker idles).
     prefetch: int | None = None
     # Completions wait up to this long for company, so one round trip records several
-    # (longer jobs: up to half their average length, at most 5 ms; 0: never wait).
+    # (longer jobs: up to 3/4 of their average length, at most 8 ms; 0: never wait).
     flush_linger: float = 0.002
     max_batch: int = 200
     # The traceback of a failed job on its WARNING line (else on a DEBUG line of its own).

@@ -45,7 +45,7 @@ log = logging.getLogger("conveyor.worker")
 
 _TICK = 0.05  # seconds between scans for timed-out thread jobs and lapsed leases
 _ABANDON_AFTER = 5.0  # seconds after the shutdown timeout before giving up on an unreachable Redis
-_LINGER_LONG = 0.005  # seconds: the longest an outcome of long jobs waits for company before its round trip
+_LINGER_LONG = 0.008  # seconds: the longest an outcome of long jobs waits for company before its round trip
 
 
 class Phase(enum.Enum):
@@ -344,14 +344,15 @@ class Worker:
         queues are empty, only while
         nothing but starts and outcomes waits (hand-backs and cancels go at once), and never
         once the worker stops. It lasts flush_linger, or for longer jobs until the oldest
-        outcome is half their average length old, up to _LINGER_LONG (a wait small beside
-        them that lets one round trip carry the outcomes of several ms).
+        outcome is 3/4 of their average length old, up to _LINGER_LONG: about one job's
+        worth of outcomes per round trip, however the slots' ends are spread (in step, all
+        slots end within a few ms; spread evenly, a shorter wait would carry too few).
         """
         r, s = self.runner, self.settings
         if not s.flush_linger or not r.ended:
             return
         target = max(1, min(s.max_batch, (s.concurrency + r.prefetch()) // 4))
-        bound = max(s.flush_linger, min(_LINGER_LONG, (r.avg_duration or 0.0) / 2))
+        bound = max(s.flush_linger, min(_LINGER_LONG, (r.avg_duration or 0.0) * 0.75))
         deadline = max(time.monotonic() + s.flush_linger, min(e.at for e in r.ended) + bound)
         # Slots need no claim while the buffer holds a turn's worth, nor when the queues were
         # found empty (a wake for new work sets want_claim and ends the wait at once).
