@@ -6,7 +6,7 @@ back in batches: the loop is woken once for however many jobs ended meanwhile.
 
 A slot need not wait for the loop between two jobs either: the loop *stages* buffered
 jobs, and a thread whose job just ended takes the oldest staged one and runs it at once.
-The protocol between the loop and the threads, all under one lock (:attr:`JobThreads.lock`):
+The protocol between the loop and the threads, all under one lock (``JobThreads._lock``):
 
 - Only the loop stages calls, takes them back (:meth:`unstage`, :meth:`remove`, :meth:`close`)
   and reads what ended (:meth:`collect`).
@@ -45,7 +45,7 @@ class JobThreads:
         # it may read only what the loop never lowers (a lease deadline that renewals extend).
         self._may_start = may_start
         self._inbox: queue.SimpleQueue[ThreadCall | None] = queue.SimpleQueue()
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()
         self._done: list[Done] = []
         self._staged: collections.deque[ThreadCall] = collections.deque()
         self._open = True  # False once the worker stops: no thread starts a staged call
@@ -72,7 +72,7 @@ class JobThreads:
 
     def stage(self, call: ThreadCall) -> bool:
         """Offer a call to the next thread that finishes. False once the stage is closed."""
-        with self.lock:
+        with self._lock:
             if self._open:
                 self._staged.append(call)
             return self._open
@@ -82,17 +82,17 @@ class JobThreads:
         return len(self._staged)
 
     def staged_tags(self) -> list[Any]:
-        with self.lock:
+        with self._lock:
             return [c.tag for c in self._staged]
 
     def unstage(self) -> ThreadCall | None:
         """The oldest staged call, taken back (for a free slot, or to hand back)."""
-        with self.lock:
+        with self._lock:
             return self._staged.popleft() if self._staged else None
 
     def remove(self, tag: Any) -> bool:
         """Take back the staged call of this tag. False if none (a thread took it, or it never was)."""
-        with self.lock:
+        with self._lock:
             for call in self._staged:
                 if call.tag is tag:
                     self._staged.remove(call)
@@ -101,7 +101,7 @@ class JobThreads:
 
     def take_back(self, which: Callable[[Any], bool]) -> list[Any]:
         """Take back the staged calls whose tag ``which`` selects; returns their tags."""
-        with self.lock:
+        with self._lock:
             out = [c for c in self._staged if which(c.tag)]
             for call in out:
                 self._staged.remove(call)
@@ -109,7 +109,7 @@ class JobThreads:
 
     def close(self) -> list[Any]:
         """No thread starts a staged call from now on; returns the tags of those still staged."""
-        with self.lock:
+        with self._lock:
             self._open = False
             tags = [c.tag for c in self._staged]
             self._staged.clear()
@@ -143,7 +143,7 @@ class JobThreads:
 
     def _ended(self, call: ThreadCall, outcome: Outcome) -> ThreadCall | None:
         """Report the end of ``call`` and take the next staged call in one critical section."""
-        with self.lock:
+        with self._lock:
             nxt = None
             now = time.monotonic()
             if self._open and self._staged and self._may_start(self._staged[0].tag, now):
@@ -156,7 +156,7 @@ class JobThreads:
         return nxt
 
     def _deliver(self) -> None:  # on the loop
-        with self.lock:
+        with self._lock:
             done, self._done, self._notified = self._done, [], False
         if done:
             self._on_done(done)

@@ -340,13 +340,12 @@ class Worker:
         """Let a few more jobs end before the round trip, so one trip records several.
 
         Only while the prefetch buffer keeps every slot busy (waiting must never leave a
-        slot without work, so a claim is never held back when slots need it) or while the
-        queues are empty, only while
-        nothing but starts and outcomes waits (hand-backs and cancels go at once), and never
-        once the worker stops. It lasts flush_linger, or for longer jobs until the oldest
-        outcome is 3/4 of their average length old, up to _LINGER_LONG: about one job's
-        worth of outcomes per round trip, however the slots' ends are spread (in step, all
-        slots end within a few ms; spread evenly, a shorter wait would carry too few).
+        slot without work, so a claim is never held back when slots need it) or the queues
+        are empty, only while nothing but starts and outcomes waits (hand-backs and cancels
+        go at once), and never once the worker stops. It lasts flush_linger, or for longer
+        jobs until the oldest outcome is 3/4 of their average length old, up to _LINGER_LONG:
+        about one job's worth of outcomes per round trip, however the slots' ends are spread
+        (in step, all slots end within a few ms; spread evenly, a shorter wait carries few).
         """
         r, s = self.runner, self.settings
         if not s.flush_linger or not r.ended:
