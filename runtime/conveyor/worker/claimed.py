@@ -43,6 +43,7 @@ class Ended:
     duration: float
     retry_in: float | None = None  # seconds until the retry; None: the outcome is final
     not_before: float = 0.0  # monotonic: Redis refused it; try again from then
+    at: float = 0.0  # monotonic: when the job ended (an outcome's linger counts from then)
 
     @property
     def kind(self) -> str:

@@ -204,6 +204,7 @@ class ThreadCall:
         self.args = (func, ser, payload, allow_pickle, ctx)
         self.tag: Any = None  # what the submitter needs back with the outcome
         self.thread_id: int | None = None
+        self.started = 0.0  # monotonic: when a thread took it from the stage (JobThreads)
         self.done = False
         self._lock = threading.Lock()
 

@@ -5,6 +5,13 @@ charged a delivery) or *running* in a slot. A buffered job that moves into a slo
 started at once and listed in :attr:`Runner.starting` until the flow records its start
 in Redis. When a job ends, its outcome waits in :attr:`Runner.ended` for the flow.
 
+In the thread pool the oldest buffered sync jobs are *staged* (see threads.py): still
+buffered, but a job thread that finishes takes the next one itself, so a slot does not
+wait for the loop between two jobs. The runner learns of such a start together with the
+end that freed the slot (:meth:`Runner._threads_done`) and records it like any other.
+Every decision about one job (lease lost, cancel, renewal, stop) first collects what the
+threads did (:meth:`Runner.sync`), so the runner's view of running jobs is exact.
+
 The runner never talks to Redis: the flow turns its lists into round trips, and
 housekeeping and commands report what they learn (lost leases, stop requests) to it.
 It keeps its own clock on every lease: a lease it could not renew in time is treated as
@@ -13,27 +20,21 @@ lost at once, without waiting for Redis to say so.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
-from ..context import JobContext, _current
-from ..errors import ConveyorError, InvalidFunction
+from ..context import JobContext
+from ..errors import ConveyorError
 from ..retry import Retry, retry_delay
 from ..settings import WorkerSettings
-from . import execution
 from .calltext import LazyCall
 from .claimed import Claimed, Ended
-from .execution import STOPPED, JobStopped, JobTimeout, Outcome, ThreadCall, failure
+from .execution import STOPPED, JobStopped, JobTimeout, Outcome, failure
 from .metrics import WorkerMetrics
-from .threads import JobThreads
-
-if TYPE_CHECKING:
-    from .procpool import ProcessPool
+from .pools import Pools, timed_out
+from .threads import Done, JobThreads
 
 log = logging.getLogger("conveyor.worker")
 
@@ -60,34 +61,38 @@ class Runner:
         self.avg_duration: float | None = None
         self.accepting = True  # False once the worker stops: nothing new starts
         self._filling = False
-        self._async_funcs: dict[Any, bool] = {}
-        self._threads: JobThreads | None = None
-        self._procs: ProcessPool | None = None
+        self.pools = Pools(settings, self.end)
+
+    @property
+    def _threads(self) -> JobThreads | None:
+        return self.pools.threads
 
     def open(self) -> None:
-        s = self.settings
-        if s.pool == "thread":
-            self._threads = JobThreads(s.concurrency, self._threads_done)
-        elif s.pool == "process":
-            from .procpool import ProcessPool  # multiprocessing (~1.5 MiB) only in process-pool workers
-
-            self._procs = ProcessPool(s.concurrency, max_jobs_per_child=s.max_jobs_per_child, allow_pickle=s.allow_pickle,
-                                      allow_modules=s.allow_modules)
-            self._procs.start()
+        self.pools.open(self._threads_done)
 
     def close(self) -> None:
-        if self._threads:
-            self._threads.close()
-        if self._procs:
-            self._procs.close()
+        self.pools.close()
 
     @property
     def idle(self) -> bool:
         return not (self.running or self.ended or self.release or self.cancels or self.starting)
 
+    def buffered(self) -> int:
+        """Jobs held but not started: the buffer and the staged jobs."""
+        return len(self.buffer) + (self._threads.staged if self._threads else 0)
+
+    def _buffered_jobs(self) -> list[Claimed]:
+        return [*(self._threads.staged_tags() if self._threads else ()), *self.buffer]
+
+    def sync(self) -> None:
+        """Collect what the job threads did since the loop last heard (ends, staged jobs taken)."""
+        if self._threads:
+            self._threads.collect()
+
     def held(self) -> list[Claimed]:
         """Every job this worker holds a lease on (for renewal)."""
-        return [j for j in (*self.running.values(), *self.buffer) if not j.lost]
+        self.sync()
+        return [j for j in (*self.running.values(), *self._buffered_jobs()) if not j.lost]
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -98,13 +103,13 @@ class Runner:
         """How many more jobs to claim: free slots plus the prefetch allowance, minus what is buffered."""
         if not self.accepting:
             return 0
-        return max(0, self.free_slots() + self.prefetch() - len(self.buffer))
+        return max(0, self.free_slots() + self.prefetch() - self.buffered())
 
     def start_now(self) -> int:
         """How many jobs of a claim sent now will find a free slot when its reply comes back.
 
         Slots only free up meanwhile (buffered jobs take at most the slots free now)."""
-        return max(0, self.free_slots() - len(self.buffer))
+        return max(0, self.free_slots() - self.buffered())
 
     def prefetch(self) -> int:
         """Jobs to hold beyond the running ones. Adaptive unless --prefetch is set: while jobs
@@ -136,28 +141,50 @@ class Runner:
         self.fill()
 
     def fill(self) -> None:
-        """Start buffered jobs in free slots: no round trip between one job and the next."""
+        """Start buffered jobs in free slots (staged ones first: they are the oldest), then
+        stage more: no round trip between one job and the next."""
         if self._filling:
             return
         self._filling = True
         now = time.monotonic()
         try:
-            while self.buffer and self.free_slots() and self.accepting:
-                job = self.buffer.popleft()
+            while self.free_slots() and self.accepting:
+                call = self._threads.unstage() if self._threads else None
+                job = call.tag if call else self.buffer.popleft() if self.buffer else None
+                if job is None:
+                    break
                 if job.lost:
                     continue  # its lease is gone; someone else may run it now
                 if job.lease_until <= now:
                     self.release.append(job)  # not sure the lease still holds: never start it
                     continue
-                self.starting.append(job)
-                self._start(job)
+                job.started = now
+                self._begin(job)
+                if call:
+                    self.pools.submit(call)
+                else:
+                    self.pools.dispatch(job)
+            if self.accepting:
+                self.release += self.pools.stage(self.buffer, now)
         finally:
             self._filling = False
 
     def _start(self, job: Claimed) -> None:
+        """A job Redis started (claimed into a free slot)."""
         self.running[job.execution_id] = job
         job.started = time.monotonic()
-        job.ctx = JobContext(job.id, job.execution_id, job.queue, job.retries + 1)
+        self._started(job)
+        self.pools.dispatch(job)
+
+    def _begin(self, job: Claimed) -> None:
+        """A buffered job moves into a slot: its start is recorded by the flow's next step."""
+        self.running[job.execution_id] = job
+        self.starting.append(job)
+        self._started(job)
+
+    def _started(self, job: Claimed) -> None:
+        if job.ctx is None:  # a staged job has had its own since it was staged
+            job.ctx = JobContext(job.id, job.execution_id, job.queue, job.retries + 1)
         m = self.metrics.of(job.queue)
         m.started.inc()
         ready_at = max(job.enqueued_at or 0.0, (job.due_at or 0.0) / 1000)
@@ -169,23 +196,6 @@ class Runner:
                       LazyCall(job.func, job.ser, job.payload, self.settings.log_args), job.execution_id, job.queue,
                       extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue, "event": "start",
                              "func": job.func})
-        if job.malformed or job.func is None:
-            return self.end(job, failure("MalformedJob", job.malformed or "job has no func field", retryable=False))
-        try:
-            func = execution.resolve(job.func, self.settings.allow_modules)
-        except InvalidFunction as exc:
-            return self.end(job, execution.import_failure(exc))
-        is_async = self._async_funcs.get(func)
-        if is_async is None:
-            is_async = self._async_funcs[func] = inspect.iscoroutinefunction(func)
-        if is_async:
-            job.task = asyncio.create_task(self._run_async(func, job))
-        elif self._threads is not None:
-            job.call = self._threads.submit(func, job.ser, job.payload, self.settings.allow_pickle, job, job.ctx)
-        elif self._procs is not None:
-            job.task = asyncio.create_task(self._run_process(job))
-        else:
-            self.end(job, failure("TypeError", f"{job.func} is not 'async def' and this worker runs --pool async"))
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -193,7 +203,8 @@ class Runner:
         if self.running.get(job.execution_id) is not job:
             return  # already handed back or timed out
         self._forget(job)
-        duration = time.monotonic() - job.started
+        now = time.monotonic()
+        duration = now - job.started
         avg = self.avg_duration
         self.avg_duration = duration if avg is None else avg * 0.9 + duration * 0.1
         retry_in = None
@@ -204,7 +215,7 @@ class Runner:
                 log.error("job %s has an unreadable retry policy (%s); not retrying", job.id, exc)
                 policy = None
             retry_in = retry_delay(policy, job.retries, outcome.exc_names, outcome.retry_after)
-        self.ended.append(Ended(job, outcome, duration, retry_in))
+        self.ended.append(Ended(job, outcome, duration, retry_in, at=now))
         self._wakeup()
         self.fill()
 
@@ -220,33 +231,11 @@ class Runner:
             return True
         return False
 
-    async def _run_async(self, func: Any, job: Claimed) -> None:
-        _current.set(job.ctx)  # this task's own context
-        try:
-            serializer = execution.serializer_for(job.ser, self.settings.allow_pickle)
-            args, kwargs = execution.decode_call(serializer, job.payload)
-        except execution.MalformedJob as exc:
-            return self.end(job, execution.malformed(exc))
-        deadline = asyncio.timeout(job.timeout)
-        try:
-            async with deadline:
-                value = await func(*args, **kwargs)
-        except TimeoutError as exc:
-            if deadline.expired():  # ours, not a TimeoutError the job raised itself
-                return self.end(job, _timeout(job))
-            return self.end(job, execution.from_exception(exc))
-        except SystemExit as exc:
-            return self.end(job, failure("SystemExit", f"the job called sys.exit({exc.code!r})"))
-        except Exception as exc:
-            return self.end(job, execution.from_exception(exc))
-        self.end(job, execution.encode_result(serializer, value))
-
-    async def _run_process(self, job: Claimed) -> None:
-        assert self._procs is not None and job.func is not None
-        self.end(job, await self._procs.run(job.func, job.ser, job.payload, job.timeout, job.ctx))
-
-    def _threads_done(self, done: list[tuple[ThreadCall, Outcome]]) -> None:
-        for call, outcome in done:
+    def _threads_done(self, done: list[Done]) -> None:
+        for call, outcome, nxt in done:
+            if nxt is not None:  # the slot passed straight to a staged job: its start, then the end
+                nxt.tag.started = nxt.started
+                self._begin(nxt.tag)
             job: Claimed = call.tag
             if job.lingering:
                 job.lingering = False
@@ -260,16 +249,20 @@ class Runner:
 
         One scan every few ms instead of a timer per job: at thousands of jobs a second,
         per-job timers cost more than the scan."""
+        self.sync()
         now = time.monotonic()
         for job in list(self.running.values()):
             if job.call is not None and now - job.started >= job.timeout:
                 self._thread_timeout(job)
             elif job.lease_until <= now and not (job.lost or job.lapsed):
                 self._lapsed(job)
+        # Never start a job whose lease may be gone: hand it back instead.
         lapsed = [j for j in self.buffer if j.lease_until <= now]
-        for job in lapsed:  # never start a job whose lease may be gone: hand it back instead
+        for job in lapsed:
             self.buffer.remove(job)
-            self.release.append(job)
+        if self._threads:
+            lapsed += self._threads.take_back(lambda j: j.lease_until <= now)
+        self.release.extend(lapsed)
         if lapsed:
             log.warning("handing back %d prefetched jobs: their leases ran out before they could be renewed",
                         len(lapsed))
@@ -282,7 +275,7 @@ class Runner:
         # The thread keeps its slot until it really returns: honest capacity.
         job.lingering = True
         self.lingering += 1
-        self.end(job, _timeout(job, "thread"))
+        self.end(job, timed_out(job, "thread"))
 
     # -- what others report -----------------------------------------------------------------------
 
@@ -322,6 +315,8 @@ class Runner:
         """Another worker may run this job now: this execution's outcome will be discarded."""
         if job.lost:
             return
+        if not self._unbuffer(job):  # not buffered: a thread may have taken it; collect that first
+            self.sync()
         job.lost = True
         if job.ctx is not None:
             job.ctx.lease_lost = True
@@ -335,21 +330,28 @@ class Runner:
             job.task.cancel()
             self._forget(job)
             self._wakeup()
-        if not running:
-            try:
-                self.buffer.remove(job)
-            except ValueError:
-                pass
         self.done_with(job)
+
+    def _unbuffer(self, job: Claimed) -> bool:
+        """Take a job out of the stage or the buffer: False if it is in neither (it started)."""
+        if self._threads and self._threads.remove(job):
+            return True
+        try:
+            self.buffer.remove(job)
+        except ValueError:
+            return False
+        return True
 
     def find(self, queue: str, job_id: str) -> Claimed | None:
         """The live execution of a job held here (running first, then buffered)."""
-        for job in (*self.running.values(), *self.buffer):
+        self.sync()
+        for job in (*self.running.values(), *self._buffered_jobs()):
             if job.id == job_id and job.queue == queue and not job.lost:
                 return job
         return None
 
     def is_running(self, job: Claimed) -> bool:
+        self.sync()
         return self.running.get(job.execution_id) is job
 
     def stop(self, job: Claimed) -> None:
@@ -365,29 +367,27 @@ class Runner:
 
     def cancel_buffered(self, job: Claimed) -> bool:
         """A buffered job is cancelled before it starts (it never runs). False if it started."""
-        try:
-            self.buffer.remove(job)
-        except ValueError:
+        if not self._unbuffer(job):
             return False
         self.cancels.append(job)
         self._wakeup()
         return True
 
-    def hand_back_buffer(self) -> None:
+    def stop_accepting(self) -> None:
+        """The worker stops: nothing new starts from now on (no thread takes a staged job
+        after this), and every buffered job goes back to its queue."""
+        self.accepting = False
+        if self._threads:
+            self.release.extend(self._threads.close())
         self.release.extend(self.buffer)
         self.buffer.clear()
 
     def give_up(self) -> None:
         """Shutdown timeout reached: every unfinished job goes back to its queue."""
+        self.sync()
         for job in list(self.running.values()):
             self._forget(job)
             if job.task is not None:
                 job.task.cancel()
             self.release.append(job)
         self._wakeup()
-
-
-def _timeout(job: Claimed, pool: str = "") -> Outcome:
-    note = (" (thread pool: the job was interrupted at its next Python instruction; "
-            "use --pool process to have it killed)") if pool == "thread" else ""
-    return failure("JobTimeout", f"the job exceeded its timeout of {job.timeout:g}s{note}", cls=JobTimeout)

@@ -45,6 +45,7 @@ log = logging.getLogger("conveyor.worker")
 
 _TICK = 0.05  # seconds between scans for timed-out thread jobs and lapsed leases
 _ABANDON_AFTER = 5.0  # seconds after the shutdown timeout before giving up on an unreachable Redis
+_LINGER_LONG = 0.008  # seconds: the longest an outcome of long jobs waits for company before its round trip
 
 
 class Phase(enum.Enum):
@@ -217,7 +218,7 @@ class Worker:
             self.metrics.ready.set(1 if self.readiness()[0] else 0)
             if self.phase is not Phase.STARTING:
                 self.metrics.in_flight.set(len(self.runner.running))
-                self.metrics.prefetched.set(len(self.runner.buffer))
+                self.metrics.prefetched.set(self.runner.buffered())
             await self._nap(1.0)
 
     async def _ticks(self) -> None:
@@ -241,20 +242,22 @@ class Worker:
         A second request skips the wait.
         """
         name = f" on {signal.Signals(sig).name}" if sig else ""
-        running = len(self.runner.running) if self.phase is not Phase.STARTING else 0
         if self.phase in (Phase.DRAINING, Phase.HANDING_BACK, Phase.ABANDONING):
-            log.warning("worker %s: second stop request%s, handing back %d running jobs now", self.id, name, running)
+            log.warning("worker %s: second stop request%s, handing back %d running jobs now", self.id, name,
+                        len(self.runner.running))
             self._give_up()
             return
+        starting = self.phase is Phase.STARTING
+        if not starting:  # first: from here on nothing new starts, not even in a job thread
+            self.runner.stop_accepting()
+            self.runner.sync()
+        running = len(self.runner.running) if not starting else 0
         log.info("worker %s stopping%s: no new jobs; %d running get up to %gs", self.id, name, running,
                  self.settings.shutdown_timeout)
-        starting = self.phase is Phase.STARTING
         self.phase = Phase.DRAINING
         self._stopping.set()
         if starting:
             return
-        self.runner.accepting = False
-        self.runner.hand_back_buffer()
         asyncio.get_running_loop().call_later(self.settings.shutdown_timeout, self._give_up)
         self._wakeup.set()
 
@@ -277,7 +280,7 @@ class Worker:
         r, flow = self.runner, self.flow
         while True:
             if self.phase is Phase.ABANDONING:
-                unrecorded = len(r.ended) + len(r.release) + len(r.buffer) + len(r.cancels)
+                unrecorded = len(r.ended) + len(r.release) + r.buffered() + len(r.cancels)
                 log.error("worker %s: Redis did not take the hand-back within %gs of the shutdown timeout; "
                           "exiting with %d outcomes unrecorded (their leases expire and the jobs are recovered)",
                           self.id, _ABANDON_AFTER, unrecorded)
@@ -291,7 +294,7 @@ class Worker:
                 if not await flow.step():
                     await self.link.wait_up(self._wakeup)  # a stop or the abandon timer wakes it too
                     continue
-            if r.idle and not r.buffer:
+            if r.idle and not r.buffered():
                 if self.phase is not Phase.RUNNING:
                     return
                 if self.settings.burst and not flow.want_claim:
@@ -336,15 +339,25 @@ class Worker:
     async def _linger(self) -> None:
         """Let a few more jobs end before the round trip, so one trip records several.
 
-        Only while the prefetch buffer keeps every slot busy: waiting must never
-        leave a slot without work.
+        Only while the prefetch buffer keeps every slot busy (waiting must never leave a
+        slot without work, so a claim is never held back when slots need it) or the queues
+        are empty, only while nothing but starts and outcomes waits (hand-backs and cancels
+        go at once), and never once the worker stops. It lasts flush_linger, or for longer
+        jobs until the oldest outcome is 3/4 of their average length old, up to _LINGER_LONG:
+        about one job's worth of outcomes per round trip, however the slots' ends are spread
+        (in step, all slots end within a few ms; spread evenly, a shorter wait carries few).
         """
         r, s = self.runner, self.settings
+        if not s.flush_linger or not r.ended:
+            return
         target = max(1, min(s.max_batch, (s.concurrency + r.prefetch()) // 4))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + s.flush_linger
-        while len(r.ended) < target and r.running and len(r.buffer) >= target:
-            remaining = deadline - loop.time()
+        bound = max(s.flush_linger, min(_LINGER_LONG, (r.avg_duration or 0.0) * 0.75))
+        deadline = max(time.monotonic() + s.flush_linger, min(e.at for e in r.ended) + bound)
+        # Slots need no claim while the buffer holds a turn's worth, nor when the queues were
+        # found empty (a wake for new work sets want_claim and ends the wait at once).
+        while (len(r.ended) < target and r.running and (r.buffered() >= target or not self.flow.want_claim)
+               and not (r.release or r.cancels) and self.phase is Phase.RUNNING):
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             self._wakeup.clear()
