@@ -7,6 +7,11 @@ RedisLink, Flow and Runner methods are wrapped to note the wall-clock time of ea
 sends jobs GAP apart from here, and prints the median and p99 of each stage's time since
 the client started enqueueing (the job's own stamp is the last stage). Nothing in the
 runtime changes; the wrappers add a few microseconds per stage.
+
+An idle worker sends its claim with the BLPOP ("BLPOP + claim returned"), so the job starts
+right after that stage; "step began", "claim sent" and "claim reply" are then the round trip
+that records its outcome. (On a Cluster, or while the worker holds a suspect, the plain
+"BLPOP returned" is followed by the step that claims.)
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-STAGES = ["enqueued (client got its reply)", "BLPOP returned", "step began", "claim sent", "claim reply",
+STAGES = ["enqueued (client got its reply)", "BLPOP returned", "BLPOP + claim returned", "step began", "claim sent", "claim reply",
           "job started (Runner._start)", "handed to a thread", "job ran (its stamp)"]
 
 
@@ -63,7 +68,8 @@ def traced_worker(url: str, out: str) -> None:
 
         setattr(cls, name, wrapped)
 
-    after(link.RedisLink, "blpop", "BLPOP returned")
+    after(link.RedisLink, "blpop", "BLPOP returned")  # a plain BLPOP (the loop claims after it)
+    after(link.RedisLink, "blpop_then", "BLPOP + claim returned")  # the claim sent with the BLPOP
     before(flow.Flow, "step", "step began", True)
     before(link.RedisLink, "roundtrip", "claim sent", True)
     after(link.RedisLink, "roundtrip", "claim reply")

@@ -5,10 +5,13 @@ is bounded (each argument and the whole call) and the arguments are shown only w
 worker is told to (``--log-args``). Building it never fails a job: arguments this worker
 will not or cannot decode just for a log line show as ``(args not shown)``. Pickle is
 never decoded here: unpickling runs code, and a log line is no reason to.
+
+Also where a failed job's traceback goes (its failure line, or a DEBUG line of its own).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..logs import printable
@@ -83,3 +86,15 @@ def _short(text: str) -> str:
         return text
     quote = text[-1] if text[-1] in "'\"" and text[0] == text[-1] else ""
     return text[: ARG_LIMIT - 1 - len(quote)] + "…" + quote
+
+
+def with_traceback(extra: dict[str, Any], tb: str, shown: bool) -> dict[str, Any]:
+    """A failure line's fields, with the traceback under --log-tracebacks (shown, the default)."""
+    return {**extra, "traceback": tb} if tb and shown else extra
+
+
+def debug_traceback(log: logging.Logger, extra: dict[str, Any], tb: str, shown: bool) -> None:
+    """Under --no-log-tracebacks the traceback still reaches a DEBUG line of its own."""
+    if tb and not shown and log.isEnabledFor(logging.DEBUG):
+        log.debug("job %s traceback (execution %s)", extra["job_id"], extra["execution_id"],
+                  extra={**extra, "event": "traceback", "traceback": tb})

@@ -1,12 +1,17 @@
-"""What a worker knows about one job it holds (:class:`Claimed`), and how it ended (:class:`Ended`)."""
+"""What a worker knows about one job it holds (:class:`Claimed`, read from a claim reply by
+:func:`parse_claim`), and how it ended (:class:`Ended`)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from ..context import JobContext
+from ..protocol import RUN_FIELDS, Status
 from .execution import STOPPED, Outcome, ThreadCall
+
+_STARTED = Status.STARTED.encode()  # in claim.lua's reply
 
 
 @dataclass(eq=False)
@@ -52,3 +57,29 @@ class Ended:
         if self.outcome.exc_type == STOPPED:
             return "stop"
         return "fail" if self.retry_in is None else "retry"
+
+
+def parse_claim(queue: str, reply: list[Any], default_timeout: float, lease_until: float) -> list[Claimed]:
+    """claim.lua's reply, from its third value on: id, execution ID, state, suspect, RUN_FIELDS."""
+    width = 4 + len(RUN_FIELDS)
+    out = []
+    for i in range(2, len(reply), width):
+        job_id, exec_id, state, suspect, func, payload, ser, timeout, deliveries, enqueued_at, retry, retries, due_at = (
+            reply[i: i + width])
+        try:
+            job = Claimed(
+                queue, job_id.decode(), exec_id.decode(), func.decode() if func else None, payload,
+                ser.decode() if ser else "json", float(timeout) if timeout else default_timeout,
+                int(deliveries or 0), float(enqueued_at) if enqueued_at else None, retry, int(retries or 0),
+                float(due_at) if due_at else None)
+            if not job.timeout > 0:
+                raise ValueError(f"timeout must be positive, got {job.timeout}")
+        except (ValueError, UnicodeDecodeError) as exc:  # a hand-edited or corrupted hash: fail only this job
+            job = Claimed(queue, job_id.decode(errors="replace"), exec_id.decode(), None, None, "json",
+                          default_timeout, 0, None)
+            job.malformed = f"unreadable job field: {exc}"
+        job.recorded_start = state == _STARTED
+        job.suspect = suspect == b"1"
+        job.lease_until = lease_until
+        out.append(job)
+    return out

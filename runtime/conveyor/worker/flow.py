@@ -16,54 +16,25 @@ import collections
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .. import calls, keys
 from ..connection import cause
-from ..protocol import RUN_FIELDS, Code, Status
+from ..protocol import Code, Status
 from ..settings import WorkerSettings
-from .calltext import LazyCall
-from .claimed import Claimed, Ended
+from .calltext import LazyCall, debug_traceback, with_traceback
+from .claimed import Claimed, Ended, parse_claim
 from .link import LinkDown, RedisLink
 from .metrics import WorkerMetrics
+from .refusals import Refusals
 from .runner import Runner
 
 log = logging.getLogger("conveyor.worker")
 
 _OUTCOMES = {"complete": "succeeded", "fail": "failed", "retry": "retried", "stop": "stopped"}  # metric labels
-_STARTED = Status.STARTED.encode()  # in claim.lua's reply
-_RETRY_FIRST, _RETRY_MAX = 0.1, 5.0  # seconds: backoff of a part Redis refused
-
-
-class Refusals:
-    """Backoff and one log line per kind of refusal, instead of a line per attempt."""
-
-    def __init__(self) -> None:
-        self._delay: dict[str, float] = {}
-        self.until: dict[str, float] = {}
-
-    def refused(self, part: str, exc: BaseException) -> float:
-        delay = self._delay.get(part)
-        if delay is None:
-            log.error("Redis refused the worker's %s: %s; keeping it and retrying with backoff", part.replace(":", " of queue "),
-                      cause(exc))
-            delay = _RETRY_FIRST
-        self._delay[part] = min(delay * 2, _RETRY_MAX)
-        until = self.until[part] = time.monotonic() + delay
-        return until
-
-    def accepted(self, part: str) -> None:
-        if self._delay.pop(part, None) is not None:
-            log.info("Redis accepts the worker's %s again", part.replace(":", " of queue "))
-        self.until.pop(part, None)
-
-    def blocked(self, part: str) -> bool:
-        return self.until.get(part, 0.0) > time.monotonic()
-
-    def next_retry(self) -> float | None:
-        return min(self.until.values(), default=None)
 
 
 class Flow:
@@ -87,6 +58,11 @@ class Flow:
         # Claims whose reply was lost (queue, first number, how many): Redis may have run them,
         # leasing jobs this worker does not know it holds. Handed back on the next step.
         self._unsure: list[tuple[str, int, int]] = []
+        # The claim the waker sent behind its BLPOP (queue, args), until its reply is handled:
+        # meanwhile a step claims nothing, so the two never start more jobs than there are slots.
+        self.pickup: tuple[str, list[Any]] | None = None
+        self._stepping = False  # a step's claim may be out: no pickup claim then either
+        self._skip = 0  # leading queues the next step need not claim: a pickup just found them empty
 
     def wake(self) -> None:
         """Work may be waiting (a wake token, a reap, a stop): claim on the next step, even if a
@@ -94,6 +70,7 @@ class Flow:
         arrived)."""
         self.want_claim = True
         self._wakes += 1
+        self._skip = 0
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -109,15 +86,22 @@ class Flow:
         now = time.monotonic()
         if any(e.not_before <= now for e in r.ended):
             return True
-        return self.want_claim and r.room() > 0 and self._claimable() is not None
+        return self.want_claim and self.pickup is None and r.room() > 0 and self._claimable() is not None
 
     def _claimable(self) -> str | None:
-        return next((q for q in self.settings.queues if not self.refusals.blocked(f"claim:{q}")), None)
+        return next((q for q in self.settings.queues[self._skip:] if not self.refusals.blocked(f"claim:{q}")), None)
 
     async def step(self) -> bool:
         """One round trip: record starts and ended jobs, hand back released ones, claim.
 
         Returns False when Redis did not answer (everything is kept for the next step)."""
+        self._stepping = True
+        try:
+            return await self._step()
+        finally:
+            self._stepping = False
+
+    async def _step(self) -> bool:
         r, s = self.runner, self.settings
         now = time.monotonic()
         starting, r.starting = r.starting, []
@@ -130,7 +114,9 @@ class Flow:
         cancels, r.cancels = r.cancels, []
         want = r.room()
         wakes = self._wakes
-        first = self._claimable() if want else None
+        held = self.pickup is not None  # the waker's claim is out: this step claims nothing
+        first = self._claimable() if want and not held else None
+        self._skip = 0
         parts = self._parts(starting, ready, release, cancels)
         sent = time.monotonic()
         claim_args = self._claim_args(first, want) if first else None
@@ -169,7 +155,7 @@ class Flow:
                 self._lost_claim(queue, args)
                 break
             claimed += self._claimed(queue, reply, sent)
-        if want and len(claimed) < want and not self.claim_left and self._wakes == wakes:
+        if want and not held and len(claimed) < want and not self.claim_left and self._wakes == wakes:
             self.want_claim = False
         if self._suspect_freed:
             self.want_claim, self._suspect_freed = True, False
@@ -288,6 +274,54 @@ class Flow:
         else:
             self._unsure.append((queue, seq, n))
 
+    # -- the claim an idle worker sends behind its BLPOP (waker.py) -----------------------------
+
+    def claiming(self) -> bool:
+        """A step is out, or due (a wake came after the loop went idle): it claims, not a pickup."""
+        return self._stepping or self.want_claim
+
+    def pickup_claim(self) -> Callable[[Any], None] | None:
+        """What queues a claim for the waker to send with its BLPOP (one round trip to wake and claim):
+        the first claimable queue's (strict priority), built as a step's, sized now for all the room;
+        or None. Until :meth:`picked_up` or :meth:`pickup_lost` steps claim nothing."""
+        r = self.runner
+        # A suspect held here: its end must let a step claim the next one at once, not after this
+        # claim's block.
+        if self.pickup is not None or self.claiming() or not r.accepting or r.suspect is not None:
+            return None
+        want = r.room()
+        first = self._claimable() if want else None
+        if first is None:
+            return None
+        args = self._claim_args(first, want)
+        self.pickup = (first, args)
+        return lambda pipe: self._claim_cmd(pipe, first, args)
+
+    def picked_up(self, reply: Any, sent: float) -> int:
+        """The pickup claim's reply, taken in as a step's claim's is; returns how many jobs it brought.
+
+        `sent`: when the BLPOP went out. The claim ran later, so leases counted from then are
+        conservative, as a step's are."""
+        if self.pickup is None:  # already given up as lost: the next step's disown takes its jobs back
+            return 0
+        (queue, args), self.pickup = self.pickup, None
+        claimed = [] if isinstance(reply, NoScriptError) else self._claimed(queue, reply, sent)
+        # More may be waiting: NOSCRIPT (it never ran: Redis restarted; a step claims, loading the
+        # scripts), a full claim, IDs it left, or a later queue's (the token may be theirs).
+        if isinstance(reply, NoScriptError) or len(claimed) >= args[0] or self.claim_left:
+            self.wake()
+        elif queue != self.settings.queues[-1]:
+            self.wake()
+            self._skip = self.settings.queues.index(queue) + 1  # it came back short: start after it
+        return len(claimed)
+
+    def pickup_lost(self) -> None:
+        """No reply (a dropped connection, a timeout, a stop cutting the BLPOP): the claim may have
+        run, so the next step hands back what it leased (disown), as for a step's lost claim."""
+        if self.pickup is not None:
+            (queue, args), self.pickup = self.pickup, None
+            self._lost_claim(queue, args)
+
     def _disowned(self, queue: str, reply: Any) -> None:
         if isinstance(reply, ResponseError):  # a key of the wrong type: the leases recover them
             log.warning("could not hand back the jobs of a claim whose reply was lost (queue %s): %s; "
@@ -302,7 +336,7 @@ class Flow:
             self._suspect_freed = True  # the place for a suspect is free: look for the next one
 
     def _recorded(self, e: Ended, code: int) -> None:
-        job, kind, m = e.job, e.kind, self.metrics.of(e.job.queue)
+        job, kind, m, s = e.job, e.kind, self.metrics.of(e.job.queue), self.settings
         self._done_with(job)
         extra = {"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
                  "duration": round(e.duration, 6), "event": kind, "func": job.func}
@@ -322,16 +356,16 @@ class Flow:
             if kind == "retry":
                 log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
                             call, job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
-                            job.retries + 1, e.retry_in, extra=self._with_traceback(extra, o.traceback))
-                self._debug_traceback(extra, o.traceback)
+                            job.retries + 1, e.retry_in, extra=with_traceback(extra, o.traceback, s.log_tracebacks))
+                debug_traceback(log, extra, o.traceback, s.log_tracebacks)
             elif kind == "stop":
                 log.warning("job %s stopped on request: %s (execution %s, queue %s, %.3fs)", job.id, call,
                             job.execution_id, job.queue, e.duration, extra=extra)
             else:
                 log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s", job.id, call,
                             job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
-                            extra=self._with_traceback(extra, o.traceback))
-                self._debug_traceback(extra, o.traceback)
+                            extra=with_traceback(extra, o.traceback, s.log_tracebacks))
+                debug_traceback(log, extra, o.traceback, s.log_tracebacks)
         elif code == Code.STALE:
             self.stats["stale_completions"] += 1
             self.metrics.stale.inc()
@@ -343,16 +377,6 @@ class Flow:
 
     def _call(self, job: Claimed) -> LazyCall:
         return LazyCall(job.func, job.ser, job.payload, self.settings.log_args)
-
-    def _with_traceback(self, extra: dict[str, Any], tb: str) -> dict[str, Any]:
-        """The failure line's fields, with the traceback under --log-tracebacks (the default)."""
-        return {**extra, "traceback": tb} if tb and self.settings.log_tracebacks else extra
-
-    def _debug_traceback(self, extra: dict[str, Any], tb: str) -> None:
-        # Under --no-log-tracebacks the traceback still reaches a DEBUG line of its own.
-        if tb and not self.settings.log_tracebacks and log.isEnabledFor(logging.DEBUG):
-            log.debug("job %s traceback (execution %s)", extra["job_id"], extra["execution_id"],
-                      extra={**extra, "event": "traceback", "traceback": tb})
 
     def _released(self, job: Claimed, code: int) -> None:
         self._done_with(job)
@@ -371,29 +395,3 @@ class Flow:
             log.info("job %s canceled before it started (execution %s, queue %s)", job.id, job.execution_id,
                      job.queue, extra={"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
                                        "event": "cancel"})
-
-
-def parse_claim(queue: str, reply: list[Any], default_timeout: float, lease_until: float) -> list[Claimed]:
-    """claim.lua's reply, from its third value on: id, execution ID, state, suspect, RUN_FIELDS."""
-    width = 4 + len(RUN_FIELDS)
-    out = []
-    for i in range(2, len(reply), width):
-        job_id, exec_id, state, suspect, func, payload, ser, timeout, deliveries, enqueued_at, retry, retries, due_at = (
-            reply[i: i + width])
-        try:
-            job = Claimed(
-                queue, job_id.decode(), exec_id.decode(), func.decode() if func else None, payload,
-                ser.decode() if ser else "json", float(timeout) if timeout else default_timeout,
-                int(deliveries or 0), float(enqueued_at) if enqueued_at else None, retry, int(retries or 0),
-                float(due_at) if due_at else None)
-            if not job.timeout > 0:
-                raise ValueError(f"timeout must be positive, got {job.timeout}")
-        except (ValueError, UnicodeDecodeError) as exc:  # a hand-edited or corrupted hash: fail only this job
-            job = Claimed(queue, job_id.decode(errors="replace"), exec_id.decode(), None, None, "json",
-                          default_timeout, 0, None)
-            job.malformed = f"unreadable job field: {exc}"
-        job.recorded_start = state == _STARTED
-        job.suspect = suspect == b"1"
-        job.lease_until = lease_until
-        out.append(job)
-    return out

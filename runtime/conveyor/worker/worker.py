@@ -7,7 +7,7 @@ It is composed of parts with one job each, wired here:
 - :class:`~.flow.Flow` — the claim/record loop: one pipeline per turn, replies one by one;
 - :class:`~.fleet.Housekeeping` and :class:`~.fleet.Commands` — leases, reaping,
   registration, sampling; ``job stop`` / ``cancel``;
-- :class:`~.waker.Waker` — an idle worker's BLPOP on its queues' wake lists;
+- :class:`~.waker.Waker` — an idle worker's BLPOP on its queues' wake lists, with its claim;
 - :class:`~.scheduler.Scheduler` — with ``--with-scheduler``.
 
 Its life is one explicit :class:`Phase`.
@@ -79,7 +79,8 @@ class Worker:
                                          lambda: self.phase.value, self._work_found)
         self.waker = Waker(self.link, [self.space.queue(q).wake for q in s.queues],
                            running=lambda: self.phase is Phase.RUNNING, room=self.runner.room,
-                           wake=self._work_found)
+                           wake=self._work_found, kick=self._wakeup.set,
+                           flow=None if self.link.target.is_cluster else self.flow)
         self.health = HealthServer(self.metrics.registry, alive=self.heartbeat.alive, ready=self.readiness)
 
     # -- running -----------------------------------------------------------------------------
@@ -286,6 +287,11 @@ class Worker:
                           self.id, _ABANDON_AFTER, unrecorded)
                 return
             self._wakeup.clear()
+            if flow.pickup is not None and self.phase is not Phase.RUNNING and not self.link.cut:
+                # A stop must not wait out the waker's BLPOP, nor let its claim run: cut the
+                # connection (Redis then drops the unread claim, unless it had just run: the
+                # waker records it as lost and the next step disowns it).
+                await self.link.cut_blocking()
             r.fill()
             worked = flow.has_work()
             if worked:
@@ -295,7 +301,7 @@ class Worker:
                     await self.link.wait_up(self._wakeup)  # a stop or the abandon timer wakes it too
                     continue
             if r.idle and not r.buffered():
-                if self.phase is not Phase.RUNNING:
+                if self.phase is not Phase.RUNNING and flow.pickup is None:
                     return
                 if self.settings.burst and not flow.want_claim:
                     if await self._promoted_before_exit():
