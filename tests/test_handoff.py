@@ -199,3 +199,43 @@ def test_close_hands_back_what_is_staged() -> None:
         return [t.name for t in back]
 
     assert asyncio.run(main()) == ["0", "1", "2"]
+
+
+def test_a_job_that_ran_in_a_thread_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle between a job and its thread call: once the runner lets go of an
+    ended job, both are freed by reference counting (a worker's memory stays flat under load)."""
+    import collections
+    import gc
+    import weakref
+
+    from conveyor.settings import WorkerSettings
+    from conveyor.worker.claimed import Claimed
+    from conveyor.worker.metrics import WorkerMetrics
+    from conveyor.worker.runner import Runner
+
+    async def main() -> tuple[weakref.ref[Claimed], weakref.ref[Any]]:
+        settings = WorkerSettings(redis_url="redis://unused", queues=("default",), concurrency=1)
+        metrics = WorkerMetrics(worker_id="w", version="0", pool="thread", concurrency=1, queues=("default",))
+        runner = Runner(settings, metrics, collections.Counter(), lambda: None)
+        runner.open()
+        job = Claimed("default", "j1", "e1", "jobs:add", b'{"a":[1,2],"k":{}}', "json", 10.0, 1, None)
+        job.recorded_start, job.lease_until = True, time.monotonic() + 60
+        runner.accept([job])
+        call = job.call
+        assert call is not None
+        deadline = time.monotonic() + 5
+        while not runner.ended:
+            assert time.monotonic() < deadline, "the job never ended"
+            await asyncio.sleep(0.005)
+        assert runner.ended[0].outcome.ok
+        refs = weakref.ref(job), weakref.ref(call)
+        runner.ended.clear()  # what the flow does once Redis recorded the outcome
+        runner.close()
+        return refs
+
+    gc.disable()
+    try:
+        job_ref, call_ref = asyncio.run(main())
+        assert job_ref() is None and call_ref() is None, "a cycle keeps the job alive until a GC"
+    finally:
+        gc.enable()

@@ -237,6 +237,9 @@ class Runner:
                 nxt.tag.started = nxt.started
                 self._begin(nxt.tag)
             job: Claimed = call.tag
+            # The thread is done with the call: break the job <-> call cycle so both go as soon
+            # as the job does, not at the next garbage collection (flat memory under load).
+            call.tag, job.call = None, None
             if job.lingering:
                 job.lingering = False
                 self.lingering -= 1
