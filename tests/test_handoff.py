@@ -236,6 +236,10 @@ def test_a_job_that_ran_in_a_thread_is_freed_without_the_garbage_collector() -> 
     gc.disable()
     try:
         job_ref, call_ref = asyncio.run(main())
-        assert job_ref() is None and call_ref() is None, "a cycle keeps the job alive until a GC"
+        assert job_ref() is None, "a cycle keeps the job alive until a GC"
+        # The call may live on in its thread until that thread exits (close() only asks it to),
+        # but never holds the job: nothing per job accumulates.
+        call = call_ref()
+        assert call is None or call.tag is None
     finally:
         gc.enable()

@@ -136,10 +136,12 @@ class JobThreads:
             except BaseException as exc:  # a timeout/stop interrupt that landed just after the job ended
                 outcome = from_exception(exc)
             try:
-                nxt = self._ended(call, outcome)
+                call = self._ended(call, outcome)
             except RuntimeError:  # the loop has closed: the worker is gone
                 return
-            call = nxt if nxt is not None else self._inbox.get()
+            del outcome  # an idle thread keeps nothing of its last job (its result) alive
+            if call is None:
+                call = self._inbox.get()
 
     def _ended(self, call: ThreadCall, outcome: Outcome) -> ThreadCall | None:
         """Report the end of ``call`` and take the next staged call in one critical section."""
