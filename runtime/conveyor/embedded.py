@@ -19,11 +19,21 @@ from .errors import ConveyorError
 INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install -y redis-server; macOS: brew install redis) or pass --redis-url"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free right now and not handed out before by this process: the OS may offer a
+    port again as soon as it is closed, and two callers that bind later (a server's two
+    listeners, two servers) must not both get it."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise ConveyorError("no free TCP port found on 127.0.0.1")
 
 
 class EmbeddedRedis:
