@@ -18,6 +18,7 @@ import redis
 
 from conveyor import Queue
 from conveyor.embedded import EmbeddedRedis
+from proxy import Proxy
 from support import CALL_FAILED, TESTS, WorkerProcess
 
 sys.path.insert(0, str(TESTS))  # so in-process code can import tests/jobs.py as "jobs"
@@ -107,3 +108,19 @@ def run_burst(spawn_worker: Callable[..., WorkerProcess]) -> Callable[..., Worke
         return w
 
     return run
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, to stop, restart or put behind a proxy."""
+    s = EmbeddedRedis().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def proxy(server: EmbeddedRedis) -> Iterator[Proxy]:
+    """A TCP proxy in front of ``server`` (tests/proxy.py) that resets, drops or loses replies."""
+    p = Proxy(server.port)
+    yield p
+    p.stop()

@@ -8,16 +8,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
 from conveyor import JobStatus, Queue
-from conveyor.embedded import EmbeddedRedis, free_port
+from conveyor.embedded import free_port
 from jobs_faults import executions
-from proxy import Proxy
 from support import fetch, wait_until, worker_id
 
 
@@ -29,20 +28,6 @@ def readyz(port: int) -> int | None:
         return exc.code
     except OSError:
         return None
-
-
-@pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    s = EmbeddedRedis().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def proxy(server: EmbeddedRedis) -> Iterator[Proxy]:
-    p = Proxy(server.port)
-    yield p
-    p.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,8 @@ import pytest
 import redis
 
 from conveyor import JobStatus, Queue, scripts
-from conveyor.embedded import EmbeddedRedis, free_port
+from conveyor.embedded import free_port
 from jobs_faults import executions
-from proxy import Proxy
 from support import fetch, wait_until, worker_id
 
 
@@ -46,6 +45,16 @@ def settled(port: int, quiet: float = 0.3, timeout: float = 10.0) -> int:
     return seen["n"]
 
 
+def round_trips_for_one_job(conn: redis.Redis, queue: Queue, path: Path, port: int) -> int:
+    """A warm-up job, then the worker's round trips (settled before and after) for one job."""
+    warm = queue.enqueue("jobs_faults:record", str(path), "warm")
+    wait_until(lambda: fetch(conn, warm).status is JobStatus.FINISHED, 10, "the warm-up job")
+    before = settled(port)
+    job = queue.enqueue("jobs_faults:record", str(path), "j")
+    wait_until(lambda: fetch(conn, job).status is JobStatus.FINISHED, 10, "the job")
+    return settled(port) - before
+
+
 def order(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line] if path.exists() else []
 
@@ -59,15 +68,8 @@ def test_an_idle_worker_wakes_and_claims_in_one_round_trip(conn, spawn_worker, t
     w = spawn_worker("--concurrency", "1", "--lease-seconds", "60", "--metrics-port", str(port),
                      "--metrics-host", "127.0.0.1")
     worker_id(w)
-    q = Queue("default", connection=conn)
     path = tmp_path / "runs"
-    warm = q.enqueue("jobs_faults:record", str(path), "warm")
-    wait_until(lambda: fetch(conn, warm).status is JobStatus.FINISHED, 10, "the warm-up job")
-    before = settled(port)
-    job = q.enqueue("jobs_faults:record", str(path), "j")
-    wait_until(lambda: fetch(conn, job).status is JobStatus.FINISHED, 10, "the job")
-    after = settled(port)
-    assert after - before == 2, f"{after - before} round trips for one pickup:\n{w.log()}"
+    assert round_trips_for_one_job(conn, Queue("default", connection=conn), path, port) == 2, w.log()
     assert executions(path) == {"warm": 1, "j": 1}
     w.signal(signal.SIGTERM)
     assert w.wait(15) == 0
@@ -83,15 +85,8 @@ def test_a_job_of_a_later_queue_costs_one_claim_after_the_wake(conn, spawn_worke
     w = spawn_worker("-q", "high,low", "--concurrency", "1", "--prefetch", "0", "--lease-seconds", "60",
                      "--metrics-port", str(port), "--metrics-host", "127.0.0.1")
     worker_id(w)
-    path = tmp_path / "runs"
     low = Queue("low", connection=conn)
-    warm = low.enqueue("jobs_faults:record", str(path), "warm")
-    wait_until(lambda: fetch(conn, warm).status is JobStatus.FINISHED, 10, "the warm-up job")
-    before = settled(port)
-    job = low.enqueue("jobs_faults:record", str(path), "j")
-    wait_until(lambda: fetch(conn, job).status is JobStatus.FINISHED, 10, "the job")
-    after = settled(port)
-    assert after - before == 4, f"{after - before} round trips for one pickup:\n{w.log()}"
+    assert round_trips_for_one_job(conn, low, tmp_path / "runs", port) == 4, w.log()
     w.signal(signal.SIGTERM)
     assert w.wait(15) == 0
 
@@ -191,20 +186,6 @@ def test_pickups_never_run_more_jobs_than_slots(conn, spawn_worker, tmp_path) ->
     assert most_at_once(path) == 2, path.read_text()
     w.signal(signal.SIGTERM)
     assert w.wait(15) == 0
-
-
-@pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    s = EmbeddedRedis().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def proxy(server: EmbeddedRedis) -> Iterator[Proxy]:
-    p = Proxy(server.port)
-    yield p
-    p.stop()
 
 
 @pytest.mark.parametrize("prefetch", ["0", "4"])
