@@ -33,6 +33,7 @@ Machines here are 2-core and noisy: compare ratios from one run, not absolute nu
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -49,11 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from conveyor import Job, Queue  # noqa: E402
+from conveyor import AsyncQueue, Job, Queue  # noqa: E402
 from conveyor.embedded import EmbeddedRedis, free_port  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
@@ -306,7 +308,10 @@ def bench_enqueue(url: str, conn: redis.Redis, a: argparse.Namespace) -> list[Ro
         fn()
         return n / (time.perf_counter() - t)
 
+    conv_async = []
     for _ in range(a.rounds):
+        conn.flushdb()
+        conv_async.append(asyncio.run(async_enqueue(url, n)))
         conv.append(timed(lambda: [q.enqueue("bench_jobs:noop") for _ in range(n)]))
         dq.append(timed(lambda: [bd.noop.send() for _ in range(n)]))
         rq.append(timed(lambda: [rq_q.enqueue("bench_jobs.noop") for _ in range(n)]))
@@ -322,7 +327,25 @@ def bench_enqueue(url: str, conn: redis.Redis, a: argparse.Namespace) -> list[Ro
         ("", "", f"{'RQ' if best[0] == 'dramatiq' else 'dramatiq'} {fmt(r if best[0] == 'dramatiq' else d)}",
          f"{c / r:.2f}x RQ", ""),
         (f"enqueue {n:,} in bulk (enqueue_many)", fmt(cm), f"RQ {fmt(rm)}", f"{cm / rm:.1f}x", "≥ 8x RQ"),
+        (f"enqueue {n:,} from 100 coroutines (AsyncQueue)", fmt(median(conv_async)), f"sync one by one {fmt(c)}",
+         f"{median(conv_async) / c:.2f}x sync", ""),
     ]
+
+
+async def async_enqueue(url: str, n: int, coroutines: int = 100) -> float:
+    """Jobs/s of AsyncQueue.enqueue from `coroutines` coroutines at once (one client, its pool)."""
+    client = aioredis.Redis.from_url(url)
+    q = AsyncQueue("bench", connection=client)
+
+    async def one(k: int) -> None:
+        for _ in range(k):
+            await q.enqueue("bench_jobs:noop")
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one(n // coroutines) for _ in range(coroutines)))
+    rate = n // coroutines * coroutines / (time.perf_counter() - t)
+    await client.aclose()
+    return rate
 
 
 def delays(sent: list[tuple[float, Job]], timeout: float) -> list[float]:

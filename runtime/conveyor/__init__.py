@@ -1,5 +1,6 @@
 """Conveyor: a lease-based Redis job queue for Python teams on Kubernetes."""
 
+from .aio import AsyncJob, AsyncQueue
 from .context import JobContext, current_job
 from .errors import (
     ConveyorError,
@@ -30,6 +31,8 @@ except Exception:  # running from a source tree without an install
     __version__ = "0+unknown"
 
 __all__ = [
+    "AsyncJob",
+    "AsyncQueue",
     "Attempt",
     "Backoff",
     "CronJob",

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any, overload
 
 import redis
 
-from . import calls, errors, keys, scripts, wire
+from . import errors, job_steps, keys, steps, wire
 from .connection import connect, db_of
+from .job_steps import DEFAULT_FAILURE_TTL as DEFAULT_FAILURE_TTL  # re-exported
 from .protocol import ENQUEUE_FIELDS as ENQUEUE_FIELDS  # re-exported, as are RUN_FIELDS and JobStatus
 from .protocol import RUN_FIELDS as RUN_FIELDS
-from .protocol import Code, Status
 from .protocol import Field as F
 from .protocol import JobStatus as JobStatus
 from .serializers import Serializer, reader
-from .validation import check_allow_pickle, check_job_id
 
 DEFAULT_RESULT_TTL = 500
-DEFAULT_FAILURE_TTL = 7 * 24 * 3600
 _ATTEMPTS, _PAYLOAD, _RESULT = F.ATTEMPTS.encode(), F.PAYLOAD.encode(), F.RESULT.encode()
 
 @dataclass(frozen=True)
@@ -65,19 +62,19 @@ def _f(raw: dict[bytes, Any], field: str) -> float | None:
     return float(value) if value not in (None, b"", "") else None
 
 
-class Job:
-    """A snapshot of one job. ``refresh()`` reloads it; attributes never hit Redis.
+class JobData:
+    """What a snapshot of one job says, read from its hash: no I/O (:class:`Job` and
+    :class:`~conveyor.aio.AsyncJob` add the calls to Redis, sync and asyncio).
 
     ``allow_pickle``: decode ``args``, ``kwargs`` and ``result`` of a pickled job. Off
     unless asked, because the job hash names its own serializer and unpickling runs
     code from whoever can write to Redis; without it they raise :class:`PickleRefused`.
     """
 
-    def __init__(self, job_id: str, queue: str, connection: redis.Redis, raw: dict[bytes, bytes], *,
+    def __init__(self, job_id: str, queue: str, raw: dict[bytes, bytes], *,
                  allow_pickle: bool = False, prefix: str = keys.DEFAULT_PREFIX) -> None:
         self.id = job_id
         self.queue = queue
-        self.connection = connection
         self.keyspace = keys.Keyspace(prefix)
         self.allow_pickle = allow_pickle
         self._load(raw)
@@ -220,16 +217,25 @@ class Job:
             return None
         return self._reader().loads(raw)
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} queue={self.queue} status={self.status.value} func={self.func_path}>"
+
+
+class Job(JobData):
+    """A snapshot of one job. ``refresh()`` reloads it; attributes never hit Redis."""
+
+    def __init__(self, job_id: str, queue: str, connection: redis.Redis, raw: dict[bytes, bytes], *,
+                 allow_pickle: bool = False, prefix: str = keys.DEFAULT_PREFIX) -> None:
+        super().__init__(job_id, queue, raw, allow_pickle=allow_pickle, prefix=prefix)
+        self.connection = connection
+
     @property
     def ttl(self) -> int:
         """Seconds until Redis forgets this job: -1 kept forever, -2 already gone."""
         return wire.integer(self.connection.ttl(self.key))
 
     def refresh(self) -> Job:
-        raw = wire.byte_hash(self.connection.hgetall(self.key))
-        if not raw:
-            raise errors.NoSuchJob(f"job {self.id!r} no longer exists in queue {self.queue!r}")
-        self._load(raw)
+        self._load(steps.run(job_steps.read(self), self.connection))
         return self
 
     def cancel(self, timeout: float = 10.0) -> None:
@@ -239,42 +245,11 @@ class Job:
         which alone knows whether it has started it: the worker is asked, and this waits up
         to ``timeout`` seconds for its answer.
         """
-        k = self.keyspace.queue(self.queue)
-        deadline = time.monotonic() + timeout
-        asked = False
-        while True:
-            [(code, *rest)] = scripts.execute(
-                self.connection, lambda p: calls.cancel(p, k, self.id, DEFAULT_FAILURE_TTL))
-            if code == Code.OK:
-                self.refresh()
-                return
-            if code == Code.MISSING:
-                raise errors.for_code(code, f"job {self.id!r} does not exist in queue {self.queue!r}")
-            status, holder = rest[0].decode(), rest[1].decode()
-            if status == Status.CANCELED and asked:  # the worker holding it did it
-                self.refresh()
-                return
-            if status == Status.STARTED and asked:
-                raise errors.for_code(
-                    code, f"job {self.id!r} started on worker {holder} before the cancel reached it; "
-                    "use 'conveyor job stop' to stop it")
-            if status != Status.PREFETCHED:
-                hint = "; use 'conveyor job stop' for a started job" if status == Status.STARTED else ""
-                raise errors.for_code(
-                    code, f"job {self.id!r} is {status}; only a queued, scheduled or prefetched job can be canceled{hint}")
-            if not asked:
-                send_command(self.connection, "cancel", self.queue, self.id, self.keyspace)
-                asked = True
-            if time.monotonic() > deadline:
-                raise errors.ConveyorError(
-                    f"job {self.id!r} is prefetched by worker {holder}, which did not act on the cancel within "
-                    f"{timeout:g}s; if that worker is gone, the job returns to its queue when its lease expires")
-            time.sleep(0.02)  # another process decides: poll its answer
+        self._load(steps.run(job_steps.cancel(self, timeout, db_of(self.connection)), self.connection))
 
     def requeue(self) -> None:
         """Put a failed job back on its queue, with a fresh retry budget."""
-        requeue_jobs(self.connection, self.queue, [self.id], self.keyspace)
-        self.refresh()
+        self._load(steps.run(job_steps.requeue(self), self.connection))
 
     @classmethod
     def fetch(
@@ -290,58 +265,23 @@ class Job:
         """Load a job by its plain ID. Without ``queue``, every known queue is searched.
         ``allow_pickle=True`` lets it decode a pickled job (see :class:`Job`); ``prefix``:
         the key prefix (default CONVEYOR_PREFIX or ``conveyor``)."""
-        check_job_id(job_id)
-        check_allow_pickle(allow_pickle)
-        space = keys.Keyspace.of(prefix)
         conn = connect(redis_url, connection)
-        if queue is None:
-            queue = _find_queue(conn, job_id, space)
-        raw = conn.hgetall(space.queue(queue).job(job_id))
-        if not raw:
-            raise errors.NoSuchJob(f"no job {job_id!r} in queue {queue!r}")
-        return cls(job_id, queue, conn, raw, allow_pickle=allow_pickle, prefix=space.prefix)
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id} queue={self.queue} status={self.status.value} func={self.func_path}>"
+        space = keys.Keyspace.of(prefix)
+        found, raw = steps.run(job_steps.fetch(job_id, queue, allow_pickle, space), conn)
+        return cls(job_id, found, conn, raw, allow_pickle=allow_pickle, prefix=space.prefix)
 
 
 def requeue_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.Keyspace = keys.DEFAULT) -> int:
     """Requeue failed jobs of one queue; raises if any is unknown or not failed (the others still move)."""
-    k = space.queue(queue)
-    [codes] = scripts.execute(conn, lambda p: calls.requeue(p, k, job_ids))
-    return _all_done(queue, job_ids, codes, "is not failed; only failed jobs can be requeued")
+    return steps.run(job_steps.requeue_jobs(queue, job_ids, space), conn)
 
 
 def delete_jobs(conn: redis.Redis, queue: str, job_ids: list[str], space: keys.Keyspace = keys.DEFAULT) -> int:
     """Delete ended jobs (finished, failed, canceled) of one queue; raises if any is unknown or
     has not ended (the others are deleted)."""
-    k = space.queue(queue)
-    [codes] = scripts.execute(conn, lambda p: calls.delete(p, k, job_ids))
-    return _all_done(queue, job_ids, codes, "has not ended; cancel or stop it before deleting it")
-
-
-def _all_done(queue: str, job_ids: list[str], codes: list[int], wrong_state: str) -> int:
-    """How many jobs a per-job script moved; raises naming those it refused (MISSING first)."""
-    for code, what in ((Code.MISSING, None), (Code.WRONG_STATE, wrong_state)):
-        refused = ", ".join(repr(j) for j, c in zip(job_ids, codes) if c == code)
-        if refused:
-            raise errors.for_code(code, f"no job {refused} in queue {queue!r}" if what is None else f"job {refused} {what}")
-    return len(job_ids)
+    return steps.run(job_steps.delete_jobs(queue, job_ids, space), conn)
 
 
 def send_command(conn: redis.Redis, cmd: str, queue: str, job_id: str, space: keys.Keyspace = keys.DEFAULT) -> int:
     """Publish a fleet command on this database's channel; returns how many workers heard it."""
-    message = json.dumps({"cmd": cmd, "queue": queue, "job_id": job_id})
-    [heard] = scripts.execute(conn, lambda p: p.publish(space.commands(db_of(conn)), message))
-    return int(heard)
-
-
-def _find_queue(conn: redis.Redis, job_id: str, space: keys.Keyspace) -> str:
-    names = sorted(n.decode() for n in wire.byte_set(conn.smembers(space.queues)))
-    hits = scripts.execute(conn, lambda p: [p.exists(space.queue(name).job(job_id)) for name in names])
-    found = [name for name, hit in zip(names, hits) if hit]
-    if not found:
-        raise errors.NoSuchJob(f"no job {job_id!r} in any queue ({', '.join(names) or 'none known'})")
-    if len(found) > 1:
-        raise errors.ConveyorError(f"job ID {job_id!r} exists in queues {found}; pass queue= to choose")
-    return found[0]
+    return steps.run(job_steps.send_command(db_of(conn), cmd, queue, job_id, space), conn)

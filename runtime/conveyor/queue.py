@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable
@@ -10,7 +11,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from . import batch, errors, keys, scripts
+from . import batch, errors, keys, scripts, steps, wire
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
@@ -34,7 +35,180 @@ _STATUS, _ENQUEUED_AT, _DUE_AT = F.STATUS.encode(), F.ENQUEUED_AT.encode(), F.DU
 _QUEUED, _SCHEDULED = Status.QUEUED.encode(), Status.SCHEDULED.encode()
 _FIELD_NAMES = tuple(f.encode() for f in ENQUEUE_FIELDS)  # a returned Job's hash fields, by column
 
-class Queue:
+class QueueBase(abc.ABC):
+    """What the sync :class:`Queue` and the asyncio :class:`~conveyor.aio.AsyncQueue` share:
+    settings, checking and encoding, and every operation as :mod:`conveyor.steps`."""
+
+    connection: Any
+
+    def __init__(
+        self,
+        name: str,
+        connection: Any,
+        *,
+        serializer: str | Serializer | None = None,
+        default_timeout: float | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+        allow_pickle: bool | None = None,
+        prefix: str | None = None,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> None:
+        self.name = check_queue_name(name)
+        self.keyspace = keys.Keyspace.of(prefix)
+        self.min_replicas, self.replica_timeout = check_replicas(min_replicas, replica_timeout)
+        self.connection = connection
+        self.serializer = get_serializer(serializer)
+        self.allow_pickle = self.serializer.name == "pickle" if allow_pickle is None else check_allow_pickle(allow_pickle)
+        self.default_timeout = check_timeout(default_timeout) if default_timeout is not None else None
+        self.result_ttl = None if result_ttl is None else check_ttl("result_ttl", result_ttl)
+        self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
+        self.keys = self.keyspace.queue(name)
+        self.encoding = batch.Encoding(self.keys, self.serializer, self.default_timeout, self.result_ttl,
+                                       self.failure_ttl)
+        # enqueue.lua's optional KEYS[6]; None on a Cluster (another slot than the queue's keys).
+        self._queues_key = None if is_cluster(self.connection) else self.keyspace.queues
+
+    @staticmethod
+    def prepare_data(
+        func: Callable[..., Any] | str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+        retry: Retry | None = None,
+        max_deliveries: int | None = None,
+        unique_key: str | None = None,
+        unique_ttl: int | None = None,
+    ) -> EnqueueData:
+        return EnqueueData(func, check_args(args), check_kwargs(kwargs), job_id, timeout, result_ttl, failure_ttl,
+                           retry, max_deliveries, unique_key, unique_ttl)
+
+    def _due(self, due: float, func: Callable[..., Any] | str, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> steps.Steps[list[Any]]:
+        """enqueue_in / enqueue_at: the job's own options taken out of ``kwargs``."""
+        if_exists = kwargs.pop("if_exists", "error")
+        options = {k: kwargs.pop(k) for k in batch.OPTION_NAMES if k in kwargs}
+        data = self.prepare_data(func, args, kwargs, **options)
+        return self._write_steps([data], if_exists, int(due * 1000), None)
+
+    def _count_steps(self) -> steps.Steps[int]:
+        k = self.keys
+        return sum((yield from steps.execute(lambda p: (p.llen(k.recovered), p.llen(k.ready)))))
+
+    def _ids_steps(self) -> steps.Steps[list[str]]:
+        k = self.keys
+        replies = yield from steps.execute(lambda p: (p.lrange(k.recovered, 0, -1), p.lrange(k.ready, 0, -1)))
+        return [i.decode() for ids in replies for i in ids]
+
+    def encode_batch(
+        self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
+    ) -> EncodedBatch:
+        """Validate and encode a batch for enqueue.lua (:mod:`conveyor.batch`). Raises before anything is written."""
+        return batch.encode_batch(self.encoding, items, if_exists, due_ms=due_ms, guard=guard)
+
+    @abc.abstractmethod
+    def _job(self, job_id: str, raw: dict[bytes, Any]) -> Any:
+        """A returned job of this client's kind (:class:`Job` or :class:`~conveyor.aio.AsyncJob`)."""
+
+    def _write_steps(
+        self, items: list[EnqueueData], if_exists: str, due_ms: int | None, guard: tuple[str, int] | None
+    ) -> steps.Steps[list[Any]]:
+        """Check, encode and write a batch (enqueue.lua), then the returned jobs: one copy for
+        the sync and the asyncio client. Raises before anything is written."""
+        if not items:
+            return []
+        encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
+        # enqueue.lua adds the queue to the queues set, every time, not once: a Redis that was
+        # wiped learns the queue again. On a Cluster that set is in another slot: a SADD apart.
+        queues = self._queues_key
+        keys_ = encoded.keys if queues is None else [*encoded.keys, queues]
+        replies: list[Any]
+        if queues is not None and not self.min_replicas:
+            # One EVALSHA, no pipeline: the common case, and a round trip either way.
+            replies = [(yield steps.Eval(scripts.enqueue, keys_, encoded.argv))]
+        else:
+            def build(pipe: Any) -> None:
+                if queues is None:
+                    pipe.sadd(self.keyspace.queues, self.name)
+                scripts.enqueue(pipe, keys_, encoded.argv)
+                if self.min_replicas:
+                    # Sent to the node that took the jobs (on a Cluster: the queue's master).
+                    pipe.execute_command("WAIT", self.min_replicas, int(self.replica_timeout * 1000),
+                                         keys=[self.keys.ready])
+
+            replies = (yield steps.Pipeline(build))[queues is None:]
+        reply = replies[0]
+        if isinstance(reply, ResponseError):
+            raise refusal(reply, f"queue {self.name!r}") from None
+        code, *flags = reply
+        if code == Code.EXISTS:
+            raise errors.for_code(code, [f.decode() for f in flags], self.name)
+        jobs, existing = self._returned(encoded, flags, due_ms)
+        if existing:  # they existed, or another job holds their unique key: those are read back
+            hashes = yield from steps.execute(lambda p: [p.hgetall(self.keys.job(i)) for _, i in existing])
+            for (n, job_id), raw in zip(existing, hashes):
+                if not raw:
+                    raise errors.NoSuchJob(f"no job {job_id!r} in queue {self.name!r}")
+                jobs[n] = self._job(job_id, wire.byte_hash(raw))
+        if self.min_replicas:
+            acked = replies[1]
+            if isinstance(acked, ResponseError):
+                raise refusal(acked, f"queue {self.name!r} (WAIT for replicas)") from None
+            if int(acked) < self.min_replicas:
+                raise errors.NotReplicated(jobs, int(acked), self.min_replicas, int(self.replica_timeout * 1000))
+        return jobs
+
+    def _returned(self, encoded: EncodedBatch, flags: list[Any],
+                  due_ms: int | None) -> tuple[list[Any], list[tuple[int, str]]]:
+        """The jobs an enqueue returns, built from what was sent (no read back), and the
+        (place, ID) of those to read instead: they existed, or hold the unique key."""
+        rows, shared, per_job = encoded.rows, encoded.shared, encoded.own[1:]
+        row0 = rows[0]
+        base: dict[bytes, Any] = {_STATUS: _QUEUED if due_ms is None else _SCHEDULED,
+                                  _ENQUEUED_AT: repr(time.time()).encode()}  # refresh() reads the server's
+        if due_ms is not None:
+            base[_DUE_AT] = due_ms
+        base.update([(_FIELD_NAMES[c], row0[c]) for c in shared])
+        names = [_FIELD_NAMES[c] for c in per_job]
+        single = len(rows) == 1  # one job: its fields are all in base, which it may keep
+        jobs: list[Any] = []
+        existing: list[tuple[int, str]] = []
+        for n, row in enumerate(rows):
+            flag: Any = flags[n] if flags else 1
+            if flag == 1:
+                raw = base if single else base.copy()
+                if per_job:
+                    raw.update(zip(names, [row[c] for c in per_job]))
+                jobs.append(self._job(row[0], raw))
+            else:  # it existed, or another job holds its unique key: return that one
+                existing.append((n, row[0] if flag == 0 else flag.decode()))
+                jobs.append(None)
+        return jobs, existing
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def delay_due(delay: float | dt.timedelta) -> float:
+    """When a job enqueued ``delay`` from now is due (seconds since the epoch)."""
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise errors.InvalidArgument(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
+    return time.time() + seconds
+
+
+def when_due(when: dt.datetime) -> float:
+    if not isinstance(when, dt.datetime):
+        raise errors.InvalidArgument(f"enqueue_at takes a datetime, got {type(when).__name__}")
+    return when.timestamp()
+
+
+class Queue(QueueBase):
     """A named queue in Redis.
 
     ``result_ttl`` and ``failure_ttl`` are the defaults for jobs enqueued here: seconds
@@ -69,40 +243,11 @@ class Queue:
         min_replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
-        self.name = check_queue_name(name)
-        self.keyspace = keys.Keyspace.of(prefix)
-        self.min_replicas, self.replica_timeout = check_replicas(min_replicas, replica_timeout)
-        self.connection = connect(redis_url, connection)
-        self.serializer = get_serializer(serializer)
-        self.allow_pickle = self.serializer.name == "pickle" if allow_pickle is None else check_allow_pickle(allow_pickle)
-        self.default_timeout = check_timeout(default_timeout) if default_timeout is not None else None
-        self.result_ttl = None if result_ttl is None else check_ttl("result_ttl", result_ttl)
-        self.failure_ttl = None if failure_ttl is None else check_ttl("failure_ttl", failure_ttl)
-        self.keys = self.keyspace.queue(name)
-        self.encoding = batch.Encoding(self.keys, self.serializer, self.default_timeout, self.result_ttl,
-                                       self.failure_ttl)
-        # enqueue.lua's optional KEYS[6]; None on a Cluster (another slot than the queue's keys).
-        self._queues_key = None if is_cluster(self.connection) else self.keyspace.queues
+        super().__init__(name, connect(redis_url, connection), serializer=serializer, default_timeout=default_timeout,
+                         result_ttl=result_ttl, failure_ttl=failure_ttl, allow_pickle=allow_pickle, prefix=prefix,
+                         min_replicas=min_replicas, replica_timeout=replica_timeout)
 
     # -- enqueueing --------------------------------------------------------------
-
-    @staticmethod
-    def prepare_data(
-        func: Callable[..., Any] | str,
-        args: Iterable[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        job_id: str | None = None,
-        timeout: float | None = None,
-        result_ttl: int | None = None,
-        failure_ttl: int | None = None,
-        retry: Retry | None = None,
-        max_deliveries: int | None = None,
-        unique_key: str | None = None,
-        unique_ttl: int | None = None,
-    ) -> EnqueueData:
-        return EnqueueData(func, check_args(args), check_kwargs(kwargs), job_id, timeout, result_ttl, failure_ttl,
-                           retry, max_deliveries, unique_key, unique_ttl)
 
     def enqueue(
         self,
@@ -144,22 +289,11 @@ class Queue:
 
     def enqueue_in(self, delay: float | dt.timedelta, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job:
         """Like :meth:`enqueue`, but the job becomes ready after ``delay`` (seconds or a timedelta)."""
-        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise errors.InvalidArgument(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
-        return self._enqueue_due(time.time() + seconds, func, args, kwargs)
+        return steps.run(self._due(delay_due(delay), func, args, kwargs), self.connection)[0]  # type: ignore[no-any-return]
 
     def enqueue_at(self, when: dt.datetime, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job:
         """Like :meth:`enqueue`, but the job becomes ready at ``when`` (a naive datetime is local time)."""
-        if not isinstance(when, dt.datetime):
-            raise errors.InvalidArgument(f"enqueue_at takes a datetime, got {type(when).__name__}")
-        return self._enqueue_due(when.timestamp(), func, args, kwargs)
-
-    def _enqueue_due(self, due: float, func: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
-        if_exists = kwargs.pop("if_exists", "error")
-        options = {k: kwargs.pop(k) for k in batch.OPTION_NAMES if k in kwargs}
-        data = self.prepare_data(func, args, kwargs, **options)
-        return self._write([data], if_exists, due_ms=int(due * 1000))[0]
+        return steps.run(self._due(when_due(when), func, args, kwargs), self.connection)[0]  # type: ignore[no-any-return]
 
     def enqueue_many(self, items: Iterable[EnqueueData], *, if_exists: str = "error") -> list[Job]:
         """Write a whole batch in one round trip, atomically: all of it or, on error, none."""
@@ -168,67 +302,10 @@ class Queue:
     def _write(
         self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
     ) -> list[Job]:
-        if not items:
-            return []
-        encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
-        # enqueue.lua adds the queue to the queues set, every time, not once: a Redis that was
-        # wiped learns the queue again. On a Cluster that set is in another slot: a SADD apart.
-        queues = self._queues_key
-        keys_ = encoded.keys if queues is None else [*encoded.keys, queues]
-        replies: list[Any]
-        if queues is not None and not self.min_replicas:
-            # One EVALSHA, no pipeline: the common case, and a round trip either way.
-            replies = [scripts.enqueue.run(self.connection, keys_, encoded.argv)]
-        else:
-            def build(pipe: Any) -> None:
-                if queues is None:
-                    pipe.sadd(self.keyspace.queues, self.name)
-                scripts.enqueue(pipe, keys_, encoded.argv)
-                if self.min_replicas:
-                    # Sent to the node that took the jobs (on a Cluster: the queue's master).
-                    pipe.execute_command("WAIT", self.min_replicas, int(self.replica_timeout * 1000),
-                                         keys=[self.keys.ready])
+        return steps.run(self._write_steps(items, if_exists, due_ms, guard), self.connection)
 
-            replies = scripts.execute_each(self.connection, build)[queues is None:]
-        reply = replies[0]
-        if isinstance(reply, ResponseError):
-            raise refusal(reply, f"queue {self.name!r}") from None
-        code, *flags = reply
-        if code == Code.EXISTS:
-            raise errors.for_code(code, [f.decode() for f in flags], self.name)
-        rows, shared, per_job = encoded.rows, encoded.shared, encoded.own[1:]
-        row0 = rows[0]
-        base: dict[bytes, Any] = {_STATUS: _QUEUED if due_ms is None else _SCHEDULED,
-                                  _ENQUEUED_AT: repr(time.time()).encode()}  # refresh() reads the server's
-        if due_ms is not None:
-            base[_DUE_AT] = due_ms
-        base.update([(_FIELD_NAMES[c], row0[c]) for c in shared])
-        names = [_FIELD_NAMES[c] for c in per_job]
-        single = len(rows) == 1  # one job: its fields are all in base, which it may keep
-        jobs = []
-        for n, row in enumerate(rows):
-            flag: Any = flags[n] if flags else 1
-            if flag == 1:
-                raw = base if single else base.copy()
-                if per_job:
-                    raw.update(zip(names, [row[c] for c in per_job]))
-                jobs.append(Job(row[0], self.name, self.connection, raw, allow_pickle=self.allow_pickle,
-                                prefix=self.keyspace.prefix))
-            else:  # it existed, or another job holds its unique key: return that one
-                jobs.append(self.fetch_job(row[0] if flag == 0 else flag.decode()))
-        if self.min_replicas:
-            acked = replies[1]
-            if isinstance(acked, ResponseError):
-                raise refusal(acked, f"queue {self.name!r} (WAIT for replicas)") from None
-            if int(acked) < self.min_replicas:
-                raise errors.NotReplicated(jobs, int(acked), self.min_replicas, int(self.replica_timeout * 1000))
-        return jobs
-
-    def encode_batch(
-        self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
-    ) -> EncodedBatch:
-        """Validate and encode a batch for enqueue.lua (:mod:`conveyor.batch`). Raises before anything is written."""
-        return batch.encode_batch(self.encoding, items, if_exists, due_ms=due_ms, guard=guard)
+    def _job(self, job_id: str, raw: dict[bytes, Any]) -> Job:
+        return Job(job_id, self.name, self.connection, raw, allow_pickle=self.allow_pickle, prefix=self.keyspace.prefix)
 
     def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
@@ -243,8 +320,7 @@ class Queue:
     @property
     def count(self) -> int:
         """Jobs waiting to run (ready, and recovered from lost workers)."""
-        k = self.keys
-        return sum(scripts.execute(self.connection, lambda p: (p.llen(k.recovered), p.llen(k.ready))))
+        return steps.run(self._count_steps(), self.connection)
 
     def __len__(self) -> int:
         return self.count
@@ -252,9 +328,7 @@ class Queue:
     @property
     def job_ids(self) -> list[str]:
         """IDs of the jobs waiting to run, next first (recovered jobs are taken first)."""
-        k = self.keys
-        replies = scripts.execute(self.connection, lambda p: (p.lrange(k.recovered, 0, -1), p.lrange(k.ready, 0, -1)))
-        return [i.decode() for ids in replies for i in ids]
+        return steps.run(self._ids_steps(), self.connection)
 
     def fetch_job(self, job_id: str) -> Job:
         return Job.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle,
@@ -294,5 +368,3 @@ class Queue:
         """IDs of the jobs of this queue a worker holds a lease on."""
         return sorted(i.decode() for i in self.connection.smembers(self.keys.claimed(worker_id)))
 
-    def __repr__(self) -> str:
-        return f"<Queue {self.name}>"

@@ -71,6 +71,20 @@ class Script:
         except ResponseError as exc:
             return exc
 
+    async def arun(self, client: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """The asyncio twin of :meth:`run`."""
+        async def send() -> Any:
+            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+        try:
+            try:
+                return await send()
+            except NoScriptError:
+                await aload(client)
+                return await send()
+        except ResponseError as exc:
+            return exc
+
 
 _DEFINES = re.compile(r"local\s+(?:function\s+(\w+)|([\w\s,]+?)\s*=)")
 

@@ -1,0 +1,156 @@
+"""The asyncio client: :class:`AsyncQueue` and :class:`AsyncJob`, on redis-py's asyncio client.
+
+Every check, encoding, script call and reply reading is the sync client's own
+(:class:`~conveyor.queue.QueueBase`, :mod:`conveyor.job_steps`, driven by
+:func:`conveyor.steps.arun` instead of :func:`~conveyor.steps.run`), so both raise the
+same errors and write the same jobs; a FastAPI handler awaits instead of blocking its loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import job_steps, keys, steps, wire
+from .batch import EnqueueData
+from .connection import RedisTarget, db_of
+from .job import JobData
+from .queue import QueueBase, delay_due, when_due
+from .retry import Retry
+from .serializers import Serializer
+
+
+def aconnect(redis_url: str | None = None, connection: Any = None) -> Any:
+    """An asyncio client: the one passed in, or one built from the URL (bytes replies)."""
+    if connection is not None:
+        if redis_url is not None:
+            raise ValueError("pass either redis_url or connection, not both")
+        return connection
+    from .connection import resolve_url
+
+    return RedisTarget.parse(resolve_url(redis_url)).aclient()
+
+
+class AsyncJob(JobData):
+    """A snapshot of one job, as :class:`~conveyor.Job`, with its calls awaited."""
+
+    def __init__(self, job_id: str, queue: str, connection: Any, raw: dict[bytes, Any], *,
+                 allow_pickle: bool = False, prefix: str = keys.DEFAULT_PREFIX) -> None:
+        super().__init__(job_id, queue, raw, allow_pickle=allow_pickle, prefix=prefix)
+        self.connection = connection
+
+    async def ttl(self) -> int:
+        """Seconds until Redis forgets this job: -1 kept forever, -2 already gone."""
+        return wire.integer(await self.connection.ttl(self.key))
+
+    async def refresh(self) -> AsyncJob:
+        self._load(await steps.arun(job_steps.read(self), self.connection))
+        return self
+
+    async def cancel(self, timeout: float = 10.0) -> None:
+        """As :meth:`conveyor.Job.cancel`."""
+        self._load(await steps.arun(job_steps.cancel(self, timeout, db_of(self.connection)), self.connection))
+
+    async def requeue(self) -> None:
+        """Put a failed job back on its queue, with a fresh retry budget."""
+        self._load(await steps.arun(job_steps.requeue(self), self.connection))
+
+    @classmethod
+    async def fetch(cls, job_id: str, connection: Any = None, *, queue: str | None = None,
+                    redis_url: str | None = None, allow_pickle: bool = False, prefix: str | None = None) -> AsyncJob:
+        """As :meth:`conveyor.Job.fetch`."""
+        conn = aconnect(redis_url, connection)
+        space = keys.Keyspace.of(prefix)
+        found, raw = await steps.arun(job_steps.fetch(job_id, queue, allow_pickle, space), conn)
+        return cls(job_id, found, conn, raw, allow_pickle=allow_pickle, prefix=space.prefix)
+
+
+class AsyncQueue(QueueBase):
+    """A named queue, as :class:`~conveyor.Queue` (same options, same errors), for asyncio code:
+    ``await queue.enqueue(...)``. ``connection``: a ``redis.asyncio`` client."""
+
+    def __init__(
+        self,
+        name: str = "default",
+        *,
+        redis_url: str | None = None,
+        connection: Any = None,
+        serializer: str | Serializer | None = None,
+        default_timeout: float | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+        allow_pickle: bool | None = None,
+        prefix: str | None = None,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> None:
+        super().__init__(name, aconnect(redis_url, connection), serializer=serializer, default_timeout=default_timeout,
+                         result_ttl=result_ttl, failure_ttl=failure_ttl, allow_pickle=allow_pickle, prefix=prefix,
+                         min_replicas=min_replicas, replica_timeout=replica_timeout)
+
+    def _job(self, job_id: str, raw: dict[bytes, Any]) -> AsyncJob:
+        return AsyncJob(job_id, self.name, self.connection, raw, allow_pickle=self.allow_pickle,
+                        prefix=self.keyspace.prefix)
+
+    async def _write(self, items: list[EnqueueData], if_exists: str, due_ms: int | None = None) -> list[AsyncJob]:
+        return await steps.arun(self._write_steps(items, if_exists, due_ms, None), self.connection)
+
+    async def enqueue(
+        self,
+        func: Callable[..., Any] | str,
+        *args: Any,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        result_ttl: int | None = None,
+        failure_ttl: int | None = None,
+        retry: Retry | None = None,
+        max_deliveries: int | None = None,
+        unique_key: str | None = None,
+        unique_ttl: int | None = None,
+        if_exists: str = "error",
+        **kwargs: Any,
+    ) -> AsyncJob:
+        """As :meth:`conveyor.Queue.enqueue`."""
+        data = EnqueueData(func, args, kwargs, job_id, timeout, result_ttl, failure_ttl,
+                           retry, max_deliveries, unique_key, unique_ttl)
+        return (await self._write([data], if_exists))[0]
+
+    async def enqueue_call(self, func: Callable[..., Any] | str, args: Iterable[Any] = (),
+                           kwargs: dict[str, Any] | None = None, *, if_exists: str = "error", **options: Any) -> AsyncJob:
+        return (await self._write([self.prepare_data(func, args, kwargs, **options)], if_exists))[0]
+
+    async def enqueue_in(self, delay: float | dt.timedelta, func: Callable[..., Any] | str, *args: Any,
+                         **kwargs: Any) -> AsyncJob:
+        """As :meth:`conveyor.Queue.enqueue_in`."""
+        jobs = await steps.arun(self._due(delay_due(delay), func, args, kwargs), self.connection)
+        return jobs[0]  # type: ignore[no-any-return]
+
+    async def enqueue_at(self, when: dt.datetime, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> AsyncJob:
+        """As :meth:`conveyor.Queue.enqueue_at`."""
+        jobs = await steps.arun(self._due(when_due(when), func, args, kwargs), self.connection)
+        return jobs[0]  # type: ignore[no-any-return]
+
+    async def enqueue_many(self, items: Iterable[EnqueueData], *, if_exists: str = "error") -> list[AsyncJob]:
+        """Write a whole batch in one round trip, atomically: all of it or, on error, none."""
+        return await self._write(list(items), if_exists)
+
+    async def fetch_job(self, job_id: str) -> AsyncJob:
+        return await AsyncJob.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle,
+                                    prefix=self.keyspace.prefix)
+
+    async def count(self) -> int:
+        """Jobs waiting to run (ready, and recovered from lost workers)."""
+        return await steps.arun(self._count_steps(), self.connection)
+
+    async def job_ids(self) -> list[str]:
+        """IDs of the jobs waiting to run, next first."""
+        return await steps.arun(self._ids_steps(), self.connection)
+
+    async def requeue(self, *job_ids: str) -> int:
+        """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
+        return await steps.arun(job_steps.requeue_jobs(self.name, list(job_ids), self.keyspace), self.connection)
+
+    async def aclose(self) -> None:
+        """Close the client this queue made from a URL (not one passed in)."""
+        await self.connection.aclose()
