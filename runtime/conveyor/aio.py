@@ -14,22 +14,10 @@ from typing import Any
 
 from . import job_steps, keys, steps, wire
 from .batch import EnqueueData
-from .connection import RedisTarget, db_of
+from .connection import aconnect, db_of
 from .job import JobData
 from .queue import QueueBase, delay_due, when_due
 from .retry import Retry
-from .serializers import Serializer
-
-
-def aconnect(redis_url: str | None = None, connection: Any = None) -> Any:
-    """An asyncio client: the one passed in, or one built from the URL (bytes replies)."""
-    if connection is not None:
-        if redis_url is not None:
-            raise ValueError("pass either redis_url or connection, not both")
-        return connection
-    from .connection import resolve_url
-
-    return RedisTarget.parse(resolve_url(redis_url)).aclient()
 
 
 class AsyncJob(JobData):
@@ -70,24 +58,7 @@ class AsyncQueue(QueueBase):
     """A named queue, as :class:`~conveyor.Queue` (same options, same errors), for asyncio code:
     ``await queue.enqueue(...)``. ``connection``: a ``redis.asyncio`` client."""
 
-    def __init__(
-        self,
-        name: str = "default",
-        *,
-        redis_url: str | None = None,
-        connection: Any = None,
-        serializer: str | Serializer | None = None,
-        default_timeout: float | None = None,
-        result_ttl: int | None = None,
-        failure_ttl: int | None = None,
-        allow_pickle: bool | None = None,
-        prefix: str | None = None,
-        min_replicas: int = 0,
-        replica_timeout: float = 1.0,
-    ) -> None:
-        super().__init__(name, aconnect(redis_url, connection), serializer=serializer, default_timeout=default_timeout,
-                         result_ttl=result_ttl, failure_ttl=failure_ttl, allow_pickle=allow_pickle, prefix=prefix,
-                         min_replicas=min_replicas, replica_timeout=replica_timeout)
+    _connect = staticmethod(aconnect)
 
     def _job(self, job_id: str, raw: dict[bytes, Any]) -> AsyncJob:
         return AsyncJob(job_id, self.name, self.connection, raw, allow_pickle=self.allow_pickle,

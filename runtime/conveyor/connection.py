@@ -222,11 +222,18 @@ def mask_url(url: str) -> str:
 
 def connect(redis_url: str | None = None, connection: Any = None) -> Any:
     """A sync client: the one passed in, or one built from the URL (bytes replies)."""
-    if connection is not None:
-        if redis_url is not None:
-            raise ValueError("pass either redis_url or connection, not both")
-        return connection
-    return RedisTarget.parse(redis_url).client()
+    return _given(redis_url, connection) or RedisTarget.parse(redis_url).client()
+
+
+def aconnect(redis_url: str | None = None, connection: Any = None) -> Any:
+    """An asyncio client: the one passed in, or one built from the URL (bytes replies)."""
+    return _given(redis_url, connection) or RedisTarget.parse(redis_url).aclient()
+
+
+def _given(redis_url: str | None, connection: Any) -> Any:
+    if connection is not None and redis_url is not None:
+        raise ValueError("pass either redis_url or connection, not both")
+    return connection
 
 
 def is_cluster(client: Any) -> bool:

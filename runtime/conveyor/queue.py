@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import redis
 from redis.exceptions import ResponseError
 
 from . import batch, errors, keys, scripts, steps, wire
@@ -40,12 +39,15 @@ class QueueBase(abc.ABC):
     settings, checking and encoding, and every operation as :mod:`conveyor.steps`."""
 
     connection: Any
+    # How the client is built from redis_url / connection: sync (connect) or asyncio (aconnect).
+    _connect: Callable[[str | None, Any], Any]
 
     def __init__(
         self,
-        name: str,
-        connection: Any,
+        name: str = "default",
         *,
+        redis_url: str | None = None,
+        connection: Any = None,
         serializer: str | Serializer | None = None,
         default_timeout: float | None = None,
         result_ttl: int | None = None,
@@ -58,7 +60,7 @@ class QueueBase(abc.ABC):
         self.name = check_queue_name(name)
         self.keyspace = keys.Keyspace.of(prefix)
         self.min_replicas, self.replica_timeout = check_replicas(min_replicas, replica_timeout)
-        self.connection = connection
+        self.connection = self._connect(redis_url, connection)
         self.serializer = get_serializer(serializer)
         self.allow_pickle = self.serializer.name == "pickle" if allow_pickle is None else check_allow_pickle(allow_pickle)
         self.default_timeout = check_timeout(default_timeout) if default_timeout is not None else None
@@ -228,24 +230,7 @@ class Queue(QueueBase):
     jobs are queued all the same, but a failover right now could lose them).
     """
 
-    def __init__(
-        self,
-        name: str = "default",
-        *,
-        redis_url: str | None = None,
-        connection: redis.Redis | None = None,
-        serializer: str | Serializer | None = None,
-        default_timeout: float | None = None,
-        result_ttl: int | None = None,
-        failure_ttl: int | None = None,
-        allow_pickle: bool | None = None,
-        prefix: str | None = None,
-        min_replicas: int = 0,
-        replica_timeout: float = 1.0,
-    ) -> None:
-        super().__init__(name, connect(redis_url, connection), serializer=serializer, default_timeout=default_timeout,
-                         result_ttl=result_ttl, failure_ttl=failure_ttl, allow_pickle=allow_pickle, prefix=prefix,
-                         min_replicas=min_replicas, replica_timeout=replica_timeout)
+    _connect = staticmethod(connect)
 
     # -- enqueueing --------------------------------------------------------------
 
