@@ -116,6 +116,8 @@ SAMPLE_CALLS = {
     "purge": lambda p: calls.purge(p, K, True),
     "lock_renew": lambda p: calls.lock_renew(p, "lock", "t", 1000),
     "lock_release": lambda p: calls.lock_release(p, "lock", "t"),
+    "depend": lambda p: calls.depend(p, K, [("j", "q:d")]),
+    "resolve": lambda p: calls.resolve(p, K, 60, 1000, ["d"], [("d", "q:j", "1")]),
 }
 
 
@@ -129,7 +131,7 @@ def test_calls_send_the_declared_keys_in_order(name: str) -> None:
 def test_a_stopped_job_ends_in_the_canceled_registry() -> None:
     pipe = Recorder()
     calls.fail(pipe, K, "w", protocol.Status.CANCELED, 60, [])
-    assert pipe.sent == [("fail", ("leases", "prefetched", "claimed", "canceled", "rate"))]
+    assert pipe.sent == [("fail", ("leases", "prefetched", "claimed", "canceled", "rate", *protocol.DEPENDENTS_KEYS))]
 
 
 def test_enqueue_sends_the_declared_keys() -> None:

@@ -79,12 +79,14 @@ class AsyncQueue(QueueBase):
         max_deliveries: int | None = None,
         unique_key: str | None = None,
         unique_ttl: int | None = None,
+        depends_on: Iterable[Any] = (),
+        on_dependency_failure: str = "cancel",
         if_exists: str = "error",
         **kwargs: Any,
     ) -> AsyncJob:
         """As :meth:`conveyor.Queue.enqueue`."""
         data = EnqueueData(func, args, kwargs, job_id, timeout, result_ttl, failure_ttl,
-                           retry, max_deliveries, unique_key, unique_ttl)
+                           retry, max_deliveries, unique_key, unique_ttl, depends_on, on_dependency_failure)
         return (await self._write([data], if_exists))[0]
 
     async def enqueue_call(self, func: Callable[..., Any] | str, args: Iterable[Any] = (),

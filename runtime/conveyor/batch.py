@@ -18,15 +18,20 @@ from typing import Any, NamedTuple
 from . import errors
 from .keys import QueueKeys
 from .protocol import ENQUEUE_FIELDS, EnqueueOptions
+from .protocol import Field as F
+from .protocol import Status
 from .retry import Retry
 from .serializers import Serializer
 from .validation import check_job_id, check_keywords, check_timeout, check_ttl, function_path
 
 DEFAULT_UNIQUE_TTL = 3600
 IF_EXISTS = ("error", "ignore")
-OPTION_NAMES = ("job_id", "timeout", "result_ttl", "failure_ttl", "retry", "max_deliveries", "unique_key", "unique_ttl")
+OPTION_NAMES = ("job_id", "timeout", "result_ttl", "failure_ttl", "retry", "max_deliveries", "unique_key", "unique_ttl",
+                "depends_on", "on_dependency_failure")
 _NO_OPTIONS = (None,) * 7
 _COLUMNS = range(1, len(ENQUEUE_FIELDS))  # every column but "id"
+# A batch with dependencies sends two more fields per job (conveyor/deps.py).
+DEFERRED_FIELDS = (*ENQUEUE_FIELDS, F.DEPENDS_ON, F.ON_DEP_FAILURE)
 _NO_IDS: Iterator[str] = iter(())
 
 
@@ -44,6 +49,9 @@ class EnqueueData(NamedTuple):
     max_deliveries: int | None = None
     unique_key: str | None = None
     unique_ttl: int | None = None
+    # Jobs (or "id", "queue:id") to wait for, and what a failed one does: "cancel" or "run".
+    depends_on: Any = ()
+    on_dependency_failure: str = "cancel"
 
 
 class EncodedBatch(NamedTuple):
@@ -52,6 +60,7 @@ class EncodedBatch(NamedTuple):
     rows: list[list[Any]]  # per job, the values of ENQUEUE_FIELDS
     shared: list[int]  # columns (ENQUEUE_FIELDS indexes) whose value every job shares
     own: list[int]  # columns sent per job, 0 ("id") first
+    fields: tuple[str, ...] = ENQUEUE_FIELDS  # each column's field (DEFERRED_FIELDS with dependencies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +91,12 @@ class Encoding:
 
 def encode_batch(
     queue: Encoding, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None,
-    guard: tuple[str, int] | None = None
+    guard: tuple[str, int] | None = None, deps: list[tuple[str, str]] | None = None
 ) -> EncodedBatch:
-    """Validate and encode a batch for enqueue.lua. Raises before anything is written."""
+    """Validate and encode a batch for enqueue.lua. Raises before anything is written.
+
+    ``deps``: per job, its dependency refs ("queue:id ...", "" for none) and the policy for a
+    failed one; the batch is then written in deferred mode (conveyor/deps.py checked them)."""
     if if_exists not in IF_EXISTS:
         raise errors.InvalidArgument(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
     if len(items) == 1:
@@ -93,7 +105,7 @@ def encode_batch(
         item = items[0]
         rows = [_row(queue, item, 0, iter(new_ids(1)) if item.job_id is None else _NO_IDS)]
         mode = "fresh" if item.job_id is None else if_exists
-        shared, own = list(_COLUMNS), [0]
+        shared, own = list(_COLUMNS if deps is None else range(1, len(DEFERRED_FIELDS))), [0]
     else:
         generated = iter(new_ids(sum(1 for item in items if item.job_id is None)))
         rows = [_row(queue, item, n, generated) for n, item in enumerate(items)]
@@ -102,24 +114,33 @@ def encode_batch(
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             raise errors.InvalidJobId(f"job ID(s) {dupes} appear more than once in the batch")
         mode = "fresh" if all(item.job_id is None for item in items) else if_exists
+        columns = _COLUMNS if deps is None else range(1, len(DEFERRED_FIELDS))
+        if deps is not None:
+            rows = [[*row, *d] for row, d in zip(rows, deps)]
         # Values every job shares travel once; the rest once per job ("id" always per job).
-        shared = [c for c in _COLUMNS if len({row[c] for row in rows}) == 1]
-        own = [0] + [c for c in _COLUMNS if c not in shared]
+        shared = [c for c in columns if len({row[c] for row in rows}) == 1]
+        own = [0] + [c for c in columns if c not in shared]
+    fields = ENQUEUE_FIELDS
+    if deps is not None:
+        fields = DEFERRED_FIELDS
+        if len(items) == 1:
+            rows = [[*rows[0], *deps[0]]]
     # A shared value that equals the reader's default ("" means unset, json) need not be stored.
     stored = [c for c in shared if rows[0][c] not in ("", "json")]
     k = queue.keys
+    due: Any = Status.DEFERRED if deps is not None else "" if due_ms is None else due_ms
     argv: list[Any] = [
-        k.job_prefix, mode, "" if due_ms is None else due_ms, k.schedule_channel,
+        k.job_prefix, mode, due, k.schedule_channel,
         *(guard if guard else ("", "")), k.queue, len(stored),
     ]
     for c in stored:
-        argv += (ENQUEUE_FIELDS[c], rows[0][c])
-    argv += (len(own), *(ENQUEUE_FIELDS[c] for c in own))
+        argv += (fields[c], rows[0][c])
+    argv += (len(own), *(fields[c] for c in own))
     if len(own) == 1:  # itemgetter of one index returns the value, not a 1-tuple
         argv.extend(row[0] for row in rows)
     else:
         argv.extend(itertools.chain.from_iterable(map(operator.itemgetter(*own), rows)))
-    return EncodedBatch([k.ready, k.wake, k.scheduled, k.cron, k.stats], argv, rows, shared, own)
+    return EncodedBatch([k.ready, k.wake, k.scheduled, k.cron, k.stats, k.deferred], argv, rows, shared, own, fields)
 
 
 def _row(queue: Encoding, item: EnqueueData, index: int, generated: Iterator[str]) -> list[Any]:
@@ -128,7 +149,7 @@ def _row(queue: Encoding, item: EnqueueData, index: int, generated: Iterator[str
     if item.kwargs:
         check_keywords(item.func, item.kwargs, OPTION_NAMES + ("if_exists",))
     payload = _payload(queue.serializer, item, index)
-    if item[4:] == _NO_OPTIONS:
+    if item[4:11] == _NO_OPTIONS:
         return [job_id, function_path(item.func), payload, *queue.default_values]
     defaults = queue.defaults
     timeout = item.timeout if item.timeout is not None else queue.default_timeout

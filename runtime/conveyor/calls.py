@@ -18,6 +18,11 @@ from .protocol import Status
 REAP_BATCH = 100
 
 
+def dependents_keys(k: QueueKeys) -> list[str]:
+    """protocol.DEPENDENTS_KEYS: what a script that ends jobs needs to release their dependents."""
+    return [k.ready, k.wake, k.deferred, k.canceled, k.outbox]
+
+
 def claim(pipe: Any, k: QueueKeys, worker: str, n: int, start_now: int, lease_ms: int, exec_prefix: str,
           first_seq: int, take_suspect: bool, failure_ttl: int) -> Any:
     return scripts.claim(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake, k.failed],
@@ -38,7 +43,8 @@ def complete(pipe: Any, k: QueueKeys, worker: str, result_ttl: int, jobs: Iterab
     args: list[Any] = [k.job_prefix, worker, result_ttl]
     for triple in jobs:
         args += triple
-    return scripts.complete(pipe, [k.leases, k.prefetched, k.claimed(worker), k.finished, k.rate], args)
+    return scripts.complete(pipe, [k.leases, k.prefetched, k.claimed(worker), k.finished, k.rate, k.done,
+                                   *dependents_keys(k)], args)
 
 
 def fail(pipe: Any, k: QueueKeys, worker: str, final: str, failure_ttl: int,
@@ -48,7 +54,7 @@ def fail(pipe: Any, k: QueueKeys, worker: str, final: str, failure_ttl: int,
     for row in jobs:
         args += row
     registry = k.failed if final == Status.FAILED else k.canceled
-    return scripts.fail(pipe, [k.leases, k.prefetched, k.claimed(worker), registry, k.rate], args)
+    return scripts.fail(pipe, [k.leases, k.prefetched, k.claimed(worker), registry, k.rate, *dependents_keys(k)], args)
 
 
 def retry(pipe: Any, k: QueueKeys, worker: str, jobs: Iterable[tuple[str, str, str, str, str, int]]) -> Any:
@@ -93,7 +99,8 @@ def release_worker(pipe: Any, k: QueueKeys, worker: str, reason: str, max_delive
 
 def cancel(pipe: Any, k: QueueKeys, job_id: str, failure_ttl: int, execution_id: str = "") -> Any:
     """A client cancels a queued or scheduled job; the worker holding a prefetched one passes its execution ID."""
-    return scripts.cancel(pipe, [k.ready, k.canceled, k.scheduled, k.recovered, k.prefetched],
+    return scripts.cancel(pipe, [k.ready, k.canceled, k.scheduled, k.recovered, k.prefetched, k.deferred, k.wake,
+                                 k.outbox],
                           [k.job_prefix, job_id, failure_ttl, execution_id, k.claimed_prefix])
 
 
@@ -124,3 +131,21 @@ def lock_renew(pipe: Any, lock: str, token: str, ttl_ms: int) -> Any:
 
 def lock_release(pipe: Any, lock: str, token: str) -> Any:
     return scripts.lock_release(pipe, [lock], [token])
+
+
+def depend(pipe: Any, k: QueueKeys, pairs: Iterable[tuple[str, str]]) -> Any:
+    """pairs: (dependency ID on this queue, dependent ref "queue:id")."""
+    args: list[Any] = [k.job_prefix]
+    for pair in pairs:
+        args += pair
+    return scripts.depend(pipe, [k.done], args)
+
+
+def resolve(pipe: Any, k: QueueKeys, failure_ttl: int, recheck_ms: int, confirm: Iterable[str],
+            outcomes: Iterable[tuple[str, str, str]]) -> Any:
+    """outcomes: (deferred job ID on this queue, dependency ref, "1" finished or "0" not)."""
+    ids = list(confirm)
+    args: list[Any] = [k.job_prefix, failure_ttl, recheck_ms, len(ids), *ids]
+    for triple in outcomes:
+        args += triple
+    return scripts.resolve(pipe, dependents_keys(k), args)

@@ -21,6 +21,15 @@ not know the job IDs up front (claim); they share the same tag.
     conveyor:{q:N}:unique:<key>          string job ID holding a unique key (EX unique_ttl)
     conveyor:{q:N}:stats                 hash   counters (duplicates suppressed, orphans, ...)
     conveyor:{q:N}:job:<id>              hash   the job: call, status, result, error, attempts
+    conveyor:{q:N}:deferred              zset   deferred job ID -> when the scheduler checks its
+                                                dependencies again (ms; conveyor/deps.py)
+    conveyor:{q:N}:deps:<id>             set    a deferred job's dependencies not ended yet ("queue:id")
+    conveyor:{q:N}:dependents:<id>       set    jobs waiting for this one ("queue:id"), until it ends
+    conveyor:{q:N}:outbox                list   "outcome dependent dependency": releases for jobs of
+                                                other queues, written with the ending, drained by the
+                                                scheduler leader
+    conveyor:{q:N}:done                  zset   job ID -> ended time (s) of the last 100,000 finished
+                                                jobs: a finished dependency whose hash expired
     conveyor:{q:N}:corrupt:<name>        any    a key found with the wrong type, renamed aside (kept for
                                                 inspection, with the failure TTL): <name> is a job ID or
                                                 the name of a queue key such as "ready"
@@ -155,6 +164,25 @@ class QueueKeys:
         return f"{self.base}:scheduled"
 
     @cached_property
+    def deferred(self) -> str:
+        return f"{self.base}:deferred"
+
+    @cached_property
+    def done(self) -> str:
+        return f"{self.base}:done"
+
+    @cached_property
+    def outbox(self) -> str:
+        return f"{self.base}:outbox"
+
+    def deps(self, job_id: str) -> str:
+        """The dependencies a deferred job still waits for (_lib.lua builds the same name)."""
+        return f"{self.base}:deps:{job_id}"
+
+    def dependents(self, job_id: str) -> str:
+        return f"{self.base}:dependents:{job_id}"
+
+    @cached_property
     def scheduler_lock(self) -> str:
         return f"{self.base}:scheduler"
 
@@ -209,7 +237,8 @@ class QueueKeys:
         """The zset behind a named registry (prefetched, started, scheduled, finished, failed, canceled)."""
         if name == Status.STARTED:
             return self.leases
-        if name in (Status.PREFETCHED, Status.FINISHED, Status.FAILED, Status.CANCELED, Status.SCHEDULED):
+        if name in (Status.PREFETCHED, Status.FINISHED, Status.FAILED, Status.CANCELED, Status.SCHEDULED,
+                    Status.DEFERRED):
             return f"{self.base}:{name}"
         raise ValueError(
-            f"unknown registry {name!r}: expected prefetched, started, scheduled, finished, failed or canceled")
+            f"unknown registry {name!r}: expected prefetched, started, scheduled, deferred, finished, failed or canceled")

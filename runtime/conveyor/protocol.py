@@ -51,6 +51,10 @@ class Field:
     EXC_TRACEBACK: Final = "exc_traceback"
     RETRIES: Final = "retries"
     ORPHANED: Final = "orphaned"
+    # Dependencies (conveyor/deps.py).
+    DEPENDS_ON: Final = "depends_on"  # "queue:id queue:id": what the job waited for, as given
+    ON_DEP_FAILURE: Final = "on_dep_failure"  # "cancel" | "run"
+    HAS_DEPENDENTS: Final = "has_dependents"  # "1": its end releases jobs waiting for it
 
 
 FIELDS: Final[tuple[str, ...]] = tuple(v for k, v in vars(Field).items() if k.isupper())
@@ -66,6 +70,7 @@ class Status:
     FINISHED: Final = "finished"
     FAILED: Final = "failed"
     CANCELED: Final = "canceled"
+    DEFERRED: Final = "deferred"  # waits for its dependencies to end
 
 
 STATUSES: Final[tuple[str, ...]] = tuple(v for k, v in vars(Status).items() if k.isupper())
@@ -83,6 +88,7 @@ class JobStatus(str, enum.Enum):
     FINISHED = Status.FINISHED
     FAILED = Status.FAILED
     CANCELED = Status.CANCELED
+    DEFERRED = Status.DEFERRED
 
     def __str__(self) -> str:
         return self.value
@@ -122,16 +128,20 @@ RUN_FIELDS: Final[tuple[str, ...]] = (
     Field.RETRIES, Field.DUE_AT,
 )
 
+# What a script that ends jobs needs to release the jobs waiting for them (_lib's release_dependents).
+DEPENDENTS_KEYS: Final = ("ready", "wake", "deferred", "canceled", "outbox")
+
 # Each script's KEYS in order, named as the QueueKeys attribute (claimed: the worker's claimed
 # set; lock: a lock key). conveyor.calls passes them in this order.
 KEYS: Final[dict[str, tuple[str, ...]]] = {
-    "enqueue": ("ready", "wake", "scheduled", "cron", "stats"),
+    "enqueue": ("ready", "wake", "scheduled", "cron", "stats", "deferred"),
     "claim": ("ready", "recovered", "prefetched", "leases", "claimed", "wake", "failed"),
     "start": ("prefetched", "leases"),
-    "complete": ("leases", "prefetched", "claimed", "finished", "rate"),
-    "fail": ("leases", "prefetched", "claimed", "failed", "rate"),  # the canceled zset for a stopped job
+    "complete": ("leases", "prefetched", "claimed", "finished", "rate", "done", *DEPENDENTS_KEYS),
+    # failed: the canceled zset for a stopped job
+    "fail": ("leases", "prefetched", "claimed", "failed", "rate", *DEPENDENTS_KEYS),
     "renew": ("prefetched", "leases"),
-    "cancel": ("ready", "canceled", "scheduled", "recovered", "prefetched"),
+    "cancel": ("ready", "canceled", "scheduled", "recovered", "prefetched", "deferred", "wake", "outbox"),
     "release": ("ready", "recovered", "prefetched", "leases", "claimed", "wake"),
     "retry": ("leases", "prefetched", "claimed", "ready", "scheduled", "wake"),
     "reap": ("leases", "prefetched", "recovered", "failed", "wake", "stats"),
@@ -144,6 +154,8 @@ KEYS: Final[dict[str, tuple[str, ...]]] = {
     "failed_types": ("failed",),
     "lock_renew": ("lock",),
     "lock_release": ("lock",),
+    "depend": ("done",),
+    "resolve": DEPENDENTS_KEYS,
     "repair": ("ready", "recovered", "wake", "prefetched", "leases", "scheduled", "finished", "failed", "canceled"),
 }
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from . import batch, errors, keys, scripts, steps, wire
+from . import batch, deps, errors, keys, scripts, steps, wire
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
@@ -86,9 +86,11 @@ class QueueBase(abc.ABC):
         max_deliveries: int | None = None,
         unique_key: str | None = None,
         unique_ttl: int | None = None,
+        depends_on: Iterable[Any] = (),
+        on_dependency_failure: str = "cancel",
     ) -> EnqueueData:
         return EnqueueData(func, check_args(args), check_kwargs(kwargs), job_id, timeout, result_ttl, failure_ttl,
-                           retry, max_deliveries, unique_key, unique_ttl)
+                           retry, max_deliveries, unique_key, unique_ttl, depends_on, on_dependency_failure)
 
     def _due(self, due: float, func: Callable[..., Any] | str, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> steps.Steps[list[Any]]:
@@ -124,7 +126,13 @@ class QueueBase(abc.ABC):
         the sync and the asyncio client. Raises before anything is written."""
         if not items:
             return []
-        encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
+        links: deps.Plan | None = None
+        if items[0].depends_on or (len(items) > 1 and any(item.depends_on for item in items)):
+            links = deps.plan(self.name, self.keyspace.prefix, items, due_ms, guard)
+            encoded = batch.encode_batch(self.encoding, items, if_exists, deps=links.columns)
+            yield from deps.check_known(self.keyspace, links.outside)
+        else:
+            encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
         # enqueue.lua adds the queue to the queues set, every time, not once: a Redis that was
         # wiped learns the queue again. On a Cluster that set is in another slot: a SADD apart.
         queues = self._queues_key
@@ -151,6 +159,8 @@ class QueueBase(abc.ABC):
         if code == Code.EXISTS:
             raise errors.for_code(code, [f.decode() for f in flags], self.name)
         jobs, existing = self._returned(encoded, flags, due_ms)
+        if links is not None:
+            yield from deps.link_created(self, links, encoded, flags, jobs)
         if existing:  # they existed, or another job holds their unique key: those are read back
             hashes = yield from steps.execute(lambda p: [p.hgetall(self.keys.job(i)) for _, i in existing])
             for (n, job_id), raw in zip(existing, hashes):
@@ -175,8 +185,9 @@ class QueueBase(abc.ABC):
                                   _ENQUEUED_AT: repr(time.time()).encode()}  # refresh() reads the server's
         if due_ms is not None:
             base[_DUE_AT] = due_ms
-        base.update([(_FIELD_NAMES[c], row0[c]) for c in shared])
-        names = [_FIELD_NAMES[c] for c in per_job]
+        field_names = _FIELD_NAMES if encoded.fields is ENQUEUE_FIELDS else tuple(f.encode() for f in encoded.fields)
+        base.update([(field_names[c], row0[c]) for c in shared])
+        names = [field_names[c] for c in per_job]
         single = len(rows) == 1  # one job: its fields are all in base, which it may keep
         jobs: list[Any] = []
         existing: list[tuple[int, str]] = []
@@ -246,6 +257,8 @@ class Queue(QueueBase):
         max_deliveries: int | None = None,
         unique_key: str | None = None,
         unique_ttl: int | None = None,
+        depends_on: Iterable[Any] = (),
+        on_dependency_failure: str = "cancel",
         if_exists: str = "error",
         **kwargs: Any,
     ) -> Job:
@@ -255,10 +268,12 @@ class Queue(QueueBase):
         times the job may be handed to a worker that is then lost before it fails as
         abandoned. ``unique_key``: while a job with this key is queued, scheduled or
         started, enqueueing another returns that job instead (the key is held at most
-        ``unique_ttl`` seconds, default 3600).
+        ``unique_ttl`` seconds, default 3600). ``depends_on``: jobs (a Job, an ID of this
+        queue, or "queue:id") this one waits for, ``deferred``, until each has ended; a failed
+        or canceled one cancels it, unless ``on_dependency_failure="run"`` (see conveyor.deps).
         """
         data = EnqueueData(func, args, kwargs, job_id, timeout, result_ttl, failure_ttl,
-                           retry, max_deliveries, unique_key, unique_ttl)
+                           retry, max_deliveries, unique_key, unique_ttl, depends_on, on_dependency_failure)
         return self._write([data], if_exists)[0]
 
     def enqueue_call(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 # Scored by a deadline in ms (a lease's, or when a scheduled job is due) and listed whatever it
 # is; the registries of ended jobs are scored by expiry in seconds.
-_DEADLINES = (Status.PREFETCHED, Status.STARTED, Status.SCHEDULED)
+_DEADLINES = (Status.PREFETCHED, Status.STARTED, Status.SCHEDULED, Status.DEFERRED)  # scored in ms
 
 
 @dataclass(frozen=True)

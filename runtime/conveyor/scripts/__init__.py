@@ -142,8 +142,10 @@ failed_types = Script("failed_types")  # the dashboard's filter of failed jobs b
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
 repair = Script("repair")  # conveyor doctor --fix
+depend = Script("depend")  # register dependents on a dependency's queue (conveyor/deps.py)
+resolve = Script("resolve")  # dependency outcomes reach the deferred jobs of a queue
 ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, release_worker, disown, promote,
-       requeue, purge, delete, failed_types, lock_renew, lock_release, repair)
+       requeue, purge, delete, failed_types, lock_renew, lock_release, repair, depend, resolve)
 
 
 def _load_stack() -> list[routing.Command]:

@@ -27,7 +27,7 @@ local function now_s()
 end
 
 local STATUSES = {[S_QUEUED] = true, [S_SCHEDULED] = true, [S_PREFETCHED] = true, [S_STARTED] = true,
-  [S_FINISHED] = true, [S_FAILED] = true, [S_CANCELED] = true}
+  [S_FINISHED] = true, [S_FAILED] = true, [S_CANCELED] = true, [S_DEFERRED] = true}
 local LIVE = {[S_PREFETCHED] = true, [S_STARTED] = true}
 
 -- Refuse to run, before any change, when a queue key holds the wrong type. spec is
@@ -343,5 +343,94 @@ local function count_ended(key, kind, n, now)
         if b and b < bucket - 360 then redis.pcall('HDEL', key, f) end
       end
     end
+  end
+end
+
+-- Dependencies (conveyor/deps.py). A deferred job's pending dependencies are the set
+-- <base>deps:<id>, a job's waiting dependents the set <base>dependents:<id>, both of
+-- "queue:id" refs; <base> is the queue's key base, the job prefix without "job:" (keys.py).
+local function queue_base(job_prefix)
+  return string.sub(job_prefix, 1, -5)
+end
+
+-- The queue a script runs on, for the release of dependents: its name and keys. ks holds the
+-- KEYS of protocol.DEPENDENTS_KEYS in order: ready, wake, deferred, canceled, outbox.
+local function dep_queue(job_prefix, ks, failure_ttl)
+  local base = queue_base(job_prefix)
+  return {base = base, name = string.match(base, '{q:(.-)}:$'), ready = ks[1], wake = ks[2], deferred = ks[3],
+    canceled = ks[4], outbox = ks[5], failure_ttl = failure_ttl}
+end
+
+-- One dependency of deferred job id (on queue Q) ended: ok true when it finished (or the job runs
+-- whatever its dependencies did). Only the call whose SREM takes dep_ref out of the pending set
+-- acts, so an outcome delivered twice never releases (or cancels) a job twice. The last one
+-- queues the job; a failed one cancels it unless it runs anyway. Returns S_QUEUED, S_CANCELED
+-- (true as second value when the canceled job has dependents of its own) or nil.
+local function resolve_dep(Q, id, dep_ref, ok, now, now_str)
+  local pending = Q.base .. 'deps:' .. id
+  if redis.call('SREM', pending, dep_ref) == 0 then return nil end
+  local key = Q.base .. 'job:' .. id
+  local f = redis.pcall('HMGET', key, F_STATUS, F_ON_DEP_FAILURE, F_FAILURE_TTL, F_UNIQUE_LOCK, F_HAS_DEPENDENTS)
+  if f.err or f[1] ~= S_DEFERRED then return nil end
+  if not ok and f[2] ~= 'run' then
+    redis.call('DEL', pending)
+    redis.call('ZREM', Q.deferred, id)
+    redis.call('HSET', key, F_STATUS, S_CANCELED, F_ENDED_AT, now_str, F_EXC_TYPE, 'DependencyFailed',
+      F_EXC_MESSAGE, 'dependency ' .. dep_ref .. ' failed or was canceled', F_EXC_TRACEBACK, '')
+    local score = retire(key, id, f[3], Q.failure_ttl, f[4], now)
+    register(Q.canceled, score and {score, id} or {}, now)
+    return S_CANCELED, f[5] == '1'
+  end
+  if redis.call('SCARD', pending) == 0 then
+    redis.call('ZREM', Q.deferred, id)
+    redis.call('HSET', key, F_STATUS, S_QUEUED)
+    redis.call('RPUSH', Q.ready, id)
+    wake(Q.wake)
+    return S_QUEUED
+  end
+  return nil
+end
+
+-- How many finished job IDs a queue's done zset keeps (keys.py), trimmed in steps of 1,000.
+local DONE_KEPT = 100000
+
+-- Job id of queue Q ended (ok: finished): every job waiting for it hears of it. Those of Q are
+-- resolved here, in the same script as the ending (a canceled one passes the failure on to its
+-- own dependents); those of other queues (other Cluster slots) get an entry in Q's outbox, which
+-- the scheduler leader drains (at least once; resolve_dep makes a repeat harmless).
+local function release_dependents(Q, id, ok, now, now_str)
+  local work = {{id, ok}}
+  local i = 1
+  while work[i] do
+    local ended, good = work[i][1], work[i][2]
+    i = i + 1
+    local set = Q.base .. 'dependents:' .. ended
+    local refs = redis.call('SMEMBERS', set)
+    redis.call('DEL', set)
+    local from = Q.name .. ':' .. ended
+    local remote = false
+    for _, ref in ipairs(refs) do
+      local q, did = string.match(ref, '^([^:]+):(.+)$')
+      if q == Q.name then
+        local outcome, more = resolve_dep(Q, did, from, good, now, now_str)
+        if more then work[#work + 1] = {did, false} end
+      elseif q then
+        redis.call('RPUSH', Q.outbox, (good and '1' or '0') .. ' ' .. ref .. ' ' .. from)
+        remote = true
+      end
+    end
+    -- Wakes the scheduler leader: it listens on the channel named like the scheduled zset,
+    -- which keys.py names after the status.
+    if remote then redis.call('PUBLISH', Q.base .. S_SCHEDULED, '0') end
+  end
+end
+
+-- release_dependents for jobs that ended in one script; a queue key of the wrong type stops
+-- it without undoing the endings: the scheduler's periodic check of deferred jobs
+-- (conveyor/deps.py) releases what it missed.
+local function release_all(Q, ids, ok, now, now_str)
+  for _, id in ipairs(ids) do
+    local done = pcall(release_dependents, Q, id, ok, now, now_str)
+    if not done then return end
   end
 end

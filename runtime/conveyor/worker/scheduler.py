@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .. import batch, calls, keys, scripts
+from .. import batch, calls, deps, keys, scripts, steps
 from ..periodic import CronJob
 from ..queue import Queue
 from ..serializers import get_serializer
@@ -161,6 +161,7 @@ class Scheduler:
             return wake_at
 
         reap = self.link.reap_allowed()
+        now_ms = int(now * 1000)
 
         def build(pipe: Any) -> None:
             for q in led:
@@ -168,6 +169,9 @@ class Scheduler:
                 calls.promote(pipe, k, _PROMOTE_BATCH, self.failure_ttl)
                 if reap:
                     calls.reap(pipe, k, self.max_deliveries, self.failure_ttl)
+                # Dependencies (conveyor/deps.py): two reads, acted on only when not empty.
+                pipe.lrange(k.outbox, 0, deps.OUTBOX_BATCH - 1)
+                pipe.zrangebyscore(k.deferred, "-inf", now_ms, start=0, num=deps.SWEEP_BATCH)
 
         replies = iter(await self.link.roundtrip(build))
         for q in led:
@@ -176,6 +180,11 @@ class Scheduler:
                 requeued, abandoned = reaped
                 self.stats["reaped"] += len(requeued)
                 self.stats["abandoned"] += len(abandoned)
+            outbox, due = next(replies), next(replies)
+            if (outbox or due) and not isinstance(outbox, Exception) and not isinstance(due, Exception):
+                handed, checked = await steps.arun(deps.tend(self.space, q, self.failure_ttl, outbox, due), self.redis)
+                if handed >= deps.OUTBOX_BATCH or checked >= deps.SWEEP_BATCH:
+                    wake_at = now  # more to do: go again at once
             if self.refusals.refused(f"promotion of queue {q}", promoted):
                 continue
             moved, next_due = promoted
