@@ -17,6 +17,7 @@ from .errors import (
     RedisFull,
     SerializationError,
 )
+from .flows import chain, group
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus
 from .periodic import CronJob, cron
 from .queue import EnqueueData, Queue
@@ -39,8 +40,10 @@ __all__ = [
     "JobContext",
     "Retry",
     "RetryLater",
+    "chain",
     "cron",
     "current_job",
+    "group",
     "DEFAULT_FAILURE_TTL",
     "DEFAULT_RESULT_TTL",
     "ConveyorError",

@@ -128,8 +128,8 @@ def stop_job(job: Job, timeout: float = 10.0) -> Job:
     it starts (it never runs)."""
     live = (JobStatus.STARTED, JobStatus.PREFETCHED)
     if job.status not in live:
-        hint = "; use 'conveyor job cancel' for queued or scheduled jobs" if job.status in (
-            JobStatus.QUEUED, JobStatus.SCHEDULED) else ""
+        hint = "; use 'conveyor job cancel' for queued, scheduled or deferred jobs" if job.status in (
+            JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED) else ""
         raise errors.InvalidTransition(f"job {job.id!r} is {job.status.value}, not started{hint}")
     if not send_command(job.connection, "stop", job.queue, job.id, job.keyspace):
         raise errors.ConveyorError("no worker is listening for commands; is any worker running?")

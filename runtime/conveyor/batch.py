@@ -17,9 +17,8 @@ from typing import Any, NamedTuple
 
 from . import errors
 from .keys import QueueKeys
-from .protocol import ENQUEUE_FIELDS, EnqueueOptions
+from .protocol import ENQUEUE_FIELDS, EnqueueOptions, Status
 from .protocol import Field as F
-from .protocol import Status
 from .retry import Retry
 from .serializers import Serializer
 from .validation import check_job_id, check_keywords, check_timeout, check_ttl, function_path

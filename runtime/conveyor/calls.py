@@ -86,14 +86,15 @@ def renew(pipe: Any, k: QueueKeys, lease_ms: int, jobs: Iterable[tuple[str, str]
 
 
 def reap(pipe: Any, k: QueueKeys, max_deliveries: int, failure_ttl: int, limit: int = REAP_BATCH) -> Any:
-    return scripts.reap(pipe, [k.leases, k.prefetched, k.recovered, k.failed, k.wake, k.stats],
+    return scripts.reap(pipe, [k.leases, k.prefetched, k.recovered, k.failed, k.wake, k.stats, k.ready, k.deferred,
+                               k.canceled, k.outbox],
                         [k.job_prefix, k.claimed_prefix, limit, max_deliveries, failure_ttl, k.corrupt_prefix])
 
 
 def release_worker(pipe: Any, k: QueueKeys, worker: str, reason: str, max_deliveries: int, failure_ttl: int) -> Any:
     """Every job ``worker`` holds on this queue, back to it now (the worker is known lost)."""
     return scripts.release_worker(pipe, [k.leases, k.prefetched, k.recovered, k.failed, k.wake, k.stats,
-                                         k.claimed(worker)],
+                                         k.claimed(worker), k.ready, k.deferred, k.canceled, k.outbox],
                                   [k.job_prefix, worker, max_deliveries, failure_ttl, k.corrupt_prefix, reason])
 
 

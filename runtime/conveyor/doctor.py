@@ -32,6 +32,7 @@ KEY_TYPES: Mapping[str, str] = {
     "prefetched": "zset", "leases": "zset", "scheduled": "zset",
     "finished": "zset", "failed": "zset", "canceled": "zset",
     "stats": "hash", "rate": "hash", "cron": "hash", "cron_info": "hash", "scheduler": "string",
+    "deferred": "zset", "done": "zset", "outbox": "list",
 }
 LISTS = ("ready", "recovered")
 ZSETS = ("prefetched", "leases", "scheduled", "finished", "failed", "canceled")
@@ -44,6 +45,8 @@ HOME: Mapping[str, tuple[str, ...]] = {
     Status.QUEUED: ("ready", "recovered"), Status.SCHEDULED: ("scheduled",), Status.PREFETCHED: ("prefetched",),
     Status.STARTED: ("leases",), Status.FINISHED: ("finished",), Status.FAILED: ("failed",),
     Status.CANCELED: ("canceled",),
+    # A deferred job is checked by the scheduler (conveyor/deps.py), which also lists it again.
+    Status.DEFERRED: (),
 }
 
 # (field, kind, lower bound, bound inclusive, empty value allowed): the design's table.
@@ -110,6 +113,8 @@ def expected_type(name: str) -> str | None:
         return "set"
     if name.startswith("unique:"):
         return "string"
+    if name.startswith(("deps:", "dependents:")):
+        return "set"
     return KEY_TYPES.get(name)
 
 

@@ -56,7 +56,7 @@ def cancel(job: Held, timeout: float, db: int) -> Steps[dict[bytes, Any]]:
         if status != Status.PREFETCHED:
             hint = "; use 'conveyor job stop' for a started job" if status == Status.STARTED else ""
             raise errors.for_code(
-                code, f"job {job.id!r} is {status}; only a queued, scheduled or prefetched job can be canceled{hint}")
+                code, f"job {job.id!r} is {status}; only a queued, scheduled, deferred or prefetched job can be canceled{hint}")
         if not asked:
             yield from send_command(db, "cancel", job.queue, job.id, job.keyspace)
             asked = True

@@ -15,7 +15,7 @@ from typing import Any
 from .logs import indented, printable
 from .protocol import Status
 
-_LIVE = (Status.QUEUED, Status.SCHEDULED, Status.PREFETCHED, Status.STARTED)
+_LIVE = (Status.QUEUED, Status.SCHEDULED, Status.DEFERRED, Status.PREFETCHED, Status.STARTED)
 _UNITS = ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
 
 

@@ -17,7 +17,7 @@ from ..protocol import Field
 from . import chart
 
 # The tabs of a queue page, and where each lists its jobs from.
-STATES = ("ready", "scheduled", "prefetched", "started", "failed", "finished", "canceled")
+STATES = ("ready", "scheduled", "deferred", "prefetched", "started", "failed", "finished", "canceled")
 PER_PAGE = 50
 FILTER_SCAN = 10_000  # failed jobs looked at, newest first, when filtering by exception type
 _CHUNK = 2_000  # failed entries one failed_types.lua call looks at (~1 ms of Redis)

@@ -22,7 +22,8 @@ local REGISTRY = {finished = true, failed = true, canceled = true}
 -- Where a job of each status is listed. The zsets of prefetched, scheduled and ended jobs are
 -- named after that status (conveyor/keys.py), so there a status doubles as the place's name.
 local HOME = {[S_QUEUED] = {'ready', 'recovered'}, [S_SCHEDULED] = {S_SCHEDULED}, [S_PREFETCHED] = {S_PREFETCHED},
-  [S_STARTED] = {'leases'}, [S_FINISHED] = {S_FINISHED}, [S_FAILED] = {S_FAILED}, [S_CANCELED] = {S_CANCELED}}
+  [S_STARTED] = {'leases'}, [S_FINISHED] = {S_FINISHED}, [S_FAILED] = {S_FAILED}, [S_CANCELED] = {S_CANCELED},
+  [S_DEFERRED] = {}}
 local FIELDS = {F_STATUS, F_WORKER, F_EXC_TYPE, F_ATTEMPTS, F_TIMEOUT, F_RESULT_TTL, F_FAILURE_TTL,
   F_MAX_DELIVERIES, F_UNIQUE_TTL, F_DELIVERIES, F_RETRIES, F_ORPHANED, F_DUE_AT, F_ENQUEUED_AT, F_UNIQUE_LOCK}
 local now, now_str = now_s()
