@@ -127,6 +127,27 @@ def test_the_whole_surface_on_queues_spread_over_the_masters(cluster, client, pr
     assert not crashes and "ERROR" not in w.log(), w.log()
 
 
+def test_dependencies_across_masters(cluster, client, prefix, spawn, tmp_path) -> None:
+    """A diamond over three queues on three masters (other slots): each release crosses by the
+    ending queue's outbox; a failure cancels across them too."""
+    path = str(tmp_path / "runs")
+    names = spread_queues(cluster, prefix)
+    q0, q1, q2 = (Queue(n, connection=client, prefix=prefix) for n in names)
+    a = q0.enqueue("jobs_faults:record", path, "a", 0.2)
+    b = q1.enqueue("jobs_faults:record", path, "b", depends_on=[a])
+    c = q2.enqueue("jobs_faults:record", path, "c", depends_on=[a])
+    d = q0.enqueue("jobs_faults:record", path, "d", depends_on=[b, c])
+    x = q2.enqueue("jobs_faults:fail_first", path, "x", 5)
+    canceled = q1.enqueue("jobs_faults:record", path, "never", depends_on=[x, a])
+    assert {b.status, c.status, d.status, canceled.status} == {JobStatus.DEFERRED}
+    spawn("-q", ",".join(names), "--with-scheduler", "--scheduler-lock-seconds", "1", "--lease-seconds", "3")
+    wait_until(lambda: d.refresh().status is JobStatus.FINISHED, 20, "the diamond to finish")
+    wait_until(lambda: canceled.refresh().status is JobStatus.CANCELED, 10, "the failure to cancel across slots")
+    assert jobs_faults.executions(path) == {"a": 1, "b": 1, "c": 1, "d": 1, "x": 1}
+    order = [line.split()[0] for line in Path(path).read_text().splitlines()]
+    assert order.index("a") < min(order.index("b"), order.index("c")) and order.index("d") == len(order) - 1
+
+
 def test_purge_and_requeue_from_the_cli(cluster, client, prefix, tmp_path) -> None:
     path = str(tmp_path / "runs")
     names = spread_queues(cluster, prefix, 2)
