@@ -114,7 +114,8 @@ def test_a_deferred_job_can_be_canceled_and_its_dependents_follow(conn: redis.Re
     c = queue.enqueue(STEP, trace.path, "c", depends_on=[b])
     run = queue.enqueue(STEP, trace.path, "run", depends_on=[b], on_dependency_failure="run")
     assert (b.status, c.status) == (JobStatus.DEFERRED, JobStatus.DEFERRED)
-    assert set(queue.registry("deferred").job_ids) == {b.id, c.id, run.id}
+    assert set(queue.deferred.job_ids) == {b.id, c.id, run.id}
+    assert c.depends_on == [f"default:{b.id}"] and b.refresh().depends_on == [f"default:{a.id}"]
     b.cancel()
     assert b.status is JobStatus.CANCELED
     assert c.refresh().status is JobStatus.CANCELED

@@ -13,7 +13,8 @@ from conveyor.keys import QueueKeys
 from support import wait_until
 
 # Queue-level structures that legitimately live without a TTL (see conveyor/keys.py).
-QUEUE_LEVEL = ("ready", "wake", "leases", "finished", "failed", "canceled", "scheduled", "cron", "stats", "seq")
+QUEUE_LEVEL = ("ready", "wake", "leases", "finished", "failed", "canceled", "scheduled", "cron", "stats", "seq",
+               "done", "deferred", "outbox")
 
 
 def queue_keys(conn: redis.Redis, name: str = "default") -> list[str]:

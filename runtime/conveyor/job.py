@@ -166,6 +166,11 @@ class JobData:
         return due / 1000 if due is not None else None
 
     @property
+    def depends_on(self) -> list[str]:
+        """The jobs this one waited (or waits) for, as "queue:id"."""
+        return _s(self._raw, F.DEPENDS_ON, "").split()
+
+    @property
     def attempts(self) -> list[Attempt]:
         """Every attempt that ended in an exception or a lost worker, then the successful one."""
         raw = self._raw.get(_ATTEMPTS)

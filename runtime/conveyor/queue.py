@@ -335,7 +335,7 @@ class Queue(QueueBase):
                          prefix=self.keyspace.prefix)
 
     def registry(self, name: str) -> Registry:
-        """``prefetched``, ``started``, ``scheduled``, ``finished``, ``failed`` or ``canceled``:
+        """``prefetched``, ``started``, ``scheduled``, ``deferred``, ``finished``, ``failed`` or ``canceled``:
         plain job IDs, never composite."""
         return Registry(self, name)
 
@@ -351,6 +351,11 @@ class Queue(QueueBase):
     @property
     def scheduled(self) -> Registry:
         return self.registry(Status.SCHEDULED)
+
+    @property
+    def deferred(self) -> Registry:
+        """Jobs waiting for their dependencies (conveyor.deps)."""
+        return self.registry(Status.DEFERRED)
 
     @property
     def finished(self) -> Registry:

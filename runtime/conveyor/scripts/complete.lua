@@ -46,13 +46,16 @@ call_many('SREM', KEYS[3], unclaimed)
 register(KEYS[4], entries, now)
 count_ended(KEYS[5], S_FINISHED, #ended, now)
 -- The last finished jobs, so a dependency on one whose hash has expired still counts as met.
--- Best effort, one call per batch: a wrong-typed key never stops an outcome being recorded.
-if #ended > 0 then
+-- Best effort (redis.pcall: a wrong-typed key never stops an outcome being recorded); one ZADD
+-- per 500 jobs of the batch, and the trim in steps of 1,000.
+for i = 1, #ended, 500 do
   local stamped = {}
-  for _, id in ipairs(ended) do stamped[#stamped + 1] = now; stamped[#stamped + 1] = id end
-  if pcall(call_many, 'ZADD', KEYS[6], stamped) and redis.call('ZCARD', KEYS[6]) > DONE_KEPT + 1000 then
-    redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -DONE_KEPT - 1)
-  end
+  for j = i, math.min(i + 499, #ended) do stamped[#stamped + 1] = now; stamped[#stamped + 1] = ended[j] end
+  redis.pcall('ZADD', KEYS[6], unpack(stamped))
+end
+local kept = #ended > 0 and redis.pcall('ZCARD', KEYS[6])
+if type(kept) == 'number' and kept > DONE_KEPT + 1000 then
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -DONE_KEPT - 1)
 end
 if #releasing > 0 then
   release_all(dep_queue(prefix, {KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]}, ''), releasing, true, now, now_str)
