@@ -74,10 +74,9 @@ def trace(tmp_path: Path) -> Trace:
 
 
 def nothing_left(conn: redis.Redis, *queues: Queue) -> None:
-    """No job deferred, no release pending."""
-    for q in queues:
-        assert conn.zcard(q.keys.deferred) == 0
-        assert conn.llen(q.keys.outbox) == 0
+    """No job deferred, no release pending (an outbox entry goes just after its release)."""
+    wait_until(lambda: not any(conn.zcard(q.keys.deferred) or conn.llen(q.keys.outbox) for q in queues), 10,
+               "no job deferred and no release pending")
 
 
 # -- refused at enqueue, before anything is written ------------------------------------------
@@ -145,7 +144,8 @@ def test_diamond_and_failure_policies(conn: redis.Redis, queue: Queue, trace: Tr
     assert x.refresh().status is JobStatus.FAILED
     assert canceled.refresh().status is JobStatus.CANCELED and canceled.exc_info is not None
     assert canceled.exc_info.message == "dependency default:x failed or was canceled"
-    assert runs.refresh().status is JobStatus.FINISHED and after.refresh().status is JobStatus.FINISHED
+    # A job's last line is written before its worker records the outcome.
+    wait_until(lambda: {runs.refresh().status, after.refresh().status} == {JobStatus.FINISHED}, 10, "outcomes")
     assert "canceled" not in trace.starts()
     nothing_left(conn, queue)
 
@@ -208,7 +208,7 @@ def test_a_failure_on_another_queue_cancels_its_dependents(conn: redis.Redis, tr
     spawn_worker("-q", "up,down", *FLAGS)
     wait_until(lambda: trace.ends() == {"runs": 1}, 15, "the run-anyway dependent to run")
     wait_until(lambda: then.refresh().status is JobStatus.CANCELED, 10, "the cancel to cross back to up")
-    assert runs.refresh().status is JobStatus.FINISHED
+    wait_until(lambda: runs.refresh().status is JobStatus.FINISHED, 10, "the outcome of runs")
     assert canceled.refresh().status is JobStatus.CANCELED and "canceled" not in trace.starts()
     nothing_left(conn, up, down)
 
@@ -229,7 +229,8 @@ def test_an_outbox_entry_outlives_the_worker_that_wrote_it(conn: redis.Redis, tr
     spawn_worker("-q", "up,down", *FLAGS)
     wait_until(lambda: trace.ends()["b"] == 1, 15, "b to run")
     wait_until(lambda: conn.llen(up.keys.outbox) == 0, 10, "the outbox to drain")
-    assert b.refresh().status is JobStatus.FINISHED and trace.ends() == {"a": 1, "b": 1}
+    wait_until(lambda: b.refresh().status is JobStatus.FINISHED, 10, "the outcome of b")
+    assert trace.ends() == {"a": 1, "b": 1}
     nothing_left(conn, up, down)
 
 

@@ -66,12 +66,13 @@ def test_clean_queue_with_queued_scheduled_finished_failed_and_canceled_jobs_rep
     run_burst()
     assert fetch(conn, done[0]).status is JobStatus.FINISHED and fetch(conn, bad).status is JobStatus.FAILED
     queue.enqueue("jobs:add", 5, 5)
-    queue.enqueue_in(3600, "jobs:add", 6, 6)
+    later = queue.enqueue_in(3600, "jobs:add", 6, 6)
     queue.enqueue("jobs:add", 7, 7).cancel()
+    queue.enqueue("jobs:add", 8, 8, depends_on=[later])  # deferred, with its pending and dependents sets
     before = keyspace(conn)
 
     report = run(conn, "default")
-    assert report == {"queues": {"default": {"findings": {}, "checked_jobs": 7}}, "warnings": [], "ok": True}
+    assert report == {"queues": {"default": {"findings": {}, "checked_jobs": 8}}, "warnings": [], "ok": True}
     res = doctor(redis_url)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "no problems" in res.stdout.splitlines()[-1]
