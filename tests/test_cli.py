@@ -105,15 +105,15 @@ def test_info_prints_aligned_tables(queue: Queue, conn, redis_url, key, spawn_wo
     out = ok(redis_url, "info")
     lines = out.splitlines()
 
-    names = ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "PREFETCHED", "STARTED", "FINISHED", "FAILED", "CANCELED",
-             "SCHEDULER"]
+    names = ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "DEFERRED", "PREFETCHED", "STARTED", "FINISHED", "FAILED",
+             "CANCELED", "SCHEDULER"]
     [hi] = [i for i, line in enumerate(lines) if line.startswith("QUEUE ")]
     starts = columns(lines[hi], names)
     [row] = [line for line in lines[hi + 1:] if line.startswith("default ")]
     for s in starts[1:]:  # every column begins where its header does, after a gap
         assert row[s - 2:s] == "  " and row[s] != " ", f"misaligned at {s}:\n{lines[hi]}\n{row}"
     assert [cell(row, starts, i) for i in range(len(names))] == [
-        "default", "2", "0", "1", "0", "1", "1", "1", "1", fleet["worker_id"]]
+        "default", "2", "0", "1", "0", "0", "1", "1", "1", "1", fleet["worker_id"]]
 
     wnames = ["WORKER", "QUEUES", "POOL", "CONC", "STATE", "SEEN", "CURRENT JOBS"]
     [wi] = [i for i, line in enumerate(lines) if line.startswith("WORKER ")]
@@ -129,7 +129,7 @@ def test_info_without_workers_says_so(queue: Queue, redis_url) -> None:
     queue.enqueue("jobs:add", 1, 1)
     out = ok(redis_url, "info")
     assert "no live workers" in out
-    assert re.search(r"^default\s+1(\s+0){7}\s+none$", out, re.M), out
+    assert re.search(r"^default\s+1(\s+0){8}\s+none$", out, re.M), out
 
 
 # -- job show -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from conveyor import (
     deps,
     group,
 )
-from support import wait_until
+from support import cli, wait_until
 
 FLAGS = ("--with-scheduler", "--scheduler-lock-seconds", "1", "--lease-seconds", "2", "--log-level", "warning")
 STEP = "jobs_deps:step"
@@ -107,7 +108,8 @@ def test_unknown_ids_cycles_and_bad_options_are_refused(conn: redis.Redis, queue
     assert not conn.exists(queue.keys.job("p"), queue.keys.job("q"), queue.keys.job("r"), queue.keys.job("s"))
 
 
-def test_a_deferred_job_can_be_canceled_and_its_dependents_follow(conn: redis.Redis, queue: Queue, trace: Trace) -> None:
+def test_a_deferred_job_can_be_canceled_and_its_dependents_follow(conn: redis.Redis, queue: Queue, trace: Trace,
+                                                                   redis_url: str) -> None:
     a = queue.enqueue(STEP, trace.path, "a")
     b = queue.enqueue(STEP, trace.path, "b", depends_on=[a])
     c = queue.enqueue(STEP, trace.path, "c", depends_on=[b])
@@ -115,6 +117,8 @@ def test_a_deferred_job_can_be_canceled_and_its_dependents_follow(conn: redis.Re
     assert (b.status, c.status) == (JobStatus.DEFERRED, JobStatus.DEFERRED)
     assert set(queue.deferred.job_ids) == {b.id, c.id, run.id}
     assert c.depends_on == [f"default:{b.id}"] and b.refresh().depends_on == [f"default:{a.id}"]
+    [info] = json.loads(cli(redis_url, "info", "--json").stdout)["queues"]
+    assert (info["ready"], info["deferred"]) == (1, 3)
     b.cancel()
     assert b.status is JobStatus.CANCELED
     assert c.refresh().status is JobStatus.CANCELED

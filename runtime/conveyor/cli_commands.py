@@ -115,9 +115,9 @@ def render_info(data: dict[str, Any]) -> str:
     from .cli import _ago, _table
 
     if data["queues"]:
-        q_rows = [[q["name"], q["ready"], q["recovered"], q["scheduled"], q["prefetched"], q["started"], q["finished"],
+        q_rows = [[q["name"], q["ready"], q["recovered"], q["scheduled"], q["deferred"], q["prefetched"], q["started"], q["finished"],
                    q["failed"], q["canceled"], q["scheduler_leader"] or "none"] for q in data["queues"]]
-        queues = _table(q_rows, ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "PREFETCHED", "STARTED", "FINISHED",
+        queues = _table(q_rows, ["QUEUE", "READY", "RECOVERED", "SCHEDULED", "DEFERRED", "PREFETCHED", "STARTED", "FINISHED",
                                  "FAILED", "CANCELED", "SCHEDULER"])
     else:
         # A header with nothing under it reads as "something failed to load".

@@ -9,7 +9,7 @@ from typing import Any
 from .keys import QueueKeys
 
 # In the order queue() sends them; "claimed" (prefetched + started) is derived where wanted.
-STATES = ("ready", "recovered", "prefetched", "started", "scheduled", "failed")
+STATES = ("ready", "recovered", "prefetched", "started", "scheduled", "failed", "deferred")
 
 
 def queue(pipe: Any, k: QueueKeys, now: float) -> None:
@@ -20,6 +20,7 @@ def queue(pipe: Any, k: QueueKeys, now: float) -> None:
     pipe.zcard(k.leases)
     pipe.zcard(k.scheduled)
     pipe.zcount(k.failed, now, "+inf")
+    pipe.zcard(k.deferred)
 
 
 def due(pipe: Any, k: QueueKeys, now: float) -> None:

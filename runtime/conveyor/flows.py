@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .batch import EnqueueData, new_ids
+from .job import JobData
 
 
 def _with_ids(items: Iterable[EnqueueData]) -> list[EnqueueData]:
@@ -27,7 +28,7 @@ def _with_ids(items: Iterable[EnqueueData]) -> list[EnqueueData]:
 def _after(item: EnqueueData, ids: list[Any], on_dependency_failure: str | None) -> EnqueueData:
     """``item`` waiting for ``ids`` too (besides what it named itself)."""
     given = item.depends_on
-    own = [given] if isinstance(given, str) else list(given)
+    own = [given] if isinstance(given, (str, JobData)) else list(given)
     policy = on_dependency_failure if on_dependency_failure is not None else item.on_dependency_failure
     return item._replace(depends_on=[*own, *ids], on_dependency_failure=policy)
 
