@@ -258,6 +258,30 @@ def test_a_client_lost_between_write_and_link_is_caught_by_the_scheduler(
     nothing_left(conn, queue)
 
 
+def test_a_purged_dependency_cancels_its_dependents_at_the_next_check(conn: redis.Redis, queue: Queue, trace: Trace,
+                                                                      redis_url: str, spawn_worker) -> None:
+    a = queue.enqueue(STEP, trace.path, "a")
+    b = queue.enqueue(STEP, trace.path, "b", depends_on=[a])
+    assert cli(redis_url, "purge", "default", "--yes").returncode == 0  # a is deleted, never ends
+    conn.zadd(queue.keys.deferred, {b.id: 0})  # as if its recheck interval had passed
+    spawn_worker(*FLAGS)
+    wait_until(lambda: b.refresh().status is JobStatus.CANCELED, 15, "b to be canceled")
+    assert b.exc_info is not None and b.exc_info.type == "DependencyFailed" and not trace.starts()
+    nothing_left(conn, queue)
+
+
+def test_jobs_without_dependencies_touch_no_dependency_key(conn: redis.Redis, queue: Queue, trace: Trace,
+                                                           run_burst) -> None:
+    queue.enqueue_many([trace.step(f"j{i}") for i in range(5)])
+    queue.enqueue("jobs_deps:broken", trace.path, "x").cancel()
+    run_burst()
+    base = queue.keys.base + ":"
+    names = {k.decode()[len(base):].split(":")[0] for k in conn.scan_iter(match=base + "*")}
+    assert not names & {"deps", "dependents", "outbox", "deferred"}, names
+    assert conn.zcard(queue.keys.done) == 5  # the one write: finished IDs, per completion call
+    assert not any(conn.hexists(queue.keys.job(f"j{i}"), "has_dependents") for i in range(5))
+
+
 # -- at size, with a worker killed -----------------------------------------------------------
 
 def test_fan_in_of_1000(conn: redis.Redis, queue: Queue, trace: Trace, spawn_worker) -> None:
