@@ -9,6 +9,7 @@ import asyncio
 import collections
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,9 @@ def test_a_deferred_job_can_be_canceled_and_its_dependents_follow(conn: redis.Re
     c = queue.enqueue(STEP, trace.path, "c", depends_on=[b])
     run = queue.enqueue(STEP, trace.path, "run", depends_on=[b], on_dependency_failure="run")
     assert (b.status, c.status) == (JobStatus.DEFERRED, JobStatus.DEFERRED)
+    # Same queue: linked in the step that wrote them, so not due for the scheduler's check soon.
+    assert conn.smembers(queue.keys.dependents(a.id)) == {f"default:{b.id}".encode()}
+    assert conn.zscore(queue.keys.deferred, b.id) > (time.time() + 200) * 1000
     assert set(queue.deferred.job_ids) == {b.id, c.id, run.id}
     assert c.depends_on == [f"default:{b.id}"] and b.refresh().depends_on == [f"default:{a.id}"]
     [info] = json.loads(cli(redis_url, "info", "--json").stdout)["queues"]
@@ -166,6 +170,10 @@ def test_finished_or_expired_dependencies_do_not_block(conn: redis.Redis, queue:
     assert late.status is JobStatus.QUEUED  # released by the enqueue itself
     doomed = queue.enqueue(STEP, trace.path, "doomed", depends_on=[kept, failed])
     assert doomed.status is JobStatus.CANCELED
+    # In one batch, the later job registered on the earlier before that one was canceled.
+    after, first = queue.enqueue_many([trace.step("after", depends_on=["first"]), trace.step("first",
+                                                                                          depends_on=[failed])])
+    assert first.status is JobStatus.CANCELED and after.refresh().status is JobStatus.CANCELED
     wait_until(lambda: trace.ends()["late"] == 1, 15, "the late job to run")
     nothing_left(conn, queue)
 
@@ -240,7 +248,11 @@ def test_an_outbox_entry_outlives_the_worker_that_wrote_it(conn: redis.Redis, tr
 
 def test_a_client_lost_between_write_and_link_is_caught_by_the_scheduler(
         conn: redis.Redis, queue: Queue, trace: Trace, spawn_worker, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = queue.enqueue(STEP, trace.path, "a")
+    """A dependency on another queue is linked by the client after the write (one on the same
+    queue is linked in the write itself); a client lost in between leaves the job to the
+    scheduler's check."""
+    up = Queue("up", connection=conn)
+    a = up.enqueue(STEP, trace.path, "a")
 
     def lost(*_: Any) -> Any:
         raise ConnectionError("the client died here")
@@ -250,12 +262,12 @@ def test_a_client_lost_between_write_and_link_is_caught_by_the_scheduler(
     with pytest.raises(ConnectionError):
         queue.enqueue(STEP, trace.path, "b", job_id="b", depends_on=[a])
     monkeypatch.undo()
-    assert conn.hget(queue.keys.job("b"), "status") == b"deferred" and not conn.exists(queue.keys.dependents(a.id))
+    assert conn.hget(queue.keys.job("b"), "status") == b"deferred" and not conn.exists(up.keys.dependents(a.id))
     conn.zadd(queue.keys.deferred, {"b": 0})  # its minute of grace has passed
-    spawn_worker(*FLAGS)
+    spawn_worker("-q", "default,up", *FLAGS)
     wait_until(lambda: trace.ends() == {"a": 1, "b": 1}, 15, "b to be linked and run")
     trace.assert_order([("a", "b")])
-    nothing_left(conn, queue)
+    nothing_left(conn, queue, up)
 
 
 def test_a_purged_dependency_cancels_its_dependents_at_the_next_check(conn: redis.Redis, queue: Queue, trace: Trace,

@@ -90,12 +90,15 @@ class Encoding:
 
 def encode_batch(
     queue: Encoding, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None,
-    guard: tuple[str, int] | None = None, deps: list[tuple[str, str]] | None = None
+    guard: tuple[str, int] | None = None, deps: list[tuple[str, str]] | None = None,
+    deferred: tuple[int, int] = (0, 0)
 ) -> EncodedBatch:
     """Validate and encode a batch for enqueue.lua. Raises before anything is written.
 
     ``deps``: per job, its dependency refs ("queue:id ...", "" for none) and the policy for a
-    failed one; the batch is then written in deferred mode (conveyor/deps.py checked them)."""
+    failed one; the batch is then written in deferred mode (conveyor/deps.py checked them),
+    with ``deferred``: the failure TTL of a job a failed dependency cancels, and the recheck
+    interval (ms)."""
     if if_exists not in IF_EXISTS:
         raise errors.InvalidArgument(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
     if len(items) == 1:
@@ -130,7 +133,7 @@ def encode_batch(
     due: Any = Status.DEFERRED if deps is not None else "" if due_ms is None else due_ms
     argv: list[Any] = [
         k.job_prefix, mode, due, k.schedule_channel,
-        *(guard if guard else ("", "")), k.queue, len(stored),
+        *(deferred if deps is not None else guard if guard else ("", "")), k.queue, len(stored),
     ]
     for c in stored:
         argv += (fields[c], rows[0][c])
@@ -139,7 +142,8 @@ def encode_batch(
         argv.extend(row[0] for row in rows)
     else:
         argv.extend(itertools.chain.from_iterable(map(operator.itemgetter(*own), rows)))
-    return EncodedBatch([k.ready, k.wake, k.scheduled, k.cron, k.stats, k.deferred], argv, rows, shared, own, fields)
+    return EncodedBatch([k.ready, k.wake, k.scheduled, k.cron, k.stats, k.deferred, k.done, k.canceled, k.outbox],
+                        argv, rows, shared, own, fields)
 
 
 def _row(queue: Encoding, item: EnqueueData, index: int, generated: Iterator[str]) -> list[Any]:

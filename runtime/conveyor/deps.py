@@ -11,12 +11,16 @@ How it holds together (keys in :mod:`conveyor.keys`):
    waits for itself or for a cycle inside its batch (jobs outside the batch exist already,
    so no other cycle can form); every dependency outside the batch exists, or finished
    recently (the queue's ``done`` zset: the last 100,000 finished IDs), else it is refused.
-2. enqueue.lua writes the jobs ``deferred`` with their pending set (``deps:<id>``) and lists
-   them in the ``deferred`` zset, due for a check one minute later.
-3. :func:`link`: on each dependency's queue, depend.lua adds the dependent to the
-   dependency's ``dependents:<id>`` set unless the dependency ended, and says how it ended;
-   then resolve.lua on the dependent's queue applies those outcomes and confirms the jobs
-   (their next check moves :data:`RECHECK_MS` away).
+   Dependencies on other queues are checked here; those on the job's own queue by step 2.
+2. enqueue.lua writes the jobs ``deferred`` with their pending set (``deps:<id>``), lists
+   them in the ``deferred`` zset, and links those on its own queue in the same step (one
+   slot): each job joins its dependency's ``dependents:<id>`` set, or is resolved at once
+   when the dependency ended. A job with dependencies on other queues only is due for a
+   check one minute later, in case step 3 never comes.
+3. :func:`link` (dependencies on other queues): on each dependency's queue, depend.lua adds
+   the dependent to the dependency's ``dependents:<id>`` set unless the dependency ended,
+   and says how it ended; then resolve.lua on the dependent's queue applies those outcomes
+   and confirms the jobs (their next check moves :data:`RECHECK_MS` away).
 4. When a job ends (complete.lua, fail.lua, cancel.lua), the same script releases its
    dependents on its own queue (resolve_dep: SREM from the pending set; the last one queues
    the job, a failure cancels it unless ``on_dependency_failure="run"``, and a canceled job
@@ -25,8 +29,8 @@ How it holds together (keys in :mod:`conveyor.keys`):
    queue (:func:`tend`) hands each entry to resolve.lua on the dependent's queue and only
    then removes it: at least once, and only the SREM that removes a dependency acts, so
    never twice.
-5. The scheduler leader also links again every deferred job whose check is due: a client
-   that died between steps 2 and 3, or an ending that could not release (a job failed as
+5. The scheduler leader also links again every deferred job whose check is due (every job
+   with all of its dependencies, through depend.lua): a client that died between steps 2 and 3, or an ending that could not release (a job failed as
    malformed, a purged dependency, a wrong-typed key) is caught there, within the recheck
    interval. Linking twice is harmless.
 
@@ -38,17 +42,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import calls, errors, job_steps, keys, wire
+from . import calls, errors, keys, wire
 from .batch import EncodedBatch, EnqueueData
 from .job import JobData
-from .protocol import Field, Status
+from .protocol import Code, Field, Status
 from .steps import Pipeline, Steps, execute
 from .validation import check_job_id, check_queue_name
-
-if TYPE_CHECKING:
-    from .queue import QueueBase
 
 ON_FAILURE = ("cancel", "run")
 RECHECK_MS = 300_000  # a linked deferred job is checked again this long after (what a release missed)
@@ -92,7 +93,7 @@ class Plan:
     queue: str
     refs: list[list[str]]  # per job, its dependencies
     columns: list[tuple[str, str]]  # per job, what enqueue.lua stores: depends_on, on_dep_failure
-    outside: list[str]  # dependencies that are not in the batch: they must exist
+    outside: list[str]  # dependencies on other queues: they must exist
 
 
 def plan(queue: str, prefix: str, items: list[EnqueueData], due_ms: int | None,
@@ -120,7 +121,8 @@ def plan(queue: str, prefix: str, items: list[EnqueueData], due_ms: int | None,
         refs.append(mine)
         columns.append((" ".join(mine), item.on_dependency_failure if mine else ""))
     _refuse_cycle(queue, items, refs, in_batch)
-    outside = sorted({r for mine in refs for r in mine if r not in in_batch})
+    # Those on this queue are checked by enqueue.lua itself, in the step that writes the batch.
+    outside = sorted({r for mine in refs for r in mine if r not in in_batch and split_ref(r)[0] != queue})
     return Plan(queue, refs, columns, outside)
 
 
@@ -190,22 +192,36 @@ def link(space: keys.Keyspace, queue: str, failure_ttl: int,
     return [_text(i) for i in queued], [_text(i) for i in canceled]
 
 
-def link_created(queue: QueueBase, plan: Plan, encoded: EncodedBatch, flags: list[Any],
-                 jobs: list[Any]) -> Steps[None]:
-    """After enqueue.lua: link the jobs it created deferred; the returned jobs say where they are."""
+def read_reply(code: int, rest: list[Any]) -> tuple[list[Any], list[Any]]:
+    """enqueue.lua's reply in deferred mode: (flags, [id, status, ...] of jobs already settled)."""
+    if code == Code.MISSING:
+        r = _text(rest[0])
+        q, job_id = split_ref(r)
+        raise errors.NoSuchJob(f"unknown dependency {r!r}: no job {job_id!r} in queue {q!r}, "
+                               "nor among its recently finished jobs")
+    return list(rest[0]), list(rest[1])
+
+
+def link_created(space: keys.Keyspace, queue: str, failure_ttl: int, plan: Plan, encoded: EncodedBatch,
+                 flags: list[Any], jobs: list[Any], settled: list[Any]) -> Steps[None]:
+    """After enqueue.lua (which linked the dependencies on its own queue): link the created jobs
+    to those on other queues; the returned jobs say where they are."""
+    status = {_text(settled[i]): _text(settled[i + 1]) for i in range(0, len(settled), 2)}
     waiting: dict[str, list[str]] = {}
-    place: dict[str, int] = {}
     for n, row in enumerate(encoded.rows):
         if plan.refs[n] and (not flags or flags[n] == 1):
-            waiting[row[0]] = plan.refs[n]
-            place[row[0]] = n
+            if row[0] not in status:
+                remote = [r for r in plan.refs[n] if split_ref(r)[0] != queue]
+                if remote:
+                    waiting[row[0]] = remote
+            jobs[n]._raw = {**jobs[n]._raw, _STATUS: status.get(row[0], Status.DEFERRED).encode()}
     if not waiting:
         return
-    ttl = queue.failure_ttl if queue.failure_ttl is not None else job_steps.DEFAULT_FAILURE_TTL
-    queued, canceled = yield from link(queue.keyspace, queue.name, ttl, waiting)
-    for job_id, n in place.items():
-        status = Status.QUEUED if job_id in queued else Status.CANCELED if job_id in canceled else Status.DEFERRED
-        jobs[n]._raw = {**jobs[n]._raw, _STATUS: status.encode()}
+    queued, canceled = yield from link(space, queue, failure_ttl, waiting)
+    for n, row in enumerate(encoded.rows):
+        if row[0] in queued or row[0] in canceled:
+            settled_now = Status.QUEUED if row[0] in queued else Status.CANCELED
+            jobs[n]._raw = {**jobs[n]._raw, _STATUS: settled_now.encode()}
 
 
 def tend(space: keys.Keyspace, queue: str, failure_ttl: int, outbox: Iterable[bytes],

@@ -134,7 +134,7 @@ DEPENDENTS_KEYS: Final = ("ready", "wake", "deferred", "canceled", "outbox")
 # Each script's KEYS in order, named as the QueueKeys attribute (claimed: the worker's claimed
 # set; lock: a lock key). conveyor.calls passes them in this order.
 KEYS: Final[dict[str, tuple[str, ...]]] = {
-    "enqueue": ("ready", "wake", "scheduled", "cron", "stats", "deferred"),
+    "enqueue": ("ready", "wake", "scheduled", "cron", "stats", "deferred", "done", "canceled", "outbox"),
     "claim": ("ready", "recovered", "prefetched", "leases", "claimed", "wake", "failed"),
     "start": ("prefetched", "leases"),
     "complete": ("leases", "prefetched", "claimed", "finished", "rate", "done", *DEPENDENTS_KEYS),

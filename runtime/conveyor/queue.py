@@ -14,7 +14,7 @@ from . import batch, deps, errors, keys, scripts, steps, wire
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
-from .job import Job, requeue_jobs
+from .job import DEFAULT_FAILURE_TTL, Job, requeue_jobs
 from .protocol import ENQUEUE_FIELDS, Code, Status
 from .protocol import Field as F
 from .registry import Registry
@@ -129,7 +129,8 @@ class QueueBase(abc.ABC):
         links: deps.Plan | None = None
         if items[0].depends_on or (len(items) > 1 and any(item.depends_on for item in items)):
             links = deps.plan(self.name, self.keyspace.prefix, items, due_ms, guard)
-            encoded = batch.encode_batch(self.encoding, items, if_exists, deps=links.columns)
+            encoded = batch.encode_batch(self.encoding, items, if_exists, deps=links.columns,
+                                         deferred=(self._failure_ttl(), deps.RECHECK_MS))
             yield from deps.check_known(self.keyspace, links.outside)
         else:
             encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
@@ -158,9 +159,13 @@ class QueueBase(abc.ABC):
         code, *flags = reply
         if code == Code.EXISTS:
             raise errors.for_code(code, [f.decode() for f in flags], self.name)
+        settled: list[Any] = []
+        if links is not None:
+            flags, settled = deps.read_reply(code, flags)
         jobs, existing = self._returned(encoded, flags, due_ms)
         if links is not None:
-            yield from deps.link_created(self, links, encoded, flags, jobs)
+            yield from deps.link_created(self.keyspace, self.name, self._failure_ttl(), links, encoded, flags, jobs,
+                                         settled)
         if existing:  # they existed, or another job holds their unique key: those are read back
             hashes = yield from steps.execute(lambda p: [p.hgetall(self.keys.job(i)) for _, i in existing])
             for (n, job_id), raw in zip(existing, hashes):
@@ -174,6 +179,9 @@ class QueueBase(abc.ABC):
             if int(acked) < self.min_replicas:
                 raise errors.NotReplicated(jobs, int(acked), self.min_replicas, int(self.replica_timeout * 1000))
         return jobs
+
+    def _failure_ttl(self) -> int:
+        return self.failure_ttl if self.failure_ttl is not None else DEFAULT_FAILURE_TTL
 
     def _returned(self, encoded: EncodedBatch, flags: list[Any],
                   due_ms: int | None) -> tuple[list[Any], list[tuple[int, str]]]:

@@ -434,3 +434,47 @@ local function release_all(Q, ids, ok, now, now_str)
     if not done then return end
   end
 end
+
+-- enqueue.lua, deferred: the first dependency on this queue (Q) that neither is in the batch,
+-- exists, nor finished recently (done zset), as its ref; nil when there is none.
+local function unknown_local(Q, done_key, argv, first, nf, deps_at, deps_val)
+  local batch = {}
+  for base = first, #argv, nf do batch[argv[base]] = true end
+  for base = first, #argv, nf do
+    local deps = deps_at and argv[base + deps_at] or deps_val or ''
+    for ref in string.gmatch(deps, '%S+') do
+      local q, did = string.match(ref, '^([^:]+):(.+)$')
+      if q == Q.name and not batch[did] and redis.call('EXISTS', Q.base .. 'job:' .. did) == 0
+          and not redis.call('ZSCORE', done_key, did) then
+        return ref
+      end
+    end
+  end
+  return nil
+end
+
+-- enqueue.lua, deferred: link job id to its dependencies on this queue in the same step as its
+-- write. An unended one gets id among its dependents; an ended one resolves at once (finished,
+-- or gone but in the done zset: met; else failed). Returns true when refs name another queue
+-- (the client links those, conveyor/deps.py).
+local function link_local(Q, done_key, id, refs, now, now_str)
+  local remote = false
+  for _, ref in ipairs(refs) do
+    local q, did = string.match(ref, '^([^:]+):(.+)$')
+    if q ~= Q.name then
+      remote = true
+    else
+      local key = Q.base .. 'job:' .. did
+      local st = redis.pcall('HGET', key, F_STATUS)
+      if type(st) == 'string' and STATUSES[st] and st ~= S_FINISHED and st ~= S_FAILED and st ~= S_CANCELED then
+        redis.call('SADD', Q.base .. 'dependents:' .. did, Q.name .. ':' .. id)
+        redis.call('HSET', key, F_HAS_DEPENDENTS, '1')
+      else
+        local ok = st == S_FINISHED or (type(st) ~= 'string' and type(redis.pcall('ZSCORE', done_key, did)) == 'string')
+        local outcome, more = resolve_dep(Q, id, ref, ok, now, now_str)
+        if more then release_dependents(Q, id, false, now, now_str) end
+      end
+    end
+  end
+  return remote
+end

@@ -1,8 +1,9 @@
 #!lua
 -- enqueue: create a batch of jobs, ready now or scheduled, atomically.
 -- KEYS[1] ready list   KEYS[2] wake list   KEYS[3] scheduled zset   KEYS[4] cron hash   KEYS[5] stats hash
--- KEYS[6] deferred zset (jobs waiting for their dependencies)
--- KEYS[7] queues set, optional: the queue's name (ARGV[7]) is added to it, so a wiped Redis
+-- KEYS[6] deferred zset (jobs waiting for their dependencies)   KEYS[7] done zset (finished jobs)
+-- KEYS[8] canceled zset   KEYS[9] outbox list (a dependency that failed cancels a deferred job)
+-- KEYS[10] queues set, optional: the queue's name (ARGV[7]) is added to it, so a wiped Redis
 --         learns the queue again. Left out on a Cluster, where that set lives in another slot
 --         (the client sends the SADD apart there).
 -- ARGV[1] job key prefix
@@ -11,38 +12,49 @@
 --         waits for those jobs, the others are ready now)   ARGV[4] channel to publish the due time on
 -- ARGV[5] cron guard: schedule name ("" = none)   ARGV[6] its tick; the batch is written only
 --         if the schedule's last enqueued tick is older, so each tick is enqueued once
--- ARGV[7] the queue's name (for KEYS[7])
+--         (deferred, no guard: ARGV[5] failure TTL for a job canceled by a failed dependency,
+--         ARGV[6] recheck interval in ms)
+-- ARGV[7] the queue's name (for KEYS[10])
 -- ARGV[8] C, the number of fields every job shares; ARGV[9 .. 8+2C] their name/value pairs
 -- ARGV[9+2C] F, the number of values each job brings; then their F field names, the first "id"
 -- then the jobs, F values each (the id names the key; it is not stored as a field)
 -- A job with fields unique_lock (a key) and unique_ttl is created only if no live job holds
 -- that key; otherwise the holder's ID is returned in its place.
--- A deferred job's depends_on refs ("queue:id ...") become its pending set (deps:<id>); it is
--- listed in the deferred zset to be linked to them by the client within LINK_GRACE_MS, else by
--- the scheduler's check (conveyor/deps.py).
+-- A deferred job's depends_on refs ("queue:id ...") become its pending set (deps:<id>), listed
+-- in the deferred zset. Dependencies on this queue are linked here, in the same step (_lib's
+-- link_local; an unknown one refuses the batch before any write); those on other queues are
+-- linked by the client within LINK_GRACE_MS, else by the scheduler's check (conveyor/deps.py).
 -- Not allowed on a full Redis (no allow-oom flag): refused whole, before any change.
 -- Returns {OK} when every job was created, else {OK, one flag per job}: 1 created,
 --   0 not created (existed with "ignore", or the cron tick was enqueued already),
 --   or the ID of the job holding the unique key;
 --   or {EXISTS, ids...} with "error" when any ID exists: nothing is written then.
+-- Deferred: {OK, flags (empty when every job was created), {id, status, ...} of the deferred
+--   jobs already queued or canceled}, or {MISSING, ref} for an unknown dependency on this queue.
 local prefix, mode, due, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local guard, tick = ARGV[5], ARGV[6]
 local deferred = due == S_DEFERRED
-if deferred then due = '' end
 local LINK_GRACE_MS = 60000
+local Q
+if deferred then
+  due, guard = '', ''
+  Q = dep_queue(prefix, {KEYS[1], KEYS[2], KEYS[6], KEYS[8], KEYS[9]}, ARGV[5])
+end
 -- Only the keys this call can write are checked (a TYPE each, on every enqueue): the ready
 -- list and wake list, or the scheduled zset; the cron hash with a guard; the stats hash. A
 -- wrong type refuses the whole batch here, before any write.
 local spec = due == '' and {KEYS[1], 'list', KEYS[2], 'list', KEYS[5], 'hash'} or {KEYS[3], 'zset', KEYS[5], 'hash'}
 if guard ~= '' then spec[#spec + 1] = KEYS[4]; spec[#spec + 1] = 'hash' end
-if deferred then spec[#spec + 1] = KEYS[6]; spec[#spec + 1] = 'zset' end
+if deferred then
+  for _, t in ipairs({KEYS[6], 'zset', KEYS[7], 'zset', KEYS[8], 'zset', KEYS[9], 'list'}) do spec[#spec + 1] = t end
+end
 local err = expect_types(spec)
 if err then return err end
 -- Best effort, as the separate SADD always was: a queues set of the wrong type (doctor
 -- warns about it) never stops jobs from being queued.
-if KEYS[7] then redis.pcall('SADD', KEYS[7], ARGV[7]) end
+if KEYS[10] then redis.pcall('SADD', KEYS[10], ARGV[7]) end
 local nc = tonumber(ARGV[8])
-local _, now_str = now_s()
+local now, now_str = now_s()
 local status = due == '' and S_QUEUED or S_SCHEDULED
 local h = {F_STATUS, status, F_ENQUEUED_AT, now_str}
 if due ~= '' then h[#h + 1] = F_DUE_AT; h[#h + 1] = due end
@@ -70,6 +82,11 @@ if guard ~= '' then
     return flags
   end
   redis.call('HSET', KEYS[4], guard, tick)
+end
+
+if deferred then
+  local missing = unknown_local(Q, KEYS[7], ARGV, first, nf, deps_at, deps_val)
+  if missing then return {MISSING, missing} end
 end
 
 if mode == 'error' then
@@ -113,7 +130,7 @@ for base = first, #ARGV, nf do
       local refs = {}
       for ref in string.gmatch(deps, '%S+') do refs[#refs + 1] = ref end
       call_many('SADD', qbase .. 'deps:' .. id, refs)
-      waiting[#waiting + 1] = id
+      waiting[#waiting + 1] = {id, refs}
     else
       if deferred then h[2] = status end
       ids[#ids + 1] = id
@@ -134,10 +151,23 @@ elseif #ids > 0 then
   for _, id in ipairs(ids) do redis.call('ZADD', KEYS[3], due, id) end
   redis.call('PUBLISH', channel, due)
 end
+local settled = {}
 if #waiting > 0 then
   local check = now_ms() + LINK_GRACE_MS
-  for _, id in ipairs(waiting) do redis.call('ZADD', KEYS[6], check, id) end
+  for _, w in ipairs(waiting) do redis.call('ZADD', KEYS[6], check, w[1]) end
+  local linked = now_ms() + tonumber(ARGV[6])
+  for _, w in ipairs(waiting) do
+    if not link_local(Q, KEYS[7], w[1], w[2], now, now_str) then redis.call('ZADD', KEYS[6], 'XX', linked, w[1]) end
+  end
+  for _, w in ipairs(waiting) do
+    local status = redis.call('HGET', prefix .. w[1], F_STATUS)
+    if status ~= S_DEFERRED then settled[#settled + 1] = w[1]; settled[#settled + 1] = status or '' end
+  end
 end
 if #ids + #waiting > 0 then bump(KEYS[5], 'enqueued', #ids + #waiting) end
+if deferred then
+  table.remove(flags, 1)
+  return {OK, all_created and {} or flags, settled}
+end
 if all_created then return {OK} end
 return flags
