@@ -17,6 +17,7 @@ from .batch import EnqueueData
 from .connection import aconnect, db_of
 from .job import JobData
 from .queue import QueueBase, delay_due, when_due
+from .registry import AsyncRegistry
 from .retry import Retry
 
 
@@ -54,11 +55,12 @@ class AsyncJob(JobData):
         return cls(job_id, found, conn, raw, allow_pickle=allow_pickle, prefix=space.prefix)
 
 
-class AsyncQueue(QueueBase):
+class AsyncQueue(QueueBase[AsyncRegistry]):
     """A named queue, as :class:`~conveyor.Queue` (same options, same errors), for asyncio code:
     ``await queue.enqueue(...)``. ``connection``: a ``redis.asyncio`` client."""
 
     _connect = staticmethod(aconnect)
+    _registry = AsyncRegistry
 
     def _job(self, job_id: str, raw: dict[bytes, Any]) -> AsyncJob:
         return AsyncJob(job_id, self.name, self.connection, raw, allow_pickle=self.allow_pickle,
@@ -121,6 +123,14 @@ class AsyncQueue(QueueBase):
     async def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
         return await steps.arun(job_steps.requeue_jobs(self.name, list(job_ids), self.keyspace), self.connection)
+
+    async def requeue_all_failed(self) -> int:
+        """Put every failed job of this queue back (fresh retry budget). Returns how many moved."""
+        return await steps.arun(self._requeue_all_failed_steps(), self.connection)
+
+    async def worker_job_ids(self, worker_id: str) -> list[str]:
+        """IDs of the jobs of this queue a worker holds a lease on."""
+        return await steps.arun(self._worker_ids_steps(worker_id), self.connection)
 
     async def aclose(self) -> None:
         """Close the client this queue made from a URL (not one passed in)."""

@@ -6,18 +6,18 @@ import abc
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
-from . import batch, errors, keys, scripts, steps, wire
+from . import batch, errors, job_steps, keys, scripts, steps, wire
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
 from .job import Job, requeue_jobs
 from .protocol import ENQUEUE_FIELDS, Code, Status
 from .protocol import Field as F
-from .registry import Registry
+from .registry import Registry, RegistryBase
 from .retry import Retry
 from .serializers import Serializer, get_serializer
 from .validation import (
@@ -34,13 +34,18 @@ _STATUS, _ENQUEUED_AT, _DUE_AT = F.STATUS.encode(), F.ENQUEUED_AT.encode(), F.DU
 _QUEUED, _SCHEDULED = Status.QUEUED.encode(), Status.SCHEDULED.encode()
 _FIELD_NAMES = tuple(f.encode() for f in ENQUEUE_FIELDS)  # a returned Job's hash fields, by column
 
-class QueueBase(abc.ABC):
+R = TypeVar("R", bound=RegistryBase)
+
+
+class QueueBase(abc.ABC, Generic[R]):
     """What the sync :class:`Queue` and the asyncio :class:`~conveyor.aio.AsyncQueue` share:
     settings, checking and encoding, and every operation as :mod:`conveyor.steps`."""
 
     connection: Any
     # How the client is built from redis_url / connection: sync (connect) or asyncio (aconnect).
     _connect: Callable[[str | None, Any], Any]
+    # How registries are read: sync properties (Registry) or awaited methods (AsyncRegistry).
+    _registry: type[R]
 
     def __init__(
         self,
@@ -106,6 +111,45 @@ class QueueBase(abc.ABC):
         k = self.keys
         replies = yield from steps.execute(lambda p: (p.lrange(k.recovered, 0, -1), p.lrange(k.ready, 0, -1)))
         return [i.decode() for ids in replies for i in ids]
+
+    def _requeue_all_failed_steps(self) -> steps.Steps[int]:
+        ids = yield from self.failed._ids_steps()
+        return (yield from job_steps.requeue_jobs(self.name, ids, self.keyspace)) if ids else 0
+
+    def _worker_ids_steps(self, worker_id: str) -> steps.Steps[list[str]]:
+        [ids] = yield from steps.execute(lambda p: p.smembers(self.keys.claimed(worker_id)))
+        return sorted(i.decode() for i in ids)
+
+    # -- registries (plain job IDs, never composite) ----------------------------------
+
+    def registry(self, name: str) -> R:
+        """``prefetched``, ``started``, ``scheduled``, ``finished``, ``failed`` or ``canceled``."""
+        return self._registry(self, name)
+
+    @property
+    def prefetched(self) -> R:
+        """Jobs a worker holds in its buffer: claimed, not running yet."""
+        return self.registry(Status.PREFETCHED)
+
+    @property
+    def started(self) -> R:
+        return self.registry(Status.STARTED)
+
+    @property
+    def scheduled(self) -> R:
+        return self.registry(Status.SCHEDULED)
+
+    @property
+    def finished(self) -> R:
+        return self.registry(Status.FINISHED)
+
+    @property
+    def failed(self) -> R:
+        return self.registry(Status.FAILED)
+
+    @property
+    def canceled(self) -> R:
+        return self.registry(Status.CANCELED)
 
     def encode_batch(
         self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
@@ -210,7 +254,7 @@ def when_due(when: dt.datetime) -> float:
     return when.timestamp()
 
 
-class Queue(QueueBase):
+class Queue(QueueBase[Registry]):
     """A named queue in Redis.
 
     ``result_ttl`` and ``failure_ttl`` are the defaults for jobs enqueued here: seconds
@@ -231,6 +275,7 @@ class Queue(QueueBase):
     """
 
     _connect = staticmethod(connect)
+    _registry = Registry
 
     # -- enqueueing --------------------------------------------------------------
 
@@ -297,8 +342,8 @@ class Queue(QueueBase):
         return requeue_jobs(self.connection, self.name, list(job_ids), self.keyspace)
 
     def requeue_all_failed(self) -> int:
-        ids = self.failed.job_ids
-        return requeue_jobs(self.connection, self.name, ids, self.keyspace) if ids else 0
+        """Put every failed job of this queue back (fresh retry budget). Returns how many moved."""
+        return steps.run(self._requeue_all_failed_steps(), self.connection)
 
     # -- looking --------------------------------------------------------------------
 
@@ -319,37 +364,7 @@ class Queue(QueueBase):
         return Job.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle,
                          prefix=self.keyspace.prefix)
 
-    def registry(self, name: str) -> Registry:
-        """``prefetched``, ``started``, ``scheduled``, ``finished``, ``failed`` or ``canceled``:
-        plain job IDs, never composite."""
-        return Registry(self, name)
-
-    @property
-    def prefetched(self) -> Registry:
-        """Jobs a worker holds in its buffer: claimed, not running yet."""
-        return self.registry(Status.PREFETCHED)
-
-    @property
-    def started(self) -> Registry:
-        return self.registry(Status.STARTED)
-
-    @property
-    def scheduled(self) -> Registry:
-        return self.registry(Status.SCHEDULED)
-
-    @property
-    def finished(self) -> Registry:
-        return self.registry(Status.FINISHED)
-
-    @property
-    def failed(self) -> Registry:
-        return self.registry(Status.FAILED)
-
-    @property
-    def canceled(self) -> Registry:
-        return self.registry(Status.CANCELED)
-
     def worker_job_ids(self, worker_id: str) -> list[str]:
         """IDs of the jobs of this queue a worker holds a lease on."""
-        return sorted(i.decode() for i in self.connection.smembers(self.keys.claimed(worker_id)))
+        return steps.run(self._worker_ids_steps(worker_id), self.connection)
 
