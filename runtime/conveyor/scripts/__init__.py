@@ -8,7 +8,8 @@ fields as ``F_STATUS``) and ``_lib.lua`` are put after that line, so the wire na
 definition and helpers are not copied.
 
 Scripts run by EVALSHA inside ordinary pipelines, or alone (:meth:`Script.run`, for the
-single enqueue: a pipeline costs more client time than the Lua). (redis-py's own Script
+single enqueue: a pipeline costs more client time than the Lua; sent on a connection the
+thread keeps, :mod:`conveyor.direct`). (redis-py's own Script
 objects send SCRIPT EXISTS before every pipeline, a second round trip on the hot path.) Every command
 of a pipeline gets its own reply (:func:`aexecute_each`): an error in one never throws
 away what Redis did for the others. When Redis answers NOSCRIPT (restarted, flushed) the
@@ -28,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .. import protocol, routing
+from .. import direct, protocol, routing
 from ..connection import is_cluster
 
 PRELUDE = protocol.lua_prelude()
@@ -60,7 +61,7 @@ class Script:
         NOSCRIPT the scripts are loaded and it is sent again (a script that hit NOSCRIPT
         never ran). A connection error raises."""
         def send() -> Any:
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return direct.execute(client, "EVALSHA", self.sha, len(keys), *keys, *args)
 
         try:
             try:
