@@ -9,13 +9,13 @@ same errors and write the same jobs; a FastAPI handler awaits instead of blockin
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import job_steps, keys, steps, wire
+from . import job_steps, keys, steps, waiting, waiting_aio, wire
 from .batch import EnqueueData
 from .connection import aconnect, db_of
-from .job import JobData
+from .job import JobData, Progress
 from .queue import QueueBase, delay_due, when_due
 from .retry import Retry
 
@@ -43,6 +43,12 @@ class AsyncJob(JobData):
     async def requeue(self) -> None:
         """Put a failed job back on its queue, with a fresh retry budget."""
         self._load(await steps.arun(job_steps.requeue(self), self.connection))
+
+    async def wait(self, timeout: float | None = None, *,
+                   on_progress: Callable[[Progress], object] | None = None) -> Any:
+        """As :meth:`conveyor.Job.wait`; waits of one client share one pub/sub connection, so
+        ``asyncio.gather`` over many jobs opens no connection per job."""
+        return waiting.unwrap((await waiting_aio.wait_async(self.connection, [self], timeout, on_progress))[0])
 
     @classmethod
     async def fetch(cls, job_id: str, connection: Any = None, *, queue: str | None = None,
@@ -121,6 +127,13 @@ class AsyncQueue(QueueBase):
     async def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
         return await steps.arun(job_steps.requeue_jobs(self.name, list(job_ids), self.keyspace), self.connection)
+
+    async def wait_all(self, jobs: Sequence[JobData], timeout: float | None = None, *,
+                       return_exceptions: bool = False,
+                       on_progress: Callable[[Progress], object] | None = None) -> list[Any]:
+        """As :meth:`conveyor.Queue.wait_all`."""
+        results = await waiting_aio.wait_async(self.connection, list(jobs), timeout, on_progress)
+        return waiting.values(results, return_exceptions)
 
     async def aclose(self) -> None:
         """Close the client this queue made from a URL (not one passed in)."""
