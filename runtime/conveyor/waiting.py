@@ -112,6 +112,10 @@ class Routes:
                     if not found:
                         del self._by_key[key]
 
+    def empty(self) -> bool:
+        with self._lock:
+            return not self._by_key
+
     def deliver(self, channel: str, data: bytes) -> None:
         parsed = parse(data)
         if parsed is None:
@@ -281,6 +285,12 @@ class Hub:
             try:
                 message = self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
+                with self._lock:
+                    if self.routes.empty():  # nobody waits: drop it; the next wait subscribes anew
+                        self._pubsub.reset()
+                        self._confirmed.clear()
+                        self._thread = None
+                        return
                 if not broken:
                     log.warning("waits lost their pub/sub connection (%s); reconnecting", exc)
                 broken = True

@@ -25,7 +25,7 @@ from .. import calls, keys
 from ..connection import cause
 from ..protocol import Code, Status
 from ..settings import WorkerSettings
-from . import recorded
+from . import progress, recorded
 from .claimed import Claimed, Ended, parse_claim
 from .link import LinkDown, RedisLink
 from .metrics import WorkerMetrics
@@ -121,9 +121,11 @@ class Flow:
         sent = time.monotonic()
         claim_args = self._claim_args(first, want) if first else None
         unsure, self._unsure = self._unsure, []
+        reports = progress.take()  # what running jobs reported, written before their outcomes
         try:
-            replies = await self.link.roundtrip(lambda p: self._build(p, unsure, parts, first, claim_args))
+            replies = await self.link.roundtrip(lambda p: self._build(p, unsure, reports, parts, first, claim_args))
         except LinkDown:
+            progress.give_back(reports)
             r.starting[:0] = starting
             r.ended[:0] = ready
             r.release[:0] = release
@@ -132,9 +134,11 @@ class Flow:
             if first and claim_args:
                 self._lost_claim(first, claim_args)
             return False
+        finally:
+            progress.sent(reports)
         for (queue, _, _), reply in zip(unsure, replies):
             self._disowned(queue, reply)
-        replies = replies[len(unsure):]
+        replies = replies[len(unsure) + len(reports):]
         for (kind, queue, items), reply in zip(parts, replies):
             self._settle(kind, queue, items, reply)
         claimed = self._claimed(first, replies[-1], sent) if first else []
@@ -175,11 +179,12 @@ class Flow:
         parts = [(kind, queue, items) for (kind, queue), items in groups.items()]
         return parts + [("cancel", job.queue, [job]) for job in cancels]  # cancel.lua takes one job
 
-    def _build(self, pipe: Any, unsure: list[tuple[str, int, int]], parts: list[tuple[str, str, list[Any]]],
-               first: str | None, claim_args: list[Any] | None) -> None:
+    def _build(self, pipe: Any, unsure: list[tuple[str, int, int]], reports: progress.Groups,
+               parts: list[tuple[str, str, list[Any]]], first: str | None, claim_args: list[Any] | None) -> None:
         s = self.settings
         for queue, seq, n in unsure:  # first: the jobs handed back may be claimed again below
             calls.disown(pipe, self.keys[queue], self.id, self._exec_prefix, seq, n)
+        progress.queue_calls(pipe, self.keys, reports)
         for kind, queue, items in parts:
             k = self.keys[queue]
             if kind == "start":
