@@ -70,8 +70,8 @@ class JobContext:
     def _post(self, progress: str | None = None, meta: str | None = None) -> None:
         if not self.reporting:
             raise ProgressError("progress and meta cannot be reported from a process-pool job (--pool process): "
-                                "its child process has no link to the worker's round trips; use the thread or "
-                                "asyncio pool")
+                                "its child process has no link to the worker's round trips; use --pool thread or "
+                                "--pool async")
         with OUTBOX.lock:
             if progress is not None:
                 self.pending_progress = progress

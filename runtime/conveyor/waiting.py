@@ -18,14 +18,13 @@ operations plus two of its own (:class:`Subscribe`, :class:`Sleep`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
-
-from redis.exceptions import RedisError
 
 from . import calls, errors, scripts
 from .connection import is_cluster
@@ -284,10 +283,11 @@ class Hub:
         while True:
             try:
                 message = self._pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a closed client breaks redis-py in more ways than RedisError
                 with self._lock:
                     if self.routes.empty():  # nobody waits: drop it; the next wait subscribes anew
-                        self._pubsub.reset()
+                        with contextlib.suppress(Exception):
+                            self._pubsub.reset()
                         self._confirmed.clear()
                         self._thread = None
                         return

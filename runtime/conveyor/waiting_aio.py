@@ -7,10 +7,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from . import routing, scripts
 from .job import JobData
@@ -20,12 +18,47 @@ log = logging.getLogger("conveyor.waiting")
 
 
 class AsyncHub:
+    """The reader task of one client's pub/sub connection, and the batcher of its waits' reads:
+    ``asyncio.gather`` over many waits sends their watch.lua calls together, in one pipeline
+    on one connection, instead of one connection of the pool per concurrent wait."""
+
     def __init__(self, client: Any) -> None:
         self.routes = Routes()
         self.loop = asyncio.get_running_loop()
+        self._client = client
         self._pubsub = routing.apubsub(client, ignore_subscribe_messages=False)
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[tuple[Callable[[Any], object], int, asyncio.Future[list[Any]]]] = []
+        self._flushing = False
+
+    async def execute(self, build: Callable[[Any], object]) -> list[Any]:
+        """Run ``build``'s commands with every other read queued meanwhile; its own replies."""
+        future: asyncio.Future[list[Any]] = self.loop.create_future()
+        self._batch.append((build, len(routing.record(build)), future))
+        if not self._flushing:
+            self._flushing = True
+            self.loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                try:
+                    replies = await scripts.aexecute_each(self._client, lambda p: [b(p) for b, _, _ in batch])
+                except Exception as exc:  # a dropped connection: every wait of the batch raises it
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                at = 0
+                for _, n, future in batch:
+                    if not future.done():
+                        future.set_result(replies[at:at + n])
+                    at += n
+        finally:
+            self._flushing = False
 
     async def subscribe(self, channels: Sequence[str], seconds: float | None) -> bool:
         new = [c for c in channels if c not in self._confirmed]
@@ -49,13 +82,19 @@ class AsyncHub:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a closed client breaks redis-py in more ways than RedisError
+                if self.routes.empty():  # nobody waits: end; the next wait starts a reader again
+                    self._task = None
+                    self._confirmed.clear()
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.reset()
+                    return
                 if not broken:
                     log.warning("waits lost their pub/sub connection (%s); reconnecting", exc)
                 broken = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await self._pubsub.connect()  # resubscribes (redis-py's on_connect)
                 continue
             delay = 0.05
@@ -109,6 +148,6 @@ async def wait_async(client: Any, jobs: Sequence[JobData], timeout: float | None
                     reply = False
                 news.clear()
             else:
-                reply = await scripts.aexecute_each(client, op.build)
+                reply = await hub.execute(op.build)
     finally:
         hub.routes.remove(watch)
