@@ -40,7 +40,7 @@ class JobContext:
     lease_lost: bool = field(default=False, compare=False)
     # False in a process-pool child: nothing carries its reports to the worker's round trips.
     reporting: bool = field(default=True, compare=False)
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    set_meta_value: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     # Encoded reports waiting for the worker's next round trip (under OUTBOX.lock).
     pending_progress: str | None = field(default=None, compare=False, repr=False)
     pending_meta: str | None = field(default=None, compare=False, repr=False)
@@ -64,8 +64,13 @@ class JobContext:
             raise ProgressError(f"meta must be JSON-able: {exc}") from None
         if len(encoded.encode()) > MAX_META:
             raise ProgressError(f"meta is {len(encoded.encode())} bytes as JSON; the limit is {MAX_META}")
-        self.meta = json.loads(encoded)
+        self.set_meta_value = json.loads(encoded)
         self._post(meta=encoded)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What this execution last set with :meth:`set_meta` (a copy), {} if nothing."""
+        return dict(self.set_meta_value or {})
 
     def _post(self, progress: str | None = None, meta: str | None = None) -> None:
         if not self.reporting:
