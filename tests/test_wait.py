@@ -19,7 +19,13 @@ import redis.asyncio as aioredis
 
 from conveyor import JobCanceled, JobFailed, JobStatus, NoSuchJob, Queue, Retry, WaitTimeout, admin, waiting
 from conveyor.aio import AsyncQueue
-from support import WorkerProcess, fetch, wait_until
+from support import WorkerProcess, fetch, wait_until, worker_id
+
+
+@pytest.fixture
+def no_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waits read their jobs again only when told: what wakes them can only be an announcement."""
+    monkeypatch.setattr(waiting, "RECHECK", 300.0)
 
 
 def lines(path: Path) -> list[str]:
@@ -70,7 +76,7 @@ def test_a_retried_job_is_waited_until_its_final_outcome(
     assert len(lines(gives_up)) == 2
 
 
-def test_a_canceled_job_raises_job_canceled_at_once(conn: redis.Redis, queue: Queue) -> None:
+def test_a_canceled_job_raises_job_canceled_at_once(conn: redis.Redis, queue: Queue, no_recheck: None) -> None:
     """No worker: the waiter parks; cancel.lua's announcement wakes it."""
     job = queue.enqueue("jobs_wait:add", "unused", 1, 1)
     caught: list[BaseException] = []
@@ -115,7 +121,7 @@ def test_an_ended_job_is_returned_at_once_even_with_no_time_left(
     assert queue.wait_all([job, failed], timeout=0, return_exceptions=True)[0] == 8
 
 
-def test_a_purged_job_ends_its_wait_with_no_such_job(conn: redis.Redis, queue: Queue) -> None:
+def test_a_purged_job_ends_its_wait_with_no_such_job(conn: redis.Redis, queue: Queue, no_recheck: None) -> None:
     job = queue.enqueue("jobs_wait:add", "unused", 1, 1)
     caught: list[BaseException] = []
     t = threading.Thread(target=lambda: caught.append(pytest.raises(NoSuchJob, job.wait, timeout=30).value))
@@ -216,3 +222,37 @@ def test_the_ended_channel_lua_names_is_the_keys_one() -> None:
     assert job_key[: len(job_key) - len("abc") - 4] + "ended" == k.ended_channel  # _lib.lua's announce
     assert waiting.parse(b"e abc") == ("e", "abc", b"")
     assert waiting.parse(b"p abc 12.5 {\"value\": 1}") == ("p", "abc", b"12.5 {\"value\": 1}")
+
+
+def test_a_job_abandoned_by_its_lost_worker_ends_its_wait(
+        conn: redis.Redis, queue: Queue, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path, no_recheck: None) -> None:
+    """release_worker.lua (a lost pod's jobs back at once) fails a job at max_deliveries as
+    Abandoned: the waiter hears it from that step too."""
+    w = spawn_worker()
+    job = queue.enqueue("jobs:sleep", 60, max_deliveries=1)
+    wait_until(lambda: fetch(conn, job).status is JobStatus.STARTED, 15, "the job to start")
+    caught: list[BaseException] = []
+    t = threading.Thread(target=lambda: caught.append(pytest.raises(JobFailed, job.wait, timeout=30).value))
+    t.start()
+    wait_until(lambda: waited(conn, job.id), 10, "the waiter's mark on the job")
+    lost = worker_id(w)
+    w.stop()  # SIGKILL
+    admin.release_worker(conn, lost, "pod deleted")
+    t.join(30)
+    assert not t.is_alive()
+    assert len(caught) == 1 and isinstance(caught[0], JobFailed) and caught[0].exc_type == "Abandoned", caught
+
+
+def test_a_malformed_job_failed_at_its_claim_ends_its_wait(
+        conn: redis.Redis, queue: Queue, spawn_worker: Callable[..., WorkerProcess], no_recheck: None) -> None:
+    job = queue.enqueue("jobs_wait:add", "unused", 1, 1)
+    conn.hset(job.key, "timeout", "soon")  # corrupted: claim.lua fails it as MalformedJob
+    caught: list[BaseException] = []
+    t = threading.Thread(target=lambda: caught.append(pytest.raises(JobFailed, job.wait, timeout=30).value))
+    t.start()
+    wait_until(lambda: waited(conn, job.id), 10, "the waiter's mark on the job")
+    spawn_worker()
+    t.join(30)
+    assert not t.is_alive()
+    assert len(caught) == 1 and isinstance(caught[0], JobFailed), caught
+    assert caught[0].exc_type == "MalformedJob" and "timeout" in caught[0].message

@@ -71,7 +71,10 @@ class Watch:
                 self.ended.add(job_id)
             elif kind == "p":
                 at, _, body = rest.partition(b" ")
-                self.progress.append((job_id, float(at), body))
+                try:
+                    self.progress.append((job_id, float(at), body))
+                except ValueError:  # not one of ours (anyone may publish): read the job instead
+                    self.recheck = True
             else:
                 self.recheck = True
         self.notify()
