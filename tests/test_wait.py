@@ -256,3 +256,25 @@ def test_a_malformed_job_failed_at_its_claim_ends_its_wait(
     assert not t.is_alive()
     assert len(caught) == 1 and isinstance(caught[0], JobFailed), caught
     assert caught[0].exc_type == "MalformedJob" and "timeout" in caught[0].message
+
+
+def test_an_async_wait_outlives_a_lost_pub_sub_connection(
+        redis_url: str, conn: redis.Redis, spawn_worker: Callable[..., WorkerProcess], no_recheck: None) -> None:
+    spawn_worker()
+
+    async def main() -> list[Any]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            q = AsyncQueue("default", connection=client)
+            slow = await q.enqueue("jobs:sleep", 1.0)
+            waiter = asyncio.ensure_future(slow.wait(timeout=30))
+            while not waited(conn, slow.id):
+                await asyncio.sleep(0.01)
+            conn.client_kill_filter(_type="pubsub")
+            first = await waiter
+            later = await q.enqueue("jobs:add", 2, 2)
+            return [first, await later.wait(timeout=20)]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == [1.0, 4]
