@@ -44,6 +44,7 @@ def test_wait_returns_the_result(queue: Queue, spawn_worker: Callable[..., Worke
     spawn_worker()
     trace = tmp_path / "runs"
     job = queue.enqueue("jobs_wait:add", str(trace), 2, 3)
+    assert queue.wait_all([job, job], timeout=20) == [5, 5]  # the same job twice: both entries end
     assert job.wait(timeout=20) == 5
     assert job.status is JobStatus.FINISHED  # the snapshot is the ended job's
     assert lines(trace) == ["add 2 3"]

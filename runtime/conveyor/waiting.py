@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from . import calls, errors, scripts
 from .connection import is_cluster
 from .job import JobData, Progress
-from .protocol import Status
+from .protocol import Field, Status
 from .steps import Pipeline
 
 log = logging.getLogger("conveyor.waiting")
@@ -38,6 +38,7 @@ RECHECK = 10.0  # seconds a wait trusts the channel alone before reading its job
 SUBSCRIBE_GRACE = 1.0  # seconds a wait with a shorter timeout still gives its subscription
 CHUNK = 500  # jobs per watch.lua call: a bounded reply and a short script
 _ENDED = {Status.FINISHED, Status.FAILED, Status.CANCELED}
+_PROGRESS = Field.PROGRESS.encode()
 ProgressCallback = Callable[[Progress], object]
 
 
@@ -198,9 +199,10 @@ def wait_steps(jobs: Sequence[JobData], timeout: float | None, watch: Watch,
                     results[i] = errors.NoSuchJob(f"job {job.id!r} no longer exists in queue {job.queue!r}")
                     del pending[i]
                     continue
-                job._load(_hash(flat))
+                raw = _hash(flat)
+                job._load(raw)
                 if (p := job.progress) is not None and p.updated_at is not None:
-                    report(job.id, p.updated_at, _hash(flat).get(b"progress"))
+                    report(job.id, p.updated_at, raw.get(_PROGRESS))
                 if job.status_text in _ENDED:
                     results[i] = outcome(job)
                     del pending[i]
@@ -208,7 +210,9 @@ def wait_steps(jobs: Sequence[JobData], timeout: float | None, watch: Watch,
     yield from read(list(pending))
     if pending and not subscribed:
         raise _timeout([jobs[i] for i in pending], timeout)
-    index = {job.id: i for i, job in pending.items()}
+    index: dict[str, list[int]] = {}  # a job may be passed twice
+    for i, job in pending.items():
+        index.setdefault(job.id, []).append(i)
     while pending:
         remaining = left()
         if remaining is not None and remaining <= 0:
@@ -220,7 +224,7 @@ def wait_steps(jobs: Sequence[JobData], timeout: float | None, watch: Watch,
         if recheck or not news and (remaining is None or remaining > RECHECK):
             again = list(pending)
         else:
-            again = [index[j] for j in ended if j in index and index[j] in pending]
+            again = [i for j in ended for i in index.get(j, ()) if i in pending]
         if again:
             yield from read(again)
     return [results[i] for i in range(len(jobs))]
