@@ -116,6 +116,8 @@ SAMPLE_CALLS = {
     "purge": lambda p: calls.purge(p, K, True),
     "lock_renew": lambda p: calls.lock_renew(p, "lock", "t", 1000),
     "lock_release": lambda p: calls.lock_release(p, "lock", "t"),
+    "watch": lambda p: calls.watch(p, K, ["j"]),
+    "progress": lambda p: calls.progress(p, K, [("j", "e", '{"value": 1}', "")]),
 }
 
 

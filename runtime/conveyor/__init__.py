@@ -10,14 +10,18 @@ from .errors import (
     InvalidJobId,
     InvalidQueueName,
     InvalidTransition,
+    JobCanceled,
     JobExists,
+    JobFailed,
     MalformedJob,
     NoSuchJob,
     PickleRefused,
+    ProgressError,
     RedisFull,
     SerializationError,
+    WaitTimeout,
 )
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus
+from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus, Progress
 from .periodic import CronJob, cron
 from .queue import EnqueueData, Queue
 from .retry import Backoff, Retry, RetryLater
@@ -53,13 +57,18 @@ __all__ = [
     "InvalidQueueName",
     "InvalidTransition",
     "Job",
+    "JobCanceled",
     "JobExists",
+    "JobFailed",
     "MalformedJob",
     "RedisFull",
     "JobStatus",
     "NoSuchJob",
     "PickleRefused",
+    "Progress",
+    "ProgressError",
     "Queue",
     "SerializationError",
+    "WaitTimeout",
     "WorkerSettings",
 ]

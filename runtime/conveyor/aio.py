@@ -9,13 +9,13 @@ same errors and write the same jobs; a FastAPI handler awaits instead of blockin
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import job_steps, keys, steps, wire
+from . import job_steps, keys, steps, waiting, waiting_aio, wire
 from .batch import EnqueueData
 from .connection import aconnect, db_of
-from .job import JobData
+from .job import JobData, Progress
 from .queue import QueueBase, delay_due, when_due
 from .registry import AsyncRegistry
 from .retry import Retry
@@ -44,6 +44,12 @@ class AsyncJob(JobData):
     async def requeue(self) -> None:
         """Put a failed job back on its queue, with a fresh retry budget."""
         self._load(await steps.arun(job_steps.requeue(self), self.connection))
+
+    async def wait(self, timeout: float | None = None, *,
+                   on_progress: Callable[[Progress], object] | None = None) -> Any:
+        """As :meth:`conveyor.Job.wait`; waits of one client share one pub/sub connection, so
+        ``asyncio.gather`` over many jobs opens no connection per job."""
+        return waiting.unwrap((await waiting_aio.wait_async(self.connection, [self], timeout, on_progress))[0])
 
     @classmethod
     async def fetch(cls, job_id: str, connection: Any = None, *, queue: str | None = None,
@@ -131,6 +137,13 @@ class AsyncQueue(QueueBase[AsyncRegistry]):
     async def worker_job_ids(self, worker_id: str) -> list[str]:
         """IDs of the jobs of this queue a worker holds a lease on."""
         return await steps.arun(self._worker_ids_steps(worker_id), self.connection)
+
+    async def wait_all(self, jobs: Sequence[JobData], timeout: float | None = None, *,
+                       return_exceptions: bool = False,
+                       on_progress: Callable[[Progress], object] | None = None) -> list[Any]:
+        """As :meth:`conveyor.Queue.wait_all`."""
+        results = await waiting_aio.wait_async(self.connection, list(jobs), timeout, on_progress)
+        return waiting.values(results, return_exceptions)
 
     async def aclose(self) -> None:
         """Close the client this queue made from a URL (not one passed in)."""

@@ -124,3 +124,15 @@ def lock_renew(pipe: Any, lock: str, token: str, ttl_ms: int) -> Any:
 
 def lock_release(pipe: Any, lock: str, token: str) -> Any:
     return scripts.lock_release(pipe, [lock], [token])
+
+
+def watch(pipe: Any, k: QueueKeys, job_ids: Iterable[str]) -> Any:
+    return scripts.watch(pipe, [k.finished], [k.job_prefix, *job_ids])
+
+
+def progress(pipe: Any, k: QueueKeys, jobs: Iterable[tuple[str, str, str, str]]) -> Any:
+    """jobs: (id, execution ID, progress JSON, meta JSON), "" leaving a value as it is."""
+    args: list[Any] = [k.job_prefix]
+    for row in jobs:
+        args += row
+    return scripts.progress(pipe, [k.leases], args)

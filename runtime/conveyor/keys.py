@@ -26,6 +26,8 @@ not know the job IDs up front (claim); they share the same tag.
                                                 the name of a queue key such as "ready"
 
     conveyor:{q:N}:scheduled (channel)   pub/sub: "a job was scheduled", wakes the scheduler
+    conveyor:{q:N}:ended (channel)       pub/sub: "e ID" a waited job ended (or was purged), "p ID TIME
+                                         JSON" its progress; only for jobs a waiter marked (watch.lua)
 
 Fleet-wide, under their own hash tag so fleet bookkeeping is one slot on a Cluster
 (never touched by a Lua script):
@@ -179,6 +181,12 @@ class QueueKeys:
     @cached_property
     def schedule_channel(self) -> str:
         return f"{self.base}:scheduled"
+
+    @cached_property
+    def ended_channel(self) -> str:
+        """Where waited jobs are announced (conveyor.waiting); _lib.lua's announce derives the same
+        name from a job key."""
+        return f"{self.base}:ended"
 
     @cached_property
     def claimed_prefix(self) -> str:

@@ -51,6 +51,12 @@ class Field:
     EXC_TRACEBACK: Final = "exc_traceback"
     RETRIES: Final = "retries"
     ORPHANED: Final = "orphaned"
+    # A waiter watches the job (watch.lua): the steps that end it announce it on the queue's
+    # ended channel. Unset on most jobs, so they pay no PUBLISH.
+    WAITED: Final = "waited"
+    PROGRESS: Final = "progress"  # JSON {"value": number, "message": str|null}, the latest reported
+    PROGRESS_AT: Final = "progress_at"  # when it was stored (Redis time, s)
+    META: Final = "meta"  # JSON object set by the running job (JobContext.set_meta)
 
 
 FIELDS: Final[tuple[str, ...]] = tuple(v for k, v in vars(Field).items() if k.isupper())
@@ -144,6 +150,8 @@ KEYS: Final[dict[str, tuple[str, ...]]] = {
     "failed_types": ("failed",),
     "lock_renew": ("lock",),
     "lock_release": ("lock",),
+    "watch": ("finished",),  # names the queue's slot only: it reads and marks job hashes
+    "progress": ("leases",),  # likewise
     "repair": ("ready", "recovered", "wake", "prefetched", "leases", "scheduled", "finished", "failed", "canceled"),
 }
 

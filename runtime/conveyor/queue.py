@@ -5,16 +5,16 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
-from . import batch, errors, job_steps, keys, scripts, steps, wire
+from . import batch, errors, job_steps, keys, scripts, steps, waiting, wire
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
-from .job import Job, requeue_jobs
+from .job import Job, JobData, Progress, requeue_jobs
 from .protocol import ENQUEUE_FIELDS, Code, Status
 from .protocol import Field as F
 from .registry import Registry, RegistryBase
@@ -336,6 +336,14 @@ class Queue(QueueBase[Registry]):
 
     def _job(self, job_id: str, raw: dict[bytes, Any]) -> Job:
         return Job(job_id, self.name, self.connection, raw, allow_pickle=self.allow_pickle, prefix=self.keyspace.prefix)
+
+    def wait_all(self, jobs: Sequence[JobData], timeout: float | None = None, *, return_exceptions: bool = False,
+                 on_progress: Callable[[Progress], object] | None = None) -> list[Any]:
+        """Block until every job ended; their results in order. A failed or canceled job's
+        exception is raised (the first, in order, once all ended), or put in its place with
+        ``return_exceptions=True``; :class:`~conveyor.WaitTimeout` after ``timeout`` seconds.
+        All waits of this queue's client share one pub/sub connection."""
+        return waiting.values(waiting.wait_sync(self.connection, list(jobs), timeout, on_progress), return_exceptions)
 
     def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""

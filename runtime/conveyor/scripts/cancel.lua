@@ -11,7 +11,7 @@ local err = expect_types({KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'zset', KEY
 if err then return err end
 local id, exec = ARGV[2], ARGV[4]
 local key = ARGV[1] .. id
-local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_WORKER, F_FAILURE_TTL, F_UNIQUE_LOCK)
+local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_WORKER, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WAITED)
 if f.err or not f[1] then return {MISSING} end
 local status = f[1]
 if status == S_QUEUED and exec == '' then
@@ -28,6 +28,7 @@ end
 local now, now_str = now_s()
 redis.call('HSET', key, F_STATUS, S_CANCELED, F_ENDED_AT, now_str)
 redis.call('HDEL', key, F_SUSPECT)
+if f[6] then announce(key, id, 'e') end
 local score = retire(key, id, f[4], ARGV[3], f[5], now)
 register(KEYS[2], score and {score, id} or {}, now)
 return {OK}

@@ -17,7 +17,8 @@ local requeued, abandoned = {}, {}
 
 local function recover(id, started)
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED)
+  local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED,
+    F_WAITED)
   if settle(key, id, f, KEYS[4], ARGV[5], ARGV[6] .. id, now, now_str) then return end
   if f[1] ~= (started and S_STARTED or S_PREFETCHED) then return end  -- it moved on: a stale entry
   if f[2] then redis.pcall('SREM', claimed_prefix .. f[2], id) end

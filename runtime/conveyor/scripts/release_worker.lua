@@ -18,7 +18,8 @@ local requeued, abandoned = {}, {}
 
 local function recover(id)
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED)
+  local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED,
+    F_WAITED)
   local settled = settle(key, id, f, KEYS[4], ARGV[4], ARGV[5] .. id, now, now_str)
   -- Another worker's lease (the job was reaped and claimed again) is not ours to take.
   if settled or not LIVE[f[1]] or f[2] ~= worker then return end

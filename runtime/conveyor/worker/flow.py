@@ -25,16 +25,16 @@ from .. import calls, keys
 from ..connection import cause
 from ..protocol import Code, Status
 from ..settings import WorkerSettings
-from .calltext import LazyCall, debug_traceback, with_traceback
+from . import progress, recorded
 from .claimed import Claimed, Ended, parse_claim
 from .link import LinkDown, RedisLink
 from .metrics import WorkerMetrics
+from .recorded import OUTCOMES as _OUTCOMES
 from .refusals import Refusals
 from .runner import Runner
 
 log = logging.getLogger("conveyor.worker")
 
-_OUTCOMES = {"complete": "succeeded", "fail": "failed", "retry": "retried", "stop": "stopped"}  # metric labels
 
 
 class Flow:
@@ -121,9 +121,11 @@ class Flow:
         sent = time.monotonic()
         claim_args = self._claim_args(first, want) if first else None
         unsure, self._unsure = self._unsure, []
+        reports = progress.take()  # what running jobs reported, written before their outcomes
         try:
-            replies = await self.link.roundtrip(lambda p: self._build(p, unsure, parts, first, claim_args))
+            replies = await self.link.roundtrip(lambda p: self._build(p, unsure, reports, parts, first, claim_args))
         except LinkDown:
+            progress.give_back(reports)
             r.starting[:0] = starting
             r.ended[:0] = ready
             r.release[:0] = release
@@ -132,9 +134,11 @@ class Flow:
             if first and claim_args:
                 self._lost_claim(first, claim_args)
             return False
+        finally:
+            progress.sent(reports)
         for (queue, _, _), reply in zip(unsure, replies):
             self._disowned(queue, reply)
-        replies = replies[len(unsure):]
+        replies = replies[len(unsure) + len(reports):]
         for (kind, queue, items), reply in zip(parts, replies):
             self._settle(kind, queue, items, reply)
         claimed = self._claimed(first, replies[-1], sent) if first else []
@@ -175,11 +179,12 @@ class Flow:
         parts = [(kind, queue, items) for (kind, queue), items in groups.items()]
         return parts + [("cancel", job.queue, [job]) for job in cancels]  # cancel.lua takes one job
 
-    def _build(self, pipe: Any, unsure: list[tuple[str, int, int]], parts: list[tuple[str, str, list[Any]]],
-               first: str | None, claim_args: list[Any] | None) -> None:
+    def _build(self, pipe: Any, unsure: list[tuple[str, int, int]], reports: progress.Groups,
+               parts: list[tuple[str, str, list[Any]]], first: str | None, claim_args: list[Any] | None) -> None:
         s = self.settings
         for queue, seq, n in unsure:  # first: the jobs handed back may be claimed again below
             calls.disown(pipe, self.keys[queue], self.id, self._exec_prefix, seq, n)
+        progress.queue_calls(pipe, self.keys, reports)
         for kind, queue, items in parts:
             k = self.keys[queue]
             if kind == "start":
@@ -336,47 +341,8 @@ class Flow:
             self._suspect_freed = True  # the place for a suspect is free: look for the next one
 
     def _recorded(self, e: Ended, code: int) -> None:
-        job, kind, m, s = e.job, e.kind, self.metrics.of(e.job.queue), self.settings
-        self._done_with(job)
-        extra = {"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
-                 "duration": round(e.duration, 6), "event": kind, "func": job.func}
-        if code in (Code.OK, Code.DUPLICATE):
-            outcome = _OUTCOMES[kind]
-            self.stats["finished" if kind == "complete" else outcome] += 1
-            getattr(m, outcome).inc()
-            m.run_time[outcome].observe(e.duration)
-            o = e.outcome
-            # The job's one line at INFO: how it ended, with its call (its text built only if logged).
-            if kind == "complete":
-                if log.isEnabledFor(logging.INFO):
-                    log.info("job %s finished: %s (execution %s, queue %s, %.3fs)", job.id, self._call(job),
-                             job.execution_id, job.queue, e.duration, extra=extra)
-                return
-            call = self._call(job)
-            if kind == "retry":
-                log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
-                            call, job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
-                            job.retries + 1, e.retry_in, extra=with_traceback(extra, o.traceback, s.log_tracebacks))
-                debug_traceback(log, extra, o.traceback, s.log_tracebacks)
-            elif kind == "stop":
-                log.warning("job %s stopped on request: %s (execution %s, queue %s, %.3fs)", job.id, call,
-                            job.execution_id, job.queue, e.duration, extra=extra)
-            else:
-                log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s", job.id, call,
-                            job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
-                            extra=with_traceback(extra, o.traceback, s.log_tracebacks))
-                debug_traceback(log, extra, o.traceback, s.log_tracebacks)
-        elif code == Code.STALE:
-            self.stats["stale_completions"] += 1
-            self.metrics.stale.inc()
-            log.warning("job %s: execution %s no longer holds the lease; its outcome was discarded",
-                        job.id, job.execution_id, extra=extra)
-        else:
-            self.stats["vanished"] += 1
-            log.warning("job %s vanished from queue %s while it ran (deleted?); outcome dropped", job.id, job.queue)
-
-    def _call(self, job: Claimed) -> LazyCall:
-        return LazyCall(job.func, job.ser, job.payload, self.settings.log_args)
+        self._done_with(e.job)
+        recorded.log_outcome(e, code, self.stats, self.metrics, self.settings)
 
     def _released(self, job: Claimed, code: int) -> None:
         self._done_with(job)
