@@ -97,7 +97,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         try:
-            cron_jobs = self._cron_jobs() if self.settings.with_scheduler else []
+            s = self.settings
+            cron_jobs = periodic.load_all(s.cron_modules, s.cron_files) if s.with_scheduler else []
         except ConveyorError as exc:
             log.error("%s", exc)
             return 2
@@ -226,14 +227,6 @@ class Worker:
         while not self._closing.is_set():
             await self._nap(_TICK)
             self.runner.tick()
-
-    def _cron_jobs(self) -> list[periodic.CronJob]:
-        for module in self.settings.cron_modules:
-            periodic.load_module(module)
-        jobs = periodic.registered()
-        for path in self.settings.cron_files:
-            jobs += periodic.load_file(path)
-        return jobs
 
     # -- stopping ------------------------------------------------------------------------------
 
