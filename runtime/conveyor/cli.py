@@ -16,6 +16,7 @@ from . import __version__, keys, logs
 from .cli_commands import enqueue, info
 from .cli_dashboard import dashboard
 from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
+from .cli_queue import queue
 from .cli_worker import start_up, worker_start_options
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
@@ -31,6 +32,7 @@ def main() -> None:
 main.add_command(enqueue)
 main.add_command(info)
 main.add_command(dashboard)
+main.add_command(queue)
 
 
 # A group that runs the worker itself when no subcommand follows (``conveyor worker -q a``).

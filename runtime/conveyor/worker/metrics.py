@@ -48,6 +48,7 @@ class _Sampled(Collector):
     def __init__(self) -> None:
         self.depth: dict[tuple[str, str], float] = {}
         self.fleet: dict[tuple[str, str], float] = {}
+        self.limits: dict[tuple[str, str], float] = {}
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         depth = GaugeMetricFamily("conveyor_queue_jobs", "Jobs in a queue by state, as last sampled",
@@ -55,6 +56,11 @@ class _Sampled(Collector):
         for (queue, state), value in sorted(self.depth.items()):
             depth.add_metric([queue, state], value)
         yield depth
+        limits = GaugeMetricFamily("conveyor_queue_limit", "A queue's flow control as last sampled (rate_per_second, "
+                                   "max_concurrency); no series: no such limit", labels=["queue", "limit"])
+        for (queue, limit), value in sorted(self.limits.items()):
+            limits.add_metric([queue, limit], value)
+        yield limits
         # A field Redis has never incremented is 0 fleet-wide: shown as 0 for every sampled
         # queue, so rate() sees it. A queue not sampled yet has no series at all rather than
         # a 0 that would read as a reset (and a false spike) once the real count arrives.
@@ -115,6 +121,11 @@ class WorkerMetrics:
                             ["queue"], registry=r)
         self.lag = Gauge("conveyor_scheduler_lag_seconds", "How late the scheduler moved the last due job",
                          ["queue"], registry=r)
+        self.throttled = Counter("conveyor_queue_throttled", "Claims the queue's limits cut short, by reason "
+                                 "(rate, concurrency)", ["queue", "reason"], registry=r)
+        self.throttled_seconds = Counter("conveyor_queue_throttled_seconds",
+                                         "Time this worker held off claiming from the queue because of its limits",
+                                         ["queue", "reason"], registry=r)
         self.roundtrips = Counter("conveyor_redis_roundtrips", "Redis round trips made by this worker", registry=r)
         self.redis_up = Gauge("conveyor_redis_up", "1 while Redis answers this worker", registry=r)
         self.ready = Gauge("conveyor_worker_ready", "1 while the worker is ready (claiming)", registry=r)
