@@ -18,6 +18,7 @@ from . import reserved
 
 # Re-exported: part of this module's surface.
 from .crd_flow import AUTOSCALING as AUTOSCALING
+from .crd_flow import LIMITS as LIMITS
 from .crd_flow import REPLICAS_WHILE_AUTOSCALING as REPLICAS_WHILE_AUTOSCALING
 from .openapi import free_list, free_object, integer, number, quantity_map, rule, string, string_map
 from .reserved import PREFIX_ENV as PREFIX_ENV
@@ -247,6 +248,7 @@ SPEC = {
         "scheduler": SCHEDULER,
         "metrics": METRICS,
         "autoscaling": AUTOSCALING,
+        "limits": LIMITS,
     },
     "x-kubernetes-validations": [
         # A transition rule (runs on updates, the scale subresource's too): kubectl scale while the

@@ -85,8 +85,6 @@ def start_up(options: dict[str, Any]) -> None:
     check_cron_options(bool(options["with_scheduler"]), options["cron_files"], options["cron_modules"])
     options["connect_timeout"] = connect_timeout(options["connect_timeout"], bool(options["burst"]))
     import_paths(options.pop("paths"))
-    options["limits"] = limits_option(options.pop("limit_rate"), options.pop("limit_max_concurrency"),
-                                      options.pop("limit_burst"))
 
 
 def limits_option(rate: Any, max_concurrency: Any, burst: Any) -> Limits | None:
