@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cel_admission import admission
-from support import parse_worker
 
+from cel_admission import admission
 from conveyor import Limits, Rate
 from conveyor_operator import builders
 from conveyor_operator.builders import Owner
 from conveyor_operator.spec import defaulted, problems
+from support import parse_worker
 
 OWNER = Owner("billing", "payments", "uid-1234")
 
