@@ -173,10 +173,9 @@ def test_round_trips_per_job_are_unchanged_on_a_limited_queue_below_its_limit(co
     assert w.wait(15) == 0
 
 
-def test_a_limits_key_of_the_wrong_type_stops_only_its_queue_in_one_line(conn, redis_url, spawn_worker,
-                                                                         tmp_path) -> None:
+def test_a_limits_key_of_the_wrong_type_stops_only_its_queue_in_one_line(conn, spawn_worker, tmp_path) -> None:
     """A limit it cannot read is not taken for no limit (it may protect a downstream): the queue's
-    claims are refused, in one line, until `conveyor doctor --fix` moves the key aside."""
+    claims are refused, in one line, until `conveyor doctor --fix` moves the key aside (below)."""
     bad, good = Queue("bad", connection=conn), Queue("good", connection=conn)
     conn.set(bad.keys.limits, "oops")
     fill(bad, tmp_path / "bad", 3)
@@ -186,11 +185,17 @@ def test_a_limits_key_of_the_wrong_type_stops_only_its_queue_in_one_line(conn, r
     wait_until(lambda: "WRONGTYPE_KEY" in w.log(), 10, "the refusal logged")
     assert bad.count == 3 and not starts(tmp_path / "bad")  # kept, not run past a limit it cannot read
     assert sum("WRONGTYPE_KEY" in line for line in w.log().splitlines()) == 1
+
+
+def test_doctor_moves_a_limits_key_of_the_wrong_type_aside(conn, redis_url) -> None:
+    bad = Queue("bad", connection=conn)
+    bad.enqueue("jobs:add", 1, 1)
+    conn.set(bad.keys.limits, "oops")
     report = cli(redis_url, "doctor", "-q", "bad", "--json")
-    assert json.loads(report.stdout)["queues"]["bad"]["findings"]["wrong_type_key"]["count"] == 1, report.stdout
+    assert json.loads(report.stdout)["queues"]["bad"]["findings"]["wrong_type_key"]["examples"] == [bad.keys.limits]
     assert cli(redis_url, "doctor", "-q", "bad", "--fix").returncode == 0
-    assert conn.get(bad.keys.corrupt("limits")) == b"oops"
-    wait_until(lambda: len(starts(tmp_path / "bad")) == 3, 15, "the bad queue's jobs, once the key is aside")
+    assert conn.get(bad.keys.corrupt("limits")) == b"oops" and not conn.exists(bad.keys.limits)
+    assert not bad.limits() and bad.count == 1
 
 
 def test_a_worker_declares_its_limits_at_start(conn, queue, spawn_worker) -> None:
