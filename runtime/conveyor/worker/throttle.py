@@ -79,9 +79,16 @@ class Throttles:
 
     def wait(self) -> float | None:
         """Seconds until the first throttle ends (None: none is held)."""
+        self._expire()
         if not self._held:
             return None
         return max(0.0, min(h[2] for h in self._held.values()) - time.monotonic())
+
+    def _expire(self) -> None:
+        """Forget the throttles whose time has come (else an idle worker's block would be 0)."""
+        now = time.monotonic()
+        for queue in [q for q, h in self._held.items() if h[2] <= now]:
+            self._end(queue)
 
     def ended_any(self) -> bool:
         """A throttle's time has come (its queue may be claimed again)."""
