@@ -102,7 +102,7 @@ def test_a_rate_of_50_per_second_holds_within_5_percent_over_10s_with_3_workers(
     path = tmp_path / "runs"
     fill(queue, path, 800)
     for _ in range(3):
-        spawn_worker("--concurrency", "8", "--prefetch", "50")  # prefetch asked for: a limited queue gets none
+        spawn_worker("--concurrency", "8", "--prefetch", "50")  # prefetch asked for: a rate-limited queue gives none
     first = wait_until(lambda: starts(path), 20, "the first start")[0]
     wait_until(lambda: starts(path)[-1] >= first + 10.2, 30, "10 s of starts")
     started = window(starts(path), first, 10.0)
@@ -114,12 +114,14 @@ def test_a_rate_of_50_per_second_holds_within_5_percent_over_10s_with_3_workers(
     assert not conn.zcard(queue.keys.prefetched)
 
 
-def test_max_concurrency_is_never_exceeded_across_workers(conn, queue, spawn_worker, tmp_path) -> None:
+@pytest.mark.parametrize("seconds,prefetch", [(0.15, ()), (0.05, ("--prefetch", "20"))])
+def test_max_concurrency_is_never_exceeded_across_workers(conn, queue, spawn_worker, tmp_path, seconds,
+                                                          prefetch) -> None:
     queue.set_limits(max_concurrency=5)
     path = tmp_path / "runs"
-    fill(queue, path, 40, seconds=0.15)
+    fill(queue, path, 40, seconds=seconds)
     for _ in range(3):
-        spawn_worker("--concurrency", "8")
+        spawn_worker("--concurrency", "8", *prefetch)
     wait_until(lambda: path.exists() and sum(line.startswith("end") for line in path.read_text().splitlines()) == 40,
                60, "every job to run")
     peak = max_overlap(path)

@@ -10,10 +10,11 @@
 -- ARGV[8] "1": the worker may take one suspect from the recovered list (it starts now, within K)
 -- ARGV[9] failure TTL for malformed jobs   ARGV[10] key prefix for corrupt job keys
 -- ARGV[11 ..] names of the job fields to return
--- Flow control (a limits hash, see limits.lua): none, and the claim costs one HMGET more. A limited
---   queue is never prefetched from (a prefetched job would later start without a token or a slot):
---   it starts at most min(K, tokens, max_concurrency - leases held). Held = prefetched + started, so
---   jobs prefetched before a limit was set count against it.
+-- Flow control (a limits hash, see limits.lua): none, and the claim costs one HMGET more. With a
+--   rate, or a max_concurrency the claim would reach, it starts at most min(K, tokens, max_concurrency
+--   - leases held) and prefetches nothing (a prefetched job later starts without a token, and holds
+--   a slot while it waits). Held = prefetched + started, so a max_concurrency the claim stays below
+--   lets it prefetch as usual: those jobs count against it.
 -- Returns {IDs left to claim, {malformed id, reason, ...}, throttle, then per claimed job: id,
 --   execution ID, "started" or "prefetched", suspect ("1" or ""), the requested fields}. IDs whose
 --   job hash is gone or whose job lives elsewhere (ended, canceled) are dropped, so fewer jobs than
@@ -36,7 +37,7 @@ local rate, period, max_c = num(lim[1]), num(lim[2]), int(lim[4])
 if not (rate and period and rate > 0 and period > 0) then rate = nil end
 if max_c and max_c < 0 then max_c = nil end
 local limited = rate or max_c
-local by_rate, by_slots, tokens, bucket_ms = math.huge, math.huge, 0, 0
+local by_rate, by_slots, tokens, bucket_ms, cut = math.huge, math.huge, 0, 0, false
 if limited then
   if rate then
     local burst = math.max(1, num(lim[3]) or 1)
@@ -53,8 +54,11 @@ if limited then
   if max_c then
     by_slots = math.max(0, max_c - redis.call('ZCARD', KEYS[4]) - redis.call('ZCARD', KEYS[3]))
   end
-  k = math.max(0, math.min(k, by_rate, by_slots))
-  n = k
+  if rate or by_slots < n then
+    cut = true
+    k = math.max(0, math.min(k, by_rate, by_slots))
+    n = k
+  end
 end
 
 local now, now_str = now_s()
@@ -128,14 +132,14 @@ if rate then
   redis.call('HSET', KEYS[8], L_TOKENS, tostring(tokens - nstarted), L_REFILLED_MS, bucket_ms)
 end
 -- The limit, not this worker's free slots, cut the claim, and it took all the limit allowed.
-if limited and nstarted >= math.min(by_rate, by_slots) and math.min(by_rate, by_slots) < tonumber(ARGV[3]) then
+if cut and nstarted >= math.min(by_rate, by_slots) and math.min(by_rate, by_slots) < tonumber(ARGV[3]) then
   if by_slots <= by_rate then
     out[3] = {T_CONCURRENCY, 0}
   else
     out[3] = {T_RATE, math.max(1, math.ceil((1 - (tokens - nstarted)) * period / rate))}
   end
 end
-if limited and (#out[3] > 0 or k == 0) then return out end  -- no baton: the limit holds for everyone
+if cut and (#out[3] > 0 or k == 0) then return out end  -- no baton: the limit holds for everyone
 -- Pass the baton: if work remains that another idle worker may take, leave it a token.
 out[1] = redis.call('LLEN', KEYS[1])
 if may_suspect then out[1] = out[1] + redis.call('LLEN', KEYS[2]) end

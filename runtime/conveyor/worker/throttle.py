@@ -85,10 +85,14 @@ class Throttles:
         return max(0.0, min(h[2] for h in self._held.values()) - time.monotonic())
 
     def _expire(self) -> None:
-        """Forget the throttles whose time has come (else an idle worker's block would be 0)."""
+        """Forget the throttles whose time has come, and have the loop claim from their queues
+        (the timer may not have run yet; the idle worker must not block on them meanwhile)."""
         now = time.monotonic()
-        for queue in [q for q, h in self._held.items() if h[2] <= now]:
+        ended = [q for q, h in self._held.items() if h[2] <= now]
+        for queue in ended:
             self._end(queue)
+        if ended:
+            self._wake()
 
     def ended_any(self) -> bool:
         """A throttle's time has come (its queue may be claimed again)."""
@@ -99,7 +103,8 @@ class Throttles:
         """The wake lists the idle worker listens to: not those of throttled queues."""
         if not self._held:
             return wake_keys
-        return [k for k in wake_keys if not self.blocked(self._queue_of.get(k, ""))]
+        now = time.monotonic()
+        return [k for k in wake_keys if self._held.get(self._queue_of.get(k, ""), ("", 0.0, 0.0))[2] <= now]
 
     def _end(self, queue: str) -> None:
         reason, since, _ = self._held.pop(queue)

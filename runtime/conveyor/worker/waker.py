@@ -70,11 +70,11 @@ class Waker:
         complained = False
         while self._running() and not self.link.closing:
             await self.idle.wait()
+            listen, block = self._listen(wake_keys)  # a throttle over: the loop claims (want_claim)
             if self._flow is not None and self._flow.claiming():
                 self.idle.clear()  # a step is out or due and claims: wait until the loop is idle again
                 continue
             claimed = 0
-            listen, block = self._listen(wake_keys)
             if not listen:  # every queue here is throttled: its timer wakes the loop
                 await self.link.nap(block)
                 self.idle.clear()
