@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..protocol import THROTTLES
+
 # Seconds: from sub-millisecond no-ops to the default 180 s timeout and beyond.
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600, 1800)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -87,6 +89,9 @@ class QueueMetrics:
         # served queue's counters are scraped before their first event, not only after.
         self.released = m.released.labels(queue)
         self.reaped = m.reaped.labels(queue)
+        for reason in THROTTLES:
+            m.throttled.labels(queue, reason)
+            m.throttled_seconds.labels(queue, reason)
 
 
 class WorkerMetrics:
