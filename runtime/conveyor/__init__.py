@@ -22,6 +22,7 @@ from .errors import (
     WaitTimeout,
 )
 from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus, Progress
+from .limits import Limits, Rate
 from .periodic import CronJob, cron
 from .queue import EnqueueData, Queue
 from .retry import Backoff, Retry, RetryLater
@@ -41,6 +42,8 @@ __all__ = [
     "Backoff",
     "CronJob",
     "JobContext",
+    "Limits",
+    "Rate",
     "Retry",
     "RetryLater",
     "cron",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import job_steps, keys, steps, waiting, waiting_aio, wire
+from . import limits as flow
 from .batch import EnqueueData
 from .connection import aconnect, db_of
 from .job import JobData, Progress
@@ -144,6 +145,15 @@ class AsyncQueue(QueueBase[AsyncRegistry]):
         """As :meth:`conveyor.Queue.wait_all`."""
         results = await waiting_aio.wait_async(self.connection, list(jobs), timeout, on_progress)
         return waiting.values(results, return_exceptions)
+
+    async def set_limits(self, *, rate: flow.Rate | str | None | flow.Keep = flow.KEEP,
+                         max_concurrency: int | None | flow.Keep = flow.KEEP,
+                         burst: int | None | flow.Keep = flow.KEEP) -> flow.Limits:
+        """As :meth:`conveyor.Queue.set_limits`."""
+        return await steps.arun(flow.set_steps(self.keys, flow.changes(rate, max_concurrency, burst)), self.connection)
+
+    async def limits(self) -> flow.Limits:
+        return await steps.arun(flow.read_steps(self.keys), self.connection)
 
     async def aclose(self) -> None:
         """Close the client this queue made from a URL (not one passed in)."""

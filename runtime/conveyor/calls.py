@@ -20,7 +20,8 @@ REAP_BATCH = 100
 
 def claim(pipe: Any, k: QueueKeys, worker: str, n: int, start_now: int, lease_ms: int, exec_prefix: str,
           first_seq: int, take_suspect: bool, failure_ttl: int) -> Any:
-    return scripts.claim(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake, k.failed],
+    return scripts.claim(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake, k.failed,
+                                k.limits],
                          [k.job_prefix, n, start_now, lease_ms, worker, exec_prefix, first_seq,
                           "1" if take_suspect else "0", failure_ttl, k.corrupt_prefix, *RUN_FIELDS])
 
@@ -116,6 +117,11 @@ def failed_types(pipe: Any, k: QueueKeys, now: float, offset: int, count: int, e
 
 def purge(pipe: Any, k: QueueKeys, include_scheduled: bool) -> Any:
     return scripts.purge(pipe, [k.ready, k.scheduled, k.recovered], [k.job_prefix, "1" if include_scheduled else "0"])
+
+
+def limits(pipe: Any, k: QueueKeys, changes: Iterable[tuple[str, str]]) -> Any:
+    """changes: (limits field, value) to set; an empty value clears the field."""
+    return scripts.limits(pipe, [k.limits], [v for pair in changes for v in pair])
 
 
 def lock_renew(pipe: Any, lock: str, token: str, ttl_ms: int) -> Any:

@@ -19,6 +19,9 @@ not know the job IDs up front (claim); they share the same tag.
     conveyor:{q:N}:scheduler             string the scheduler leader's token (a lease lock, PX)
     conveyor:{q:N}:cron                  hash   cron schedule name -> last tick enqueued (s)
     conveyor:{q:N}:unique:<key>          string job ID holding a unique key (EX unique_ttl)
+    conveyor:{q:N}:limits                hash   flow control set by `conveyor queue set` / a JobQueue (rate,
+                                                period_ms, burst, max_concurrency) and the token bucket claim.lua
+                                                keeps (tokens, refilled_ms); absent: no limit
     conveyor:{q:N}:stats                 hash   counters (duplicates suppressed, orphans, ...)
     conveyor:{q:N}:job:<id>              hash   the job: call, status, result, error, attempts
     conveyor:{q:N}:corrupt:<name>        any    a key found with the wrong type, renamed aside (kept for
@@ -167,6 +170,11 @@ class QueueKeys:
     @cached_property
     def stats(self) -> str:
         return f"{self.base}:stats"
+
+    @cached_property
+    def limits(self) -> str:
+        """Flow control: the limits (protocol.Limit) and claim.lua's token bucket."""
+        return f"{self.base}:limits"
 
     @cached_property
     def cron_info(self) -> str:

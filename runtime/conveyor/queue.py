@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from redis.exceptions import ResponseError
 
 from . import batch, errors, job_steps, keys, scripts, steps, waiting, wire
+from . import limits as flow
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
@@ -371,6 +372,20 @@ class Queue(QueueBase[Registry]):
     def fetch_job(self, job_id: str) -> Job:
         return Job.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle,
                          prefix=self.keyspace.prefix)
+
+    # -- flow control (conveyor.limits) ----------------------------------------------
+
+    def set_limits(self, *, rate: flow.Rate | str | None | flow.Keep = flow.KEEP,
+                   max_concurrency: int | None | flow.Keep = flow.KEEP,
+                   burst: int | None | flow.Keep = flow.KEEP) -> flow.Limits:
+        """Limit this queue fleet-wide: ``rate="100/s"`` (N/s, N/m, N/h), ``max_concurrency=5``
+        (jobs holding a lease across all workers), ``burst`` (starts allowed at once; default
+        100 ms worth of the rate). None clears a limit; an argument not given is kept.
+        Returns the limits now in force; a bad value raises ConfigError before anything is written."""
+        return steps.run(flow.set_steps(self.keys, flow.changes(rate, max_concurrency, burst)), self.connection)
+
+    def limits(self) -> flow.Limits:
+        return steps.run(flow.read_steps(self.keys), self.connection)
 
     def worker_job_ids(self, worker_id: str) -> list[str]:
         """IDs of the jobs of this queue a worker holds a lease on."""

@@ -140,13 +140,14 @@ requeue = Script("requeue")
 purge = Script("purge")
 delete = Script("delete")  # ended jobs, from the dashboard
 failed_types = Script("failed_types")  # the dashboard's filter of failed jobs by exception type
+limits = Script("limits")  # flow control: conveyor queue set, Queue.set_limits, a JobQueue's workers
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
 repair = Script("repair")  # conveyor doctor --fix
 watch = Script("watch")  # a waiter marks jobs and reads them (conveyor.waiting)
 progress = Script("progress")  # what running jobs reported (conveyor.worker.progress)
 ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, release_worker, disown, promote,
-       requeue, purge, delete, failed_types, lock_renew, lock_release, repair, watch, progress)
+       requeue, purge, delete, failed_types, limits, lock_renew, lock_release, repair, watch, progress)
 
 
 def _load_stack() -> list[routing.Command]:

@@ -26,6 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from .. import __version__, calls, depth, keys, scripts
+from ..protocol import Limit
 from ..settings import WorkerSettings
 from . import progress
 from .claimed import Claimed
@@ -33,6 +34,7 @@ from .link import DOWN_ERRORS, LinkDown, RedisLink, RefusalLog
 from .metrics import DEPTH_STATES, WorkerMetrics
 from .runner import Runner
 from .scheduler import read_reaped
+from .throttle import sample_limits
 
 log = logging.getLogger("conveyor.worker")
 POD_ENV = "POD_NAME"  # set by the Deployment from metadata.name; absent outside Kubernetes
@@ -105,6 +107,7 @@ class Housekeeping:
             depth.queue(pipe, k, now)
             pipe.hgetall(k.stats)
             pipe.exists(k.scheduler_lock)
+            pipe.hmget(k.limits, Limit.RATE, Limit.PERIOD_MS, Limit.MAX_CONCURRENCY)
             for registry in (k.finished, k.failed, k.canceled):
                 pipe.zremrangebyscore(registry, "-inf", f"({now}")
         pipe.sadd(self.space.queues, *s.queues)
@@ -141,6 +144,7 @@ class Housekeeping:
             for state in DEPTH_STATES:
                 sampled.depth[(queue, state)] = sample[state]
         stats, leader = next(replies), next(replies)
+        sample_limits(sampled.limits, queue, next(replies))
         if isinstance(stats, dict):
             for name, value in stats.items():
                 try:

@@ -32,6 +32,7 @@ from .metrics import WorkerMetrics
 from .recorded import OUTCOMES as _OUTCOMES
 from .refusals import Refusals
 from .runner import Runner
+from .throttle import Throttles
 
 log = logging.getLogger("conveyor.worker")
 
@@ -39,7 +40,7 @@ log = logging.getLogger("conveyor.worker")
 
 class Flow:
     def __init__(self, worker_id: str, settings: WorkerSettings, link: RedisLink, runner: Runner,
-                 metrics: WorkerMetrics, stats: collections.Counter[str]) -> None:
+                 metrics: WorkerMetrics, stats: collections.Counter[str], wakeup: Callable[[], None] = lambda: None) -> None:
         self.id = worker_id
         self.settings = settings
         self.link = link
@@ -52,6 +53,8 @@ class Flow:
         self._wakes = 0  # bumped by wake(): a step that began before it must not clear want_claim
         self.claim_left = 0  # IDs the last claim left that this worker could take
         self.refusals = Refusals()
+        self._wakeup = wakeup  # the worker's loop has something to do
+        self.throttles = Throttles(metrics, self._throttle_ended, {k.wake: q for q, k in self.keys.items()})
         self._suspect_freed = False
         self._exec_prefix = f"{secrets.token_hex(8)}-"  # execution IDs: unique across restarts and wipes
         self._exec_seq = 0
@@ -72,6 +75,10 @@ class Flow:
         self._wakes += 1
         self._skip = 0
 
+    def _throttle_ended(self) -> None:
+        self.wake()
+        self._wakeup()
+
     # -- one step ------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
@@ -89,7 +96,11 @@ class Flow:
         return self.want_claim and self.pickup is None and r.room() > 0 and self._claimable() is not None
 
     def _claimable(self) -> str | None:
-        return next((q for q in self.settings.queues[self._skip:] if not self.refusals.blocked(f"claim:{q}")), None)
+        return next((q for q in self.settings.queues[self._skip:] if self._open(q)), None)
+
+    def _open(self, queue: str) -> bool:
+        """Neither refused by Redis (backoff) nor held off by the queue's limits."""
+        return not self.refusals.blocked(f"claim:{queue}") and not self.throttles.blocked(queue)
 
     async def step(self) -> bool:
         """One round trip: record starts and ended jobs, hand back released ones, claim.
@@ -115,9 +126,9 @@ class Flow:
         want = r.room()
         wakes = self._wakes
         held = self.pickup is not None  # the waker's claim is out: this step claims nothing
+        parts = self._parts(starting, ready, release, cancels)  # first: an end frees a limited queue's slot
         first = self._claimable() if want and not held else None
         self._skip = 0
-        parts = self._parts(starting, ready, release, cancels)
         sent = time.monotonic()
         claim_args = self._claim_args(first, want) if first else None
         unsure, self._unsure = self._unsure, []
@@ -146,7 +157,7 @@ class Flow:
         for queue in s.queues[s.queues.index(first) + 1:] if first else ():
             if len(claimed) >= want or not r.accepting:
                 break
-            if self.refusals.blocked(f"claim:{queue}"):
+            if not self._open(queue):
                 continue
             args = self._claim_args(queue, want - len(claimed), suspects=r.suspect is None and not any(j.suspect for j in claimed))
             sent = time.monotonic()
@@ -174,8 +185,10 @@ class Flow:
             groups.setdefault(("start", job.queue), []).append(job)
         for e in ended:
             groups.setdefault((e.kind, e.job.queue), []).append(e)
+            self.throttles.freed(e.job.queue)
         for job in release:
             groups.setdefault(("release", job.queue), []).append(job)
+            self.throttles.freed(job.queue)
         parts = [(kind, queue, items) for (kind, queue), items in groups.items()]
         return parts + [("cancel", job.queue, [job]) for job in cancels]  # cancel.lua takes one job
 
@@ -259,6 +272,7 @@ class Flow:
             return []
         self.refusals.accepted(part)
         self.claim_left = reply[0]
+        self.throttles.claimed(queue, reply[2])
         bad = reply[1]
         for i in range(0, len(bad), 2):
             job_id = bad[i].decode(errors="replace")
@@ -318,6 +332,8 @@ class Flow:
         elif queue != self.settings.queues[-1]:
             self.wake()
             self._skip = self.settings.queues.index(queue) + 1  # it came back short: start after it
+        if self.throttles.ended_any():  # the BLPOP's block ended with a throttle: claim its queue too
+            self.wake()
         return len(claimed)
 
     def pickup_lost(self) -> None:
