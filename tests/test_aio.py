@@ -116,13 +116,41 @@ def test_many_coroutines_enqueue_at_once(redis_url: str, queue: Queue) -> None:
     assert queue.count == 100
 
 
-def test_built_from_a_url(redis_url: str, queue: Queue) -> None:
-    async def main() -> str:
+def test_built_from_a_url(redis_url: str, conn: redis.Redis, queue: Queue) -> None:
+    """A queue built from a URL waits for a free connection instead of failing past the pool's 100."""
+    async def main() -> list[str]:
         q = AsyncQueue("default", redis_url=redis_url)
         try:
-            return (await q.enqueue("jobs:add", 1, 2)).id
+            jobs = await asyncio.gather(*(q.enqueue("jobs:add", i, 2) for i in range(400)))
+            clients = len(conn.client_list())
+            assert clients <= 101 + 1, clients  # the pool's 100 (and this test's own)
+            return [j.id for j in jobs]
         finally:
             await q.aclose()
 
-    job_id = asyncio.run(main())
-    assert queue.job_ids == [job_id]
+    ids = asyncio.run(main())
+    assert sorted(queue.job_ids) == sorted(ids) and len(set(ids)) == 400
+
+
+def test_registries_and_counts(redis_url: str, conn: redis.Redis, queue: Queue,
+                               run_burst: Callable[..., WorkerProcess]) -> None:
+    done = queue.enqueue("jobs:add", 1, 1)
+    failed = [queue.enqueue("jobs:fail", "x", retry=Retry(max=0)) for _ in range(2)]
+    later = queue.enqueue_in(3600, "jobs:add", 2, 2)
+    run_burst()
+
+    async def look(client: aioredis.Redis) -> None:
+        q = AsyncQueue("default", connection=client)
+        assert await q.finished.job_ids() == [done.id] and await q.finished.count() == 1
+        assert sorted(await q.failed.job_ids()) == sorted(j.id for j in failed)
+        assert await q.scheduled.contains(later.id) and not await q.finished.contains(later.id)
+        assert await q.registry("canceled").count() == 0
+        assert await q.started.executions() == [] and await q.worker_job_ids("nobody") == []
+        for name in ("prefetched", "started", "scheduled", "finished", "failed", "canceled"):
+            assert await q.registry(name).job_ids() == queue.registry(name).job_ids, name
+        assert await q.requeue_all_failed() == 2
+        assert await q.failed.count() == 0 and await q.count() == 2
+
+    run(look, redis_url)
+    assert queue.failed.job_ids == [] and sorted(queue.job_ids) == sorted(j.id for j in failed)
+    assert later.id in queue.scheduled and done.id not in queue.scheduled

@@ -232,3 +232,33 @@ def test_sigkill_of_a_master_with_a_replica_under_load(cluster, client, prefix, 
         for addr, proc in list(cluster.procs.items()):
             if not proc.alive:
                 cluster.restart(addr)
+
+
+def test_waits_and_progress_on_queues_spread_over_the_masters(cluster, client, prefix, spawn, tmp_path) -> None:
+    """The ending steps announce on their queue's master; classic pub/sub reaches the waiter's
+    one subscription on any node. Sync and asyncio waits, over every master at once."""
+    import asyncio
+
+    from conveyor.aio import AsyncQueue
+
+    trace = str(tmp_path / "runs")
+    names = spread_queues(cluster, prefix)
+    queues = [Queue(n, connection=client, prefix=prefix) for n in names]
+    spawn("-q", ",".join(names), "--lease-seconds", "1.5")
+    jobs = [q.enqueue("jobs_wait:add", trace, i, 1) for i, q in enumerate(queues)]
+    assert queues[0].wait_all(jobs, timeout=30) == [1, 2, 3]
+    seen: list[float] = []
+    stepped = queues[1].enqueue("jobs_wait:steps", trace, 3, 0.3)
+    assert stepped.wait(timeout=30, on_progress=lambda p: seen.append(p.value)) == 3
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+
+    async def main() -> list[Any]:
+        aclient = RedisTarget.parse(cluster.url()).aclient()
+        try:
+            aqueues = [AsyncQueue(n, connection=aclient, prefix=prefix) for n in names]
+            ajobs = [await q.enqueue("jobs_wait:add", trace, 10 * i, 1) for i, q in enumerate(aqueues)]
+            return list(await asyncio.gather(*(j.wait(timeout=30) for j in ajobs)))
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(main()) == [1, 11, 21]

@@ -20,6 +20,7 @@ from conveyor import (
     AsyncQueue,
     EnqueueData,
     InvalidArgument,
+    JobCanceled,
     JobStatus,
     NoSuchJob,
     Queue,
@@ -209,6 +210,17 @@ def test_a_dependency_on_another_queue(conn: redis.Redis, trace: Trace, spawn_wo
     wait_until(lambda: trace.ends() == {"a": 1, "b": 1, "c": 1}, 20, "both queues to run")
     trace.assert_order([("a", "b"), ("a", "c"), ("b", "c")])
     nothing_left(conn, up, down)
+
+
+def test_a_waiter_hears_of_a_dependent_canceled_and_one_run(conn: redis.Redis, queue: Queue, trace: Trace,
+                                                            spawn_worker) -> None:
+    x = queue.enqueue("jobs_deps:broken", trace.path, "x")
+    canceled = queue.enqueue(STEP, trace.path, "canceled", depends_on=[x])
+    ran = queue.enqueue(STEP, trace.path, "ran", depends_on=[x], on_dependency_failure="run")
+    spawn_worker(*FLAGS)
+    with pytest.raises(JobCanceled):
+        canceled.wait(timeout=15)
+    assert ran.wait(timeout=15) == "ran"
 
 
 def test_a_failure_on_another_queue_cancels_its_dependents(conn: redis.Redis, trace: Trace, spawn_worker) -> None:

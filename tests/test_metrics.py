@@ -242,6 +242,7 @@ def test_no_job_ids_in_labels_and_conventional_names(queue: Queue, conn, metrics
     labelled = [s for f in fams for s in f.samples if s.labels]
     assert len(labelled) > 20  # there is something to check
     allowed = {"queue", "outcome", "state", "le", "worker", "version", "pool", "concurrency", "policy",
+               "reason", "limit",  # flow control: rate/concurrency, rate_per_second/max_concurrency
                # prometheus_client's standard python_info and python_gc_* series
                "implementation", "major", "minor", "patchlevel", "generation"}
     for s in labelled:

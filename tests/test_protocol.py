@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conveyor import batch, calls, errors, protocol, scripts
-from conveyor.protocol import FIELDS, KEYS, OPTIONAL_KEYS, RUN_FIELDS, STATUSES, Code
+from conveyor.protocol import FIELDS, KEYS, LIMIT_FIELDS, OPTIONAL_KEYS, RUN_FIELDS, STATUSES, THROTTLES, Code
 from conveyor.serializers import get_serializer
 from conveyor.worker import flow
 
@@ -34,7 +34,7 @@ def lua_code(name: str) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("name", [*SCRIPT_NAMES, "_lib"])
 def test_scripts_name_no_status_or_field_by_its_string(name: str) -> None:
     """'finished' or "status" in a script would bypass the prelude's S_FINISHED and F_STATUS."""
-    wire = set(STATUSES) | set(FIELDS)
+    wire = set(STATUSES) | set(FIELDS) | set(LIMIT_FIELDS) | set(THROTTLES)
     found = [f"{name}.lua:{n}: {m.group(0)}" for n, code in lua_code(f"{name}.lua")
              for m in QUOTED.finditer(code) if (m.group(1) or m.group(2)) in wire]
     assert not found, "use the prelude's S_/F_ constants:\n" + "\n".join(found)
@@ -114,10 +114,13 @@ SAMPLE_CALLS = {
     "promote": lambda p: calls.promote(p, K, 10, 60),
     "requeue": lambda p: calls.requeue(p, K, ["j"]),
     "purge": lambda p: calls.purge(p, K, True),
+    "limits": lambda p: calls.limits(p, K, [("rate", "5")]),
     "lock_renew": lambda p: calls.lock_renew(p, "lock", "t", 1000),
     "lock_release": lambda p: calls.lock_release(p, "lock", "t"),
     "depend": lambda p: calls.depend(p, K, [("j", "q:d")]),
     "resolve": lambda p: calls.resolve(p, K, 60, 1000, ["d"], [("d", "q:j", "1")]),
+    "watch": lambda p: calls.watch(p, K, ["j"]),
+    "progress": lambda p: calls.progress(p, K, [("j", "e", '{"value": 1}', "")]),
 }
 
 
@@ -166,7 +169,7 @@ def test_codes_keep_their_values() -> None:
 def test_prelude_defines_each_constant_once() -> None:
     lines = protocol.lua_prelude().splitlines()
     names = [re.fullmatch(r"local (\w+) = (.+)", line).group(1) for line in lines]  # type: ignore[union-attr]
-    assert len(names) == len(set(names)) == len(Code) + len(STATUSES) + len(FIELDS)
+    assert len(names) == len(set(names)) == len(Code) + len(STATUSES) + len(FIELDS) + len(LIMIT_FIELDS) + len(THROTTLES)
     assert "local S_FINISHED = 'finished'" in lines and "local F_STATUS = 'status'" in lines and "local OK = 1" in lines
     assert scripts.PRELUDE == protocol.lua_prelude()
     # _lib.lua and the scripts use the constants; none defines one again.

@@ -304,7 +304,7 @@ def claim_one(conn: redis.Redis, q: Queue, worker: str, lease_ms: int = 60_000, 
     [reply] = scripts.execute(
         conn, lambda p: calls.claim(p, q.keys, worker, 1, 1 if start_now else 0, lease_ms, f"{worker}-", 0, False,
                                     FAILURE_TTL))
-    left, malformed, *jobs = reply  # claim.lua answers how many IDs are left, the malformed, then the jobs
+    left, malformed, throttle, *jobs = reply  # claim.lua answers IDs left, the malformed, its throttle, the jobs
     assert jobs, "nothing was claimed"
     return jobs[0].decode(), jobs[1].decode()
 

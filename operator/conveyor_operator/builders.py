@@ -115,7 +115,17 @@ def worker_args(spec: dict[str, Any]) -> list[str]:
         args += ["--prefix", spec["redis"]["prefix"]]
     for module in w.get("allowModules") or []:
         args += ["--allow-module", module]
-    return args + list(w.get("args") or [])
+    return args + limit_args(spec.get("limits")) + list(w.get("args") or [])
+
+
+def limit_args(limits: dict[str, Any] | None) -> list[str]:
+    """spec.limits as the worker's --limit-* options: declared in full (a limit left out is
+    cleared) so the spec wins at every rollout; none without spec.limits."""
+    if limits is None:
+        return []
+    args = ["--limit-rate", limits.get("rate") or "none",
+            "--limit-max-concurrency", str(limits.get("maxConcurrency") or "none")]
+    return args + (["--limit-burst", str(limits["burst"])] if limits.get("burst") else [])
 
 
 def tls_sources(spec: dict[str, Any]) -> dict[str, tuple[str, str]]:

@@ -15,9 +15,12 @@ import sys
 from typing import Any
 
 from . import reserved
-from .openapi import free_list, free_object, integer, number, quantity_map, rule, string, string_map
 
 # Re-exported: part of this module's surface.
+from .crd_flow import AUTOSCALING as AUTOSCALING
+from .crd_flow import LIMITS as LIMITS
+from .crd_flow import REPLICAS_WHILE_AUTOSCALING as REPLICAS_WHILE_AUTOSCALING
+from .openapi import free_list, free_object, integer, number, quantity_map, rule, string, string_map
 from .reserved import PREFIX_ENV as PREFIX_ENV
 from .reserved import REDIS_URL_ENV as REDIS_URL_ENV
 from .reserved import RESERVED_ENV as RESERVED_ENV
@@ -219,37 +222,6 @@ METRICS = {
     },
 }
 
-AUTOSCALING = {
-    "type": "object",
-    "default": {},
-    "description": "Queue-depth autoscaling by the operator. Every pollSeconds it reads the demand from Redis "
-                   "(jobs ready, held by a worker and scheduled-and-due, over spec.queues) and sets the worker "
-                   "Deployment's replicas to ceil(demand / targetJobsPerWorker) within [minReplicas, maxReplicas]: "
-                   "up at once, down only to the highest recommendation of the last "
-                   "scaleDownStabilizationSeconds. Turning it on starts from the current replicas, turning it off "
-                   "returns to spec.workers.replicas. An HPA or KEDA ScaledObject on the worker Deployment takes "
-                   "precedence (condition Autoscaling=False, ExternalAutoscaler).",
-    "properties": {
-        "enabled": {"type": "boolean", "default": False},
-        "minReplicas": integer(0, 1000, 1, "Fewest workers; 0 scales to zero when there is nothing to do "
-                                           "(the first job wakes the fleet within one poll)."),
-        "maxReplicas": integer(1, 1000, 10, "Most workers."),
-        "targetJobsPerWorker": integer(1, 1000000, 20, "Jobs (ready + running + prefetched + due) per worker "
-                                                       "to aim for."),
-        "pollSeconds": integer(1, 3600, 5, "How often to read the demand."),
-        "scaleDownStabilizationSeconds": integer(0, 86400, 300, "Scale down only to the highest recommendation "
-                                                                "of this many seconds (no flapping after a dip)."),
-    },
-    "x-kubernetes-validations": [
-        rule("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
-              "FieldValueInvalid"),
-    ],
-}
-
-REPLICAS_WHILE_AUTOSCALING = ("spec.workers.replicas cannot change while spec.autoscaling.enabled (the operator "
-                              "sets the workers from the queue depth): change autoscaling.minReplicas or "
-                              "maxReplicas, or set autoscaling.enabled: false first")
-
 SPEC = {
     "type": "object",
     "required": ["redis", "queues"],
@@ -276,6 +248,7 @@ SPEC = {
         "scheduler": SCHEDULER,
         "metrics": METRICS,
         "autoscaling": AUTOSCALING,
+        "limits": LIMITS,
     },
     "x-kubernetes-validations": [
         # A transition rule (runs on updates, the scale subresource's too): kubectl scale while the

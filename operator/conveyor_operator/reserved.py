@@ -36,6 +36,7 @@ RESERVED_ARGS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("--failure-ttl",), "spec.failureTTLSeconds"),
     (("--prefix",), "spec.redis.prefix"),
     (("--allow-module",), "spec.workers.allowModules"),
+    (("--limit-rate", "--limit-max-concurrency", "--limit-burst"), "spec.limits"),
     (("--redis-url",), "spec.redis.url or spec.redis.secretRef"),
     (("--redis-ca-file",), "spec.redis.tls.caSecretRef"),
     (("--redis-cert-file", "--redis-key-file"), "spec.redis.tls.clientCertSecretRef"),

@@ -16,6 +16,7 @@ from conveyor.retry import policy_retry
 from conveyor.validation import check_module_names, check_queue_name
 
 from . import crd, reserved
+from .crd_flow import limits_problems
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
@@ -47,7 +48,7 @@ def problems(spec: dict[str, Any], name: str = "x") -> list[str]:
         out.append(f"a JobQueue name is at most {crd.MAX_NAME} characters (its objects add suffixes)")
     return (out + redis_problems(spec.get("redis") or {}) + queue_problems(spec.get("queues") or [])
             + retry_problems(spec.get("retry")) + timing_problems(spec) + worker_problems(spec.get("workers") or {})
-            + autoscaling_problems(spec.get("autoscaling") or {}))
+            + autoscaling_problems(spec.get("autoscaling") or {}) + limits_problems(spec.get("limits")))
 
 
 def redis_problems(redis: dict[str, Any]) -> list[str]:

@@ -10,15 +10,20 @@ from .errors import (
     InvalidJobId,
     InvalidQueueName,
     InvalidTransition,
+    JobCanceled,
     JobExists,
+    JobFailed,
     MalformedJob,
     NoSuchJob,
     PickleRefused,
+    ProgressError,
     RedisFull,
     SerializationError,
+    WaitTimeout,
 )
 from .flows import chain, group
-from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus
+from .job import DEFAULT_FAILURE_TTL, DEFAULT_RESULT_TTL, Attempt, ExcInfo, Job, JobStatus, Progress
+from .limits import Limits, Rate
 from .periodic import CronJob, cron
 from .queue import EnqueueData, Queue
 from .retry import Backoff, Retry, RetryLater
@@ -38,6 +43,8 @@ __all__ = [
     "Backoff",
     "CronJob",
     "JobContext",
+    "Limits",
+    "Rate",
     "Retry",
     "RetryLater",
     "chain",
@@ -56,13 +63,18 @@ __all__ = [
     "InvalidQueueName",
     "InvalidTransition",
     "Job",
+    "JobCanceled",
     "JobExists",
+    "JobFailed",
     "MalformedJob",
     "RedisFull",
     "JobStatus",
     "NoSuchJob",
     "PickleRefused",
+    "Progress",
+    "ProgressError",
     "Queue",
     "SerializationError",
+    "WaitTimeout",
     "WorkerSettings",
 ]

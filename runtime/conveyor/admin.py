@@ -114,6 +114,9 @@ def job_details(job: Job) -> dict[str, Any]:
         "error": {"type": job.exc_info.type, "message": job.exc_info.message,
                   "traceback": job.exc_info.traceback} if job.exc_info else None,
         "ttl": job.ttl,
+        "progress": {"value": p.value, "message": p.message, "updated_at": p.updated_at}
+        if (p := job.progress) else None,
+        "meta": job.meta or None,
         "attempts": [a.__dict__ for a in job.attempts],
     }
     if refused:

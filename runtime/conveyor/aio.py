@@ -9,14 +9,16 @@ same errors and write the same jobs; a FastAPI handler awaits instead of blockin
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import job_steps, keys, steps, wire
+from . import job_steps, keys, steps, waiting, waiting_aio, wire
+from . import limits as flow
 from .batch import EnqueueData
 from .connection import aconnect, db_of
-from .job import JobData
+from .job import JobData, Progress
 from .queue import QueueBase, delay_due, when_due
+from .registry import AsyncRegistry
 from .retry import Retry
 
 
@@ -44,6 +46,12 @@ class AsyncJob(JobData):
         """Put a failed job back on its queue, with a fresh retry budget."""
         self._load(await steps.arun(job_steps.requeue(self), self.connection))
 
+    async def wait(self, timeout: float | None = None, *,
+                   on_progress: Callable[[Progress], object] | None = None) -> Any:
+        """As :meth:`conveyor.Job.wait`; waits of one client share one pub/sub connection, so
+        ``asyncio.gather`` over many jobs opens no connection per job."""
+        return waiting.unwrap((await waiting_aio.wait_async(self.connection, [self], timeout, on_progress))[0])
+
     @classmethod
     async def fetch(cls, job_id: str, connection: Any = None, *, queue: str | None = None,
                     redis_url: str | None = None, allow_pickle: bool = False, prefix: str | None = None) -> AsyncJob:
@@ -54,11 +62,12 @@ class AsyncJob(JobData):
         return cls(job_id, found, conn, raw, allow_pickle=allow_pickle, prefix=space.prefix)
 
 
-class AsyncQueue(QueueBase):
+class AsyncQueue(QueueBase[AsyncRegistry]):
     """A named queue, as :class:`~conveyor.Queue` (same options, same errors), for asyncio code:
     ``await queue.enqueue(...)``. ``connection``: a ``redis.asyncio`` client."""
 
     _connect = staticmethod(aconnect)
+    _registry = AsyncRegistry
 
     def _job(self, job_id: str, raw: dict[bytes, Any]) -> AsyncJob:
         return AsyncJob(job_id, self.name, self.connection, raw, allow_pickle=self.allow_pickle,
@@ -123,6 +132,30 @@ class AsyncQueue(QueueBase):
     async def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
         return await steps.arun(job_steps.requeue_jobs(self.name, list(job_ids), self.keyspace), self.connection)
+
+    async def requeue_all_failed(self) -> int:
+        """Put every failed job of this queue back (fresh retry budget). Returns how many moved."""
+        return await steps.arun(self._requeue_all_failed_steps(), self.connection)
+
+    async def worker_job_ids(self, worker_id: str) -> list[str]:
+        """IDs of the jobs of this queue a worker holds a lease on."""
+        return await steps.arun(self._worker_ids_steps(worker_id), self.connection)
+
+    async def wait_all(self, jobs: Sequence[JobData], timeout: float | None = None, *,
+                       return_exceptions: bool = False,
+                       on_progress: Callable[[Progress], object] | None = None) -> list[Any]:
+        """As :meth:`conveyor.Queue.wait_all`."""
+        results = await waiting_aio.wait_async(self.connection, list(jobs), timeout, on_progress)
+        return waiting.values(results, return_exceptions)
+
+    async def set_limits(self, *, rate: flow.Rate | str | None | flow.Keep = flow.KEEP,
+                         max_concurrency: int | None | flow.Keep = flow.KEEP,
+                         burst: int | None | flow.Keep = flow.KEEP) -> flow.Limits:
+        """As :meth:`conveyor.Queue.set_limits`."""
+        return await steps.arun(flow.set_steps(self.keys, flow.changes(rate, max_concurrency, burst)), self.connection)
+
+    async def limits(self) -> flow.Limits:
+        return await steps.arun(flow.read_steps(self.keys), self.connection)
 
     async def aclose(self) -> None:
         """Close the client this queue made from a URL (not one passed in)."""

@@ -25,7 +25,8 @@ def dependents_keys(k: QueueKeys) -> list[str]:
 
 def claim(pipe: Any, k: QueueKeys, worker: str, n: int, start_now: int, lease_ms: int, exec_prefix: str,
           first_seq: int, take_suspect: bool, failure_ttl: int) -> Any:
-    return scripts.claim(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake, k.failed],
+    return scripts.claim(pipe, [k.ready, k.recovered, k.prefetched, k.leases, k.claimed(worker), k.wake, k.failed,
+                                k.limits],
                          [k.job_prefix, n, start_now, lease_ms, worker, exec_prefix, first_seq,
                           "1" if take_suspect else "0", failure_ttl, k.corrupt_prefix, *RUN_FIELDS])
 
@@ -126,6 +127,11 @@ def purge(pipe: Any, k: QueueKeys, include_scheduled: bool) -> Any:
     return scripts.purge(pipe, [k.ready, k.scheduled, k.recovered], [k.job_prefix, "1" if include_scheduled else "0"])
 
 
+def limits(pipe: Any, k: QueueKeys, changes: Iterable[tuple[str, str]]) -> Any:
+    """changes: (limits field, value) to set; an empty value clears the field."""
+    return scripts.limits(pipe, [k.limits], [v for pair in changes for v in pair])
+
+
 def lock_renew(pipe: Any, lock: str, token: str, ttl_ms: int) -> Any:
     return scripts.lock_renew(pipe, [lock], [token, ttl_ms])
 
@@ -150,3 +156,15 @@ def resolve(pipe: Any, k: QueueKeys, failure_ttl: int, recheck_ms: int, confirm:
     for triple in outcomes:
         args += triple
     return scripts.resolve(pipe, dependents_keys(k), args)
+
+
+def watch(pipe: Any, k: QueueKeys, job_ids: Iterable[str]) -> Any:
+    return scripts.watch(pipe, [k.finished], [k.job_prefix, *job_ids])
+
+
+def progress(pipe: Any, k: QueueKeys, jobs: Iterable[tuple[str, str, str, str]]) -> Any:
+    """jobs: (id, execution ID, progress JSON, meta JSON), "" leaving a value as it is."""
+    args: list[Any] = [k.job_prefix]
+    for row in jobs:
+        args += row
+    return scripts.progress(pipe, [k.leases], args)

@@ -16,7 +16,8 @@ from . import __version__, keys, logs
 from .cli_commands import enqueue, info
 from .cli_dashboard import dashboard
 from .cli_options import REDIS_OPTIONS, Group, UsageLine, Where, allow_modules_option, queues_option, redis_options
-from .cli_worker import start_up, worker_start_options
+from .cli_queue import queue
+from .cli_worker import limits_option, start_up, worker_start_options
 from .connection import ENV_URL, describe, error_line, resolve_url
 from .errors import ConveyorError
 from .settings import DEFAULT_METRICS_PORT, POOLS, WorkerSettings
@@ -31,6 +32,7 @@ def main() -> None:
 main.add_command(enqueue)
 main.add_command(info)
 main.add_command(dashboard)
+main.add_command(queue)
 
 
 # A group that runs the worker itself when no subcommand follows (``conveyor worker -q a``).
@@ -115,6 +117,8 @@ def worker_settings(redis_url: str | None, queues: tuple[str, ...], log_format: 
         if options[key] is None:
             options.pop(key)
     options["prefix"] = options["prefix"] or keys.DEFAULT_PREFIX
+    options["limits"] = limits_option(options.pop("limit_rate"), options.pop("limit_max_concurrency"),
+                                      options.pop("limit_burst"))
     if options["log_args"] is None:  # JSON logs feed pipelines that keep them: arguments only if asked
         options["log_args"] = log_format == "text"
     return WorkerSettings(redis_url=resolve_url(redis_url), queues=queues, **{**policy, **options})

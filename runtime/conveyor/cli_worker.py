@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from .cli_options import UsageLine
+from .errors import ConfigError
+from .limits import Limits, parse_count, parse_rate
 
 ENV_PATH = "CONVEYOR_PATH"
 # A burst worker is usually a CI step or a cron job: it must fail, not hang, when Redis
@@ -31,7 +33,15 @@ def _paths_option(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 
 
 def worker_start_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--path and --connect-timeout, for the worker command."""
+    """--path, --connect-timeout and the --limit-* options, for the worker command."""
+    f = click.option("--limit-burst", metavar="N", help="With --limit-rate: starts allowed at once (default: "
+                     "100 ms worth of the rate).")(f)
+    f = click.option("--limit-max-concurrency", metavar="N|none", help="Like --limit-rate: at most N jobs of each "
+                     "queue served running across all workers.")(f)
+    f = click.option("--limit-rate", metavar="N/s|N/m|N/h|none",
+                     help="Write this flow control to every queue served, at start (a JobQueue's spec.limits); "
+                          "giving any --limit-* option clears the limits not given. Default: leave them as they are "
+                          "(conveyor queue set).")(f)
     f = click.option("--path", "paths", multiple=True, callback=_paths_option, metavar="DIR",
                      help="Also import job functions and cron modules from DIR (repeatable; env CONVEYOR_PATH, "
                           "os.pathsep-separated). The current folder is always searched, after these.")(f)
@@ -75,3 +85,15 @@ def start_up(options: dict[str, Any]) -> None:
     check_cron_options(bool(options["with_scheduler"]), options["cron_files"], options["cron_modules"])
     options["connect_timeout"] = connect_timeout(options["connect_timeout"], bool(options["burst"]))
     import_paths(options.pop("paths"))
+
+
+def limits_option(rate: Any, max_concurrency: Any, burst: Any) -> Limits | None:
+    """The --limit-* options as the limits a worker declares at start (None: none given)."""
+    if rate is None and max_concurrency is None and burst is None:
+        return None
+    try:
+        return Limits(parse_rate(rate, "--limit-rate") if rate is not None else None,
+                      parse_count(max_concurrency, "--limit-max-concurrency") if max_concurrency is not None else None,
+                      parse_count(burst, "--limit-burst") if burst is not None else None)
+    except ConfigError as exc:
+        raise UsageLine(str(exc)) from None

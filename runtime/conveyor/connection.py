@@ -161,9 +161,14 @@ class RedisTarget:
             return sentinel.master_for(self.master, db=self.db)
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.hosts], **{**self.options, **extra})
 
-    def aclient(self, **extra: Any) -> Any:
-        """An asyncio client of the same kind."""
+    def aclient(self, *, blocking_pool: bool = False, **extra: Any) -> Any:
+        """An asyncio client of the same kind. ``blocking_pool``: on a plain server, a burst of
+        coroutines beyond the pool's 100 connections waits for one (20 s) instead of failing
+        with "Too many connections" (for apps; the worker knows its own few connections)."""
         if self.kind == SERVER:
+            if blocking_pool:
+                pool = aioredis.BlockingConnectionPool.from_url(self.url, **{**self.options, **extra})
+                return aioredis.Redis.from_pool(pool)
             return aioredis.Redis.from_url(self.url, **{**self.options, **extra})
         if self.kind == SENTINEL:
             sentinel = AsyncSentinel(list(self.hosts), sentinel_kwargs={**self.sentinel_options, **_timeouts(extra)},
@@ -227,7 +232,7 @@ def connect(redis_url: str | None = None, connection: Any = None) -> Any:
 
 def aconnect(redis_url: str | None = None, connection: Any = None) -> Any:
     """An asyncio client: the one passed in, or one built from the URL (bytes replies)."""
-    return _given(redis_url, connection) or RedisTarget.parse(redis_url).aclient()
+    return _given(redis_url, connection) or RedisTarget.parse(redis_url).aclient(blocking_pool=True)
 
 
 def _given(redis_url: str | None, connection: Any) -> Any:

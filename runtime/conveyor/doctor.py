@@ -31,7 +31,7 @@ KEY_TYPES: Mapping[str, str] = {
     "ready": "list", "recovered": "list", "wake": "list",
     "prefetched": "zset", "leases": "zset", "scheduled": "zset",
     "finished": "zset", "failed": "zset", "canceled": "zset",
-    "stats": "hash", "rate": "hash", "cron": "hash", "cron_info": "hash", "scheduler": "string",
+    "stats": "hash", "rate": "hash", "cron": "hash", "cron_info": "hash", "limits": "hash", "scheduler": "string",
     "deferred": "zset", "done": "zset", "outbox": "list",
 }
 LISTS = ("ready", "recovered")

@@ -103,3 +103,29 @@ def for_code(code: int, *args: Any) -> ConveyorError:
     if cls is None:
         raise ValueError(f"code {protocol.Code(code).name} is not an error")
     return cls(*args)
+
+
+class JobFailed(ConveyorError):
+    """A waited job failed for good (retries used up, abandoned, or malformed); it carries the
+    remote exception's type name, message and traceback text."""
+
+    def __init__(self, job_id: str, exc_type: str, message: str, traceback: str) -> None:
+        self.job_id, self.exc_type, self.message, self.traceback = job_id, exc_type, message, traceback
+        super().__init__(f"job {job_id!r} failed: {exc_type}: {message}")
+
+
+class JobCanceled(ConveyorError):
+    """A waited job was canceled (before it ran, or stopped on request)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} was canceled")
+
+
+class WaitTimeout(ConveyorError, TimeoutError):
+    """A wait ended before the job did (the job itself goes on)."""
+
+
+class ProgressError(ConveyorError, ValueError):
+    """A progress value or meta dict a job cannot report (not a number, not JSON, too big, or
+    reported where no worker can carry it)."""

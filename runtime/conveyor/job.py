@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -19,6 +20,7 @@ from .serializers import Serializer, reader
 
 DEFAULT_RESULT_TTL = 500
 _ATTEMPTS, _PAYLOAD, _RESULT = F.ATTEMPTS.encode(), F.PAYLOAD.encode(), F.RESULT.encode()
+_PROGRESS, _META = F.PROGRESS.encode(), F.META.encode()
 
 @dataclass(frozen=True)
 class ExcInfo:
@@ -28,6 +30,26 @@ class ExcInfo:
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a running job last reported (``current_job().set_progress``): a fraction (0-1) or a
+    count, an optional message, and when Redis stored it (seconds since the epoch)."""
+
+    job_id: str
+    value: float
+    message: str | None
+    updated_at: float | None
+
+    @classmethod
+    def parse(cls, job_id: str, raw: Any, at: float | None) -> Progress | None:
+        """From the stored JSON; None when unset or unreadable (written by hand)."""
+        try:
+            data = json.loads(raw)
+            return cls(job_id, float(data["value"]), data.get("message"), at)
+        except (TypeError, ValueError, KeyError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -196,6 +218,22 @@ class JobData:
         return ExcInfo(exc_type, _s(self._raw, F.EXC_MESSAGE, ""), _s(self._raw, F.EXC_TRACEBACK, ""))
 
     @property
+    def progress(self) -> Progress | None:
+        """The latest progress its code reported, as of this snapshot (None: none reported)."""
+        raw = self._raw.get(_PROGRESS)
+        return None if raw is None else Progress.parse(self.id, raw, _f(self._raw, F.PROGRESS_AT))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The small dict its code set (``current_job().set_meta``); {} when none or unreadable."""
+        raw = self._raw.get(_META)
+        try:
+            value = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
     def key(self) -> str:
         return self.keyspace.queue(self.queue).job(self.id)
 
@@ -255,6 +293,17 @@ class Job(JobData):
     def requeue(self) -> None:
         """Put a failed job back on its queue, with a fresh retry budget."""
         self._load(steps.run(job_steps.requeue(self), self.connection))
+
+    def wait(self, timeout: float | None = None, *, on_progress: Callable[[Progress], object] | None = None) -> Any:
+        """Block until the job ends; return its result. Raises :class:`~conveyor.JobFailed` (the remote
+        exception's type, message and traceback) once it failed for good (a retry is not the end),
+        :class:`~conveyor.JobCanceled`, :class:`~conveyor.NoSuchJob` if it is gone, or
+        :class:`~conveyor.WaitTimeout` after ``timeout`` seconds (None: no limit). Woken by the
+        step that ends the job (pub/sub, one connection per client), not by polling.
+        ``on_progress`` gets each :class:`Progress` the job reports meanwhile, in order."""
+        from . import waiting  # it builds on this module
+
+        return waiting.unwrap(waiting.wait_sync(self.connection, [self], timeout, on_progress)[0])
 
     @classmethod
     def fetch(

@@ -19,6 +19,9 @@ not know the job IDs up front (claim); they share the same tag.
     conveyor:{q:N}:scheduler             string the scheduler leader's token (a lease lock, PX)
     conveyor:{q:N}:cron                  hash   cron schedule name -> last tick enqueued (s)
     conveyor:{q:N}:unique:<key>          string job ID holding a unique key (EX unique_ttl)
+    conveyor:{q:N}:limits                hash   flow control set by `conveyor queue set` / a JobQueue (rate,
+                                                period_ms, burst, max_concurrency) and the token bucket claim.lua
+                                                keeps (tokens, refilled_ms); absent: no limit
     conveyor:{q:N}:stats                 hash   counters (duplicates suppressed, orphans, ...)
     conveyor:{q:N}:job:<id>              hash   the job: call, status, result, error, attempts
     conveyor:{q:N}:deferred              zset   deferred job ID -> when the scheduler checks its
@@ -35,6 +38,8 @@ not know the job IDs up front (claim); they share the same tag.
                                                 the name of a queue key such as "ready"
 
     conveyor:{q:N}:scheduled (channel)   pub/sub: "a job was scheduled", wakes the scheduler
+    conveyor:{q:N}:ended (channel)       pub/sub: "e ID" a waited job ended (or was purged), "p ID TIME
+                                         JSON" its progress; only for jobs a waiter marked (watch.lua)
 
 Fleet-wide, under their own hash tag so fleet bookkeeping is one slot on a Cluster
 (never touched by a Lua script):
@@ -195,6 +200,11 @@ class QueueKeys:
         return f"{self.base}:stats"
 
     @cached_property
+    def limits(self) -> str:
+        """Flow control: the limits (protocol.Limit) and claim.lua's token bucket."""
+        return f"{self.base}:limits"
+
+    @cached_property
     def cron_info(self) -> str:
         """Each cron schedule's spec and next tick, written by the scheduler leader (the dashboard's)."""
         return f"{self.base}:cron_info"
@@ -207,6 +217,12 @@ class QueueKeys:
     @cached_property
     def schedule_channel(self) -> str:
         return f"{self.base}:scheduled"
+
+    @cached_property
+    def ended_channel(self) -> str:
+        """Where waited jobs are announced (conveyor.waiting); _lib.lua's announce derives the same
+        name from a job key."""
+        return f"{self.base}:ended"
 
     @cached_property
     def claimed_prefix(self) -> str:

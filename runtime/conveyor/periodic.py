@@ -159,6 +159,16 @@ def load_file(path: str | Path) -> list[CronJob]:
     return out
 
 
+def load_all(modules: tuple[str, ...], files: tuple[str, ...]) -> list[CronJob]:
+    """The schedules a worker runs: those the modules register (importing them), then the files'."""
+    for module in modules:
+        load_module(module)
+    jobs = registered()
+    for path in files:
+        jobs += load_file(path)
+    return jobs
+
+
 def log_schedules(jobs: list[CronJob], queues: tuple[str, ...], now: float) -> None:
     """One line per loaded schedule, so a typo in a schedule shows at start, not at 3 a.m."""
     for entry in jobs:

@@ -2,6 +2,8 @@
 
 - :class:`Field`: every field of a job hash (``conveyor:{q:NAME}:job:ID``).
 - :class:`Status`: every value of its ``status`` field (:class:`JobStatus`, the same as an enum).
+- :class:`Limit`: the fields of a queue's limits hash (flow control, token bucket);
+  :class:`Throttle`: why claim.lua started fewer jobs than asked because of them.
 - :class:`Code`: what the scripts return per job (OK, STALE, ...); :mod:`conveyor.errors`
   turns a code into the exception a client sees (:func:`conveyor.errors.for_code`).
 - :data:`KEYS`: each script's KEYS, by name in order, as its header comment names them
@@ -55,6 +57,12 @@ class Field:
     DEPENDS_ON: Final = "depends_on"  # "queue:id queue:id": what the job waited for, as given
     ON_DEP_FAILURE: Final = "on_dep_failure"  # "cancel" | "run"
     HAS_DEPENDENTS: Final = "has_dependents"  # "1": its end releases jobs waiting for it
+    # A waiter watches the job (watch.lua): the steps that end it announce it on the queue's
+    # ended channel. Unset on most jobs, so they pay no PUBLISH.
+    WAITED: Final = "waited"
+    PROGRESS: Final = "progress"  # JSON {"value": number, "message": str|null}, the latest reported
+    PROGRESS_AT: Final = "progress_at"  # when it was stored (Redis time, s)
+    META: Final = "meta"  # JSON object set by the running job (JobContext.set_meta)
 
 
 FIELDS: Final[tuple[str, ...]] = tuple(v for k, v in vars(Field).items() if k.isupper())
@@ -75,6 +83,32 @@ class Status:
 
 STATUSES: Final[tuple[str, ...]] = tuple(v for k, v in vars(Status).items() if k.isupper())
 LIVE: Final = (Status.PREFETCHED, Status.STARTED)  # a worker holds the job (claimed set + lease)
+
+
+class Limit:
+    """The fields of a queue's limits hash (``conveyor:{q:NAME}:limits``): what limits.lua sets,
+    and the token bucket claim.lua keeps beside them."""
+
+    RATE: Final = "rate"  # starts allowed per period (a positive integer)
+    PERIOD_MS: Final = "period_ms"
+    BURST: Final = "burst"  # the bucket's size: starts allowed at once after a quiet spell
+    MAX_CONCURRENCY: Final = "max_concurrency"  # jobs holding a lease (prefetched or started), fleet-wide
+    TOKENS: Final = "tokens"  # the bucket: starts allowed now (fractional)
+    REFILLED_MS: Final = "refilled_ms"  # Redis time (ms) the bucket was last brought up to date
+
+
+LIMIT_FIELDS: Final[tuple[str, ...]] = tuple(v for k, v in vars(Limit).items() if k.isupper())
+LIMIT_SETTINGS: Final = (Limit.RATE, Limit.PERIOD_MS, Limit.BURST, Limit.MAX_CONCURRENCY)  # what limits.lua sets
+
+
+class Throttle:
+    """Why a claim of a limited queue stopped short (claim.lua's third reply value)."""
+
+    RATE: Final = "rate"  # no token left: the next one comes in the ms claim.lua gives
+    CONCURRENCY: Final = "concurrency"  # max_concurrency jobs hold leases: wait for one to end
+
+
+THROTTLES: Final[tuple[str, ...]] = (Throttle.RATE, Throttle.CONCURRENCY)
 
 
 class JobStatus(str, enum.Enum):
@@ -135,7 +169,7 @@ DEPENDENTS_KEYS: Final = ("ready", "wake", "deferred", "canceled", "outbox")
 # set; lock: a lock key). conveyor.calls passes them in this order.
 KEYS: Final[dict[str, tuple[str, ...]]] = {
     "enqueue": ("ready", "wake", "scheduled", "cron", "stats", "deferred", "done", "canceled", "outbox"),
-    "claim": ("ready", "recovered", "prefetched", "leases", "claimed", "wake", "failed"),
+    "claim": ("ready", "recovered", "prefetched", "leases", "claimed", "wake", "failed", "limits"),
     "start": ("prefetched", "leases"),
     "complete": ("leases", "prefetched", "claimed", "finished", "rate", "done", *DEPENDENTS_KEYS),
     # failed: the canceled zset for a stopped job
@@ -153,10 +187,13 @@ KEYS: Final[dict[str, tuple[str, ...]]] = {
     "purge": ("ready", "scheduled", "recovered"),
     "delete": ("finished", "failed", "canceled"),
     "failed_types": ("failed",),
+    "limits": ("limits",),
     "lock_renew": ("lock",),
     "lock_release": ("lock",),
     "depend": ("done",),
     "resolve": DEPENDENTS_KEYS,
+    "watch": ("finished",),  # names the queue's slot only: it reads and marks job hashes
+    "progress": ("leases",),  # likewise
     "repair": ("ready", "recovered", "wake", "prefetched", "leases", "scheduled", "finished", "failed", "canceled"),
 }
 
@@ -166,15 +203,18 @@ OPTIONAL_KEYS: Final[dict[str, tuple[str, ...]]] = {"enqueue": ("queues",)}
 
 
 def lua_name(kind: str, name: str) -> str:
-    """The Lua local for a field (kind F: F_STATUS) or a status (kind S: S_QUEUED); a code keeps its name (OK)."""
+    """The Lua local for a field (kind F: F_STATUS), a status (kind S: S_QUEUED), a limits field (kind L:
+    L_RATE) or a throttle reason (kind T: T_RATE); a code keeps its name (OK)."""
     return f"{kind}_{name.upper()}"
 
 
 def lua_constants() -> list[tuple[str, str]]:
-    """(Lua local, Lua literal) for every code, status and field."""
+    """(Lua local, Lua literal) for every code, status, field, limits field and throttle reason."""
     out = [(code.name, str(int(code))) for code in Code]
     out += [(lua_name("S", s), f"'{s}'") for s in STATUSES]
     out += [(lua_name("F", f), f"'{f}'") for f in FIELDS]
+    out += [(lua_name("L", f), f"'{f}'") for f in LIMIT_FIELDS]
+    out += [(lua_name("T", t), f"'{t}'") for t in THROTTLES]
     return out
 
 

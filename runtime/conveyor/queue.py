@@ -5,19 +5,20 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
-from . import batch, deps, errors, keys, scripts, steps, wire
+from . import batch, deps, errors, job_steps, keys, scripts, steps, waiting, wire
+from . import limits as flow
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
-from .job import DEFAULT_FAILURE_TTL, Job, requeue_jobs
+from .job import DEFAULT_FAILURE_TTL, Job, JobData, Progress, requeue_jobs
 from .protocol import ENQUEUE_FIELDS, Code, Status
 from .protocol import Field as F
-from .registry import Registry
+from .registry import Registry, RegistryBase
 from .retry import Retry
 from .serializers import Serializer, get_serializer
 from .validation import (
@@ -34,13 +35,18 @@ _STATUS, _ENQUEUED_AT, _DUE_AT = F.STATUS.encode(), F.ENQUEUED_AT.encode(), F.DU
 _QUEUED, _SCHEDULED = Status.QUEUED.encode(), Status.SCHEDULED.encode()
 _FIELD_NAMES = tuple(f.encode() for f in ENQUEUE_FIELDS)  # a returned Job's hash fields, by column
 
-class QueueBase(abc.ABC):
+R = TypeVar("R", bound=RegistryBase)
+
+
+class QueueBase(abc.ABC, Generic[R]):
     """What the sync :class:`Queue` and the asyncio :class:`~conveyor.aio.AsyncQueue` share:
     settings, checking and encoding, and every operation as :mod:`conveyor.steps`."""
 
     connection: Any
     # How the client is built from redis_url / connection: sync (connect) or asyncio (aconnect).
     _connect: Callable[[str | None, Any], Any]
+    # How registries are read: sync properties (Registry) or awaited methods (AsyncRegistry).
+    _registry: type[R]
 
     def __init__(
         self,
@@ -108,6 +114,50 @@ class QueueBase(abc.ABC):
         k = self.keys
         replies = yield from steps.execute(lambda p: (p.lrange(k.recovered, 0, -1), p.lrange(k.ready, 0, -1)))
         return [i.decode() for ids in replies for i in ids]
+
+    def _requeue_all_failed_steps(self) -> steps.Steps[int]:
+        ids = yield from self.failed._ids_steps()
+        return (yield from job_steps.requeue_jobs(self.name, ids, self.keyspace)) if ids else 0
+
+    def _worker_ids_steps(self, worker_id: str) -> steps.Steps[list[str]]:
+        [ids] = yield from steps.execute(lambda p: p.smembers(self.keys.claimed(worker_id)))
+        return sorted(i.decode() for i in ids)
+
+    # -- registries (plain job IDs, never composite) ----------------------------------
+
+    def registry(self, name: str) -> R:
+        """``prefetched``, ``started``, ``scheduled``, ``deferred``, ``finished``, ``failed`` or ``canceled``."""
+        return self._registry(self, name)
+
+    @property
+    def prefetched(self) -> R:
+        """Jobs a worker holds in its buffer: claimed, not running yet."""
+        return self.registry(Status.PREFETCHED)
+
+    @property
+    def started(self) -> R:
+        return self.registry(Status.STARTED)
+
+    @property
+    def scheduled(self) -> R:
+        return self.registry(Status.SCHEDULED)
+
+    @property
+    def deferred(self) -> R:
+        """Jobs waiting for their dependencies (conveyor.deps)."""
+        return self.registry(Status.DEFERRED)
+
+    @property
+    def finished(self) -> R:
+        return self.registry(Status.FINISHED)
+
+    @property
+    def failed(self) -> R:
+        return self.registry(Status.FAILED)
+
+    @property
+    def canceled(self) -> R:
+        return self.registry(Status.CANCELED)
 
     def encode_batch(
         self, items: list[EnqueueData], if_exists: str, *, due_ms: int | None = None, guard: tuple[str, int] | None = None
@@ -229,7 +279,7 @@ def when_due(when: dt.datetime) -> float:
     return when.timestamp()
 
 
-class Queue(QueueBase):
+class Queue(QueueBase[Registry]):
     """A named queue in Redis.
 
     ``result_ttl`` and ``failure_ttl`` are the defaults for jobs enqueued here: seconds
@@ -250,6 +300,7 @@ class Queue(QueueBase):
     """
 
     _connect = staticmethod(connect)
+    _registry = Registry
 
     # -- enqueueing --------------------------------------------------------------
 
@@ -315,13 +366,21 @@ class Queue(QueueBase):
     def _job(self, job_id: str, raw: dict[bytes, Any]) -> Job:
         return Job(job_id, self.name, self.connection, raw, allow_pickle=self.allow_pickle, prefix=self.keyspace.prefix)
 
+    def wait_all(self, jobs: Sequence[JobData], timeout: float | None = None, *, return_exceptions: bool = False,
+                 on_progress: Callable[[Progress], object] | None = None) -> list[Any]:
+        """Block until every job ended; their results in order. A failed or canceled job's
+        exception is raised (the first, in order, once all ended), or put in its place with
+        ``return_exceptions=True``; :class:`~conveyor.WaitTimeout` after ``timeout`` seconds.
+        All waits of this queue's client share one pub/sub connection."""
+        return waiting.values(waiting.wait_sync(self.connection, list(jobs), timeout, on_progress), return_exceptions)
+
     def requeue(self, *job_ids: str) -> int:
         """Put failed jobs back on this queue (fresh retry budget). Returns how many moved."""
         return requeue_jobs(self.connection, self.name, list(job_ids), self.keyspace)
 
     def requeue_all_failed(self) -> int:
-        ids = self.failed.job_ids
-        return requeue_jobs(self.connection, self.name, ids, self.keyspace) if ids else 0
+        """Put every failed job of this queue back (fresh retry budget). Returns how many moved."""
+        return steps.run(self._requeue_all_failed_steps(), self.connection)
 
     # -- looking --------------------------------------------------------------------
 
@@ -342,42 +401,21 @@ class Queue(QueueBase):
         return Job.fetch(job_id, self.connection, queue=self.name, allow_pickle=self.allow_pickle,
                          prefix=self.keyspace.prefix)
 
-    def registry(self, name: str) -> Registry:
-        """``prefetched``, ``started``, ``scheduled``, ``deferred``, ``finished``, ``failed`` or ``canceled``:
-        plain job IDs, never composite."""
-        return Registry(self, name)
+    # -- flow control (conveyor.limits) ----------------------------------------------
 
-    @property
-    def prefetched(self) -> Registry:
-        """Jobs a worker holds in its buffer: claimed, not running yet."""
-        return self.registry(Status.PREFETCHED)
+    def set_limits(self, *, rate: flow.Rate | str | None | flow.Keep = flow.KEEP,
+                   max_concurrency: int | None | flow.Keep = flow.KEEP,
+                   burst: int | None | flow.Keep = flow.KEEP) -> flow.Limits:
+        """Limit this queue fleet-wide: ``rate="100/s"`` (N/s, N/m, N/h), ``max_concurrency=5``
+        (jobs holding a lease across all workers), ``burst`` (starts allowed at once; default
+        100 ms worth of the rate). None clears a limit; an argument not given is kept.
+        Returns the limits now in force; a bad value raises ConfigError before anything is written."""
+        return steps.run(flow.set_steps(self.keys, flow.changes(rate, max_concurrency, burst)), self.connection)
 
-    @property
-    def started(self) -> Registry:
-        return self.registry(Status.STARTED)
-
-    @property
-    def scheduled(self) -> Registry:
-        return self.registry(Status.SCHEDULED)
-
-    @property
-    def deferred(self) -> Registry:
-        """Jobs waiting for their dependencies (conveyor.deps)."""
-        return self.registry(Status.DEFERRED)
-
-    @property
-    def finished(self) -> Registry:
-        return self.registry(Status.FINISHED)
-
-    @property
-    def failed(self) -> Registry:
-        return self.registry(Status.FAILED)
-
-    @property
-    def canceled(self) -> Registry:
-        return self.registry(Status.CANCELED)
+    def limits(self) -> flow.Limits:
+        return steps.run(flow.read_steps(self.keys), self.connection)
 
     def worker_job_ids(self, worker_id: str) -> list[str]:
         """IDs of the jobs of this queue a worker holds a lease on."""
-        return sorted(i.decode() for i in self.connection.smembers(self.keys.claimed(worker_id)))
+        return steps.run(self._worker_ids_steps(worker_id), self.connection)
 

@@ -244,12 +244,13 @@ async def aping(client: Any) -> None:
         await _node_client(client, node).ping()
 
 
-def apubsub(client: Any) -> Any:
+def apubsub(client: Any, ignore_subscribe_messages: bool = True) -> Any:
     """A pub/sub on this client; on a Cluster on one live master (classic PUBLISH reaches
     every node, so any node hears every channel)."""
     if is_cluster(client):
-        return _node_client(client, client.nodes_manager.get_node_from_slot(0)).pubsub(ignore_subscribe_messages=True)
-    return client.pubsub(ignore_subscribe_messages=True)
+        node = _node_client(client, client.nodes_manager.get_node_from_slot(0))
+        return node.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
+    return client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
 
 
 async def ainfos(client: Any, section: str) -> list[dict[str, Any]]:

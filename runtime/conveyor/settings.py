@@ -9,6 +9,7 @@ from typing import Any
 from . import keys
 from .connection import RedisTarget, TlsFiles
 from .errors import InvalidArgument
+from .limits import Limits
 from .retry import Retry, policy_retry
 from .validation import check_module_names, check_queue_name, check_ttl
 
@@ -75,6 +76,9 @@ class WorkerSettings:
     # The call's arguments (shortened) on the line that ends each job (and DEBUG "started" lines);
     # off keeps them out of logs.
     log_args: bool = True
+    # Flow control written to every queue served, at start (a JobQueue's spec.limits: the spec wins
+    # at each rollout); None leaves the queues' limits as they are (conveyor queue set).
+    limits: Limits | None = None
 
     def __post_init__(self) -> None:
         keys.check_prefix(self.prefix)

@@ -9,6 +9,7 @@ a newline inside it cannot pass for a line of this output.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,14 @@ def lines(data: dict[str, Any], ago: Callable[[float | None], str]) -> list[str]
             data["timeout"] = _Raw("worker default")
         else:  # under a minute a timeout keeps its fraction (0.5s); above, a duration reads better
             data["timeout"] = _Raw(f"{timeout:g}s" if timeout < 60 else duration(timeout))
+    progress = data.get("progress")
+    if isinstance(progress, dict):  # 0.5 loading rows (12:00:01.250, 3s ago)
+        at = progress.get("updated_at")
+        when = f" ({dt.datetime.fromtimestamp(at).isoformat(sep=' ', timespec='milliseconds')}, {ago(at)})" if at else ""
+        data["progress"] = _Raw(f"{progress['value']:g}" + (f" {progress['message']}" if progress.get("message") else "")
+                                + when)
+    if isinstance(data.get("meta"), dict):
+        data["meta"] = _Raw(json.dumps(data["meta"], sort_keys=True))
     if isinstance(data.get("ttl"), int):
         data["ttl"] = _Raw(ttl_text(data["ttl"]))
     width = max(len(k) for k in data)

@@ -8,7 +8,8 @@ fields as ``F_STATUS``) and ``_lib.lua`` are put after that line, so the wire na
 definition and helpers are not copied.
 
 Scripts run by EVALSHA inside ordinary pipelines, or alone (:meth:`Script.run`, for the
-single enqueue: a pipeline costs more client time than the Lua). (redis-py's own Script
+single enqueue: a pipeline costs more client time than the Lua; sent on a connection the
+thread keeps, :mod:`conveyor.direct`). (redis-py's own Script
 objects send SCRIPT EXISTS before every pipeline, a second round trip on the hot path.) Every command
 of a pipeline gets its own reply (:func:`aexecute_each`): an error in one never throws
 away what Redis did for the others. When Redis answers NOSCRIPT (restarted, flushed) the
@@ -28,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .. import protocol, routing
+from .. import direct, protocol, routing
 from ..connection import is_cluster
 
 PRELUDE = protocol.lua_prelude()
@@ -60,7 +61,7 @@ class Script:
         NOSCRIPT the scripts are loaded and it is sent again (a script that hit NOSCRIPT
         never ran). A connection error raises."""
         def send() -> Any:
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return direct.execute(client, "EVALSHA", self.sha, len(keys), *keys, *args)
 
         try:
             try:
@@ -139,13 +140,16 @@ requeue = Script("requeue")
 purge = Script("purge")
 delete = Script("delete")  # ended jobs, from the dashboard
 failed_types = Script("failed_types")  # the dashboard's filter of failed jobs by exception type
+limits = Script("limits")  # flow control: conveyor queue set, Queue.set_limits, a JobQueue's workers
 lock_renew = Script("lock_renew")
 lock_release = Script("lock_release")
 repair = Script("repair")  # conveyor doctor --fix
 depend = Script("depend")  # register dependents on a dependency's queue (conveyor/deps.py)
 resolve = Script("resolve")  # dependency outcomes reach the deferred jobs of a queue
+watch = Script("watch")  # a waiter marks jobs and reads them (conveyor.waiting)
+progress = Script("progress")  # what running jobs reported (conveyor.worker.progress)
 ALL = (enqueue, claim, start, complete, fail, renew, cancel, release, retry, reap, release_worker, disown, promote,
-       requeue, purge, delete, failed_types, lock_renew, lock_release, repair, depend, resolve)
+       requeue, purge, delete, failed_types, limits, lock_renew, lock_release, repair, depend, resolve, watch, progress)
 
 
 def _load_stack() -> list[routing.Command]:

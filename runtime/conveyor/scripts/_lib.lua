@@ -179,11 +179,20 @@ local function register(registry, entries, now)
   redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
 end
 
+-- Tell a job's waiters (conveyor.waiting) on its queue's ended channel (keys.QueueKeys.ended_channel,
+-- named here from the job key "<base>:job:<id>"): kind "e" it ended or is gone, "p" its progress
+-- (extra: time and JSON). Callers announce only jobs a waiter marked (F_WAITED): no PUBLISH for others.
+local function announce(job_key, id, kind, extra)
+  local channel = string.sub(job_key, 1, #job_key - #id - 4) .. 'ended'
+  redis.call('PUBLISH', channel, kind .. ' ' .. id .. (extra and (' ' .. extra) or ''))
+end
+
 -- Fail a job for good because it cannot be handled: the bad field stays for inspection.
 local function fail_malformed(key, id, reason, failed_key, default_ttl, now, now_str)
   redis.call('HSET', key, F_STATUS, S_FAILED, F_EXC_TYPE, 'MalformedJob', F_EXC_MESSAGE, reason,
     F_EXC_TRACEBACK, '', F_ENDED_AT, now_str)
-  local f = redis.call('HMGET', key, F_FAILURE_TTL, F_UNIQUE_LOCK)
+  local f = redis.call('HMGET', key, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WAITED)
+  if f[3] then announce(key, id, 'e') end
   local score = retire(key, id, f[1], default_ttl, f[2], now)
   register(failed_key, score and {score, id} or {}, now)
 end
@@ -264,7 +273,7 @@ end
 -- job is charged (orphaned + 1, an attempt "WorkerLost" with attempt_msg) and fails as
 -- Abandoned once lost max_deliveries times (why: a few words for that message); a prefetched
 -- one never started and is not charged. f is the HMGET of status, worker, max_deliveries,
--- failure_ttl, unique_lock, orphaned. No execution owns the job afterwards, so a late outcome
+-- failure_ttl, unique_lock, orphaned, waited. No execution owns the job afterwards, so a late outcome
 -- from the lost worker reads as STALE. Returns 'requeued' or 'abandoned'.
 local function lose(key, id, f, started, attempt_msg, why, default_max, failed_key, default_ttl,
                     recovered_key, now, now_str)
@@ -280,6 +289,7 @@ local function lose(key, id, f, started, attempt_msg, why, default_max, failed_k
         F_EXC_MESSAGE, 'abandoned ' .. lost .. ' times: its worker was lost each time (' .. why .. ')',
         F_ENDED_AT, now_str)
       redis.call('HDEL', key, F_SUSPECT)
+      if f[7] then announce(key, id, 'e') end
       local score = retire(key, id, f[4], default_ttl, f[5], now)
       register(failed_key, score and {score, id} or {}, now)
       return 'abandoned'
@@ -370,13 +380,15 @@ local function resolve_dep(Q, id, dep_ref, ok, now, now_str)
   local pending = Q.base .. 'deps:' .. id
   if redis.call('SREM', pending, dep_ref) == 0 then return nil end
   local key = Q.base .. 'job:' .. id
-  local f = redis.pcall('HMGET', key, F_STATUS, F_ON_DEP_FAILURE, F_FAILURE_TTL, F_UNIQUE_LOCK, F_HAS_DEPENDENTS)
+  local f = redis.pcall('HMGET', key, F_STATUS, F_ON_DEP_FAILURE, F_FAILURE_TTL, F_UNIQUE_LOCK, F_HAS_DEPENDENTS,
+    F_WAITED)
   if f.err or f[1] ~= S_DEFERRED then return nil end
   if not ok and f[2] ~= 'run' then
     redis.call('DEL', pending)
     redis.call('ZREM', Q.deferred, id)
     redis.call('HSET', key, F_STATUS, S_CANCELED, F_ENDED_AT, now_str, F_EXC_TYPE, 'DependencyFailed',
       F_EXC_MESSAGE, 'dependency ' .. dep_ref .. ' failed or was canceled', F_EXC_TRACEBACK, '')
+    if f[6] then announce(key, id, 'e') end
     local score = retire(key, id, f[3], Q.failure_ttl, f[4], now)
     register(Q.canceled, score and {score, id} or {}, now)
     return S_CANCELED, f[5] == '1'

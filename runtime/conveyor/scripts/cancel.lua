@@ -13,7 +13,7 @@ local err = expect_types({KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'zset', KEY
 if err then return err end
 local id, exec = ARGV[2], ARGV[4]
 local key = ARGV[1] .. id
-local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_WORKER, F_FAILURE_TTL, F_UNIQUE_LOCK,
+local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_WORKER, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WAITED,
   F_HAS_DEPENDENTS)
 if f.err or not f[1] then return {MISSING} end
 local status = f[1]
@@ -34,9 +34,10 @@ end
 local now, now_str = now_s()
 redis.call('HSET', key, F_STATUS, S_CANCELED, F_ENDED_AT, now_str)
 redis.call('HDEL', key, F_SUSPECT)
+if f[6] then announce(key, id, 'e') end
 local score = retire(key, id, f[4], ARGV[3], f[5], now)
 register(KEYS[2], score and {score, id} or {}, now)
-if f[6] then
+if f[7] then
   release_all(dep_queue(ARGV[1], {KEYS[1], KEYS[7], KEYS[6], KEYS[2], KEYS[8]}, ARGV[3]), {id}, false, now, now_str)
 end
 return {OK}

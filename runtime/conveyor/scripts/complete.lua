@@ -18,7 +18,7 @@ for i = 4, #ARGV, 3 do
   local id, exec, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = prefix .. id
   local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_RESULT_TTL, F_UNIQUE_LOCK, F_RETRIES, F_ORPHANED,
-    F_WORKER, F_SUSPECT, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK, F_HAS_DEPENDENTS)
+    F_WORKER, F_SUSPECT, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK, F_WAITED, F_HAS_DEPENDENTS)
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
   if code == OK then
@@ -29,7 +29,8 @@ for i = 4, #ARGV, 3 do
     if f[8] or f[9] or f[10] or f[11] then  -- most jobs have none of these: no HDEL for them
       redis.call('HDEL', key, F_SUSPECT, F_EXC_TYPE, F_EXC_MESSAGE, F_EXC_TRACEBACK)
     end
-    if f[12] then releasing[#releasing + 1] = id end
+    if f[12] then announce(key, id, 'e') end
+    if f[13] then releasing[#releasing + 1] = id end
     local score = retire(key, id, f[3], default_ttl, f[4], now)
     if score then
       entries[#entries + 1] = score

@@ -16,7 +16,7 @@ local codes, entries, ended, unclaimed, releasing = {}, {}, {}, {}, {}
 for i = 5, #ARGV, 5 do
   local id, exec = ARGV[i], ARGV[i + 1]
   local key = prefix .. id
-  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WORKER, F_SUSPECT,
+  local f = redis.pcall('HMGET', key, F_STATUS, F_EXECUTION_ID, F_FAILURE_TTL, F_UNIQUE_LOCK, F_WORKER, F_SUSPECT, F_WAITED,
     F_HAS_DEPENDENTS)
   if f.err then f = {} end
   local code = owner_code(f[1], f[2], exec)
@@ -26,7 +26,8 @@ for i = 5, #ARGV, 5 do
     redis.call('HSET', key, F_STATUS, final, F_EXC_TYPE, ARGV[i + 2], F_EXC_MESSAGE, ARGV[i + 3],
       F_EXC_TRACEBACK, ARGV[i + 4], F_ENDED_AT, now_str)
     if f[6] then redis.call('HDEL', key, F_SUSPECT) end
-    if f[7] then releasing[#releasing + 1] = id end
+    if f[7] then announce(key, id, 'e') end
+    if f[8] then releasing[#releasing + 1] = id end
     local score = retire(key, id, f[3], default_ttl, f[4], now)
     if score then
       entries[#entries + 1] = score

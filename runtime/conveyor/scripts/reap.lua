@@ -19,14 +19,14 @@ local requeued, abandoned, releasing = {}, {}, {}
 local function recover(id, started)
   local key = prefix .. id
   local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED,
-    F_HAS_DEPENDENTS)
+    F_WAITED, F_HAS_DEPENDENTS)
   if settle(key, id, f, KEYS[4], ARGV[5], ARGV[6] .. id, now, now_str) then return end
   if f[1] ~= (started and S_STARTED or S_PREFETCHED) then return end  -- it moved on: a stale entry
   if f[2] then redis.pcall('SREM', claimed_prefix .. f[2], id) end
   local outcome = lose(key, id, f, started, 'lease expired: the worker running it was lost', 'lease expired',
     ARGV[4], KEYS[4], ARGV[5], KEYS[3], now, now_str)
   if outcome == 'abandoned' then abandoned[#abandoned + 1] = id else requeued[#requeued + 1] = id end
-  if outcome == 'abandoned' and f[7] then releasing[#releasing + 1] = id end
+  if outcome == 'abandoned' and f[8] then releasing[#releasing + 1] = id end
 end
 
 for _, started in ipairs({true, false}) do

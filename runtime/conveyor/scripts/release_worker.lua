@@ -21,7 +21,7 @@ local requeued, abandoned, releasing = {}, {}, {}
 local function recover(id)
   local key = prefix .. id
   local f = redis.pcall('HMGET', key, F_STATUS, F_WORKER, F_MAX_DELIVERIES, F_FAILURE_TTL, F_UNIQUE_LOCK, F_ORPHANED,
-    F_HAS_DEPENDENTS)
+    F_WAITED, F_HAS_DEPENDENTS)
   local settled = settle(key, id, f, KEYS[4], ARGV[4], ARGV[5] .. id, now, now_str)
   -- Another worker's lease (the job was reaped and claimed again) is not ours to take.
   if settled or not LIVE[f[1]] or f[2] ~= worker then return end
@@ -29,7 +29,7 @@ local function recover(id)
   local outcome = lose(key, id, f, f[1] ~= S_PREFETCHED, reason, cut(reason, 200), ARGV[3], KEYS[4], ARGV[4],
     KEYS[3], now, now_str)
   if outcome == 'abandoned' then abandoned[#abandoned + 1] = id else requeued[#requeued + 1] = id end
-  if outcome == 'abandoned' and f[7] then releasing[#releasing + 1] = id end
+  if outcome == 'abandoned' and f[8] then releasing[#releasing + 1] = id end
 end
 
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[7])) do

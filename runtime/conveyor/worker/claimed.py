@@ -60,10 +60,10 @@ class Ended:
 
 
 def parse_claim(queue: str, reply: list[Any], default_timeout: float, lease_until: float) -> list[Claimed]:
-    """claim.lua's reply, from its third value on: id, execution ID, state, suspect, RUN_FIELDS."""
+    """claim.lua's reply, from its fourth value on: id, execution ID, state, suspect, RUN_FIELDS."""
     width = 4 + len(RUN_FIELDS)
     out = []
-    for i in range(2, len(reply), width):
+    for i in range(3, len(reply), width):
         job_id, exec_id, state, suspect, func, payload, ser, timeout, deliveries, enqueued_at, retry, retries, due_at = (
             reply[i: i + width])
         try:

@@ -26,12 +26,15 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from .. import __version__, calls, depth, keys, scripts
+from ..protocol import Limit
 from ..settings import WorkerSettings
+from . import progress
 from .claimed import Claimed
 from .link import DOWN_ERRORS, LinkDown, RedisLink, RefusalLog
 from .metrics import DEPTH_STATES, WorkerMetrics
 from .runner import Runner
 from .scheduler import read_reaped
+from .throttle import sample_limits
 
 log = logging.getLogger("conveyor.worker")
 POD_ENV = "POD_NAME"  # set by the Deployment from metadata.name; absent outside Kubernetes
@@ -72,7 +75,17 @@ class Housekeeping:
             by_queue.setdefault(job.queue, []).append(job)
         reap = self.link.reap_allowed()
         sent = time.monotonic()
-        replies = iter(await self.link.roundtrip(lambda pipe: self._build(pipe, by_queue, reap, time.time())))
+        reports = progress.take()  # a lone long job's progress is written at least this often
+        try:
+            replies = iter(await self.link.roundtrip(lambda pipe: self._build(pipe, reports, by_queue, reap,
+                                                                              time.time())))
+        except LinkDown:
+            progress.give_back(reports)
+            raise
+        finally:
+            progress.sent(reports)
+        for _ in reports:
+            next(replies)
         self._read_renewals(replies, by_queue, sent)
         for queue in self.settings.queues:
             self._read_queue(queue, replies, reap)
@@ -80,9 +93,11 @@ class Housekeeping:
             if part:
                 self.refusals.refused(part, reply)
 
-    def _build(self, pipe: Any, by_queue: dict[str, list[Claimed]], reap: bool, now: float) -> None:
+    def _build(self, pipe: Any, reports: progress.Groups, by_queue: dict[str, list[Claimed]], reap: bool,
+               now: float) -> None:
         """One round's commands; :meth:`_read_renewals` and :meth:`_read_queue` read them in order."""
         s = self.settings
+        progress.queue_calls(pipe, self.keys, reports)
         ttl = max(10, int(s.lease_seconds * 2))
         for queue, jobs in by_queue.items():
             calls.renew(pipe, self.keys[queue], self.lease_ms, [(j.id, j.execution_id) for j in jobs])
@@ -92,6 +107,7 @@ class Housekeeping:
             depth.queue(pipe, k, now)
             pipe.hgetall(k.stats)
             pipe.exists(k.scheduler_lock)
+            pipe.hmget(k.limits, Limit.RATE, Limit.PERIOD_MS, Limit.MAX_CONCURRENCY)
             for registry in (k.finished, k.failed, k.canceled):
                 pipe.zremrangebyscore(registry, "-inf", f"({now}")
         pipe.sadd(self.space.queues, *s.queues)
@@ -128,6 +144,7 @@ class Housekeeping:
             for state in DEPTH_STATES:
                 sampled.depth[(queue, state)] = sample[state]
         stats, leader = next(replies), next(replies)
+        sample_limits(sampled.limits, queue, next(replies))
         if isinstance(stats, dict):
             for name, value in stats.items():
                 try:

@@ -25,21 +25,22 @@ from .. import calls, keys
 from ..connection import cause
 from ..protocol import Code, Status
 from ..settings import WorkerSettings
-from .calltext import LazyCall, debug_traceback, with_traceback
+from . import progress, recorded
 from .claimed import Claimed, Ended, parse_claim
 from .link import LinkDown, RedisLink
 from .metrics import WorkerMetrics
+from .recorded import OUTCOMES as _OUTCOMES
 from .refusals import Refusals
 from .runner import Runner
+from .throttle import Throttles
 
 log = logging.getLogger("conveyor.worker")
 
-_OUTCOMES = {"complete": "succeeded", "fail": "failed", "retry": "retried", "stop": "stopped"}  # metric labels
 
 
 class Flow:
     def __init__(self, worker_id: str, settings: WorkerSettings, link: RedisLink, runner: Runner,
-                 metrics: WorkerMetrics, stats: collections.Counter[str]) -> None:
+                 metrics: WorkerMetrics, stats: collections.Counter[str], wakeup: Callable[[], None] = lambda: None) -> None:
         self.id = worker_id
         self.settings = settings
         self.link = link
@@ -52,6 +53,8 @@ class Flow:
         self._wakes = 0  # bumped by wake(): a step that began before it must not clear want_claim
         self.claim_left = 0  # IDs the last claim left that this worker could take
         self.refusals = Refusals()
+        self._wakeup = wakeup  # the worker's loop has something to do
+        self.throttles = Throttles(metrics, self._throttle_ended, {k.wake: q for q, k in self.keys.items()})
         self._suspect_freed = False
         self._exec_prefix = f"{secrets.token_hex(8)}-"  # execution IDs: unique across restarts and wipes
         self._exec_seq = 0
@@ -72,6 +75,10 @@ class Flow:
         self._wakes += 1
         self._skip = 0
 
+    def _throttle_ended(self) -> None:
+        self.wake()
+        self._wakeup()
+
     # -- one step ------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
@@ -89,7 +96,11 @@ class Flow:
         return self.want_claim and self.pickup is None and r.room() > 0 and self._claimable() is not None
 
     def _claimable(self) -> str | None:
-        return next((q for q in self.settings.queues[self._skip:] if not self.refusals.blocked(f"claim:{q}")), None)
+        return next((q for q in self.settings.queues[self._skip:] if self._open(q)), None)
+
+    def _open(self, queue: str) -> bool:
+        """Neither refused by Redis (backoff) nor held off by the queue's limits."""
+        return not self.refusals.blocked(f"claim:{queue}") and not self.throttles.blocked(queue)
 
     async def step(self) -> bool:
         """One round trip: record starts and ended jobs, hand back released ones, claim.
@@ -115,15 +126,17 @@ class Flow:
         want = r.room()
         wakes = self._wakes
         held = self.pickup is not None  # the waker's claim is out: this step claims nothing
+        parts = self._parts(starting, ready, release, cancels)  # first: an end frees a limited queue's slot
         first = self._claimable() if want and not held else None
         self._skip = 0
-        parts = self._parts(starting, ready, release, cancels)
         sent = time.monotonic()
         claim_args = self._claim_args(first, want) if first else None
         unsure, self._unsure = self._unsure, []
+        reports = progress.take()  # what running jobs reported, written before their outcomes
         try:
-            replies = await self.link.roundtrip(lambda p: self._build(p, unsure, parts, first, claim_args))
+            replies = await self.link.roundtrip(lambda p: self._build(p, unsure, reports, parts, first, claim_args))
         except LinkDown:
+            progress.give_back(reports)
             r.starting[:0] = starting
             r.ended[:0] = ready
             r.release[:0] = release
@@ -132,9 +145,11 @@ class Flow:
             if first and claim_args:
                 self._lost_claim(first, claim_args)
             return False
+        finally:
+            progress.sent(reports)
         for (queue, _, _), reply in zip(unsure, replies):
             self._disowned(queue, reply)
-        replies = replies[len(unsure):]
+        replies = replies[len(unsure) + len(reports):]
         for (kind, queue, items), reply in zip(parts, replies):
             self._settle(kind, queue, items, reply)
         claimed = self._claimed(first, replies[-1], sent) if first else []
@@ -142,7 +157,7 @@ class Flow:
         for queue in s.queues[s.queues.index(first) + 1:] if first else ():
             if len(claimed) >= want or not r.accepting:
                 break
-            if self.refusals.blocked(f"claim:{queue}"):
+            if not self._open(queue):
                 continue
             args = self._claim_args(queue, want - len(claimed), suspects=r.suspect is None and not any(j.suspect for j in claimed))
             sent = time.monotonic()
@@ -170,16 +185,19 @@ class Flow:
             groups.setdefault(("start", job.queue), []).append(job)
         for e in ended:
             groups.setdefault((e.kind, e.job.queue), []).append(e)
+            self.throttles.freed(e.job.queue)
         for job in release:
             groups.setdefault(("release", job.queue), []).append(job)
+            self.throttles.freed(job.queue)
         parts = [(kind, queue, items) for (kind, queue), items in groups.items()]
         return parts + [("cancel", job.queue, [job]) for job in cancels]  # cancel.lua takes one job
 
-    def _build(self, pipe: Any, unsure: list[tuple[str, int, int]], parts: list[tuple[str, str, list[Any]]],
-               first: str | None, claim_args: list[Any] | None) -> None:
+    def _build(self, pipe: Any, unsure: list[tuple[str, int, int]], reports: progress.Groups,
+               parts: list[tuple[str, str, list[Any]]], first: str | None, claim_args: list[Any] | None) -> None:
         s = self.settings
         for queue, seq, n in unsure:  # first: the jobs handed back may be claimed again below
             calls.disown(pipe, self.keys[queue], self.id, self._exec_prefix, seq, n)
+        progress.queue_calls(pipe, self.keys, reports)
         for kind, queue, items in parts:
             k = self.keys[queue]
             if kind == "start":
@@ -254,6 +272,7 @@ class Flow:
             return []
         self.refusals.accepted(part)
         self.claim_left = reply[0]
+        self.throttles.claimed(queue, reply[2])
         bad = reply[1]
         for i in range(0, len(bad), 2):
             job_id = bad[i].decode(errors="replace")
@@ -313,6 +332,8 @@ class Flow:
         elif queue != self.settings.queues[-1]:
             self.wake()
             self._skip = self.settings.queues.index(queue) + 1  # it came back short: start after it
+        if self.throttles.ended_any():  # the BLPOP's block ended with a throttle: claim its queue too
+            self.wake()
         return len(claimed)
 
     def pickup_lost(self) -> None:
@@ -336,47 +357,8 @@ class Flow:
             self._suspect_freed = True  # the place for a suspect is free: look for the next one
 
     def _recorded(self, e: Ended, code: int) -> None:
-        job, kind, m, s = e.job, e.kind, self.metrics.of(e.job.queue), self.settings
-        self._done_with(job)
-        extra = {"job_id": job.id, "execution_id": job.execution_id, "queue": job.queue,
-                 "duration": round(e.duration, 6), "event": kind, "func": job.func}
-        if code in (Code.OK, Code.DUPLICATE):
-            outcome = _OUTCOMES[kind]
-            self.stats["finished" if kind == "complete" else outcome] += 1
-            getattr(m, outcome).inc()
-            m.run_time[outcome].observe(e.duration)
-            o = e.outcome
-            # The job's one line at INFO: how it ended, with its call (its text built only if logged).
-            if kind == "complete":
-                if log.isEnabledFor(logging.INFO):
-                    log.info("job %s finished: %s (execution %s, queue %s, %.3fs)", job.id, self._call(job),
-                             job.execution_id, job.queue, e.duration, extra=extra)
-                return
-            call = self._call(job)
-            if kind == "retry":
-                log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s; retry %d in %gs", job.id,
-                            call, job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
-                            job.retries + 1, e.retry_in, extra=with_traceback(extra, o.traceback, s.log_tracebacks))
-                debug_traceback(log, extra, o.traceback, s.log_tracebacks)
-            elif kind == "stop":
-                log.warning("job %s stopped on request: %s (execution %s, queue %s, %.3fs)", job.id, call,
-                            job.execution_id, job.queue, e.duration, extra=extra)
-            else:
-                log.warning("job %s failed: %s (execution %s, queue %s, %.3fs): %s: %s", job.id, call,
-                            job.execution_id, job.queue, e.duration, o.exc_type, o.exc_message,
-                            extra=with_traceback(extra, o.traceback, s.log_tracebacks))
-                debug_traceback(log, extra, o.traceback, s.log_tracebacks)
-        elif code == Code.STALE:
-            self.stats["stale_completions"] += 1
-            self.metrics.stale.inc()
-            log.warning("job %s: execution %s no longer holds the lease; its outcome was discarded",
-                        job.id, job.execution_id, extra=extra)
-        else:
-            self.stats["vanished"] += 1
-            log.warning("job %s vanished from queue %s while it ran (deleted?); outcome dropped", job.id, job.queue)
-
-    def _call(self, job: Claimed) -> LazyCall:
-        return LazyCall(job.func, job.ser, job.payload, self.settings.log_args)
+        self._done_with(e.job)
+        recorded.log_outcome(e, code, self.stats, self.metrics, self.settings)
 
     def _released(self, job: Claimed, code: int) -> None:
         self._done_with(job)

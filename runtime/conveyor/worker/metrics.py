@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..protocol import THROTTLES
+
 # Seconds: from sub-millisecond no-ops to the default 180 s timeout and beyond.
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180, 600, 1800)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
@@ -48,6 +50,7 @@ class _Sampled(Collector):
     def __init__(self) -> None:
         self.depth: dict[tuple[str, str], float] = {}
         self.fleet: dict[tuple[str, str], float] = {}
+        self.limits: dict[tuple[str, str], float] = {}
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         depth = GaugeMetricFamily("conveyor_queue_jobs", "Jobs in a queue by state, as last sampled",
@@ -55,6 +58,11 @@ class _Sampled(Collector):
         for (queue, state), value in sorted(self.depth.items()):
             depth.add_metric([queue, state], value)
         yield depth
+        limits = GaugeMetricFamily("conveyor_queue_limit", "A queue's flow control as last sampled (rate_per_second, "
+                                   "max_concurrency); no series: no such limit", labels=["queue", "limit"])
+        for (queue, limit), value in sorted(self.limits.items()):
+            limits.add_metric([queue, limit], value)
+        yield limits
         # A field Redis has never incremented is 0 fleet-wide: shown as 0 for every sampled
         # queue, so rate() sees it. A queue not sampled yet has no series at all rather than
         # a 0 that would read as a reset (and a false spike) once the real count arrives.
@@ -81,6 +89,9 @@ class QueueMetrics:
         # served queue's counters are scraped before their first event, not only after.
         self.released = m.released.labels(queue)
         self.reaped = m.reaped.labels(queue)
+        for reason in THROTTLES:
+            m.throttled.labels(queue, reason)
+            m.throttled_seconds.labels(queue, reason)
 
 
 class WorkerMetrics:
@@ -115,6 +126,11 @@ class WorkerMetrics:
                             ["queue"], registry=r)
         self.lag = Gauge("conveyor_scheduler_lag_seconds", "How late the scheduler moved the last due job",
                          ["queue"], registry=r)
+        self.throttled = Counter("conveyor_queue_throttled", "Claims the queue's limits cut short, by reason "
+                                 "(rate, concurrency)", ["queue", "reason"], registry=r)
+        self.throttled_seconds = Counter("conveyor_queue_throttled_seconds",
+                                         "Time this worker held off claiming from the queue because of its limits",
+                                         ["queue", "reason"], registry=r)
         self.roundtrips = Counter("conveyor_redis_roundtrips", "Redis round trips made by this worker", registry=r)
         self.redis_up = Gauge("conveyor_redis_up", "1 while Redis answers this worker", registry=r)
         self.ready = Gauge("conveyor_worker_ready", "1 while the worker is ready (claiming)", registry=r)

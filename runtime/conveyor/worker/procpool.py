@@ -35,7 +35,9 @@ def _child_main(conn: Connection, allow_pickle: bool, allow_modules: tuple[str, 
         if msg is None:
             return
         path, ser, payload, ctx = msg
-        conn.send(call_path(path, ser, payload, allow_pickle, JobContext(*ctx) if ctx else None, allow_modules))
+        # Nothing carries a child's reports to the worker: set_progress raises there (reporting=False).
+        job = JobContext(ctx[0], ctx[1], ctx[2], ctx[3], reporting=False) if ctx else None
+        conn.send(call_path(path, ser, payload, allow_pickle, job, allow_modules))
 
 
 class _Child:

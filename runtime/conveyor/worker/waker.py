@@ -13,6 +13,9 @@ third of a lease (renewals, every third of a lease, keep them ahead of the clock
 On a Cluster one waker per hash slot (a BLPOP cannot cross slots), each on its own
 connection, waking the loop, which then claims: several claims out at once could not be
 sized against the same free slots.
+
+The wake lists of queues held off by their limits are left out (see throttle.py), and the
+block ends when the first such throttle does, so the loop claims from that queue on time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..connection import cause
 from .flow import Flow
 from .link import IDLE_BLOCK, LinkDown, RedisLink
+from .throttle import Throttles
 
 log = logging.getLogger("conveyor.worker")
 
@@ -36,7 +40,7 @@ log = logging.getLogger("conveyor.worker")
 class Waker:
     def __init__(self, link: RedisLink, wake_keys: list[str], *, running: Callable[[], bool],
                  room: Callable[[], int], wake: Callable[[], None], kick: Callable[[], None] = lambda: None,
-                 flow: Flow | None = None) -> None:
+                 flow: Flow | None = None, throttles: Throttles | None = None) -> None:
         self.link = link
         self.wake_keys = wake_keys
         self.idle = asyncio.Event()  # set by the worker's loop while it waits for work
@@ -46,6 +50,7 @@ class Waker:
         self._kick = kick  # the loop has something to do (a pickup's jobs to record), no claim needed
         self._flow = flow  # None: no claim with the BLPOP (a Cluster)
         self._block = min(IDLE_BLOCK, link.lease_seconds / 3)  # with a claim (see above)
+        self._throttles = throttles
 
     def groups(self) -> list[list[str]]:
         """The wake lists, one group per BLPOP: all in one on a server, one per slot on a Cluster."""
@@ -65,16 +70,21 @@ class Waker:
         complained = False
         while self._running() and not self.link.closing:
             await self.idle.wait()
+            listen, block = self._listen(wake_keys)  # a throttle over: the loop claims (want_claim)
             if self._flow is not None and self._flow.claiming():
                 self.idle.clear()  # a step is out or due and claims: wait until the loop is idle again
                 continue
             claimed = 0
+            if not listen:  # every queue here is throttled: its timer wakes the loop
+                await self.link.nap(block)
+                self.idle.clear()
+                continue
             claim = self._flow.pickup_claim() if self._flow is not None else None
             try:
                 if claim is not None and self._flow is not None:
-                    token, claimed = await self._pickup(self._flow, wake_keys, claim)
+                    token, claimed = await self._pickup(self._flow, listen, claim, min(block, self._block))
                 else:
-                    token = await self.link.blpop(wake_keys, IDLE_BLOCK)
+                    token = await self.link.blpop(listen, block)
                 complained = False
                 if token and not claimed and not self._room():
                     # Room filled up while we blocked: hand the token on to an idle worker.
@@ -94,11 +104,20 @@ class Waker:
             if claim is None:  # a pickup has woken the flow itself, if more may be waiting
                 self._wake()
 
-    async def _pickup(self, flow: Flow, wake_keys: list[str], claim: Callable[[Any], None]) -> tuple[Any, int]:
+    def _listen(self, wake_keys: list[str]) -> tuple[list[str], float]:
+        """The wake lists to block on, and for how long at most (until the first throttle ends)."""
+        if self._throttles is None:
+            return wake_keys, IDLE_BLOCK
+        wait = self._throttles.wait()
+        block = IDLE_BLOCK if wait is None else min(IDLE_BLOCK, max(0.01, wait))  # 0 would block forever
+        return self._throttles.listening(wake_keys), block
+
+    async def _pickup(self, flow: Flow, wake_keys: list[str], claim: Callable[[Any], None],
+                      block: float) -> tuple[Any, int]:
         """The BLPOP with the flow's claim behind it: (the token, how many jobs the claim brought)."""
         sent = time.monotonic()
         try:
-            token, reply = await self.link.blpop_then(wake_keys, self._block, claim)
+            token, reply = await self.link.blpop_then(wake_keys, block, claim)
         except BaseException:
             flow.pickup_lost()  # no reply: it may have run (the next step disowns it)
             self._kick()  # a stopping loop waits for this

@@ -39,6 +39,7 @@ from .link import LinkDown, RedisLink, RedisUnreachable
 from .metrics import WorkerMetrics
 from .runner import Runner
 from .scheduler import Scheduler
+from .throttle import declare_limits
 from .waker import Waker
 
 log = logging.getLogger("conveyor.worker")
@@ -74,12 +75,12 @@ class Worker:
         self.link = RedisLink(s.target(), lease_seconds=s.lease_seconds, metrics=self.metrics,
                               closing=self._closing, stats=self.stats)
         self.runner = Runner(s, self.metrics, self.stats, self._wakeup.set)
-        self.flow = Flow(self.id, s, self.link, self.runner, self.metrics, self.stats)
+        self.flow = Flow(self.id, s, self.link, self.runner, self.metrics, self.stats, self._wakeup.set)
         self.housekeeping = Housekeeping(self.id, s, self.link, self.runner, self.metrics, self.stats,
                                          lambda: self.phase.value, self._work_found)
         self.waker = Waker(self.link, [self.space.queue(q).wake for q in s.queues],
                            running=lambda: self.phase is Phase.RUNNING, room=self.runner.room,
-                           wake=self._work_found, kick=self._wakeup.set,
+                           wake=self._work_found, kick=self._wakeup.set, throttles=self.flow.throttles,
                            flow=None if self.link.target.is_cluster else self.flow)
         self.health = HealthServer(self.metrics.registry, alive=self.heartbeat.alive, ready=self.readiness)
 
@@ -97,7 +98,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         try:
-            cron_jobs = self._cron_jobs() if self.settings.with_scheduler else []
+            s = self.settings
+            cron_jobs = periodic.load_all(s.cron_modules, s.cron_files) if s.with_scheduler else []
         except ConveyorError as exc:
             log.error("%s", exc)
             return 2
@@ -131,6 +133,9 @@ class Worker:
             return 1
         if not self._policy_ok():
             return 2
+        if (problem := await declare_limits(self.link, s)) is not None:
+            log.error("worker %s: %s", self.id, problem)
+            return 1
         self.phase = Phase.RUNNING if self.phase is Phase.STARTING else self.phase
         log.info("worker %s serving %s (pool=%s, concurrency=%d%s)",
                  self.id, ",".join(s.queues), s.pool, s.concurrency, ", burst" if s.burst else "")
@@ -226,14 +231,6 @@ class Worker:
         while not self._closing.is_set():
             await self._nap(_TICK)
             self.runner.tick()
-
-    def _cron_jobs(self) -> list[periodic.CronJob]:
-        for module in self.settings.cron_modules:
-            periodic.load_module(module)
-        jobs = periodic.registered()
-        for path in self.settings.cron_files:
-            jobs += periodic.load_file(path)
-        return jobs
 
     # -- stopping ------------------------------------------------------------------------------
 
