@@ -17,9 +17,10 @@ from . import limits as flow
 from .batch import EnqueueData
 from .connection import aconnect, db_of
 from .job import JobData, Progress
-from .queue import QueueBase, delay_due, when_due
+from .queue import QueueBase
 from .registry import AsyncRegistry
 from .retry import Retry
+from .validation import delay_due, when_due
 
 
 class AsyncJob(JobData):

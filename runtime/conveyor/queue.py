@@ -29,6 +29,8 @@ from .validation import (
     check_replicas,
     check_timeout,
     check_ttl,
+    delay_due,
+    when_due,
 )
 
 _STATUS, _ENQUEUED_AT, _DUE_AT = F.STATUS.encode(), F.ENQUEUED_AT.encode(), F.DUE_AT.encode()
@@ -263,20 +265,6 @@ class QueueBase(abc.ABC, Generic[R]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
-
-
-def delay_due(delay: float | dt.timedelta) -> float:
-    """When a job enqueued ``delay`` from now is due (seconds since the epoch)."""
-    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise errors.InvalidArgument(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
-    return time.time() + seconds
-
-
-def when_due(when: dt.datetime) -> float:
-    if not isinstance(when, dt.datetime):
-        raise errors.InvalidArgument(f"enqueue_at takes a datetime, got {type(when).__name__}")
-    return when.timestamp()
 
 
 class Queue(QueueBase[Registry]):

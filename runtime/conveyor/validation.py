@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import functools
 import importlib
 import inspect
 import re
 import sys
+import time
 import types
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -282,3 +284,17 @@ def check_keywords(func: Callable[..., Any] | str, kwargs: dict[str, Any], optio
                 else f" (did you mean {param[0]}=?)" if param else "")
         label = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
         raise InvalidArgument(f"{label}() got an unexpected keyword argument {name!r}{hint}")
+
+
+def delay_due(delay: float | dt.timedelta) -> float:
+    """When a job enqueued ``delay`` from now is due (seconds since the epoch)."""
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise InvalidArgument(f"delay must be seconds >= 0 or a timedelta, got {delay!r}")
+    return time.time() + seconds
+
+
+def when_due(when: dt.datetime) -> float:
+    if not isinstance(when, dt.datetime):
+        raise InvalidArgument(f"enqueue_at takes a datetime, got {type(when).__name__}")
+    return when.timestamp()
