@@ -42,14 +42,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import calls, errors, keys, wire
+from . import batch, calls, errors, keys, wire
 from .batch import EncodedBatch, EnqueueData
 from .job import JobData
+from .job_steps import DEFAULT_FAILURE_TTL
 from .protocol import Code, Field, Status
 from .steps import Pipeline, Steps, execute
 from .validation import check_job_id, check_queue_name
+
+if TYPE_CHECKING:
+    from .queue import QueueBase
 
 ON_FAILURE = ("cancel", "run")
 RECHECK_MS = 300_000  # a linked deferred job is checked again this long after (what a release missed)
@@ -124,6 +128,28 @@ def plan(queue: str, prefix: str, items: list[EnqueueData], due_ms: int | None,
     # Those on this queue are checked by enqueue.lua itself, in the step that writes the batch.
     outside = sorted({r for mine in refs for r in mine if r not in in_batch and split_ref(r)[0] != queue})
     return Plan(queue, refs, columns, outside)
+
+
+def plan_of(queue: QueueBase[Any], items: list[EnqueueData], due_ms: int | None,
+            guard: tuple[str, int] | None) -> Plan | None:
+    """The queue's hook: the batch's plan, or None when no job of it has dependencies (the
+    common case costs one attribute read)."""
+    if not items[0].depends_on and (len(items) == 1 or not any(item.depends_on for item in items)):
+        return None
+    return plan(queue.name, queue.keyspace.prefix, items, due_ms, guard)
+
+
+def failure_ttl(queue: QueueBase[Any]) -> int:
+    return queue.failure_ttl if queue.failure_ttl is not None else DEFAULT_FAILURE_TTL
+
+
+def encode(queue: QueueBase[Any], links: Plan, items: list[EnqueueData], if_exists: str) -> Steps[EncodedBatch]:
+    """Encode a batch with dependencies for enqueue.lua's deferred mode, then check those on
+    other queues (one round trip; raises before anything is written)."""
+    encoded = batch.encode_batch(queue.encoding, items, if_exists, deps=links.columns,
+                                 deferred=(failure_ttl(queue), RECHECK_MS))
+    yield from check_known(queue.keyspace, links.outside)
+    return encoded
 
 
 def _refuse_cycle(queue: str, items: list[EnqueueData], refs: list[list[str]], in_batch: dict[str, int]) -> None:
@@ -202,10 +228,11 @@ def read_reply(code: int, rest: list[Any]) -> tuple[list[Any], list[Any]]:
     return list(rest[0]), list(rest[1])
 
 
-def link_created(space: keys.Keyspace, queue: str, failure_ttl: int, plan: Plan, encoded: EncodedBatch,
-                 flags: list[Any], jobs: list[Any], settled: list[Any]) -> Steps[None]:
+def link_created(client: QueueBase[Any], plan: Plan, encoded: EncodedBatch, flags: list[Any], jobs: list[Any],
+                 settled: list[Any]) -> Steps[None]:
     """After enqueue.lua (which linked the dependencies on its own queue): link the created jobs
     to those on other queues; the returned jobs say where they are."""
+    queue = client.name
     status = {_text(settled[i]): _text(settled[i + 1]) for i in range(0, len(settled), 2)}
     waiting: dict[str, list[str]] = {}
     for n, row in enumerate(encoded.rows):
@@ -217,7 +244,7 @@ def link_created(space: keys.Keyspace, queue: str, failure_ttl: int, plan: Plan,
             jobs[n]._raw = {**jobs[n]._raw, _STATUS: status.get(row[0], Status.DEFERRED).encode()}
     if not waiting:
         return
-    queued, canceled = yield from link(space, queue, failure_ttl, waiting)
+    queued, canceled = yield from link(client.keyspace, queue, failure_ttl(client), waiting)
     for n, row in enumerate(encoded.rows):
         if row[0] in queued or row[0] in canceled:
             settled_now = Status.QUEUED if row[0] in queued else Status.CANCELED

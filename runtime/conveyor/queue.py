@@ -15,7 +15,7 @@ from . import limits as flow
 from .batch import EncodedBatch as EncodedBatch  # re-exported, as is EnqueueData
 from .batch import EnqueueData as EnqueueData
 from .connection import connect, is_cluster, refusal
-from .job import DEFAULT_FAILURE_TTL, Job, JobData, Progress, requeue_jobs
+from .job import Job, JobData, Progress, requeue_jobs
 from .protocol import ENQUEUE_FIELDS, Code, Status
 from .protocol import Field as F
 from .registry import Registry, RegistryBase
@@ -178,14 +178,11 @@ class QueueBase(abc.ABC, Generic[R]):
         the sync and the asyncio client. Raises before anything is written."""
         if not items:
             return []
-        links: deps.Plan | None = None
-        if items[0].depends_on or (len(items) > 1 and any(item.depends_on for item in items)):
-            links = deps.plan(self.name, self.keyspace.prefix, items, due_ms, guard)
-            encoded = batch.encode_batch(self.encoding, items, if_exists, deps=links.columns,
-                                         deferred=(self._failure_ttl(), deps.RECHECK_MS))
-            yield from deps.check_known(self.keyspace, links.outside)
-        else:
+        links = deps.plan_of(self, items, due_ms, guard)  # None: no job of the batch has dependencies
+        if links is None:
             encoded = self.encode_batch(items, if_exists, due_ms=due_ms, guard=guard)
+        else:
+            encoded = yield from deps.encode(self, links, items, if_exists)
         # enqueue.lua adds the queue to the queues set, every time, not once: a Redis that was
         # wiped learns the queue again. On a Cluster that set is in another slot: a SADD apart.
         queues = self._queues_key
@@ -216,8 +213,7 @@ class QueueBase(abc.ABC, Generic[R]):
             flags, settled = deps.read_reply(code, flags)
         jobs, existing = self._returned(encoded, flags, due_ms)
         if links is not None:
-            yield from deps.link_created(self.keyspace, self.name, self._failure_ttl(), links, encoded, flags, jobs,
-                                         settled)
+            yield from deps.link_created(self, links, encoded, flags, jobs, settled)
         if existing:  # they existed, or another job holds their unique key: those are read back
             hashes = yield from steps.execute(lambda p: [p.hgetall(self.keys.job(i)) for _, i in existing])
             for (n, job_id), raw in zip(existing, hashes):
@@ -231,9 +227,6 @@ class QueueBase(abc.ABC, Generic[R]):
             if int(acked) < self.min_replicas:
                 raise errors.NotReplicated(jobs, int(acked), self.min_replicas, int(self.replica_timeout * 1000))
         return jobs
-
-    def _failure_ttl(self) -> int:
-        return self.failure_ttl if self.failure_ttl is not None else DEFAULT_FAILURE_TTL
 
     def _returned(self, encoded: EncodedBatch, flags: list[Any],
                   due_ms: int | None) -> tuple[list[Any], list[tuple[int, str]]]:
@@ -315,9 +308,8 @@ class Queue(QueueBase[Registry]):
         times the job may be handed to a worker that is then lost before it fails as
         abandoned. ``unique_key``: while a job with this key is queued, scheduled or
         started, enqueueing another returns that job instead (the key is held at most
-        ``unique_ttl`` seconds, default 3600). ``depends_on``: jobs (a Job, an ID of this
-        queue, or "queue:id") this one waits for, ``deferred``, until each has ended; a failed
-        or canceled one cancels it, unless ``on_dependency_failure="run"`` (see conveyor.deps).
+        ``unique_ttl`` seconds, default 3600). ``depends_on``: jobs (Jobs, IDs, "queue:id") it
+        waits for, ``deferred``; ``on_dependency_failure``: "cancel" or "run" (conveyor.deps).
         """
         data = EnqueueData(func, args, kwargs, job_id, timeout, result_ttl, failure_ttl,
                            retry, max_deliveries, unique_key, unique_ttl, depends_on, on_dependency_failure)
