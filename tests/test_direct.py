@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import threading
+import uuid
 
 import pytest
 import redis
@@ -16,6 +17,9 @@ from redis.retry import Retry as RedisRetry
 from conveyor import Queue, direct
 from support import wait_until
 
+# Client names of this module's own (the server is shared with other test modules).
+NAME_THREADS, NAME_DROPPED, NAME_TIMEOUT = (f"direct-{what}-{uuid.uuid4().hex[:8]}" for what in ("threads", "dropped", "timeout"))
+
 
 def evalsha_clients(conn: redis.Redis, name: str) -> list[dict[str, object]]:
     """The named client's connections whose last command was an EVALSHA: the held ones."""
@@ -23,7 +27,7 @@ def evalsha_clients(conn: redis.Redis, name: str) -> list[dict[str, object]]:
 
 
 def test_one_connection_per_thread_closed_with_the_thread(conn: redis.Redis, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url, client_name="threads")
+    client = redis.Redis.from_url(redis_url, client_name=NAME_THREADS)
     queue = Queue("default", connection=client)
     assert direct.eligible(client)
     ids: list[str] = []
@@ -41,9 +45,9 @@ def test_one_connection_per_thread_closed_with_the_thread(conn: redis.Redis, red
         t.join()
     assert len(set(ids)) == 600 and sorted(queue.job_ids) == sorted(ids)
     gc.collect()  # the threads' held connections go with their thread-local state
-    wait_until(lambda: not evalsha_clients(conn, "threads"), 10, "held connections closed with their threads")
+    wait_until(lambda: not evalsha_clients(conn, NAME_THREADS), 10, "held connections closed with their threads")
     queue.enqueue("jobs:add", 1, 1)
-    assert len(evalsha_clients(conn, "threads")) == 1  # this thread's, kept for its next enqueue
+    assert len(evalsha_clients(conn, NAME_THREADS)) == 1  # this thread's, kept for its next enqueue
     client.close()
 
 
@@ -73,11 +77,11 @@ def test_a_forked_child_never_uses_the_parents_socket(conn: redis.Redis, redis_u
 
 
 def test_back_after_the_server_drops_it(conn: redis.Redis, redis_url: str) -> None:
-    queue = Queue("default", connection=redis.Redis.from_url(redis_url, client_name="dropped"))
+    queue = Queue("default", connection=redis.Redis.from_url(redis_url, client_name=NAME_DROPPED))
     queue.enqueue("jobs:add", 1, 1)
-    [held] = evalsha_clients(conn, "dropped")
+    [held] = evalsha_clients(conn, NAME_DROPPED)
     conn.client_kill_filter(_id=held["id"])
-    wait_until(lambda: not evalsha_clients(conn, "dropped"), 10, "the held connection killed")
+    wait_until(lambda: not evalsha_clients(conn, NAME_DROPPED), 10, "the held connection killed")
     job = queue.enqueue("jobs:add", 2, 2)  # reconnects, as redis-py's pool would
     assert queue.count == 2 and job.id in queue.job_ids
 
@@ -96,7 +100,7 @@ def _answers(client: redis.Redis) -> bool:
 def test_a_timed_out_reply_is_never_read_as_the_next_ones(conn: redis.Redis, redis_url: str) -> None:
     """A call that gave up waiting leaves its reply on the way: the held connection must not
     be reused, or the next enqueue would read the last one's reply."""
-    client = redis.Redis.from_url(redis_url, client_name="timeout", socket_timeout=0.3,
+    client = redis.Redis.from_url(redis_url, client_name=NAME_TIMEOUT, socket_timeout=0.3,
                                   retry=RedisRetry(NoBackoff(), 0))
     queue = Queue("default", connection=client)
     queue.enqueue("jobs:add", 0, 0)

@@ -10,7 +10,7 @@ How it holds together (keys in :mod:`conveyor.keys`):
 1. The client checks (:func:`plan`, :func:`check_known`) before anything is written: no job
    waits for itself or for a cycle inside its batch (jobs outside the batch exist already,
    so no other cycle can form); every dependency outside the batch exists, or finished
-   recently (the queue's ``done`` zset: the last 100,000 finished IDs), else it is refused.
+   recently (the queue's ``done`` zset: the last 10,000 finished IDs), else it is refused.
    Dependencies on other queues are checked here; those on the job's own queue by step 2.
 2. enqueue.lua writes the jobs ``deferred`` with their pending set (``deps:<id>``), lists
    them in the ``deferred`` zset, and links those on its own queue in the same step (one

@@ -31,7 +31,7 @@ not know the job IDs up front (claim); they share the same tag.
     conveyor:{q:N}:outbox                list   "outcome dependent dependency": releases for jobs of
                                                 other queues, written with the ending, drained by the
                                                 scheduler leader
-    conveyor:{q:N}:done                  zset   job ID -> ended time (s) of the last 100,000 finished
+    conveyor:{q:N}:done                  zset   job ID -> ended time (s) of the last 10,000 finished
                                                 jobs: a finished dependency whose hash expired
     conveyor:{q:N}:corrupt:<name>        any    a key found with the wrong type, renamed aside (kept for
                                                 inspection, with the failure TTL): <name> is a job ID or

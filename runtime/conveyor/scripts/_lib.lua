@@ -404,7 +404,7 @@ local function resolve_dep(Q, id, dep_ref, ok, now, now_str)
 end
 
 -- How many finished job IDs a queue's done zset keeps (keys.py), trimmed in steps of 1,000.
-local DONE_KEPT = 100000
+local DONE_KEPT = 10000  -- about 1.5 MB of Redis memory per queue (100,000 would be ~14 MB)
 
 -- Job id of queue Q ended (ok: finished): every job waiting for it hears of it. Those of Q are
 -- resolved here, in the same script as the ending (a canceled one passes the failure on to its
