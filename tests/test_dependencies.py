@@ -319,6 +319,7 @@ def test_fan_in_of_1000(conn: redis.Redis, queue: Queue, trace: Trace, spawn_wor
     nothing_left(conn, queue)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_graph(conn: redis.Redis, trace: Trace, spawn_worker) -> None:
     """A chain, a diamond and a fan-in over two queues; the first worker is SIGKILLed midway and
     a second finishes. Every job ran, after its dependencies; only jobs that were on the killed

@@ -69,6 +69,7 @@ def run_outage(tmp_path: Path, spawn_worker, *, lease: float, outage: float, sho
         server.stop()
 
 
+@pytest.mark.slow
 def test_an_outage_longer_than_the_lease_loses_no_outcome(tmp_path, spawn_worker) -> None:
     run_outage(tmp_path, spawn_worker, lease=1.5, outage=4.0, short=300, long=6)
 

@@ -169,7 +169,8 @@ def test_burst_with_scheduler_runs_overdue_scheduled_jobs_before_exiting(queue: 
     assert conn.get(QueueKeys("default").scheduler_lock) is None  # the burst leader let go of its lock
 
 
-@pytest.mark.parametrize("flag", [("--connect-timeout", "1.5"), ("CONVEYOR_CONNECT_TIMEOUT", "1.5"), None],
+@pytest.mark.parametrize("flag", [("--connect-timeout", "1.5"), ("CONVEYOR_CONNECT_TIMEOUT", "1.5"),
+                                  pytest.param(None, marks=pytest.mark.slow)],  # the default: 10 s
                          ids=["flag", "env", "default"])
 def test_burst_gives_up_on_an_unreachable_redis(spawn_worker, flag: tuple[str, str] | None) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"

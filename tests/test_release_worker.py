@@ -96,6 +96,7 @@ def test_sigkilled_worker_released_by_id_runs_its_jobs_elsewhere_within_3s(
     assert [t for t, _ in runs(path)].count("b-own") == 1
 
 
+@pytest.mark.slow
 def test_sigstopped_worker_released_by_pod_its_late_outcome_is_stale(
         queue: Queue, conn: redis.Redis, redis_url: str, spawn_worker, tmp_path: Path) -> None:
     path = tmp_path / "runs"

@@ -42,6 +42,7 @@ def cluster() -> Iterator[ChartCluster]:
     c.stop()
 
 
+@pytest.mark.slow
 def test_two_installed_replicas_elect_one_through_the_charts_peering(cluster: ChartCluster, tmp_path: Path) -> None:
     kubeconfig = cluster.write_kubeconfig(tmp_path / "config")
     (release,) = helm(kubeconfig, {"action": "install", "chart": str(CHART), "name": "fleet", "namespace": NS,

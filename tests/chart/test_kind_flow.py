@@ -217,6 +217,7 @@ def cluster() -> Iterator[ChartCluster]:
     c.stop()
 
 
+@pytest.mark.slow
 def test_chart_with_the_kind_values_installs_and_reconciles_the_demo_jobqueue(
         cluster: ChartCluster, tmp_path: Path) -> None:
     kubeconfig = cluster.write_kubeconfig(tmp_path / "config")
@@ -335,6 +336,7 @@ def test_worker_pod_is_running_and_not_being_deleted(cluster: ChartCluster, tmp_
     assert (proc.returncode, proc.stdout) == (0, "d-live\n"), proc.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_exec_is_retried_then_ends_with_diagnostics(cluster: ChartCluster, tmp_path: Path) -> None:
     """The emulator cannot exec: every try fails, each on a freshly picked live pod, and the
     script ends with exit 1 and what to look at, not a bare kubectl error."""

@@ -162,6 +162,7 @@ def test_kind_manifests_are_valid() -> None:
     assert jq["spec"]["queues"] == ["demo"]
 
 
+@pytest.mark.slow
 def test_kind_python_one_liners_enqueue_and_count_against_a_real_redis() -> None:
     """The exact snippets the script runs with `kubectl exec` in a worker pod, run here with
     CONVEYOR_REDIS_URL set the way the operator sets it in worker pods: a second run's jobs

@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 import redis
 
 from conveyor import Queue, admin
@@ -172,6 +173,7 @@ def test_idle_pods_get_the_lowest_deletion_cost_before_a_scale_down(
     assert len(annotated) == 3 and max(annotated) < lowered
 
 
+@pytest.mark.slow
 def test_an_hpa_on_the_deployment_makes_the_operator_stand_back(
         cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any, operator: OperatorProcess) -> None:
     apply(kubectl, namespace, "ext", redis_server.url,
@@ -212,6 +214,7 @@ def stands_back_then_takes_over(cluster: Cluster, ns: str, name: str, url: str, 
 KEDA_CRD = crd_stub("keda.sh", "ScaledObject", "scaledobjects", "v1alpha1")
 
 
+@pytest.mark.slow
 def test_a_keda_scaled_object_makes_the_operator_stand_back(
         cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any, operator: OperatorProcess) -> None:
     # KEDA installed while the operator runs: kopf sees the CRD appear and starts watching.

@@ -60,6 +60,7 @@ def replicas(own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, request: pyte
                 print(f"\n--- operator {op.env['POD_ID']} (exit {op.proc.poll()}) log tail ---\n{op.log()}")
 
 
+@pytest.mark.slow
 def test_one_replica_leads_and_the_other_takes_over_when_it_dies(
         replicas: tuple[Cluster, Kubectl, list[OperatorProcess]], namespace: str, redis_server: Any,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -153,6 +153,7 @@ def check(granted: dict[tuple[str, str], set[str]], needed: dict[tuple[str, str]
     return differences(granted, merged, where)
 
 
+@pytest.mark.slow
 def test_cluster_role_is_exactly_what_the_operator_uses_across_all_namespaces(
         own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, redis_server: Any) -> None:
     needed = rules_of(operator_grants(own_cluster, tmp_path, redis_server.url))
@@ -180,6 +181,7 @@ def test_roles_per_namespace_are_exactly_what_the_operator_uses_in_them(
     assert not problems, "chart RBAC differs from the operator's requests:\n" + "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_cluster_role_with_replicas_is_exactly_what_the_operator_uses_with_peering(
         own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, redis_server: Any) -> None:
     cluster, kubectl = own_cluster
