@@ -248,13 +248,21 @@ def test_cron_schedules_show_their_last_and_next_tick(
     conn.hset(queue.keys.cron, "every-minute", minute - 60)  # the previous tick ran: this one is due now
     spawn_worker("--with-scheduler", "--cron-file", str(path))
     wait_until(lambda: conn.hexists(queue.keys.cron_info, "every-minute"), 15, "the leader to describe the schedule")
-    page = client(conn).get("/").text
+
+    def read() -> tuple[float, float, str]:
+        return (float(conn.hget(queue.keys.cron, "every-minute")),
+                json.loads(conn.hget(queue.keys.cron_info, "every-minute"))["next"], client(conn).get("/").text)
+
+    def steady() -> tuple[float, float, str] | None:
+        """A page read between two equal readings of the schedule (a minute may turn meanwhile)."""
+        first = read()
+        return first if read()[:2] == first[:2] else None
+
+    last, nxt, page = wait_until(steady, 15, "a page between two ticks")
     row = re.search(r"<tr><td>default</td><td>every-minute</td>.*?</tr>", page, re.S)
     assert row, page
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(0), re.S)
     assert cells[2] == "<code>* * * * *</code>" and cells[3] == "jobs:add"
-    last, nxt = (float(conn.hget(queue.keys.cron, "every-minute")),
-                 json.loads(conn.hget(queue.keys.cron_info, "every-minute"))["next"])
     assert nxt - last == 60
     assert cells[4].startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last)))
     assert cells[5].startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(nxt)))
