@@ -304,6 +304,7 @@ def test_sigterm_while_idle_and_redis_is_down_exits(private_redis: EmbeddedRedis
     assert "Traceback" not in w.log()
 
 
+@pytest.mark.slow
 def test_sigterm_while_redis_is_down_with_an_unrecorded_outcome_exits(
     private_redis: EmbeddedRedis, spawn_worker
 ) -> None:

@@ -41,6 +41,7 @@ def http_worker(spawn_worker: Callable[..., Any]) -> Callable[..., tuple[Any, in
     return start
 
 
+@pytest.mark.slow
 def test_a_silent_redis_is_noticed_within_the_silence_budget(server, proxy, http_worker, spawn_worker,
                                                              tmp_path) -> None:
     """Packets dropped, no reset: /readyz turns 503 within max(lease/3, 2 s); when the leases run
@@ -129,6 +130,7 @@ def test_a_stop_does_not_wait_for_redis_to_undo_a_claim_whose_reply_was_lost(ser
     conn.close()
 
 
+@pytest.mark.slow
 def test_reset_connections_are_replaced_quietly(server, proxy, http_worker, tmp_path) -> None:
     """A pooled connection that died (reset) is replaced without an ERROR line or a readiness blip."""
     conn = redis.Redis.from_url(server.url)

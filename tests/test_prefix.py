@@ -16,6 +16,7 @@ from support import wait_until, worker_id
 from test_cli import cli, ok
 
 
+@pytest.mark.slow
 def test_apps_with_different_prefixes_share_a_redis_unseen(conn: redis.Redis, redis_url: str, spawn_worker,
                                                            tmp_path: Path) -> None:
     path = str(tmp_path / "runs")

@@ -184,6 +184,7 @@ def test_release_by_id_from_the_cli_and_an_unknown_worker_or_pod_is_one_clear_li
     assert queue.count == 1  # nothing else moved
 
 
+@pytest.mark.slow
 def test_inflight_by_pod_counts_the_jobs_each_pods_workers_hold(
         queue: Queue, conn: redis.Redis, spawn_worker, tmp_path: Path) -> None:
     """What the operator ranks worker pods by before a scale-down (pod-deletion-cost)."""

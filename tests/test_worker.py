@@ -256,6 +256,7 @@ def test_a_running_job_holds_a_lease(queue: Queue, conn, spawn_worker) -> None:
     assert w.wait(10) == 0
 
 
+@pytest.mark.slow
 def test_lease_seconds_sets_the_lease_length(queue: Queue, conn, spawn_worker) -> None:
     job = queue.enqueue("jobs:sleep", 5)  # long enough to be seen running on a starved machine
     w = spawn_worker("--lease-seconds", "120")

@@ -70,6 +70,7 @@ def deployment_history(cluster: Cluster, ns: str, name: str) -> list[Any]:
             and o["metadata"]["name"] == f"{name}-worker" and t != "DELETED"]
 
 
+@pytest.mark.slow
 def test_a_burst_scales_up_within_a_poll_and_down_after_the_window(
         cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any, operator: OperatorProcess) -> None:
     apply(kubectl, namespace, "burst", redis_server.url,
@@ -99,6 +100,7 @@ def test_a_burst_scales_up_within_a_poll_and_down_after_the_window(
     assert set(deployment_history(cluster, namespace, "burst")) <= {1, 4, 5}
 
 
+@pytest.mark.slow
 def test_scale_to_zero_and_the_first_job_wakes_the_fleet(
         cluster: Cluster, kubectl: Kubectl, namespace: str, redis_server: Any, operator: OperatorProcess) -> None:
     apply(kubectl, namespace, "zero", redis_server.url,
