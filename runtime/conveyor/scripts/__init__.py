@@ -19,13 +19,14 @@ hit NOSCRIPT never ran.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -100,27 +101,44 @@ def helpers_for(body: str, lib: str) -> str:
     the comment lines just above it. A helper named only in a comment is included all
     the same (harmless); one in use is never left out (tests/test_protocol.py checks).
     """
-    chunks: list[tuple[set[str], list[str]]] = [(set(), [])]  # the file's heading comment first
-    for line in lib.splitlines(keepends=True):
-        if match := _DEFINES.match(line):
-            lead = chunks[-1][1]
-            cut = len(lead)
-            while cut and lead[cut - 1].startswith("--"):
-                cut -= 1
-            names = {match[1]} if match[1] else {n.strip() for n in match[2].split(",")}
-            chunks.append((names, lead[cut:]))
-            del lead[cut:]
-        chunks[-1][1].append(line)
+    chunks = _chunks(lib)
     wanted: set[int] = set()  # indexes into chunks
-    words = set(re.findall(r"\w+", body))
+    words = set(_WORD.findall(body))
     while True:  # the closure: what the body uses, what those use, ...
-        more = {i for i, (names, _) in enumerate(chunks) if i not in wanted and names & words}
+        more = {i for i, chunk in enumerate(chunks) if i not in wanted and chunk.names & words}
         if not more:
             break
         wanted |= more
         for i in more:
-            words |= set(re.findall(r"\w+", "".join(chunks[i][1])))
-    return "".join(line for i, (_, text) in enumerate(chunks) if i == 0 or i in wanted for line in text)
+            words |= chunks[i].words
+    return "".join(chunk.text for i, chunk in enumerate(chunks) if i == 0 or i in wanted)
+
+
+_WORD = re.compile(r"\w+")
+
+
+class _Chunk(NamedTuple):
+    names: frozenset[str]  # what it defines
+    text: str
+    words: frozenset[str]  # what it names
+
+
+@functools.lru_cache(maxsize=4)
+def _chunks(lib: str) -> tuple[_Chunk, ...]:
+    """_lib.lua cut into its top-level definitions, once per process (not once per script)."""
+    parts: list[tuple[set[str], list[str]]] = [(set(), [])]  # the file's heading comment first
+    for line in lib.splitlines(keepends=True):
+        if match := _DEFINES.match(line):
+            lead = parts[-1][1]
+            cut = len(lead)
+            while cut and lead[cut - 1].startswith("--"):
+                cut -= 1
+            names = {match[1]} if match[1] else {n.strip() for n in match[2].split(",")}
+            parts.append((names, lead[cut:]))
+            del lead[cut:]
+        parts[-1][1].append(line)
+    return tuple(_Chunk(frozenset(names), text := "".join(lines), frozenset(_WORD.findall(text)))
+                 for names, lines in parts)
 
 
 enqueue = Script("enqueue")
