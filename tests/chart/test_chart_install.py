@@ -112,6 +112,7 @@ def test_helm_install_then_the_installed_operator_reconciles_a_jobqueue(
     assert op.proc.returncode is not None
 
 
+@pytest.mark.slow
 def test_namespaced_install_watches_only_the_listed_namespaces(
         cluster: ChartCluster, redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     """A second release (CRDs off: the first owns the CRD) watching team-a only: the

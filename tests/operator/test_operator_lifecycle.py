@@ -29,6 +29,7 @@ def finalizers(cluster: Cluster, ns: str, name: str) -> list[str]:
     return (cluster.get(jq_path(ns, name)) or {}).get("metadata", {}).get("finalizers") or []
 
 
+@pytest.mark.slow
 def test_jobqueues_carry_no_finalizer_and_delete_without_the_operator(
         own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, redis_server: Any) -> None:
     cluster, kubectl = own_cluster

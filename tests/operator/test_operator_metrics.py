@@ -75,6 +75,7 @@ def test_metrics_count_reconciles_reads_and_scale_decisions(
     assert last['conveyor_operator_errors_total{step="reconcile"}'] == 0  # reported, not raised
 
 
+@pytest.mark.slow
 def test_a_taken_metrics_port_is_an_error_line_not_a_stopped_operator(
         own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, namespace: str, redis_server: Any) -> None:
     cluster, kubectl = own_cluster

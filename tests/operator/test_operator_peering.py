@@ -100,6 +100,7 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_dies(
              what="the dead replica's record cleaned")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replicas", [30], indirect=True)
 def test_a_leader_stopping_gracefully_hands_over_without_waiting_for_its_lifetime(
         replicas: tuple[Cluster, Kubectl, list[OperatorProcess]], namespace: str, redis_server: Any,

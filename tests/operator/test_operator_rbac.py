@@ -163,6 +163,7 @@ def test_cluster_role_is_exactly_what_the_operator_uses_across_all_namespaces(
     assert not problems, "chart RBAC differs from the operator's requests:\n" + "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_roles_per_namespace_are_exactly_what_the_operator_uses_in_them(
         own_cluster: tuple[Cluster, Kubectl], tmp_path: Path, redis_server: Any) -> None:
     found = operator_grants(own_cluster, tmp_path, redis_server.url, CONVEYOR_OPERATOR_NAMESPACES=",".join(WATCHED))
