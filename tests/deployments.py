@@ -442,7 +442,9 @@ class SentinelGroup(Deployment):
         if node.sentinel:
             wait_for(self._settled, _left(deadline), f"{node.name} to rejoin", self.procs.values())
             return
-        wait_for(lambda: self._link_up(node) and self._settled(), _left(deadline),
+        # Back means settled with this node in it: as a replica of the master, or as the master
+        # itself when a loaded machine made the sentinels fail over once more, to it.
+        wait_for(lambda: (self._link_up(node) or node.role() == "master") and self._settled(), _left(deadline),
                  f"{node.name} to come back as a replica of {self.master_addr()}", self.procs.values())
 
 
