@@ -355,3 +355,24 @@ def test_a_worker_killed_mid_graph(conn: redis.Redis, trace: Trace, spawn_worker
     assert twice <= killed, f"{twice - killed} ran twice without a lost worker"
     assert trace.ends()["c13"] == 1 and trace.starts()["c13"] == 2  # killed mid-run, run again once
     nothing_left(conn, one, two)
+
+
+def test_a_broken_release_in_a_batch_leaves_its_batch_mates_released(conn: redis.Redis, queue: Queue) -> None:
+    """complete.lua ends two jobs in one call; the first's dependents key has the wrong type:
+    the second's dependent is released all the same, in that step."""
+    from conveyor import calls, scripts
+    from conveyor.protocol import Code
+
+    a, b = queue.enqueue("jobs:add", 1, 1), queue.enqueue("jobs:add", 2, 2)
+    da = queue.enqueue("jobs:add", 3, 3, depends_on=[a])
+    db = queue.enqueue("jobs:add", 4, 4, depends_on=[b])
+    conn.delete(queue.keys.dependents(a.id))
+    conn.set(queue.keys.dependents(a.id), "not a set")
+    [reply] = scripts.execute(conn, lambda p: calls.claim(p, queue.keys, "w1", 2, 2, 60_000, "w1-", 0, False, 60))
+    claimed = dict(zip(reply[3::13], reply[4::13]))  # id -> execution ID (claim.lua's rows)
+    assert set(claimed) == {a.id.encode(), b.id.encode()}, reply
+    done = [(a.id, claimed[a.id.encode()].decode(), b"2"), (b.id, claimed[b.id.encode()].decode(), b"4")]
+    [codes] = scripts.execute(conn, lambda p: calls.complete(p, queue.keys, "w1", 60, done))
+    assert codes == [Code.OK, Code.OK]
+    assert db.refresh().status is JobStatus.QUEUED
+    assert da.refresh().status is JobStatus.DEFERRED  # its release waits for the scheduler's check

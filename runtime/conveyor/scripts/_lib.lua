@@ -437,14 +437,11 @@ local function release_dependents(Q, id, ok, now, now_str)
   end
 end
 
--- release_dependents for jobs that ended in one script; a queue key of the wrong type stops
--- it without undoing the endings: the scheduler's periodic check of deferred jobs
--- (conveyor/deps.py) releases what it missed.
+-- release_dependents for jobs that ended in one script, each on its own: a key of the wrong
+-- type stops that job's release without undoing the endings or the batch-mates' releases; the
+-- scheduler's periodic check of deferred jobs (conveyor/deps.py) releases what it missed.
 local function release_all(Q, ids, ok, now, now_str)
-  for _, id in ipairs(ids) do
-    local done = pcall(release_dependents, Q, id, ok, now, now_str)
-    if not done then return end
-  end
+  for _, id in ipairs(ids) do pcall(release_dependents, Q, id, ok, now, now_str) end
 end
 
 -- enqueue.lua, deferred: the first dependency on this queue (Q) that neither is in the batch,
