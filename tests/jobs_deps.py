@@ -6,14 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-
-def _line(path: str, text: str) -> None:
-    # One write per line with O_APPEND: lines of concurrent jobs never interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{text}\n".encode())
-    finally:
-        os.close(fd)
+from joblog import append as _line
 
 
 def step(path: str, name: str, seconds: float = 0.0) -> str:

@@ -13,16 +13,12 @@ import time
 from pathlib import Path
 
 import conveyor
+import joblog
 
 
 def _append(path: str, tag: str) -> None:
     ctx = conveyor.current_job()
-    line = f"{tag} {os.getpid()} {ctx.execution_id if ctx else '-'}\n".encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)  # one write with O_APPEND: lines of concurrent runs never interleave
-    finally:
-        os.close(fd)
+    joblog.append(path, f"{tag} {os.getpid()} {ctx.execution_id if ctx else '-'}")
 
 
 def record(path: str, tag: str, seconds: float = 0.0, pad: str = "") -> str:

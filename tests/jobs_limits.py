@@ -7,24 +7,17 @@ Lines: "start <tag> <time>" and "end <tag> <time>"; read them back with `events(
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-
-def _append(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+from joblog import append
 
 
 def timed(path: str, tag: str, seconds: float = 0.0) -> str:
-    _append(path, f"start {tag} {time.time():.6f}\n")
+    append(path, f"start {tag} {time.time():.6f}")
     if seconds:
         time.sleep(seconds)
-    _append(path, f"end {tag} {time.time():.6f}\n")
+    append(path, f"end {tag} {time.time():.6f}")
     return tag
 
 

@@ -7,12 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import joblog
 from conveyor import current_job
 
 
 def _trace(path: str, line: str) -> int:
-    with open(path, "a") as f:
-        f.write(line + "\n")
+    joblog.append(path, line)
     return len(Path(path).read_text().splitlines())
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import redis
+
+import joblog
 
 
 async def async_sleep_marked(url: str, key: str, seconds: float) -> str:
@@ -71,10 +72,6 @@ async def overlap(path: str, seconds: float) -> None:
     many jobs ran at once, from the jobs' own side. Async: no thread pool caps it, only the
     worker's slots."""
     for sign in ("+", "-"):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{sign} {time.time()!r}\n".encode())
-        finally:
-            os.close(fd)
+        joblog.append(path, f"{sign} {time.time()!r}")
         if sign == "+":
             await asyncio.sleep(seconds)
